@@ -1,0 +1,132 @@
+//! Layers and containers, one per file, families in folders, and the
+//! serialisable [`LayerConfig`] that rebuilds any of them.
+//!
+//! Every layer follows burn's "config then init" pattern: a `…Config`
+//! struct (serde, validated once by `init`) builds the layer.
+
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::module::Module;
+use crate::tensor::Float;
+
+pub mod activation;
+pub mod container;
+pub mod linear;
+pub mod shape;
+
+pub use activation::{HardTanh, LeakyReLU, LogSoftMax, ReLU, Sigmoid, SoftMax, Tanh};
+pub use container::{Concat, ConcatTable, Graph, GraphConfig, GraphNode, NodeOp, Sequential};
+pub use linear::{Linear, LinearConfig};
+pub use shape::{Flatten, Identity, Reshape, Transpose};
+
+/// The structure of any layer or container, serialisable (stored beside the
+/// weights in a model file). `build` creates a freshly initialised module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LayerConfig {
+    /// Fully connected layer.
+    Linear(LinearConfig),
+    /// max(0, x).
+    Relu,
+    /// max(0, x) + slope * min(0, x).
+    LeakyRelu {
+        /// Slope for negative inputs.
+        negative_slope: f64,
+    },
+    /// tanh(x).
+    Tanh,
+    /// 1 / (1 + exp(-x)).
+    Sigmoid,
+    /// Clamp to [min_val, max_val].
+    HardTanh {
+        /// Lower bound.
+        min_val: f64,
+        /// Upper bound.
+        max_val: f64,
+    },
+    /// Softmax over dimension `dim` (negative counts from the end).
+    SoftMax {
+        /// Dimension.
+        dim: isize,
+    },
+    /// Log-softmax over dimension `dim` (negative counts from the end).
+    LogSoftMax {
+        /// Dimension.
+        dim: isize,
+    },
+    /// Reshape every sample (the batch dimension is kept); one entry may be -1.
+    Reshape {
+        /// Per-sample shape.
+        shape: Vec<isize>,
+    },
+    /// Flattens dimensions `start_dim..` into one.
+    Flatten {
+        /// First dimension flattened (1 keeps the batch dimension).
+        start_dim: usize,
+    },
+    /// Swaps two dimensions.
+    Transpose {
+        /// First dimension.
+        dim0: usize,
+        /// Second dimension.
+        dim1: usize,
+    },
+    /// Passes the input through.
+    Identity,
+    /// Runs children in order.
+    Sequential {
+        /// The children.
+        layers: Vec<LayerConfig>,
+    },
+    /// Runs every branch on the same input and concatenates outputs along `dim`.
+    Concat {
+        /// Concatenation dimension.
+        dim: usize,
+        /// The branches.
+        branches: Vec<LayerConfig>,
+    },
+    /// A directed acyclic graph of modules and merge operations.
+    Graph(GraphConfig),
+    // LAYERS-HELPER-VARIANTS (conv, pooling, normalisation, embedding, dropout, cadd/cmul/scale)
+}
+
+impl LayerConfig {
+    /// Builds a freshly initialised module from this configuration.
+    pub fn build<F: Float>(&self, rng: &mut StdRng) -> Result<Box<dyn Module<F>>> {
+        use activation::*;
+        Ok(match self {
+            LayerConfig::Linear(c) => Box::new(c.init(rng)?),
+            LayerConfig::Relu => Box::new(ReLU),
+            LayerConfig::LeakyRelu { negative_slope } => Box::new(LeakyReLU::new(*negative_slope)),
+            LayerConfig::Tanh => Box::new(Tanh::default()),
+            LayerConfig::Sigmoid => Box::new(Sigmoid::default()),
+            LayerConfig::HardTanh { min_val, max_val } => {
+                Box::new(HardTanh::new(*min_val, *max_val)?)
+            }
+            LayerConfig::SoftMax { dim } => Box::new(SoftMax::new(*dim)),
+            LayerConfig::LogSoftMax { dim } => Box::new(LogSoftMax::new(*dim)),
+            LayerConfig::Reshape { shape } => Box::new(Reshape::new(shape.clone())?),
+            LayerConfig::Flatten { start_dim } => Box::new(Flatten::new(*start_dim)),
+            LayerConfig::Transpose { dim0, dim1 } => Box::new(Transpose::new(*dim0, *dim1)),
+            LayerConfig::Identity => Box::new(Identity),
+            LayerConfig::Sequential { layers } => {
+                let mut s = Sequential::new();
+                for l in layers {
+                    s.push_boxed(l.build(rng)?);
+                }
+                Box::new(s)
+            }
+            LayerConfig::Concat { dim, branches } => {
+                let mut c = Concat::new(*dim);
+                for b in branches {
+                    c.push_boxed(b.build(rng)?);
+                }
+                Box::new(c)
+            }
+            LayerConfig::Graph(g) => Box::new(g.init(rng)?),
+            // LAYERS-HELPER-BUILD
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! Tensors: n-dimensional ndarray arrays over a [`Float`] element type, and
+//! the small helpers every layer uses to check and reshape them.
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+use ndarray::{ArrayD, IxDyn, LinalgScalar, ScalarOperand};
+
+use crate::error::{Error, Result};
+
+/// A dynamically-shaped tensor.
+pub type Tensor<F> = ArrayD<F>;
+
+/// Element types a model can be computed in: `f32` for training and
+/// inference, `f64` for finite-difference gradient checks.
+pub trait Float:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + LinalgScalar
+    + ScalarOperand
+    + Default
+    + Debug
+    + Display
+    + Send
+    + Sync
+    + Sum
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + serde::Serialize
+    + for<'de> serde::Deserialize<'de>
+    + 'static
+{
+    /// The safetensors dtype of this element type.
+    const DTYPE: safetensors::Dtype;
+    /// Converts from `f64` (rounding for `f32`).
+    fn of(v: f64) -> Self;
+    /// Converts to `f64`.
+    fn as_f64(self) -> f64;
+    /// Converts from `usize`.
+    fn of_usize(v: usize) -> Self {
+        Self::of(v as f64)
+    }
+    /// Little-endian bytes of a slice (safetensors layout).
+    fn to_le_bytes_vec(values: &[Self]) -> Vec<u8>;
+    /// Parses little-endian bytes; `None` if the length is not a multiple of the size.
+    fn from_le_bytes_vec(bytes: &[u8]) -> Option<Vec<Self>>;
+}
+
+impl Float for f32 {
+    const DTYPE: safetensors::Dtype = safetensors::Dtype::F32;
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+    fn to_le_bytes_vec(values: &[Self]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+    fn from_le_bytes_vec(bytes: &[u8]) -> Option<Vec<Self>> {
+        if !bytes.len().is_multiple_of(4) {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+}
+
+impl Float for f64 {
+    const DTYPE: safetensors::Dtype = safetensors::Dtype::F64;
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn as_f64(self) -> f64 {
+        self
+    }
+    fn to_le_bytes_vec(values: &[Self]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+    fn from_le_bytes_vec(bytes: &[u8]) -> Option<Vec<Self>> {
+        if !bytes.len().is_multiple_of(8) {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        )
+    }
+}
+
+/// Checks that `t` has exactly `ndim` dimensions; `expected` describes the
+/// layout for the error message (e.g. `"[N, C, H, W]"`).
+pub fn expect_ndim<F>(op: &str, t: &Tensor<F>, ndim: usize, expected: &str) -> Result<()> {
+    if t.ndim() != ndim {
+        return Err(Error::shape(op, expected, t.shape()));
+    }
+    Ok(())
+}
+
+/// Checks that `a` and `b` have identical shapes.
+pub fn expect_same_shape<F>(op: &str, a: &Tensor<F>, b: &Tensor<F>) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::ShapeMismatch {
+            op: op.to_string(),
+            lhs: a.shape().to_vec(),
+            rhs: b.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// A zero tensor of the given shape.
+pub fn zeros<F: Float>(shape: &[usize]) -> Tensor<F> {
+    ArrayD::zeros(IxDyn(shape))
+}
+
+/// Builds a tensor from a shape and row-major data, checking the length.
+pub fn from_vec<F: Float>(shape: &[usize], data: Vec<F>) -> Result<Tensor<F>> {
+    let n = data.len();
+    ArrayD::from_shape_vec(IxDyn(shape), data)
+        .map_err(|_| Error::invalid("tensor", format!("{n} values do not fill shape {shape:?}")))
+}
+
+/// Returns a standard-layout (row-major, contiguous) copy of `t` reshaped to
+/// `shape`, or an error naming `op` when the element counts differ.
+pub fn reshape<F: Float>(op: &str, t: &Tensor<F>, shape: &[usize]) -> Result<Tensor<F>> {
+    let count: usize = shape.iter().product();
+    if count != t.len() {
+        return Err(Error::shape(
+            op,
+            format!("{count} elements to reshape into {shape:?}"),
+            t.shape(),
+        ));
+    }
+    let data: Vec<F> = if t.is_standard_layout() {
+        t.as_slice()
+            .map(|s| s.to_vec())
+            .unwrap_or_else(|| t.iter().copied().collect())
+    } else {
+        t.iter().copied().collect()
+    };
+    from_vec(shape, data)
+}
+
+/// Converts a tensor between element types (used by gradient checks and
+/// when loading f32 weights into an f64 model).
+pub fn cast<A: Float, B: Float>(t: &Tensor<A>) -> Tensor<B> {
+    t.mapv(|v| B::of(v.as_f64()))
+}
+
+/// Reads a class index stored as a float, checking it is a whole number in `0..classes`.
+pub fn class_index<F: Float>(op: &str, v: F, classes: usize) -> Result<usize> {
+    let f = v.as_f64();
+    if !(f >= 0.0 && f.fract() == 0.0 && (f as usize) < classes) {
+        return Err(Error::invalid(
+            op,
+            format!("class index {f} is not an integer in 0..{classes}"),
+        ));
+    }
+    Ok(f as usize)
+}
+
+/// Element counts below which elementwise work stays on the calling thread.
+pub const PAR_MIN_LEN: usize = 1 << 15;
+
+/// `f` applied to every element, in parallel for large tensors.
+pub fn par_map<F: Float>(t: &Tensor<F>, f: impl Fn(F) -> F + Sync + Send) -> Tensor<F> {
+    if t.len() >= PAR_MIN_LEN && rayon::current_thread_index().is_none() {
+        let mut out = Tensor::zeros(t.raw_dim());
+        ndarray::Zip::from(&mut out)
+            .and(t)
+            .par_for_each(|o, &x| *o = f(x));
+        out
+    } else {
+        t.mapv(f)
+    }
+}
+
+/// `f(a, b)` for every pair of elements of two same-shaped tensors, in
+/// parallel for large tensors.
+pub fn par_zip_map<F: Float>(
+    op: &str,
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    f: impl Fn(F, F) -> F + Sync + Send,
+) -> Result<Tensor<F>> {
+    expect_same_shape(op, a, b)?;
+    let mut out = Tensor::zeros(a.raw_dim());
+    if a.len() >= PAR_MIN_LEN && rayon::current_thread_index().is_none() {
+        ndarray::Zip::from(&mut out)
+            .and(a)
+            .and(b)
+            .par_for_each(|o, &x, &y| *o = f(x, y));
+    } else {
+        ndarray::Zip::from(&mut out)
+            .and(a)
+            .and(b)
+            .for_each(|o, &x, &y| *o = f(x, y));
+    }
+    Ok(out)
+}
+
+/// Resolves a possibly negative dimension index against `ndim`.
+pub fn resolve_dim(op: &str, dim: isize, shape: &[usize]) -> Result<usize> {
+    let nd = shape.len() as isize;
+    let d = if dim < 0 { dim + nd } else { dim };
+    if d < 0 || d >= nd {
+        return Err(Error::shape(
+            op,
+            format!("a tensor with dimension {dim}"),
+            shape,
+        ));
+    }
+    Ok(d as usize)
+}
+
+/// A 2-D view of `t`, or a shape error naming `op`.
+pub fn view2<'a, F: Float>(op: &str, t: &'a Tensor<F>) -> Result<ndarray::ArrayView2<'a, F>> {
+    t.view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|_| Error::shape(op, "a 2-D tensor", t.shape()))
+}
+
+/// A mutable 2-D view of `t`, or a shape error naming `op`.
+pub fn view2_mut<'a, F: Float>(
+    op: &str,
+    t: &'a mut Tensor<F>,
+) -> Result<ndarray::ArrayViewMut2<'a, F>> {
+    let shape = t.shape().to_vec();
+    t.view_mut()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|_| Error::shape(op, "a 2-D tensor", &shape))
+}
