@@ -16,7 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod criterion;
-// pub mod data;
+pub mod data;
 pub mod error;
 pub mod gradcheck;
 pub mod init;
@@ -25,7 +25,7 @@ pub mod matmul;
 // pub mod metrics;
 pub mod module;
 pub mod optim;
-// pub mod serialize;
+pub mod serialize;
 pub mod tensor;
 // pub mod train;
 
