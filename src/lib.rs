@@ -1,8 +1,18 @@
 //! Kiln: a distributed deep learning runtime. This facade re-exports the
-//! workspace crates and holds the glue between them (training on the
-//! cluster, the CLI's commands as library functions).
+//! workspace crates and holds the glue between them (the digits job, the
+//! CLI's commands as library functions that tests call).
 
 pub use kiln_detection as detection;
 pub use kiln_nn as nn;
 pub use kiln_runtime as runtime;
 pub use kiln_speech as speech;
+
+// pub mod digits_job;
+// pub mod train_cli;
+
+/// Prints the build's version, matrix-multiply backend and thread count.
+pub fn print_info() {
+    println!("kiln {}", env!("CARGO_PKG_VERSION"));
+    println!("matmul backend: {}", kiln_nn::matmul::backend_name());
+    println!("compute threads: {}", rayon::current_num_threads());
+}

@@ -1,0 +1,98 @@
+//! `kiln train` and `kiln eval`: the single-process digits job.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::digits_job::{self, DigitsJob, DigitsModel};
+
+/// Arguments of `kiln train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Network to train.
+    #[arg(long, value_enum, default_value_t = DigitsModel::Cnn)]
+    pub model: DigitsModel,
+    /// Epochs.
+    #[arg(long, default_value_t = 15)]
+    pub epochs: u64,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Seed for weights and batch order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to save the trained model (safetensors).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Arguments of `kiln eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A model saved by `kiln train --out`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// Runs `kiln train`: trains, prints the held-out accuracy, optionally saves the model.
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let job = DigitsJob {
+        data: args.data.clone().unwrap_or_else(digits_job::default_data_path),
+        model: args.model,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        seed: args.seed,
+        progress: !args.no_progress,
+        ..DigitsJob::default()
+    };
+    let (model, report) = digits_job::run(&job).context("digits training failed")?;
+    println!(
+        "trained {:?} for {} epochs ({} iterations) in {:.1} s, {:.0} samples/s",
+        job.model,
+        report.summary.state.epoch,
+        report.summary.state.iteration,
+        report.summary.seconds,
+        report.summary.samples_per_second
+    );
+    println!("held-out: {}", report.held_out);
+    println!("held-out accuracy: {:.2}%", report.held_out.top1 * 100.0);
+    if let Some(out) = &args.out {
+        let mut meta = HashMap::new();
+        meta.insert("kiln.digits_model".to_string(), format!("{:?}", job.model));
+        kiln_nn::serialize::save(model.as_ref(), out, &meta).with_context(|| format!("saving {}", out.display()))?;
+        println!("model saved to {}", out.display());
+    }
+    Ok(())
+}
+
+/// Runs `kiln eval`: loads a model and prints its held-out accuracy.
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let meta = kiln_nn::serialize::metadata_of(&bytes, &args.model)?;
+    let kind = match meta.get("kiln.digits_model").map(String::as_str) {
+        Some("Lenet5") => DigitsModel::Lenet5,
+        _ => DigitsModel::Cnn,
+    };
+    let mut model = kiln_nn::serialize::load::<f32>(&args.model)?;
+    let data = args.data.clone().unwrap_or_else(digits_job::default_data_path);
+    let (_, test) = digits_job::load_split(&data, kind)?;
+    let e = kiln_nn::train::evaluate(model.as_mut(), &mut kiln_nn::criterion::ClassNll::default(), &test, 512)?;
+    println!("held-out: {e}");
+    println!("held-out accuracy: {:.2}%", e.top1 * 100.0);
+    Ok(())
+}
