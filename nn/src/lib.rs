@@ -22,12 +22,12 @@ pub mod gradcheck;
 pub mod init;
 pub mod layers;
 pub mod matmul;
-// pub mod metrics;
+pub mod metrics;
 pub mod module;
 pub mod optim;
 pub mod serialize;
 pub mod tensor;
-// pub mod train;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use module::{Module, Param};
