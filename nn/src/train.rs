@@ -34,8 +34,8 @@ impl Trigger {
     /// Whether the trigger fires after `state`; `epoch_end` says whether an epoch just ended.
     pub fn fires(&self, state: &TrainState, epoch_end: bool) -> bool {
         match *self {
-            Trigger::EveryIterations(n) => n > 0 && !epoch_end && state.iteration % n == 0,
-            Trigger::EveryEpochs(n) => n > 0 && epoch_end && state.epoch % n == 0,
+            Trigger::EveryIterations(n) => n > 0 && !epoch_end && state.iteration.is_multiple_of(n),
+            Trigger::EveryEpochs(n) => n > 0 && epoch_end && state.epoch.is_multiple_of(n),
             Trigger::Never => false,
         }
     }
