@@ -9,8 +9,6 @@ use crate::tensor::Float;
 
 #[cfg(feature = "mkl")]
 extern crate intel_mkl_src as _;
-#[cfg(feature = "openblas")]
-extern crate openblas_src as _;
 
 /// A BLAS-compatible operand: unit stride in one dimension.
 struct Operand<'a, F> {
@@ -46,13 +44,38 @@ fn operand<'a, F: Float>(v: ArrayView2<'a, F>, owned: &'a mut Option<Array2<F>>)
     }
 }
 
+/// MKL is linked sequential (no OpenMP runtime to ship), so with several
+/// threads the rows of the output are split across rayon tasks. OpenBLAS
+/// threads itself (OPENBLAS_NUM_THREADS) and is called once.
 pub(super) fn gemm<F: Float>(
     alpha: F,
     a: ArrayView2<'_, F>,
     b: ArrayView2<'_, F>,
     beta: F,
     c: &mut ArrayViewMut2<'_, F>,
-    _threads: usize,
+    threads: usize,
+) {
+    let m = a.nrows();
+    if cfg!(feature = "mkl") && threads > 1 && m >= 2 * threads {
+        let rows = m.div_ceil(threads);
+        let a_parts: Vec<_> = a.axis_chunks_iter(ndarray::Axis(0), rows).collect();
+        let c_parts: Vec<_> = c.axis_chunks_iter_mut(ndarray::Axis(0), rows).collect();
+        rayon::scope(|s| {
+            for (ap, mut cp) in a_parts.into_iter().zip(c_parts) {
+                s.spawn(move |_| gemm_once(alpha, ap, b, beta, &mut cp));
+            }
+        });
+        return;
+    }
+    gemm_once(alpha, a, b, beta, c);
+}
+
+fn gemm_once<F: Float>(
+    alpha: F,
+    a: ArrayView2<'_, F>,
+    b: ArrayView2<'_, F>,
+    beta: F,
+    c: &mut ArrayViewMut2<'_, F>,
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
