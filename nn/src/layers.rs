@@ -14,6 +14,9 @@ use crate::tensor::Float;
 pub mod activation;
 pub mod container;
 pub mod conv;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
 pub mod linear;
 pub mod norm;
 pub mod pool;
@@ -22,6 +25,9 @@ pub mod shape;
 pub use activation::{HardTanh, LeakyReLU, LogSoftMax, ReLU, Sigmoid, SoftMax, Tanh};
 pub use container::{Concat, ConcatTable, Graph, GraphConfig, GraphNode, NodeOp, Sequential};
 pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
+pub use dropout::{Dropout, DropoutConfig};
+pub use elementwise::{CAdd, CMul, Scale};
+pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{BatchNorm, BatchNormConfig, Normalize, NormalizeConfig};
 pub use pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, Pool2dConfig};
@@ -107,6 +113,25 @@ pub enum LayerConfig {
     BatchNorm(BatchNormConfig),
     /// Channel-wise L2 normalisation with a learned per-channel scale (SSD).
     Normalize(NormalizeConfig),
+    /// Inverted dropout (identity in evaluation mode).
+    Dropout(DropoutConfig),
+    /// Adds a learned bias of `shape`, broadcast over the input.
+    CAdd {
+        /// Shape of the bias (aligned with the input's trailing dimensions).
+        shape: Vec<usize>,
+    },
+    /// Multiplies by a learned weight of `shape`, broadcast over the input.
+    CMul {
+        /// Shape of the weight (aligned with the input's trailing dimensions).
+        shape: Vec<usize>,
+    },
+    /// `x * weight + bias`, both of `shape`, broadcast over the input.
+    Scale {
+        /// Shape of the weight and bias (aligned with the input's trailing dimensions).
+        shape: Vec<usize>,
+    },
+    /// Lookup table from integer indices to learned vectors.
+    Embedding(EmbeddingConfig),
     // LAYERS-HELPER-VARIANTS (conv, pooling, normalisation, embedding, dropout, cadd/cmul/scale)
 }
 
@@ -150,6 +175,11 @@ impl LayerConfig {
             LayerConfig::AvgPool2d(c) => Box::new(c.init()?),
             LayerConfig::BatchNorm(c) => Box::new(c.init::<F>()?),
             LayerConfig::Normalize(c) => Box::new(c.init::<F>()?),
+            LayerConfig::Dropout(c) => Box::new(c.init::<F>()?),
+            LayerConfig::CAdd { shape } => Box::new(CAdd::<F>::new(shape, rng)?),
+            LayerConfig::CMul { shape } => Box::new(CMul::<F>::new(shape, rng)?),
+            LayerConfig::Scale { shape } => Box::new(Scale::<F>::new(shape, rng)?),
+            LayerConfig::Embedding(c) => Box::new(c.init::<F>(rng)?),
             // LAYERS-HELPER-BUILD
         })
     }

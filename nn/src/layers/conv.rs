@@ -48,7 +48,7 @@ fn validate(
     if in_channels == 0 || out_channels == 0 {
         return Err(Error::config(what, "channel counts must be positive"));
     }
-    if groups == 0 || in_channels % groups != 0 || out_channels % groups != 0 {
+    if groups == 0 || !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
         return Err(Error::config(
             what,
             format!(

@@ -72,7 +72,7 @@ impl BatchNormConfig {
         if self.num_features == 0 {
             return Err(Error::config("BatchNorm", "num_features must be positive"));
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(Error::config(
                 "BatchNorm",
                 format!("eps {} must be positive", self.eps),
@@ -278,7 +278,7 @@ impl<F: Float> Module<F> for BatchNorm<F> {
                         *g = k * (*g - mg - (v - mc) * is * mgx);
                     }
                 } else {
-                    gplane.iter_mut().for_each(|g| *g = *g * k);
+                    gplane.iter_mut().for_each(|g| *g *= k);
                 }
             }
         }

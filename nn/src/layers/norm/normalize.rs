@@ -45,7 +45,7 @@ impl NormalizeConfig {
         if self.channels == 0 {
             return Err(Error::config("Normalize", "channels must be positive"));
         }
-        if !(self.eps >= 0.0) {
+        if self.eps.is_nan() || self.eps < 0.0 {
             return Err(Error::config(
                 "Normalize",
                 format!("eps {} must be non-negative", self.eps),
