@@ -95,38 +95,74 @@ fn valid_range(off: isize, s: usize, len: usize, n_out: usize) -> (usize, usize)
     (lo, hi)
 }
 
+/// Fills `dst` (`rows * ow` values) with the input values that kernel tap
+/// `(ki, kj)` meets at output rows `oh0..oh0 + rows` of one input `plane`.
+#[inline]
+fn patch_row<F: Float>(g: &Geom, plane: &[F], ki: usize, kj: usize, oh0: usize, dst: &mut [F]) {
+    let (h, w, ow) = (g.h as isize, g.w, g.ow);
+    let zero = F::zero();
+    let off_w = (kj * g.dw) as isize - g.pw as isize;
+    let (lo, hi) = valid_range(off_w, g.sw, w, ow);
+    let start = (lo * g.sw) as isize + off_w;
+    for (i, dst) in dst.chunks_exact_mut(ow).enumerate() {
+        let ih = ((oh0 + i) * g.sh + ki * g.dh) as isize - g.ph as isize;
+        if ih < 0 || ih >= h {
+            dst.fill(zero);
+            continue;
+        }
+        let src = &plane[ih as usize * w..(ih as usize + 1) * w];
+        dst[..lo].fill(zero);
+        dst[hi..].fill(zero);
+        if g.sw == 1 {
+            let s0 = start as usize;
+            for (d, &v) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
+                *d = v;
+            }
+        } else {
+            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                *d = src[start as usize + j * g.sw];
+            }
+        }
+    }
+}
+
+/// Adds `src` (`rows * ow` column gradients of kernel tap `(ki, kj)` at
+/// output rows `oh0..`) back into one input-gradient `plane`.
+#[inline]
+fn patch_row_add<F: Float>(g: &Geom, src: &[F], ki: usize, kj: usize, oh0: usize, plane: &mut [F]) {
+    let (h, w, ow) = (g.h as isize, g.w, g.ow);
+    let off_w = (kj * g.dw) as isize - g.pw as isize;
+    let (lo, hi) = valid_range(off_w, g.sw, w, ow);
+    let start = (lo * g.sw) as isize + off_w;
+    for (i, src) in src.chunks_exact(ow).enumerate() {
+        let ih = ((oh0 + i) * g.sh + ki * g.dh) as isize - g.ph as isize;
+        if ih < 0 || ih >= h {
+            continue;
+        }
+        let dst = &mut plane[ih as usize * w..(ih as usize + 1) * w];
+        if g.sw == 1 {
+            let s0 = start as usize;
+            for (d, &v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                *d += v;
+            }
+        } else {
+            for (j, &v) in src[lo..hi].iter().enumerate() {
+                dst[start as usize + j * g.sw] += v;
+            }
+        }
+    }
+}
+
 /// Fills `col` (`[k, rows * ow]`) with the patches of output rows
 /// `oh0..oh0 + rows` of one group's input planes `x` (`[cg, h, w]`).
 fn im2col<F: Float>(g: &Geom, x: &[F], oh0: usize, rows: usize, col: &mut [F]) {
-    let (h, w, ow) = (g.h as isize, g.w, g.ow);
-    let ncols = rows * ow;
-    let zero = F::zero();
-    let mut r = 0;
+    let ncols = rows * g.ow;
+    let mut rows_out = col.chunks_exact_mut(ncols);
     for plane in x.chunks_exact(g.h * g.w).take(g.cg()) {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let off_w = (kj * g.dw) as isize - g.pw as isize;
-                let (lo, hi) = valid_range(off_w, g.sw, w, ow);
-                let row = &mut col[r * ncols..(r + 1) * ncols];
-                r += 1;
-                for (i, dst) in row.chunks_exact_mut(ow).enumerate() {
-                    let ih = ((oh0 + i) * g.sh + ki * g.dh) as isize - g.ph as isize;
-                    if ih < 0 || ih >= h {
-                        dst.fill(zero);
-                        continue;
-                    }
-                    let src = &plane[ih as usize * w..(ih as usize + 1) * w];
-                    dst[..lo].fill(zero);
-                    dst[hi..].fill(zero);
-                    let start = (lo * g.sw) as isize + off_w;
-                    if g.sw == 1 {
-                        let s0 = start as usize;
-                        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-                    } else {
-                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
-                            *d = src[start as usize + j * g.sw];
-                        }
-                    }
+                if let Some(dst) = rows_out.next() {
+                    patch_row(g, plane, ki, kj, oh0, dst);
                 }
             }
         }
@@ -136,33 +172,13 @@ fn im2col<F: Float>(g: &Geom, x: &[F], oh0: usize, rows: usize, col: &mut [F]) {
 /// Adds the column gradients `col` (`[k, rows * ow]`) of output rows
 /// `oh0..oh0 + rows` back into one group's input-gradient planes `gx`.
 fn col2im<F: Float>(g: &Geom, col: &[F], oh0: usize, rows: usize, gx: &mut [F]) {
-    let (h, w, ow) = (g.h as isize, g.w, g.ow);
-    let ncols = rows * ow;
-    let mut r = 0;
+    let ncols = rows * g.ow;
+    let mut rows_in = col.chunks_exact(ncols);
     for plane in gx.chunks_exact_mut(g.h * g.w).take(g.cg()) {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let off_w = (kj * g.dw) as isize - g.pw as isize;
-                let (lo, hi) = valid_range(off_w, g.sw, w, ow);
-                let row = &col[r * ncols..(r + 1) * ncols];
-                r += 1;
-                for (i, src) in row.chunks_exact(ow).enumerate() {
-                    let ih = ((oh0 + i) * g.sh + ki * g.dh) as isize - g.ph as isize;
-                    if ih < 0 || ih >= h {
-                        continue;
-                    }
-                    let dst = &mut plane[ih as usize * w..(ih as usize + 1) * w];
-                    let start = (lo * g.sw) as isize + off_w;
-                    if g.sw == 1 {
-                        let s0 = start as usize;
-                        for (d, &v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                            *d += v;
-                        }
-                    } else {
-                        for (j, &v) in src[lo..hi].iter().enumerate() {
-                            dst[start as usize + j * g.sw] += v;
-                        }
-                    }
+                if let Some(src) = rows_in.next() {
+                    patch_row_add(g, src, ki, kj, oh0, plane);
                 }
             }
         }
@@ -259,7 +275,7 @@ impl<F: Float> Acc<F> {
 }
 
 /// Backward pass of one image: accumulates weight and bias gradients into
-/// `acc` and writes the input gradient `gx` (`[c, h, w]`).
+/// `acc` and adds the input gradient into `gx` (`[c, h, w]`, zero on entry).
 fn backward_image<F: Float>(
     g: &Geom,
     x: &[F],
@@ -271,9 +287,6 @@ fn backward_image<F: Float>(
     let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
     let plane = g.h * g.w;
     let band = g.band_rows();
-    if !g.pointwise() {
-        gx.fill(F::zero());
-    }
     for grp in 0..g.groups {
         let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
         let gxg = &mut gx[grp * cg * plane..(grp + 1) * cg * plane];
@@ -405,6 +418,105 @@ pub(super) fn backward<F: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    #[allow(clippy::too_many_arguments)]
+    fn geom(
+        c: usize,
+        h: usize,
+        w: usize,
+        o: usize,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        d: [usize; 2],
+        groups: usize,
+    ) -> Geom {
+        Geom {
+            c,
+            h,
+            w,
+            o,
+            kh: k[0],
+            kw: k[1],
+            sh: s[0],
+            sw: s[1],
+            ph: p[0],
+            pw: p[1],
+            dh: d[0],
+            dw: d[1],
+            groups,
+            oh: out_len(h, k[0], s[0], p[0], d[0]).unwrap(),
+            ow: out_len(w, k[1], s[1], p[1], d[1]).unwrap(),
+        }
+    }
+
+    fn random(rng: &mut StdRng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// Direct convolution of one image for reference.
+    fn naive(g: &Geom, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let (cg, og) = (g.cg(), g.og());
+        let mut y = vec![0.0; g.out_len()];
+        for oc in 0..g.o {
+            let grp = oc / og;
+            for i in 0..g.oh {
+                for j in 0..g.ow {
+                    let mut s = 0.0;
+                    for ci in 0..cg {
+                        for a in 0..g.kh {
+                            for b in 0..g.kw {
+                                let ih = (i * g.sh + a * g.dh) as isize - g.ph as isize;
+                                let iw = (j * g.sw + b * g.dw) as isize - g.pw as isize;
+                                if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w
+                                {
+                                    s += w[((oc * cg + ci) * g.kh + a) * g.kw + b]
+                                        * x[((grp * cg + ci) * g.h + ih as usize) * g.w
+                                            + iw as usize];
+                                }
+                            }
+                        }
+                    }
+                    y[(oc * g.oh + i) * g.ow + j] = s;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn multi_band_images_match_direct_convolution_and_adjoint() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for g in [
+            geom(64, 11, 100, 3, [3, 3], [1, 1], [1, 1], [1, 1], 1),
+            geom(128, 25, 70, 4, [3, 2], [2, 1], [1, 1], [2, 1], 2),
+        ] {
+            assert!(g.band_rows() < g.oh, "{g:?} must need several bands");
+            let n = 2;
+            let x = random(&mut rng, n * g.in_len());
+            let w = random(&mut rng, g.o * g.k());
+            let y = forward(&g, n, &x, &w, None).unwrap();
+            for b in 0..n {
+                let want = naive(&g, &x[b * g.in_len()..(b + 1) * g.in_len()], &w);
+                let got = &y[b * g.out_len()..(b + 1) * g.out_len()];
+                assert!(
+                    want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-10),
+                    "{g:?}"
+                );
+            }
+            // backward is the adjoint: <gy, conv(x)> = <conv^T(gy), x> and = <gw, w>
+            let gy = random(&mut rng, n * g.out_len());
+            let mut gw = vec![0.0; w.len()];
+            let gx = backward(&g, n, &x, &w, &gy, &mut gw, None).unwrap();
+            let lhs: f64 = gy.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let rhs: f64 = gx.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let rhs_w: f64 = gw.iter().zip(&w).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
+            assert!((lhs - rhs_w).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
+        }
+    }
 
     #[test]
     fn valid_range_matches_brute_force() {
