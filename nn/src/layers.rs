@@ -13,12 +13,24 @@ use crate::tensor::Float;
 
 pub mod activation;
 pub mod container;
+pub mod conv;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
 pub mod linear;
+pub mod norm;
+pub mod pool;
 pub mod shape;
 
 pub use activation::{HardTanh, LeakyReLU, LogSoftMax, ReLU, Sigmoid, SoftMax, Tanh};
 pub use container::{Concat, ConcatTable, Graph, GraphConfig, GraphNode, NodeOp, Sequential};
+pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
+pub use dropout::{Dropout, DropoutConfig};
+pub use elementwise::{CAdd, CMul, Scale};
+pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
+pub use norm::{BatchNorm, BatchNormConfig, Normalize, NormalizeConfig};
+pub use pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, Pool2dConfig};
 pub use shape::{Flatten, Identity, Reshape, Transpose};
 
 /// The structure of any layer or container, serialisable (stored beside the
@@ -89,6 +101,37 @@ pub enum LayerConfig {
     },
     /// A directed acyclic graph of modules and merge operations.
     Graph(GraphConfig),
+    /// 2-D convolution over NCHW images.
+    Conv2d(Conv2dConfig),
+    /// 1-D convolution over `[N, C, L]` sequences.
+    Conv1d(Conv1dConfig),
+    /// 2-D max pooling.
+    MaxPool2d(Pool2dConfig),
+    /// 2-D average pooling.
+    AvgPool2d(AvgPool2dConfig),
+    /// Batch normalisation over dimension 1 (BatchNorm1d and BatchNorm2d).
+    BatchNorm(BatchNormConfig),
+    /// Channel-wise L2 normalisation with a learned per-channel scale (SSD).
+    Normalize(NormalizeConfig),
+    /// Inverted dropout (identity in evaluation mode).
+    Dropout(DropoutConfig),
+    /// Adds a learned bias of `shape`, broadcast over the input.
+    CAdd {
+        /// Shape of the bias (aligned with the input's trailing dimensions).
+        shape: Vec<usize>,
+    },
+    /// Multiplies by a learned weight of `shape`, broadcast over the input.
+    CMul {
+        /// Shape of the weight (aligned with the input's trailing dimensions).
+        shape: Vec<usize>,
+    },
+    /// `x * weight + bias`, both of `shape`, broadcast over the input.
+    Scale {
+        /// Shape of the weight and bias (aligned with the input's trailing dimensions).
+        shape: Vec<usize>,
+    },
+    /// Lookup table from integer indices to learned vectors.
+    Embedding(EmbeddingConfig),
     // LAYERS-HELPER-VARIANTS (conv, pooling, normalisation, embedding, dropout, cadd/cmul/scale)
 }
 
@@ -126,6 +169,17 @@ impl LayerConfig {
                 Box::new(c)
             }
             LayerConfig::Graph(g) => Box::new(g.init(rng)?),
+            LayerConfig::Conv2d(c) => Box::new(c.init(rng)?),
+            LayerConfig::Conv1d(c) => Box::new(c.init(rng)?),
+            LayerConfig::MaxPool2d(c) => Box::new(c.init()?),
+            LayerConfig::AvgPool2d(c) => Box::new(c.init()?),
+            LayerConfig::BatchNorm(c) => Box::new(c.init::<F>()?),
+            LayerConfig::Normalize(c) => Box::new(c.init::<F>()?),
+            LayerConfig::Dropout(c) => Box::new(c.init::<F>()?),
+            LayerConfig::CAdd { shape } => Box::new(CAdd::<F>::new(shape, rng)?),
+            LayerConfig::CMul { shape } => Box::new(CMul::<F>::new(shape, rng)?),
+            LayerConfig::Scale { shape } => Box::new(Scale::<F>::new(shape, rng)?),
+            LayerConfig::Embedding(c) => Box::new(c.init::<F>(rng)?),
             // LAYERS-HELPER-BUILD
         })
     }

@@ -1,0 +1,538 @@
+//! The convolution engine shared by [`Conv2d`](super::Conv2d) and
+//! [`Conv1d`](super::Conv1d): im2col + [`gemm`](crate::matmul::gemm) forward,
+//! and weight/bias/input gradients (col2im) backward.
+//!
+//! Work is parallel over the batch (one rayon task per group of images; each
+//! image's gemm then runs on its own thread). The column buffer of an image
+//! is built a band of output rows at a time, so it stays small enough to
+//! live in cache between im2col and the gemm that reads it. 1x1 convolutions
+//! with stride 1 and no padding skip im2col altogether.
+
+use ndarray::{s, ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::matmul::gemm;
+use crate::tensor::Float;
+
+/// Elements of one column-buffer band (about 1 MiB of f32).
+const BAND_ELEMS: usize = 1 << 18;
+
+/// Geometry of one 2-D convolution (Conv1d uses `h = kh = 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Geom {
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) sh: usize,
+    pub(super) sw: usize,
+    pub(super) ph: usize,
+    pub(super) pw: usize,
+    pub(super) dh: usize,
+    pub(super) dw: usize,
+    pub(super) groups: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+}
+
+/// Output length of one spatial dimension, or `None` when the (padded)
+/// input is smaller than the dilated kernel.
+pub(super) fn out_len(len: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+    let span = d * (k - 1) + 1;
+    let padded = len + 2 * p;
+    (padded >= span).then(|| (padded - span) / s + 1)
+}
+
+impl Geom {
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Rows of the column matrix (= weight columns) per group.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.o * self.p()
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+    /// Output rows per band.
+    fn band_rows(&self) -> usize {
+        (BAND_ELEMS / (self.k() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+    /// Column-buffer length needed for one band.
+    fn band_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.k() * self.band_rows() * self.ow
+        }
+    }
+}
+
+/// The output positions `ow` in `0..n_out` whose input column
+/// `ow * s + off` lies in `0..len`.
+fn valid_range(off: isize, s: usize, len: usize, n_out: usize) -> (usize, usize) {
+    let s = s as isize;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let room = len as isize - off;
+    let hi = if room <= 0 { 0 } else { (room + s - 1) / s };
+    let lo = (lo as usize).min(n_out);
+    let hi = (hi as usize).min(n_out).max(lo);
+    (lo, hi)
+}
+
+/// Fills `dst` (`rows * ow` values) with the input values that kernel tap
+/// `(ki, kj)` meets at output rows `oh0..oh0 + rows` of one input `plane`.
+#[inline]
+fn patch_row<F: Float>(g: &Geom, plane: &[F], ki: usize, kj: usize, oh0: usize, dst: &mut [F]) {
+    let (h, w, ow) = (g.h as isize, g.w, g.ow);
+    let zero = F::zero();
+    let off_w = (kj * g.dw) as isize - g.pw as isize;
+    let (lo, hi) = valid_range(off_w, g.sw, w, ow);
+    let start = (lo * g.sw) as isize + off_w;
+    for (i, dst) in dst.chunks_exact_mut(ow).enumerate() {
+        let ih = ((oh0 + i) * g.sh + ki * g.dh) as isize - g.ph as isize;
+        if ih < 0 || ih >= h {
+            dst.fill(zero);
+            continue;
+        }
+        let src = &plane[ih as usize * w..(ih as usize + 1) * w];
+        dst[..lo].fill(zero);
+        dst[hi..].fill(zero);
+        if g.sw == 1 {
+            let s0 = start as usize;
+            for (d, &v) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
+                *d = v;
+            }
+        } else {
+            for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                *d = src[start as usize + j * g.sw];
+            }
+        }
+    }
+}
+
+/// Adds `src` (`rows * ow` column gradients of kernel tap `(ki, kj)` at
+/// output rows `oh0..`) back into one input-gradient `plane`.
+#[inline]
+fn patch_row_add<F: Float>(g: &Geom, src: &[F], ki: usize, kj: usize, oh0: usize, plane: &mut [F]) {
+    let (h, w, ow) = (g.h as isize, g.w, g.ow);
+    let off_w = (kj * g.dw) as isize - g.pw as isize;
+    let (lo, hi) = valid_range(off_w, g.sw, w, ow);
+    let start = (lo * g.sw) as isize + off_w;
+    for (i, src) in src.chunks_exact(ow).enumerate() {
+        let ih = ((oh0 + i) * g.sh + ki * g.dh) as isize - g.ph as isize;
+        if ih < 0 || ih >= h {
+            continue;
+        }
+        let dst = &mut plane[ih as usize * w..(ih as usize + 1) * w];
+        if g.sw == 1 {
+            let s0 = start as usize;
+            for (d, &v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                *d += v;
+            }
+        } else {
+            for (j, &v) in src[lo..hi].iter().enumerate() {
+                dst[start as usize + j * g.sw] += v;
+            }
+        }
+    }
+}
+
+/// Fills `col` (`[k, rows * ow]`) with the patches of output rows
+/// `oh0..oh0 + rows` of one group's input planes `x` (`[cg, h, w]`).
+fn im2col<F: Float>(g: &Geom, x: &[F], oh0: usize, rows: usize, col: &mut [F]) {
+    let ncols = rows * g.ow;
+    let mut rows_out = col.chunks_exact_mut(ncols);
+    for plane in x.chunks_exact(g.h * g.w).take(g.cg()) {
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                if let Some(dst) = rows_out.next() {
+                    patch_row(g, plane, ki, kj, oh0, dst);
+                }
+            }
+        }
+    }
+}
+
+/// Adds the column gradients `col` (`[k, rows * ow]`) of output rows
+/// `oh0..oh0 + rows` back into one group's input-gradient planes `gx`.
+fn col2im<F: Float>(g: &Geom, col: &[F], oh0: usize, rows: usize, gx: &mut [F]) {
+    let ncols = rows * g.ow;
+    let mut rows_in = col.chunks_exact(ncols);
+    for plane in gx.chunks_exact_mut(g.h * g.w).take(g.cg()) {
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                if let Some(src) = rows_in.next() {
+                    patch_row_add(g, src, ki, kj, oh0, plane);
+                }
+            }
+        }
+    }
+}
+
+fn view<'a, F>(rows: usize, cols: usize, data: &'a [F]) -> Result<ArrayView2<'a, F>> {
+    ArrayView2::from_shape((rows, cols), data).map_err(|_| {
+        Error::invalid(
+            "conv",
+            format!("buffer of {} for [{rows}, {cols}]", data.len()),
+        )
+    })
+}
+
+fn view_mut<'a, F>(rows: usize, cols: usize, data: &'a mut [F]) -> Result<ArrayViewMut2<'a, F>> {
+    let n = data.len();
+    ArrayViewMut2::from_shape((rows, cols), data)
+        .map_err(|_| Error::invalid("conv", format!("buffer of {n} for [{rows}, {cols}]")))
+}
+
+/// Forward pass of one image: `x` is `[c, h, w]`, `out` is `[o, oh * ow]`.
+fn forward_image<F: Float>(
+    g: &Geom,
+    x: &[F],
+    weight: &[F],
+    bias: Option<&[F]>,
+    out: &mut [F],
+    col: &mut Vec<F>,
+) -> Result<()> {
+    let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
+    let band = g.band_rows();
+    col.resize(g.band_len(), F::zero());
+    for grp in 0..g.groups {
+        let xg = &x[grp * cg * g.h * g.w..(grp + 1) * cg * g.h * g.w];
+        let wg = view(og, k, &weight[grp * og * k..(grp + 1) * og * k])?;
+        let mut yg = view_mut(og, p, &mut out[grp * og * p..(grp + 1) * og * p])?;
+        if g.pointwise() {
+            gemm(F::one(), wg, view(cg, p, xg)?, F::zero(), &mut yg)?;
+            continue;
+        }
+        let mut oh0 = 0;
+        while oh0 < g.oh {
+            let rows = band.min(g.oh - oh0);
+            let nc = rows * g.ow;
+            im2col(g, xg, oh0, rows, &mut col[..k * nc]);
+            let p0 = oh0 * g.ow;
+            gemm(
+                F::one(),
+                wg,
+                view(k, nc, &col[..k * nc])?,
+                F::zero(),
+                &mut yg.slice_mut(s![.., p0..p0 + nc]),
+            )?;
+            oh0 += rows;
+        }
+    }
+    if let Some(b) = bias {
+        for (row, &bv) in out.chunks_exact_mut(p).zip(b) {
+            row.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    Ok(())
+}
+
+/// Per-thread scratch and gradient accumulators of the backward pass.
+struct Acc<F> {
+    gw: Vec<F>,
+    gb: Vec<F>,
+    col: Vec<F>,
+    gcol: Vec<F>,
+}
+
+impl<F: Float> Acc<F> {
+    fn new(g: &Geom) -> Self {
+        Acc {
+            gw: vec![F::zero(); g.o * g.k()],
+            gb: vec![F::zero(); g.o],
+            col: vec![F::zero(); g.band_len()],
+            gcol: vec![F::zero(); g.band_len()],
+        }
+    }
+    fn merge(mut self, other: Self) -> Self {
+        self.gw
+            .iter_mut()
+            .zip(&other.gw)
+            .for_each(|(a, &b)| *a += b);
+        self.gb
+            .iter_mut()
+            .zip(&other.gb)
+            .for_each(|(a, &b)| *a += b);
+        self
+    }
+}
+
+/// Backward pass of one image: accumulates weight and bias gradients into
+/// `acc` and adds the input gradient into `gx` (`[c, h, w]`, zero on entry).
+fn backward_image<F: Float>(
+    g: &Geom,
+    x: &[F],
+    weight: &[F],
+    gy: &[F],
+    gx: &mut [F],
+    acc: &mut Acc<F>,
+) -> Result<()> {
+    let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
+    let plane = g.h * g.w;
+    let band = g.band_rows();
+    for grp in 0..g.groups {
+        let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
+        let gxg = &mut gx[grp * cg * plane..(grp + 1) * cg * plane];
+        let wg = view(og, k, &weight[grp * og * k..(grp + 1) * og * k])?;
+        let gyg = view(og, p, &gy[grp * og * p..(grp + 1) * og * p])?;
+        let mut gwg = view_mut(og, k, &mut acc.gw[grp * og * k..(grp + 1) * og * k])?;
+        if g.pointwise() {
+            let xv = view(cg, p, xg)?;
+            gemm(F::one(), gyg, xv.t(), F::one(), &mut gwg)?;
+            gemm(F::one(), wg.t(), gyg, F::zero(), &mut view_mut(cg, p, gxg)?)?;
+            continue;
+        }
+        let mut oh0 = 0;
+        while oh0 < g.oh {
+            let rows = band.min(g.oh - oh0);
+            let nc = rows * g.ow;
+            let p0 = oh0 * g.ow;
+            let gy_band = gyg.slice(s![.., p0..p0 + nc]);
+            im2col(g, xg, oh0, rows, &mut acc.col[..k * nc]);
+            let colv = view(k, nc, &acc.col[..k * nc])?;
+            gemm(F::one(), gy_band, colv.t(), F::one(), &mut gwg)?;
+            let mut gcol = view_mut(k, nc, &mut acc.gcol[..k * nc])?;
+            gemm(F::one(), wg.t(), gy_band, F::zero(), &mut gcol)?;
+            col2im(g, &acc.gcol[..k * nc], oh0, rows, gxg);
+            oh0 += rows;
+        }
+    }
+    for (b, row) in acc.gb.iter_mut().zip(gy.chunks_exact(p)) {
+        *b += row.iter().copied().sum::<F>();
+    }
+    Ok(())
+}
+
+/// Whether to spread `n` images over the rayon pool (a single image, or a
+/// call already inside the pool, runs on the calling thread so its gemm can
+/// use the pool itself).
+fn batch_parallel(n: usize) -> bool {
+    n > 1 && rayon::current_thread_index().is_none()
+}
+
+/// Forward pass of a batch: `x` is `[n, c, h, w]` (row-major); returns
+/// `[n, o, oh, ow]` as a flat buffer.
+pub(super) fn forward<F: Float>(
+    g: &Geom,
+    n: usize,
+    x: &[F],
+    weight: &[F],
+    bias: Option<&[F]>,
+) -> Result<Vec<F>> {
+    let mut out = vec![F::zero(); n * g.out_len()];
+    if n == 0 || g.out_len() == 0 {
+        return Ok(out);
+    }
+    let (il, ol) = (g.in_len(), g.out_len());
+    if batch_parallel(n) {
+        out.par_chunks_mut(ol)
+            .zip(x.par_chunks(il))
+            .try_for_each_init(Vec::new, |col, (y, xi)| {
+                forward_image(g, xi, weight, bias, y, col)
+            })?;
+    } else {
+        let mut col = Vec::new();
+        for (y, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
+            forward_image(g, xi, weight, bias, y, &mut col)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Backward pass of a batch: adds the weight gradient to `gw` and the bias
+/// gradient to `gb` (when given) and returns the input gradient as a flat
+/// `[n, c, h, w]` buffer.
+pub(super) fn backward<F: Float>(
+    g: &Geom,
+    n: usize,
+    x: &[F],
+    weight: &[F],
+    gy: &[F],
+    gw: &mut [F],
+    gb: Option<&mut [F]>,
+) -> Result<Vec<F>> {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let mut gx = vec![F::zero(); n * il];
+    if n == 0 || ol == 0 || il == 0 {
+        return Ok(gx);
+    }
+    let acc = if batch_parallel(n) {
+        gx.par_chunks_mut(il)
+            .zip(x.par_chunks(il))
+            .zip(gy.par_chunks(ol))
+            .try_fold(
+                || Acc::new(g),
+                |mut acc, ((gxi, xi), gyi)| {
+                    backward_image(g, xi, weight, gyi, gxi, &mut acc)?;
+                    Ok::<_, Error>(acc)
+                },
+            )
+            .map(|a| {
+                a.map(|mut a| {
+                    // drop the scratch before the reduction keeps it alive
+                    a.col = Vec::new();
+                    a.gcol = Vec::new();
+                    a
+                })
+            })
+            .try_reduce(
+                || Acc {
+                    gw: vec![F::zero(); g.o * g.k()],
+                    gb: vec![F::zero(); g.o],
+                    col: Vec::new(),
+                    gcol: Vec::new(),
+                },
+                |a, b| Ok(a.merge(b)),
+            )?
+    } else {
+        let mut acc = Acc::new(g);
+        for ((gxi, xi), gyi) in gx.chunks_mut(il).zip(x.chunks(il)).zip(gy.chunks(ol)) {
+            backward_image(g, xi, weight, gyi, gxi, &mut acc)?;
+        }
+        acc
+    };
+    gw.iter_mut().zip(&acc.gw).for_each(|(a, &b)| *a += b);
+    if let Some(gb) = gb {
+        gb.iter_mut().zip(&acc.gb).for_each(|(a, &b)| *a += b);
+    }
+    Ok(gx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    #[allow(clippy::too_many_arguments)]
+    fn geom(
+        c: usize,
+        h: usize,
+        w: usize,
+        o: usize,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        d: [usize; 2],
+        groups: usize,
+    ) -> Geom {
+        Geom {
+            c,
+            h,
+            w,
+            o,
+            kh: k[0],
+            kw: k[1],
+            sh: s[0],
+            sw: s[1],
+            ph: p[0],
+            pw: p[1],
+            dh: d[0],
+            dw: d[1],
+            groups,
+            oh: out_len(h, k[0], s[0], p[0], d[0]).unwrap(),
+            ow: out_len(w, k[1], s[1], p[1], d[1]).unwrap(),
+        }
+    }
+
+    fn random(rng: &mut StdRng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// Direct convolution of one image for reference.
+    fn naive(g: &Geom, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let (cg, og) = (g.cg(), g.og());
+        let mut y = vec![0.0; g.out_len()];
+        for oc in 0..g.o {
+            let grp = oc / og;
+            for i in 0..g.oh {
+                for j in 0..g.ow {
+                    let mut s = 0.0;
+                    for ci in 0..cg {
+                        for a in 0..g.kh {
+                            for b in 0..g.kw {
+                                let ih = (i * g.sh + a * g.dh) as isize - g.ph as isize;
+                                let iw = (j * g.sw + b * g.dw) as isize - g.pw as isize;
+                                if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w
+                                {
+                                    s += w[((oc * cg + ci) * g.kh + a) * g.kw + b]
+                                        * x[((grp * cg + ci) * g.h + ih as usize) * g.w
+                                            + iw as usize];
+                                }
+                            }
+                        }
+                    }
+                    y[(oc * g.oh + i) * g.ow + j] = s;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn multi_band_images_match_direct_convolution_and_adjoint() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for g in [
+            geom(64, 11, 100, 3, [3, 3], [1, 1], [1, 1], [1, 1], 1),
+            geom(128, 25, 70, 4, [3, 2], [2, 1], [1, 1], [2, 1], 2),
+        ] {
+            assert!(g.band_rows() < g.oh, "{g:?} must need several bands");
+            let n = 2;
+            let x = random(&mut rng, n * g.in_len());
+            let w = random(&mut rng, g.o * g.k());
+            let y = forward(&g, n, &x, &w, None).unwrap();
+            for b in 0..n {
+                let want = naive(&g, &x[b * g.in_len()..(b + 1) * g.in_len()], &w);
+                let got = &y[b * g.out_len()..(b + 1) * g.out_len()];
+                assert!(
+                    want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-10),
+                    "{g:?}"
+                );
+            }
+            // backward is the adjoint: <gy, conv(x)> = <conv^T(gy), x> and = <gw, w>
+            let gy = random(&mut rng, n * g.out_len());
+            let mut gw = vec![0.0; w.len()];
+            let gx = backward(&g, n, &x, &w, &gy, &mut gw, None).unwrap();
+            let lhs: f64 = gy.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let rhs: f64 = gx.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let rhs_w: f64 = gw.iter().zip(&w).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
+            assert!((lhs - rhs_w).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn valid_range_matches_brute_force() {
+        for off in -5isize..5 {
+            for s in 1..4 {
+                for len in 0..7 {
+                    for n_out in 0..8 {
+                        let (lo, hi) = valid_range(off, s, len, n_out);
+                        for o in 0..n_out {
+                            let i = o as isize * s as isize + off;
+                            let inside = i >= 0 && i < len as isize;
+                            assert_eq!(inside, o >= lo && o < hi, "{off} {s} {len} {n_out} {o}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
