@@ -115,29 +115,25 @@ impl<F: Float> Module<F> for MaxPool2d {
         let (ip, op) = (g.h * g.w, g.oh * g.ow);
         let mut idx = vec![0u32; g.planes() * op];
         for_planes(&x, ip, &mut idx, op, |plane, out| {
-            for oh in 0..g.oh {
+            for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
                 let (h0, h1) = g.window(oh, 0);
                 let (h0, h1) = (h0.max(0) as usize, (h1 as usize).min(g.h));
-                for ow in 0..g.ow {
+                for (ow, o) in orow.iter_mut().enumerate() {
                     let (w0, w1) = g.window(ow, 1);
                     let (w0, w1) = (w0.max(0) as usize, (w1 as usize).min(g.w));
                     let mut best = h0 * g.w + w0;
-                    let mut max = F::neg_infinity();
+                    let mut max = plane[best];
                     for i in h0..h1 {
-                        for (j, &v) in plane[i * g.w + w0..i * g.w + w1].iter().enumerate() {
-                            if v > max || v.is_nan() {
+                        let row = &plane[i * g.w..i * g.w + w1];
+                        for (j, &v) in row.iter().enumerate().skip(w0) {
+                            // first maximum wins; a NaN beats everything (as in PyTorch)
+                            if v > max || (v.is_nan() && !max.is_nan()) {
                                 max = v;
-                                best = i * g.w + w0 + j;
-                                if v.is_nan() {
-                                    break;
-                                }
+                                best = i * g.w + j;
                             }
                         }
-                        if max.is_nan() {
-                            break;
-                        }
                     }
-                    out[oh * g.ow + ow] = best as u32;
+                    *o = best as u32;
                 }
             }
         });
