@@ -184,3 +184,43 @@ impl LayerConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod helper_layer_config_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Every conv/pool/norm/dropout/elementwise/embedding variant parses
+    /// from JSON with serde defaults, builds, and reports its own config.
+    #[test]
+    fn helper_layer_configs_parse_build_and_round_trip() {
+        let json = r#"[
+            {"type": "conv2d", "in_channels": 3, "out_channels": 8, "kernel_size": [3, 3]},
+            {"type": "conv1d", "in_channels": 3, "out_channels": 8, "kernel_size": 5, "groups": 1},
+            {"type": "max_pool2d", "kernel_size": [2, 2]},
+            {"type": "avg_pool2d", "kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1], "ceil_mode": true},
+            {"type": "batch_norm", "num_features": 8},
+            {"type": "dropout", "p": 0.3},
+            {"type": "c_add", "shape": [8, 1, 1]},
+            {"type": "c_mul", "shape": [8, 1, 1]},
+            {"type": "scale", "shape": [8, 1, 1]},
+            {"type": "normalize", "channels": 8},
+            {"type": "embedding", "num_embeddings": 10, "embedding_dim": 4, "padding_idx": 0}
+        ]"#;
+        let configs: Vec<LayerConfig> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            configs[0],
+            LayerConfig::Conv2d(Conv2dConfig::new(3, 8, [3, 3]))
+        );
+        assert_eq!(configs[4], LayerConfig::BatchNorm(BatchNormConfig::new(8)));
+        assert_eq!(configs[5], LayerConfig::Dropout(DropoutConfig::new(0.3)));
+        assert_eq!(configs[9], LayerConfig::Normalize(NormalizeConfig::new(8)));
+        let mut rng = StdRng::seed_from_u64(0);
+        for c in &configs {
+            let m = c.build::<f32>(&mut rng).unwrap();
+            assert_eq!(&m.config(), c);
+            let text = serde_json::to_string(c).unwrap();
+            assert_eq!(&serde_json::from_str::<LayerConfig>(&text).unwrap(), c);
+        }
+    }
+}

@@ -39,6 +39,17 @@ pub(crate) fn pool_out_len(
     (out > 0).then_some(out)
 }
 
+/// The outputs `o` in `0..n_out` whose input position `o * s + off` lies in `0..len`.
+fn valid_range(off: isize, s: usize, len: usize, n_out: usize) -> (usize, usize) {
+    let s = s as isize;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let room = len as isize - off;
+    let hi = if room <= 0 { 0 } else { (room + s - 1) / s };
+    let lo = (lo as usize).min(n_out);
+    let hi = (hi as usize).min(n_out).max(lo);
+    (lo, hi)
+}
+
 /// Validates kernel/stride/padding the way PyTorch does.
 fn validate(what: &str, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<()> {
     if kernel.contains(&0) || stride.contains(&0) {

@@ -488,4 +488,49 @@ mod tests {
             3,
         );
     }
+
+    /// Forward + backward of a LeNet-5 (conv 1->6 5x5, tanh, max-pool 2,
+    /// conv 6->16 5x5, tanh, max-pool 2, 256->120->84->10, log-softmax) on a
+    /// batch of 128 28x28 images (release, `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn lenet5_step_timing() {
+        use crate::layers::{Flatten, LinearConfig, LogSoftMax, Pool2dConfig, Sequential, Tanh};
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut net = Sequential::<f32>::new()
+            .with(
+                Conv2dConfig::new(1, 6, [5, 5])
+                    .init::<f32>(&mut rng)
+                    .unwrap(),
+            )
+            .with(Tanh::default())
+            .with(Pool2dConfig::new([2, 2]).init().unwrap())
+            .with(
+                Conv2dConfig::new(6, 16, [5, 5])
+                    .init::<f32>(&mut rng)
+                    .unwrap(),
+            )
+            .with(Tanh::default())
+            .with(Pool2dConfig::new([2, 2]).init().unwrap())
+            .with(Flatten::new(1))
+            .with(LinearConfig::new(256, 120).init::<f32>(&mut rng).unwrap())
+            .with(Tanh::default())
+            .with(LinearConfig::new(120, 84).init::<f32>(&mut rng).unwrap())
+            .with(Tanh::default())
+            .with(LinearConfig::new(84, 10).init::<f32>(&mut rng).unwrap())
+            .with(LogSoftMax::new(1));
+        let x: Tensor<f32> = init::uniform(&mut rng, &[128, 1, 28, 28], 1.0);
+        let gy: Tensor<f32> = init::uniform(&mut rng, &[128, 10], 0.01);
+        let mut best = f64::MAX;
+        for _ in 0..30 {
+            let t = std::time::Instant::now();
+            net.forward(&x).unwrap();
+            net.backward(&x, &gy).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "LeNet-5 forward+backward, batch 128: {:.2} ms (best of 30)",
+            best * 1e3
+        );
+    }
 }

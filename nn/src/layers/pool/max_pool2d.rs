@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_grad_output, contiguous, for_planes, tensor_of, validate, PoolGeom};
+use super::{
+    check_grad_output, contiguous, for_planes, tensor_of, valid_range, validate, PoolGeom,
+};
 use crate::error::{Error, Result};
 use crate::layers::LayerConfig;
 use crate::module::Module;
@@ -114,30 +116,52 @@ impl<F: Float> Module<F> for MaxPool2d {
         let x = contiguous(input);
         let (ip, op) = (g.h * g.w, g.oh * g.ow);
         let mut idx = vec![0u32; g.planes() * op];
+        // For each window row and kernel column, sweep all outputs of the
+        // row at once: per output the elements are still visited in
+        // row-major window order, so the first maximum wins (a NaN beats
+        // everything), as in PyTorch.
+        let (kw, sw, pw) = (g.k[1], g.s[1], g.p[1]);
+        let taps: Vec<(isize, usize, usize)> = (0..kw)
+            .map(|kj| {
+                let off = kj as isize - pw as isize;
+                let (lo, hi) = valid_range(off, sw, g.w, g.ow);
+                (off, lo, hi)
+            })
+            .collect();
         for_planes(&x, ip, &mut idx, op, |plane, out| {
-            for oh in 0..g.oh {
+            let mut maxv = vec![F::neg_infinity(); g.ow];
+            for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
                 let (h0, h1) = g.window(oh, 0);
                 let (h0, h1) = (h0.max(0) as usize, (h1 as usize).min(g.h));
-                for ow in 0..g.ow {
-                    let (w0, w1) = g.window(ow, 1);
-                    let (w0, w1) = (w0.max(0) as usize, (w1 as usize).min(g.w));
-                    let mut best = h0 * g.w + w0;
-                    let mut max = F::neg_infinity();
-                    for i in h0..h1 {
-                        for (j, &v) in plane[i * g.w + w0..i * g.w + w1].iter().enumerate() {
-                            if v > max || v.is_nan() {
-                                max = v;
-                                best = i * g.w + w0 + j;
-                                if v.is_nan() {
-                                    break;
+                maxv.fill(F::neg_infinity());
+                for (ow, o) in orow.iter_mut().enumerate() {
+                    let w0 = g.window(ow, 1).0.max(0) as usize;
+                    *o = (h0 * g.w + w0) as u32;
+                }
+                for i in h0..h1 {
+                    let row = &plane[i * g.w..(i + 1) * g.w];
+                    for &(off, lo, hi) in &taps {
+                        for ow in lo..hi {
+                            let iw = ((ow * sw) as isize + off) as usize;
+                            let v = row[iw];
+                            let max = maxv[ow];
+                            // branch-free (the NaN test is predictable): with
+                            // random data a branch on `take` mispredicts half the time
+                            let take = (v > max) | (v.is_nan() & !max.is_nan());
+                            let mask = (take as u32).wrapping_neg();
+                            let cand = (i * g.w + iw) as u32;
+                            orow[ow] = (orow[ow] & !mask) | (cand & mask);
+                            maxv[ow] = if v.is_nan() | max.is_nan() {
+                                if max.is_nan() {
+                                    max
+                                } else {
+                                    v
                                 }
-                            }
-                        }
-                        if max.is_nan() {
-                            break;
+                            } else {
+                                max.max(v)
+                            };
                         }
                     }
-                    out[oh * g.ow + ow] = best as u32;
                 }
             }
         });
@@ -222,6 +246,26 @@ mod tests {
     }
 
     #[test]
+    fn nan_wins_and_ties_go_to_the_first_maximum() {
+        let x = Tensor::from_shape_vec(
+            ndarray::IxDyn(&[1, 1, 2, 4]),
+            vec![1.0, 3.0, 2.0, f64::NAN, 3.0, 0.0, 5.0, 5.0],
+        )
+        .unwrap();
+        let mut m = Pool2dConfig::new([2, 2]).init().unwrap();
+        let y = m.forward(&x).unwrap();
+        assert_eq!(y[[0, 0, 0, 0]], 3.0);
+        assert!(y[[0, 0, 0, 1]].is_nan());
+        let gx = m
+            .backward(&x, &Tensor::ones(ndarray::IxDyn(&[1, 1, 1, 2])))
+            .unwrap();
+        assert_eq!(
+            gx.iter().copied().collect::<Vec<_>>(),
+            vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
     fn max_pool_passes_gradcheck() {
         let mut rng = StdRng::seed_from_u64(5);
         // distinct values so that no window has a tie
@@ -280,6 +324,30 @@ mod tests {
                 && err.contains("[1, 1, 2, 2]")
                 && err.contains("[1, 1, 3, 2]"),
             "{err}"
+        );
+    }
+
+    /// Release-mode timing on LeNet's first pooling input (`--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn max_pool_timing() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let x: Tensor<f32> = init::uniform(&mut rng, &[128, 6, 24, 24], 1.0);
+        let mut m = Pool2dConfig::new([2, 2]).init().unwrap();
+        let y = m.forward(&x).unwrap();
+        let mut best = [f64::MAX; 2];
+        for _ in 0..50 {
+            let t = std::time::Instant::now();
+            m.forward(&x).unwrap();
+            best[0] = best[0].min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            m.backward(&x, &y).unwrap();
+            best[1] = best[1].min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "MaxPool2d 2x2 on [128, 6, 24, 24]: forward {:.3} ms, backward {:.3} ms",
+            best[0] * 1e3,
+            best[1] * 1e3
         );
     }
 }
