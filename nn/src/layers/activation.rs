@@ -90,7 +90,7 @@ impl<F: Float> Module<F> for Tanh<F> {
         "Tanh".into()
     }
     fn forward(&mut self, input: &Tensor<F>) -> Result<Tensor<F>> {
-        let y = par_map(input, |x| x.tanh());
+        let y = par_map(input, |x| x.fast_tanh());
         self.output = Some(y.clone());
         Ok(y)
     }
@@ -120,7 +120,9 @@ impl<F: Float> Module<F> for Sigmoid<F> {
         "Sigmoid".into()
     }
     fn forward(&mut self, input: &Tensor<F>) -> Result<Tensor<F>> {
-        let y = par_map(input, |x| F::one() / (F::one() + (-x).exp()));
+        let half = F::of(0.5);
+        // sigmoid(x) = (1 + tanh(x/2)) / 2: stable for large |x| and vectorised for f32.
+        let y = par_map(input, |x| half * (x * half).fast_tanh() + half);
         self.output = Some(y.clone());
         Ok(y)
     }
@@ -287,5 +289,36 @@ impl<F: Float> Module<F> for LogSoftMax<F> {
     }
     fn config(&self) -> LayerConfig {
         LayerConfig::LogSoftMax { dim: self.dim }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_tanh_f32_is_within_a_few_ulp_of_libm() {
+        let mut worst = 0f32;
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let (a, b) = (x.fast_tanh(), x.tanh());
+            worst = worst.max((a - b).abs() / b.abs().max(1e-30).max(f32::EPSILON));
+            x += 0.000_37;
+        }
+        assert!(worst < 8.0 * f32::EPSILON, "worst relative error {worst:e}");
+        assert_eq!(0f32.fast_tanh(), 0.0);
+        assert!(f32::NAN.fast_tanh().is_nan());
+        assert!((f32::INFINITY.fast_tanh() - 1.0).abs() < 1e-6);
+        assert!((f32::NEG_INFINITY.fast_tanh() + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sigmoid_matches_the_logistic_function() {
+        let x = Tensor::from_shape_vec(ndarray::IxDyn(&[5]), vec![-30.0f64, -2.0, 0.0, 1.5, 40.0])
+            .unwrap();
+        let y = Sigmoid::default().forward(&x).unwrap();
+        for (v, s) in x.iter().zip(y.iter()) {
+            assert!((s - 1.0 / (1.0 + (-v).exp())).abs() < 1e-12);
+        }
     }
 }
