@@ -30,5 +30,5 @@ pub mod tensor;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use module::{Module, Param};
+pub use module::{Module, ModuleExt, Param};
 pub use tensor::{Float, Tensor};
