@@ -68,7 +68,7 @@ pub fn check_module(
         worst: String::new(),
         checked: 0,
     };
-    let mut note = |report: &mut GradReport, a: f64, n: f64, place: String| {
+    let note = |report: &mut GradReport, a: f64, n: f64, place: String| {
         let e = rel_err(a, n);
         report.checked += 1;
         if e > report.max_error || report.worst.is_empty() {
