@@ -114,14 +114,13 @@ pub(crate) fn nll_core<F: Float>(
             }
         }
     }
-    let count = (n * inner) as f64;
-    // Normalisers of the two terms (PyTorch divides the unweighted smoothing
-    // term by the number of targets, ignored ones included).
-    let (d_nll, d_smooth) = match reduction {
-        Reduction::Sum => (1.0, 1.0),
-        Reduction::Mean if weight.is_some() => (wsum, wsum),
-        Reduction::Mean => (wsum, count),
+    // Normaliser of both terms: the weight total of the non-ignored targets
+    // (their count when unweighted), as PyTorch's `cross_entropy`.
+    let norm = match reduction {
+        Reduction::Sum => 1.0,
+        Reduction::Mean => wsum,
     };
+    let (d_nll, d_smooth) = (norm, norm);
     let eps_c = smoothing / c as f64;
     let loss = (1.0 - smoothing) * nll / d_nll
         + if smoothing > 0.0 {

@@ -234,8 +234,11 @@ impl Lbfgs {
                         let xt: Vec<f64> = x_init.iter().zip(&d).map(|(a, b)| a + t * b).collect();
                         Self::eval(n, closure, &xt)
                     };
+                    // PyTorch caps the line search at the evaluations left
+                    // and uses its default tolerance_change there.
+                    let max_ls = max_eval.saturating_sub(current_evals).max(1);
                     let (l, g, t, evals) =
-                        strong_wolfe(&mut obj, st.t, &d, loss, &flat_grad, gtd, cfg.tolerance_change)?;
+                        strong_wolfe(&mut obj, st.t, &d, (loss, &flat_grad, gtd), max_ls)?;
                     loss = l;
                     flat_grad = g;
                     st.t = t;
@@ -303,19 +306,19 @@ fn cubic_interpolate(
 type Point = (f64, f64, Vec<f64>, f64);
 
 /// Strong-Wolfe line search (PyTorch's `_strong_wolfe`, c1 = 1e-4,
-/// c2 = 0.9, 25 iterations). Returns (loss, gradient, step, evaluations).
+/// c2 = 0.9, tolerance_change = 1e-9, at most `max_ls` iterations) from
+/// the point with loss `f`, gradient `g` and directional derivative `gtd`.
+/// Returns (loss, gradient, step, evaluations).
 fn strong_wolfe(
     obj: &mut dyn FnMut(f64) -> Result<(f64, Vec<f64>)>,
     mut t: f64,
     d: &[f64],
-    f: f64,
-    g: &[f64],
-    gtd: f64,
-    tolerance_change: f64,
+    (f, g, gtd): (f64, &[f64], f64),
+    max_ls: usize,
 ) -> Result<(f64, Vec<f64>, f64, usize)> {
     const C1: f64 = 1e-4;
     const C2: f64 = 0.9;
-    const MAX_LS: usize = 25;
+    let tolerance_change = 1e-9;
     let d_norm = abs_max(d);
     let (mut f_new, mut g_new) = obj(t)?;
     let mut evals = 1;
@@ -324,7 +327,7 @@ fn strong_wolfe(
     let mut done = false;
     let mut ls_iter = 0;
     let mut bracket: Vec<Point> = Vec::new();
-    while ls_iter < MAX_LS {
+    while ls_iter < max_ls {
         if f_new > f + C1 * t * gtd || (ls_iter > 1 && f_new >= f_prev) {
             bracket = vec![
                 (t_prev, f_prev, g_prev.clone(), gtd_prev),
@@ -361,7 +364,7 @@ fn strong_wolfe(
         gtd_new = dot(&g_new, d);
         ls_iter += 1;
     }
-    if ls_iter == MAX_LS {
+    if ls_iter == max_ls {
         bracket = vec![(0.0, f, g.to_vec(), gtd), (t, f_new, g_new, gtd_new)];
     }
     // Zoom: shrink the bracket until a point satisfies the Wolfe conditions.
@@ -374,7 +377,7 @@ fn strong_wolfe(
         }
     };
     let (mut low, mut high) = order(&bracket);
-    while !done && ls_iter < MAX_LS && bracket.len() == 2 {
+    while !done && ls_iter < max_ls && bracket.len() == 2 {
         if (bracket[1].0 - bracket[0].0).abs() * d_norm < tolerance_change {
             break;
         }
