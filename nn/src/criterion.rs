@@ -145,7 +145,11 @@ pub(crate) fn target_class<F: Float>(
 }
 
 /// Checks optional per-class weights against the class count.
-pub(crate) fn check_weights<F: Float>(op: &str, weight: Option<&[F]>, classes: usize) -> Result<()> {
+pub(crate) fn check_weights<F: Float>(
+    op: &str,
+    weight: Option<&[F]>,
+    classes: usize,
+) -> Result<()> {
     if let Some(w) = weight {
         if w.len() != classes {
             return Err(Error::shape(
@@ -166,4 +170,194 @@ pub(crate) fn values<F: Float>(t: &Tensor<F>) -> Vec<f64> {
 /// Builds a tensor of `shape` from row-major `f64` values.
 pub(crate) fn tensor_of<F: Float>(shape: &[usize], v: Vec<f64>) -> Result<Tensor<F>> {
     crate::tensor::from_vec(shape, v.into_iter().map(F::of).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::check_criterion;
+    use crate::tensor::from_vec;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn rand(shape: &[usize], seed: u64, bound: f64) -> Tensor<f64> {
+        crate::init::uniform(&mut StdRng::seed_from_u64(seed), shape, bound)
+    }
+
+    fn check(c: &mut dyn Criterion<f64>, x: &Tensor<f64>, t: &Tensor<f64>) {
+        let name = c.name();
+        let r = check_criterion(c, x, t, 1e-6).unwrap();
+        assert!(r.max_error <= 1e-6, "{name}: {r:?}");
+    }
+
+    fn targets(shape: &[usize], v: &[f64]) -> Tensor<f64> {
+        from_vec(shape, v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn class_criterions_pass_gradcheck() {
+        let x = rand(&[5, 4], 1, 2.0);
+        let t = targets(&[5], &[0.0, 3.0, 1.0, 2.0, 3.0]);
+        let ti = targets(&[5], &[0.0, -100.0, 1.0, 2.0, -100.0]);
+        let w = vec![0.5, 2.0, 1.0, 3.0];
+        for red in [Reduction::Mean, Reduction::Sum] {
+            check(&mut ClassNll::new().with_reduction(red), &x, &t);
+            check(
+                &mut ClassNll::new().with_weight(w.clone()).with_reduction(red),
+                &x,
+                &ti,
+            );
+            check(&mut CrossEntropy::new().with_reduction(red), &x, &t);
+            check(
+                &mut CrossEntropy::new()
+                    .with_weight(w.clone())
+                    .with_label_smoothing(0.2)
+                    .with_reduction(red),
+                &x,
+                &ti,
+            );
+            check(
+                &mut CrossEntropy::new()
+                    .with_ignore_index(Some(2))
+                    .with_label_smoothing(0.1),
+                &x,
+                &t,
+            );
+        }
+        // Spatial: [N, C, d] with target [N, d].
+        let xs = rand(&[2, 3, 4], 2, 2.0);
+        let ts = targets(&[2, 4], &[0.0, 2.0, 1.0, -100.0, 2.0, 2.0, 0.0, 1.0]);
+        check(
+            &mut ClassNll::new().with_weight(vec![1.0, 0.2, 3.0]),
+            &xs,
+            &ts,
+        );
+        check(&mut CrossEntropy::new().with_label_smoothing(0.3), &xs, &ts);
+    }
+
+    #[test]
+    fn pointwise_criterions_pass_gradcheck() {
+        let x = rand(&[3, 4], 3, 1.0);
+        let t = rand(&[3, 4], 4, 1.0);
+        // Keep |x - t| away from the kinks of L1 and SmoothL1 (0 and beta).
+        let x = ndarray::Zip::from(&x).and(&t).map_collect(|&a, &b| {
+            let d: f64 = a - b;
+            if d.abs() < 0.05 || (d.abs() - 0.5).abs() < 0.05 {
+                a + 0.15
+            } else {
+                a
+            }
+        });
+        for red in [Reduction::Mean, Reduction::Sum] {
+            check(&mut Mse::new(red), &x, &t);
+            check(&mut L1::new(red), &x, &t);
+            check(&mut SmoothL1::new(red, 0.5).unwrap(), &x, &t);
+            check(&mut SmoothL1::new(red, 0.0).unwrap(), &x, &t);
+        }
+        let p = rand(&[3, 4], 5, 0.4).mapv(|v| v + 0.5);
+        let y = rand(&[3, 4], 6, 0.5).mapv(|v| v + 0.5);
+        check(&mut Bce::new(Reduction::Mean), &p, &y);
+        check(
+            &mut Bce::new(Reduction::Sum).with_weight(rand(&[4], 7, 1.0).mapv(|v| v + 1.5)),
+            &p,
+            &y,
+        );
+        let lp = rand(&[3, 4], 8, 1.0).mapv(|v| v - 1.5);
+        let q = rand(&[3, 4], 9, 0.5).mapv(|v| v + 0.5);
+        for red in [KlReduction::Mean, KlReduction::Sum, KlReduction::BatchMean] {
+            check(&mut KlDiv::new(red), &lp, &q);
+        }
+    }
+
+    #[test]
+    fn pointwise_values_match_pytorch_formulas() {
+        let x = targets(&[4], &[0.0, 1.0, 2.0, -3.0]);
+        let t = targets(&[4], &[0.5, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            Criterion::<f64>::forward(&mut Mse::default(), &x, &t).unwrap(),
+            (0.25 + 4.0 + 9.0) / 4.0
+        );
+        assert_eq!(
+            Criterion::<f64>::forward(&mut L1::new(Reduction::Sum), &x, &t).unwrap(),
+            5.5
+        );
+        // beta 1: 0.5·0.25, 0, 2 - 0.5, 3 - 0.5.
+        let s = Criterion::<f64>::forward(&mut SmoothL1::default(), &x, &t).unwrap();
+        assert!((s - (0.125 + 1.5 + 2.5) / 4.0).abs() < 1e-15);
+        // BCE clamps log(0) at -100.
+        let p = targets(&[2], &[0.0, 1.0]);
+        let y = targets(&[2], &[1.0, 1.0]);
+        assert_eq!(
+            Criterion::<f64>::forward(&mut Bce::new(Reduction::Sum), &p, &y).unwrap(),
+            100.0
+        );
+        // KL batchmean divides the sum by N.
+        let lp = targets(&[2, 2], &[(0.5f64).ln(); 4]);
+        let q = targets(&[2, 2], &[0.25, 0.75, 0.0, 1.0]);
+        let kl_sum = 0.25 * (0.25f64 / 0.5).ln() + 0.75 * (0.75f64 / 0.5).ln() + (2.0f64).ln();
+        let got =
+            Criterion::<f64>::forward(&mut KlDiv::new(KlReduction::BatchMean), &lp, &q).unwrap();
+        assert!((got - kl_sum / 2.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_shapes_and_targets_are_errors_naming_the_criterion() {
+        let x = rand(&[3, 4], 1, 1.0);
+        let err = ClassNll::new()
+            .forward(&x, &targets(&[2], &[0.0, 1.0]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ClassNLL") && err.contains("[3, 4]") && err.contains("[2]"),
+            "{err}"
+        );
+        let err = CrossEntropy::new()
+            .forward(&x, &targets(&[3], &[0.0, 4.0, 1.0]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CrossEntropy") && err.contains("class index 4"),
+            "{err}"
+        );
+        let err = ClassNll::new()
+            .forward(&x, &targets(&[3], &[0.0, 1.5, 1.0]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1.5"), "{err}");
+        let err = ClassNll::new()
+            .with_weight(vec![1.0; 3])
+            .forward(&x, &targets(&[3], &[0.0; 3]))
+            .unwrap_err();
+        assert!(err.to_string().contains("class weights"), "{err}");
+        let err = Criterion::<f64>::forward(&mut Mse::default(), &x, &rand(&[4, 3], 2, 1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MSE") && err.contains("[3, 4]") && err.contains("[4, 3]"),
+            "{err}"
+        );
+        let p = targets(&[2], &[0.5, 1.5]);
+        assert!(Bce::new(Reduction::Mean)
+            .forward(&p, &targets(&[2], &[0.0, 1.0]))
+            .is_err());
+        assert!(Bce::new(Reduction::Mean)
+            .with_weight(rand(&[3], 1, 1.0))
+            .forward(&targets(&[2], &[0.5; 2]), &targets(&[2], &[0.0; 2]))
+            .is_err());
+        assert!(SmoothL1::new(Reduction::Mean, -1.0).is_err());
+        assert!(CrossEntropy::new()
+            .with_label_smoothing(1.5)
+            .forward(&x, &targets(&[3], &[0.0; 3]))
+            .is_err());
+        let err = KlDiv::default()
+            .forward(&x, &x.mapv(|v| v - 5.0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KLDiv"), "{err}");
+        // Every target ignored: NaN mean, as PyTorch.
+        let all = ClassNll::new()
+            .forward(&x, &targets(&[3], &[-100.0; 3]))
+            .unwrap();
+        assert!(all.is_nan());
+    }
 }

@@ -30,7 +30,10 @@ macro_rules! optimizer_common {
             self.core.state()
         }
 
-        fn load_state(&mut self, state: crate::optim::OptimizerState<F>) -> crate::error::Result<()> {
+        fn load_state(
+            &mut self,
+            state: crate::optim::OptimizerState<F>,
+        ) -> crate::error::Result<()> {
             self.core.load(state)
         }
     };
@@ -194,7 +197,10 @@ impl OptimizerConfig {
 /// Checks that a hyper-parameter is a finite number `>= 0`.
 pub(crate) fn check_non_negative(what: &str, name: &str, v: f64) -> Result<()> {
     if !(v >= 0.0 && v.is_finite()) {
-        return Err(Error::config(what, format!("{name} = {v} must be a finite number >= 0")));
+        return Err(Error::config(
+            what,
+            format!("{name} = {v} must be a finite number >= 0"),
+        ));
     }
     Ok(())
 }
@@ -202,7 +208,10 @@ pub(crate) fn check_non_negative(what: &str, name: &str, v: f64) -> Result<()> {
 /// Checks that a coefficient (beta, rho, alpha, …) lies in `[0, 1)`.
 pub(crate) fn check_unit(what: &str, name: &str, v: f64) -> Result<()> {
     if !(0.0..1.0).contains(&v) {
-        return Err(Error::config(what, format!("{name} = {v} must lie in [0, 1)")));
+        return Err(Error::config(
+            what,
+            format!("{name} = {v} must lie in [0, 1)"),
+        ));
     }
     Ok(())
 }
@@ -344,5 +353,195 @@ impl<F: Float> Core<F> {
         self.len = Some(len);
         self.step = state.step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> Vec<OptimizerConfig> {
+        serde_json::from_str(
+            r#"[
+            {"type": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": true, "weight_decay": 0.01},
+            {"type": "sgd", "lr": 0.1},
+            {"type": "adam", "lr": 0.01, "amsgrad": true, "weight_decay": 0.1},
+            {"type": "adamw", "lr": 0.01, "amsgrad": true},
+            {"type": "adagrad", "lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
+            {"type": "adadelta", "weight_decay": 0.1},
+            {"type": "rmsprop", "momentum": 0.5, "centered": true},
+            {"type": "adamax", "weight_decay": 0.1}
+        ]"#,
+        )
+        .unwrap()
+    }
+
+    fn grads(k: usize, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7 + k * 3) % 11) as f64 * 0.1 - 0.5)
+            .collect()
+    }
+
+    fn p0(n: usize) -> Vec<f64> {
+        (0..n).map(|i| (i as f64 * 0.37).sin()).collect()
+    }
+
+    #[test]
+    fn state_export_import_round_trip() {
+        for cfg in configs() {
+            let n = 9;
+            let mut a = cfg.build::<f64>().unwrap();
+            let mut pa = p0(n);
+            for k in 0..5 {
+                a.step(&mut pa, &grads(k, n)).unwrap();
+            }
+            let mut b = cfg.build::<f64>().unwrap();
+            let mut pb = p0(n);
+            for k in 0..2 {
+                b.step(&mut pb, &grads(k, n)).unwrap();
+            }
+            // Through JSON, as a checkpoint would.
+            let json = serde_json::to_string(&b.state()).unwrap();
+            let mut c = cfg.build::<f64>().unwrap();
+            c.load_state(serde_json::from_str(&json).unwrap()).unwrap();
+            for k in 2..5 {
+                c.step(&mut pb, &grads(k, n)).unwrap();
+            }
+            // JSON parsing may move a value by one ulp (serde_json without
+            // `float_roundtrip`), hence the tolerance.
+            let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(u, v)| (u - v).abs() <= 1e-12);
+            assert!(close(&pa, &pb), "{}: {pa:?} vs {pb:?}", a.name());
+            let (sa, sc) = (a.state(), c.state());
+            assert_eq!(sa.step, sc.step);
+            for ((na, ba), (nc, bc)) in sa.buffers.iter().zip(&sc.buffers) {
+                assert_eq!(na, nc);
+                assert!(close(ba, bc), "{}: {na}", a.name());
+            }
+        }
+    }
+
+    #[test]
+    fn sharded_stepping_equals_whole_buffer() {
+        let n = 10;
+        for cfg in configs() {
+            let mut whole = cfg.build::<f32>().unwrap();
+            let mut pw: Vec<f32> = p0(n).iter().map(|&v| v as f32).collect();
+            let g32 = |k| grads(k, n).iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            whole.step(&mut pw, &g32(0)).unwrap();
+            // Split the state after one step, then continue on the shards.
+            let state = whole.state();
+            let mut ps = pw.clone();
+            let mut s1 = cfg.build::<f32>().unwrap();
+            let mut s2 = cfg.build::<f32>().unwrap();
+            if !state.buffers.is_empty() {
+                s1.load_state(state.slice(0, 4).unwrap()).unwrap();
+                s2.load_state(state.slice(4, n).unwrap()).unwrap();
+            } else {
+                s1.load_state(state.clone()).unwrap();
+                s2.load_state(state.clone()).unwrap();
+            }
+            for k in 1..4 {
+                whole.step(&mut pw, &g32(k)).unwrap();
+                let g = g32(k);
+                s1.step(&mut ps[..4], &g[..4]).unwrap();
+                s2.step(&mut ps[4..], &g[4..]).unwrap();
+            }
+            assert_eq!(pw, ps, "{}", whole.name());
+            if !state.buffers.is_empty() {
+                let joined = OptimizerState::concat(&[s1.state(), s2.state()]).unwrap();
+                assert_eq!(joined, whole.state());
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let bad = [
+            r#"{"type": "sgd", "lr": -0.1}"#,
+            r#"{"type": "sgd", "lr": 0.1, "nesterov": true}"#,
+            r#"{"type": "sgd", "lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": true}"#,
+            r#"{"type": "adam", "betas": [0.9, 1.0]}"#,
+            r#"{"type": "adamw", "betas": [-0.1, 0.9]}"#,
+            r#"{"type": "adam", "eps": -1e-8}"#,
+            r#"{"type": "adagrad", "lr_decay": -1}"#,
+            r#"{"type": "adadelta", "rho": 1.5}"#,
+            r#"{"type": "rmsprop", "alpha": -0.5}"#,
+            r#"{"type": "adamax", "weight_decay": -0.1}"#,
+        ];
+        for b in bad {
+            let cfg: OptimizerConfig = serde_json::from_str(b).unwrap();
+            let err = cfg
+                .build::<f32>()
+                .err()
+                .unwrap_or_else(|| panic!("{b} accepted"));
+            assert!(matches!(err, Error::Config { .. }), "{b}: {err}");
+        }
+        assert!(serde_json::from_str::<OptimizerConfig>(
+            r#"{"type": "sgd", "lr": 0.1, "momentun": 0.9}"#
+        )
+        .is_err());
+        assert!(LbfgsConfig {
+            max_iter: 0,
+            ..Default::default()
+        }
+        .build()
+        .is_err());
+    }
+
+    #[test]
+    fn length_and_state_mismatches_are_errors() {
+        let mut o = AdamConfig::new(0.1).build::<f64>().unwrap();
+        let mut p = vec![0.0; 3];
+        assert!(o.step(&mut p, &[1.0; 2]).is_err());
+        o.step(&mut p, &[1.0; 3]).unwrap();
+        assert!(o.step(&mut [0.0; 4], &[1.0; 4]).is_err());
+        let mut sgd = SgdConfig {
+            momentum: 0.9,
+            ..SgdConfig::new(0.1)
+        }
+        .build::<f64>()
+        .unwrap();
+        let err = sgd.load_state(o.state()).unwrap_err().to_string();
+        assert!(err.contains("momentum_buffer"), "{err}");
+        assert_eq!(o.learning_rate(), 0.1);
+        o.set_learning_rate(0.05);
+        assert_eq!(o.learning_rate(), 0.05);
+    }
+
+    #[test]
+    fn lbfgs_minimises_a_quadratic() {
+        // f(x) = Σ a_i (x_i - i)², minimum at x_i = i.
+        let a = [1.0, 3.0, 0.5, 2.0];
+        let mut f = |x: &[f64]| -> Result<(f64, Vec<f64>)> {
+            let loss = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| a[i] * (v - i as f64).powi(2))
+                .sum();
+            let g = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 2.0 * a[i] * (v - i as f64))
+                .collect();
+            Ok((loss, g))
+        };
+        for ls in [LineSearch::None, LineSearch::StrongWolfe] {
+            let mut o = LbfgsConfig {
+                line_search: ls,
+                ..Default::default()
+            }
+            .build()
+            .unwrap();
+            let mut x = vec![5.0; 4];
+            for _ in 0..5 {
+                o.step(&mut x, &mut f).unwrap();
+            }
+            for (i, v) in x.iter().enumerate() {
+                assert!((v - i as f64).abs() < 1e-6, "{ls:?}: {x:?}");
+            }
+        }
+        let mut o = LbfgsConfig::default().build().unwrap();
+        let mut bad = |_: &[f64]| -> Result<(f64, Vec<f64>)> { Ok((1.0, vec![1.0])) };
+        assert!(o.step(&mut [0.0, 0.0], &mut bad).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! PyTorch parity of Linear, LogSoftMax + ClassNLL and CrossEntropy
 //! (fixtures from `tests/fixtures/gen_optim_fixtures.py`).
 
-use kiln_nn::criterion::{ClassNll, CrossEntropy, Criterion, Reduction};
+use kiln_nn::criterion::{ClassNll, Criterion, CrossEntropy, Reduction};
 use kiln_nn::layers::{LinearConfig, LogSoftMax};
 use kiln_nn::tensor::from_vec;
 use kiln_nn::{Module, Tensor};
@@ -16,26 +16,44 @@ fn fixture(name: &str) -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn shape(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what}[{i}]: got {g}, want {w}");
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{what}[{i}]: got {g}, want {w}"
+        );
     }
 }
 
 #[test]
 fn linear_forward_backward_matches_pytorch_f32() {
     let f = fixture("optim_linear.json");
-    let (i, o) = (f["in_features"].as_u64().unwrap() as usize, f["out_features"].as_u64().unwrap() as usize);
-    let mut lin = LinearConfig::new(i, o).init::<f32>(&mut StdRng::seed_from_u64(0)).unwrap();
-    let t32 = |v: &Value, s: &[usize]| -> Tensor<f32> { from_vec(s, floats(v).iter().map(|&x| x as f32).collect()).unwrap() };
+    let (i, o) = (
+        f["in_features"].as_u64().unwrap() as usize,
+        f["out_features"].as_u64().unwrap() as usize,
+    );
+    let mut lin = LinearConfig::new(i, o)
+        .init::<f32>(&mut StdRng::seed_from_u64(0))
+        .unwrap();
+    let t32 = |v: &Value, s: &[usize]| -> Tensor<f32> {
+        from_vec(s, floats(v).iter().map(|&x| x as f32).collect()).unwrap()
+    };
     lin.weight.value = t32(&f["weight"], &[o, i]);
     if let Some(b) = &mut lin.bias {
         b.value = t32(&f["bias"], &[o]);
@@ -48,7 +66,12 @@ fn linear_forward_backward_matches_pytorch_f32() {
     let v = |t: &Tensor<f32>| t.iter().map(|&x| x as f64).collect::<Vec<_>>();
     assert_close("output", &v(&y), &floats(&f["output"]), 1e-4);
     assert_close("grad_input", &v(&gx), &floats(&f["grad_input"]), 1e-4);
-    assert_close("grad_weight", &v(&lin.weight.grad), &floats(&f["grad_weight"]), 1e-4);
+    assert_close(
+        "grad_weight",
+        &v(&lin.weight.grad),
+        &floats(&f["grad_weight"]),
+        1e-4,
+    );
     let gb = lin.bias.as_ref().map(|b| v(&b.grad)).unwrap();
     assert_close("grad_bias", &gb, &floats(&f["grad_bias"]), 1e-4);
 }
@@ -64,7 +87,9 @@ fn run_case(c: &Value) -> (f64, Vec<f64>) {
         _ => Reduction::Mean,
     };
     if c["kind"] == "nll" {
-        let mut nll = ClassNll::new().with_ignore_index(ignore).with_reduction(reduction);
+        let mut nll = ClassNll::new()
+            .with_ignore_index(ignore)
+            .with_reduction(reduction);
         if let Some(w) = weight {
             nll = nll.with_weight(w);
         }
@@ -95,8 +120,16 @@ fn log_softmax_nll_and_cross_entropy_match_pytorch() {
     assert!(cases.len() >= 10);
     for (k, c) in cases.iter().enumerate() {
         let (loss, grad) = run_case(c);
-        let what = format!("case {k} ({}, smoothing {})", c["kind"], c["label_smoothing"]);
-        assert_close(&format!("{what} loss"), &[loss], &[c["loss"].as_f64().unwrap()], 1e-9);
+        let what = format!(
+            "case {k} ({}, smoothing {})",
+            c["kind"], c["label_smoothing"]
+        );
+        assert_close(
+            &format!("{what} loss"),
+            &[loss],
+            &[c["loss"].as_f64().unwrap()],
+            1e-9,
+        );
         assert_close(&format!("{what} grad"), &grad, &floats(&c["grad"]), 1e-9);
     }
 }

@@ -11,13 +11,20 @@ fn fixture(name: &str) -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * w.abs().max(1e-3), "{what}[{i}]: got {g}, want {w}");
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1e-3),
+            "{what}[{i}]: got {g}, want {w}"
+        );
     }
 }
 
@@ -41,7 +48,12 @@ fn elementwise_optimizers_match_pytorch_after_five_steps() {
         let state = opt.state();
         assert_eq!(state.step, 5);
         let want = c["state"].as_object().unwrap();
-        assert_eq!(state.buffers.len(), want.len(), "{what}: buffers {:?}", state.buffers);
+        assert_eq!(
+            state.buffers.len(),
+            want.len(),
+            "{what}: buffers {:?}",
+            state.buffers
+        );
         for (name, buf) in &state.buffers {
             assert_close(&format!("{what} {name}"), buf, &floats(&want[name]), 1e-9);
         }
@@ -86,9 +98,18 @@ fn lbfgs_matches_pytorch_on_rosenbrock() {
             losses.push(opt.step(&mut x, &mut closure).unwrap());
         }
         let what = format!("LBFGS {k}");
-        assert_close(&format!("{what} losses"), &losses, &floats(&c["losses"]), 1e-7);
+        assert_close(
+            &format!("{what} losses"),
+            &losses,
+            &floats(&c["losses"]),
+            1e-7,
+        );
         assert_close(&format!("{what} params"), &x, &floats(&c["final"]), 1e-7);
-        assert_eq!(opt.func_evals() as u64, c["func_evals"].as_u64().unwrap(), "{what}");
+        assert_eq!(
+            opt.func_evals() as u64,
+            c["func_evals"].as_u64().unwrap(),
+            "{what}"
+        );
         assert_eq!(opt.n_iter() as u64, c["n_iter"].as_u64().unwrap(), "{what}");
     }
 }

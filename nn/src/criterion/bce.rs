@@ -42,11 +42,13 @@ impl<F: Float> Bce<F> {
         same_shape(op, input, target)?;
         let ones;
         let w = match &self.weight {
-            Some(w) => w.broadcast(input.raw_dim()).ok_or_else(|| Error::ShapeMismatch {
-                op: format!("{op}: weight does not broadcast to input"),
-                lhs: w.shape().to_vec(),
-                rhs: input.shape().to_vec(),
-            })?,
+            Some(w) => w
+                .broadcast(input.raw_dim())
+                .ok_or_else(|| Error::ShapeMismatch {
+                    op: format!("{op}: weight does not broadcast to input"),
+                    lhs: w.shape().to_vec(),
+                    rhs: input.shape().to_vec(),
+                })?,
             None => {
                 ones = Tensor::from_elem(input.raw_dim(), F::one());
                 ones.view()
@@ -78,7 +80,10 @@ impl<F: Float> Bce<F> {
         if let Some((x, t)) = bad {
             return Err(Error::invalid(
                 op,
-                format!("input {x} and target {t} must both lie in [0, 1] (input shape {:?})", input.shape()),
+                format!(
+                    "input {x} and target {t} must both lie in [0, 1] (input shape {:?})",
+                    input.shape()
+                ),
             ));
         }
         let loss = if n == 0 && self.reduction == Reduction::Mean {

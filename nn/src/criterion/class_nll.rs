@@ -1,6 +1,8 @@
 //! Negative log-likelihood over class log-probabilities (`nn.NLLLoss`).
 
-use super::{check_weights, class_layout, target_class, tensor_of, values, ClassLayout, Criterion, Reduction};
+use super::{
+    check_weights, class_layout, target_class, tensor_of, values, ClassLayout, Criterion, Reduction,
+};
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 

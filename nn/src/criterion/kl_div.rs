@@ -45,7 +45,13 @@ impl KlDiv {
             }
         };
         if let Some(t) = target.iter().find(|t| t.as_f64() < 0.0 || t.is_nan()) {
-            return Err(Error::invalid(op, format!("target probability {t} is negative (shape {:?})", target.shape())));
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "target probability {t} is negative (shape {:?})",
+                    target.shape()
+                ),
+            ));
         }
         let mut total = 0.0;
         let mut grad = Tensor::zeros(input.raw_dim());

@@ -24,10 +24,16 @@ impl<F: Float> Criterion<F> for Mse {
     }
 
     fn forward(&mut self, input: &Tensor<F>, target: &Tensor<F>) -> Result<F> {
-        Ok(pointwise("MSE", input, target, self.reduction, |x, t| ((x - t) * (x - t), 2.0 * (x - t)))?.0)
+        Ok(pointwise("MSE", input, target, self.reduction, |x, t| {
+            ((x - t) * (x - t), 2.0 * (x - t))
+        })?
+        .0)
     }
 
     fn backward(&mut self, input: &Tensor<F>, target: &Tensor<F>) -> Result<Tensor<F>> {
-        Ok(pointwise("MSE", input, target, self.reduction, |x, t| ((x - t) * (x - t), 2.0 * (x - t)))?.1)
+        Ok(pointwise("MSE", input, target, self.reduction, |x, t| {
+            ((x - t) * (x - t), 2.0 * (x - t))
+        })?
+        .1)
     }
 }

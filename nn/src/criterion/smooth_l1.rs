@@ -27,7 +27,10 @@ impl SmoothL1 {
     /// A criterion with the given reduction and beta; negative or non-finite beta is refused.
     pub fn new(reduction: Reduction, beta: f64) -> Result<Self> {
         if !(beta >= 0.0 && beta.is_finite()) {
-            return Err(Error::config("SmoothL1", format!("beta {beta} must be a non-negative number")));
+            return Err(Error::config(
+                "SmoothL1",
+                format!("beta {beta} must be a non-negative number"),
+            ));
         }
         Ok(SmoothL1 { reduction, beta })
     }
@@ -35,7 +38,10 @@ impl SmoothL1 {
     fn run<F: Float>(&self, input: &Tensor<F>, target: &Tensor<F>) -> Result<(F, Tensor<F>)> {
         let beta = self.beta;
         if !(beta >= 0.0 && beta.is_finite()) {
-            return Err(Error::config("SmoothL1", format!("beta {beta} must be a non-negative number")));
+            return Err(Error::config(
+                "SmoothL1",
+                format!("beta {beta} must be a non-negative number"),
+            ));
         }
         pointwise("SmoothL1", input, target, self.reduction, |x, t| {
             let d = x - t;

@@ -37,7 +37,10 @@ impl AdadeltaConfig {
         let w = "Adadelta";
         check_non_negative(w, "lr", self.lr)?;
         if !(0.0..=1.0).contains(&self.rho) {
-            return Err(Error::config(w, format!("rho = {} must lie in [0, 1]", self.rho)));
+            return Err(Error::config(
+                w,
+                format!("rho = {} must lie in [0, 1]", self.rho),
+            ));
         }
         check_non_negative(w, "eps", self.eps)?;
         check_non_negative(w, "weight_decay", self.weight_decay)

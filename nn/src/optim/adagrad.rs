@@ -49,7 +49,11 @@ impl AdagradConfig {
         check_non_negative(w, "lr", self.lr)?;
         check_non_negative(w, "lr_decay", self.lr_decay)?;
         check_non_negative(w, "weight_decay", self.weight_decay)?;
-        check_non_negative(w, "initial_accumulator_value", self.initial_accumulator_value)?;
+        check_non_negative(
+            w,
+            "initial_accumulator_value",
+            self.initial_accumulator_value,
+        )?;
         check_non_negative(w, "eps", self.eps)
     }
 

@@ -180,7 +180,17 @@ impl<F: Float> Optimizer<F> for Adam<F> {
 
     fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
         let c = self.cfg.clone();
-        adam_step(&mut self.core, params, grads, c.lr, c.betas, c.eps, c.weight_decay, 0.0, c.amsgrad)
+        adam_step(
+            &mut self.core,
+            params,
+            grads,
+            c.lr,
+            c.betas,
+            c.eps,
+            c.weight_decay,
+            0.0,
+            c.amsgrad,
+        )
     }
 
     optimizer_common!();
@@ -205,7 +215,17 @@ impl<F: Float> Optimizer<F> for AdamW<F> {
 
     fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
         let c = self.cfg.clone();
-        adam_step(&mut self.core, params, grads, c.lr, c.betas, c.eps, 0.0, c.weight_decay, c.amsgrad)
+        adam_step(
+            &mut self.core,
+            params,
+            grads,
+            c.lr,
+            c.betas,
+            c.eps,
+            0.0,
+            c.weight_decay,
+            c.amsgrad,
+        )
     }
 
     optimizer_common!();

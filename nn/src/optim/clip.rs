@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Float;
 
 fn check(what: &str, name: &str, v: f64) -> Result<()> {
-    if !(v >= 0.0) {
+    if v.is_nan() || v < 0.0 {
         return Err(Error::config(what, format!("{name} = {v} must be >= 0")));
     }
     Ok(())
@@ -35,10 +35,13 @@ pub fn clip_by_value<F: Float>(grads: &mut [F], clip_value: f64) -> Result<()> {
 
 /// Sum of squares of `grads`, accumulated in `f64`.
 pub fn squared_norm<F: Float>(grads: &[F]) -> f64 {
-    grads.iter().map(|g| {
-        let v = g.as_f64();
-        v * v
-    }).sum()
+    grads
+        .iter()
+        .map(|g| {
+            let v = g.as_f64();
+            v * v
+        })
+        .sum()
 }
 
 /// The factor `min(1, max_norm / (total_norm + 1e-6))` that

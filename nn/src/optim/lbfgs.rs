@@ -136,7 +136,11 @@ impl Lbfgs {
         self.state.n_iter
     }
 
-    fn eval<F: Float>(n: usize, closure: &mut LbfgsClosure<'_, F>, x: &[f64]) -> Result<(f64, Vec<f64>)> {
+    fn eval<F: Float>(
+        n: usize,
+        closure: &mut LbfgsClosure<'_, F>,
+        x: &[f64],
+    ) -> Result<(f64, Vec<f64>)> {
         let p: Vec<F> = x.iter().map(|&v| F::of(v)).collect();
         let (loss, g) = closure(&p)?;
         if g.len() != n {
@@ -152,14 +156,22 @@ impl Lbfgs {
     /// Runs one L-BFGS step (up to `max_iter` iterations) from `params`,
     /// updating them in place; `closure(p)` returns the loss and its gradient
     /// at `p`. Returns the loss at the initial parameters, as PyTorch does.
-    pub fn step<F: Float>(&mut self, params: &mut [F], closure: &mut LbfgsClosure<'_, F>) -> Result<F> {
+    pub fn step<F: Float>(
+        &mut self,
+        params: &mut [F],
+        closure: &mut LbfgsClosure<'_, F>,
+    ) -> Result<F> {
         let n = params.len();
         let cfg = self.cfg.clone();
         let max_eval = cfg.max_eval.unwrap_or(cfg.max_iter * 5 / 4);
         let mut x: Vec<f64> = params.iter().map(|v| v.as_f64()).collect();
         if let Some(prev) = &self.state.prev_flat_grad {
             if prev.len() != n {
-                return Err(Error::shape("LBFGS::step", format!("{} parameters", prev.len()), &[n]));
+                return Err(Error::shape(
+                    "LBFGS::step",
+                    format!("{} parameters", prev.len()),
+                    &[n],
+                ));
             }
         }
         let (orig_loss, mut flat_grad) = Self::eval(n, closure, &x)?;
@@ -205,10 +217,12 @@ impl Lbfgs {
                     }
                 }
                 let mut r: Vec<f64> = q.iter().map(|v| v * st.h_diag).collect();
-                for i in 0..num_old {
-                    let be_i = dot(&st.old_dirs[i], &r) * st.ro[i];
-                    for (rv, s) in r.iter_mut().zip(&st.old_stps[i]) {
-                        *rv += (al[i] - be_i) * s;
+                for (((y, s), ro), al_i) in
+                    st.old_dirs.iter().zip(&st.old_stps).zip(&st.ro).zip(&al)
+                {
+                    let be_i = dot(y, &r) * ro;
+                    for (rv, sv) in r.iter_mut().zip(s) {
+                        *rv += (al_i - be_i) * sv;
                     }
                 }
                 st.d = r;

@@ -43,7 +43,10 @@ impl RmsPropConfig {
         let w = "RMSprop";
         check_non_negative(w, "lr", self.lr)?;
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(Error::config(w, format!("alpha = {} must lie in [0, 1]", self.alpha)));
+            return Err(Error::config(
+                w,
+                format!("alpha = {} must lie in [0, 1]", self.alpha),
+            ));
         }
         check_non_negative(w, "eps", self.eps)?;
         check_non_negative(w, "weight_decay", self.weight_decay)?;

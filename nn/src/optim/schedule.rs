@@ -176,7 +176,10 @@ impl LrSchedule {
                 gamma_ok(*gamma)
             }
             LrSchedule::Exponential { gamma } => gamma_ok(*gamma),
-            LrSchedule::Poly { power, max_iteration } => {
+            LrSchedule::Poly {
+                power,
+                max_iteration,
+            } => {
                 positive("max_iteration", *max_iteration)?;
                 if !(*power >= 0.0 && power.is_finite()) {
                     return Err(bad(format!("power = {power} must be >= 0")));
@@ -185,22 +188,29 @@ impl LrSchedule {
             }
             LrSchedule::Cosine { t_max, eta_min } => {
                 positive("t_max", *t_max)?;
-                if !(*eta_min >= 0.0) {
+                if eta_min.is_nan() || *eta_min < 0.0 {
                     return Err(bad(format!("eta_min = {eta_min} must be >= 0")));
                 }
                 Ok(())
             }
             LrSchedule::Warmup {
-                start_factor, after, ..
+                start_factor,
+                after,
+                ..
             } => {
                 if !(0.0..=1.0).contains(start_factor) {
-                    return Err(bad(format!("start_factor = {start_factor} must lie in [0, 1]")));
+                    return Err(bad(format!(
+                        "start_factor = {start_factor} must lie in [0, 1]"
+                    )));
                 }
                 after.validate()
             }
             LrSchedule::Plateau(c) => {
                 if !(c.factor > 0.0 && c.factor < 1.0) {
-                    return Err(bad(format!("plateau factor = {} must lie in (0, 1)", c.factor)));
+                    return Err(bad(format!(
+                        "plateau factor = {} must lie in (0, 1)",
+                        c.factor
+                    )));
                 }
                 if !(c.threshold >= 0.0 && c.min_lr >= 0.0 && c.eps >= 0.0) {
                     return Err(bad("plateau threshold, min_lr and eps must be >= 0".into()));
@@ -235,7 +245,10 @@ impl LrSchedule {
                 base_lr * gamma.powi(passed as i32)
             }
             LrSchedule::Exponential { gamma } => base_lr * gamma.powf(t as f64),
-            LrSchedule::Poly { power, max_iteration } => {
+            LrSchedule::Poly {
+                power,
+                max_iteration,
+            } => {
                 if t > *max_iteration {
                     0.0
                 } else {
@@ -252,7 +265,8 @@ impl LrSchedule {
                 after,
             } => {
                 if t < *warmup_steps {
-                    base_lr * (start_factor + (1.0 - start_factor) * t as f64 / *warmup_steps as f64)
+                    base_lr
+                        * (start_factor + (1.0 - start_factor) * t as f64 / *warmup_steps as f64)
                 } else {
                     after.lr_with(base_lr, t - warmup_steps, plateau_lr)
                 }
@@ -349,7 +363,9 @@ impl LrScheduler {
     pub fn new(schedule: LrSchedule, base_lr: f64) -> Result<Self> {
         schedule.validate()?;
         if !(base_lr >= 0.0 && base_lr.is_finite()) {
-            return Err(bad(format!("base_lr = {base_lr} must be a finite number >= 0")));
+            return Err(bad(format!(
+                "base_lr = {base_lr} must be a finite number >= 0"
+            )));
         }
         let plateau = match schedule.plateau() {
             Some(c) => Some(ReduceLrOnPlateau::new(c.clone(), base_lr)?),
@@ -392,13 +408,19 @@ mod tests {
     #[test]
     fn closed_form_schedules_match_pytorch_values() {
         // StepLR(step_size=3, gamma=0.1), lr 0.1: epochs 0..=6.
-        let s = LrSchedule::Step { step_size: 3, gamma: 0.1 };
+        let s = LrSchedule::Step {
+            step_size: 3,
+            gamma: 0.1,
+        };
         let want = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001];
         for (t, w) in want.iter().enumerate() {
             close(s.lr_at(0.1, t as u64), *w);
         }
         // MultiStepLR(milestones=[2, 5], gamma=0.5), lr 1.
-        let s = LrSchedule::MultiStep { milestones: vec![2, 5], gamma: 0.5 };
+        let s = LrSchedule::MultiStep {
+            milestones: vec![2, 5],
+            gamma: 0.5,
+        };
         let want = [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25];
         for (t, w) in want.iter().enumerate() {
             close(s.lr_at(1.0, t as u64), *w);
@@ -406,13 +428,22 @@ mod tests {
         let s = LrSchedule::Exponential { gamma: 0.9 };
         close(s.lr_at(0.5, 3), 0.5 * 0.729);
         // CosineAnnealingLR(T_max=10, eta_min=0.001), lr 0.1.
-        let s = LrSchedule::Cosine { t_max: 10, eta_min: 0.001 };
+        let s = LrSchedule::Cosine {
+            t_max: 10,
+            eta_min: 0.001,
+        };
         close(s.lr_at(0.1, 0), 0.1);
         close(s.lr_at(0.1, 5), 0.0505);
         close(s.lr_at(0.1, 10), 0.001);
-        close(s.lr_at(0.1, 3), 0.001 + 0.099 * (1.0 + (0.3 * std::f64::consts::PI).cos()) / 2.0);
+        close(
+            s.lr_at(0.1, 3),
+            0.001 + 0.099 * (1.0 + (0.3 * std::f64::consts::PI).cos()) / 2.0,
+        );
         // BigDL Poly(power=0.5, maxIteration=100).
-        let s = LrSchedule::Poly { power: 0.5, max_iteration: 100 };
+        let s = LrSchedule::Poly {
+            power: 0.5,
+            max_iteration: 100,
+        };
         close(s.lr_at(0.1, 0), 0.1);
         close(s.lr_at(0.1, 75), 0.05);
         close(s.lr_at(0.1, 100), 0.0);
@@ -426,7 +457,10 @@ mod tests {
         let s = LrSchedule::Warmup {
             warmup_steps: 4,
             start_factor: 0.25,
-            after: Box::new(LrSchedule::Step { step_size: 2, gamma: 0.5 }),
+            after: Box::new(LrSchedule::Step {
+                step_size: 2,
+                gamma: 0.5,
+            }),
         };
         let want = [0.25, 0.4375, 0.625, 0.8125, 1.0, 1.0, 0.5, 0.5, 0.25];
         for (t, w) in want.iter().enumerate() {
@@ -458,9 +492,24 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_refused() {
-        assert!(LrSchedule::Step { step_size: 0, gamma: 0.1 }.validate().is_err());
-        assert!(LrSchedule::MultiStep { milestones: vec![5, 2], gamma: 0.1 }.validate().is_err());
-        assert!(LrSchedule::Cosine { t_max: 0, eta_min: 0.0 }.validate().is_err());
+        assert!(LrSchedule::Step {
+            step_size: 0,
+            gamma: 0.1
+        }
+        .validate()
+        .is_err());
+        assert!(LrSchedule::MultiStep {
+            milestones: vec![5, 2],
+            gamma: 0.1
+        }
+        .validate()
+        .is_err());
+        assert!(LrSchedule::Cosine {
+            t_max: 0,
+            eta_min: 0.0
+        }
+        .validate()
+        .is_err());
         assert!(LrScheduler::new(LrSchedule::Constant, -1.0).is_err());
         let s: LrSchedule = serde_json::from_str(
             r#"{"type":"warmup","warmup_steps":10,"start_factor":0.1,"after":{"type":"cosine","t_max":100,"eta_min":0.0}}"#,
