@@ -133,3 +133,52 @@ fn log_softmax_nll_and_cross_entropy_match_pytorch() {
         assert_close(&format!("{what} grad"), &grad, &floats(&c["grad"]), 1e-9);
     }
 }
+
+#[test]
+fn pointwise_criterions_match_pytorch() {
+    use kiln_nn::criterion::{Bce, KlDiv, KlReduction, Mse, SmoothL1, L1};
+    let f = fixture("optim_pointwise.json");
+    let cases = f.as_array().unwrap();
+    assert!(cases.len() >= 15);
+    for (k, c) in cases.iter().enumerate() {
+        let s = shape(&c["shape"]);
+        let x: Tensor<f64> = from_vec(&s, floats(&c["input"])).unwrap();
+        let t: Tensor<f64> = from_vec(&s, floats(&c["target"])).unwrap();
+        let red = c["reduction"].as_str().unwrap();
+        let r = if red == "sum" {
+            Reduction::Sum
+        } else {
+            Reduction::Mean
+        };
+        let mut crit: Box<dyn Criterion<f64>> = match c["kind"].as_str().unwrap() {
+            "mse" => Box::new(Mse::new(r)),
+            "l1" => Box::new(L1::new(r)),
+            "smooth_l1" => Box::new(SmoothL1::new(r, c["beta"].as_f64().unwrap()).unwrap()),
+            "bce" => {
+                let mut b = Bce::new(r);
+                if c["weight"].is_array() {
+                    let w = floats(&c["weight"]);
+                    b = b.with_weight(from_vec(&[w.len()], w).unwrap());
+                }
+                Box::new(b)
+            }
+            "kl_div" => Box::new(KlDiv::new(match red {
+                "sum" => KlReduction::Sum,
+                "batchmean" => KlReduction::BatchMean,
+                _ => KlReduction::Mean,
+            })),
+            other => panic!("unknown kind {other}"),
+        };
+        let loss = crit.forward(&x, &t).unwrap();
+        let g = crit.backward(&x, &t).unwrap();
+        let what = format!("case {k} ({} {red})", c["kind"]);
+        assert_close(
+            &format!("{what} loss"),
+            &[loss],
+            &[c["loss"].as_f64().unwrap()],
+            1e-9,
+        );
+        let g: Vec<f64> = g.iter().copied().collect();
+        assert_close(&format!("{what} grad"), &g, &floats(&c["grad"]), 1e-9);
+    }
+}
