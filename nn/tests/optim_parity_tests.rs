@@ -60,6 +60,28 @@ fn elementwise_optimizers_match_pytorch_after_five_steps() {
     }
 }
 
+#[test]
+fn elementwise_optimizers_in_f32_track_pytorch_f64() {
+    let f = fixture("optim_optimizers.json");
+    let initial: Vec<f32> = floats(&f["initial"]).iter().map(|&v| v as f32).collect();
+    let grads: Vec<Vec<f32>> = f["grads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| floats(g).iter().map(|&v| v as f32).collect())
+        .collect();
+    for c in f["cases"].as_array().unwrap() {
+        let cfg: OptimizerConfig = serde_json::from_value(c["config"].clone()).unwrap();
+        let mut opt = cfg.build::<f32>().unwrap();
+        let mut p = initial.clone();
+        for g in &grads {
+            opt.step(&mut p, g).unwrap();
+        }
+        let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+        assert_close(&opt.name(), &p, &floats(&c["final"]), 1e-4);
+    }
+}
+
 fn rosenbrock(x: &[f64]) -> (f64, Vec<f64>) {
     let n = x.len();
     let mut f = 0.0;
