@@ -297,7 +297,8 @@ impl<F: Float> Core<F> {
         Ok(())
     }
 
-    /// The state (buffers are empty-free: before the first step they hold initial values only if a length is known).
+    /// The state; before the first step (or after loading a buffer-less
+    /// state) it has no buffers, only the step counter.
     pub(crate) fn state(&self) -> OptimizerState<F> {
         let buffers = if self.bufs.len() == self.names.len() {
             self.names
