@@ -3,9 +3,59 @@
 //! (momentum, moment estimates, …) as flat buffers aligned with the
 //! parameters, so a parameter actor that owns elements `a..b` can own
 //! exactly the state of those elements ([`OptimizerState::slice`]).
+//!
+//! The update rules match `torch.optim` exactly (single-tensor code path,
+//! `maximize=False`); state buffers carry PyTorch's names. Arithmetic is done
+//! in `f64` per element and stored back as `F`. [`Lbfgs`] needs to
+//! re-evaluate the loss, so it has its own closure-based API instead of
+//! [`Optimizer`]. Learning-rate schedules are in [`schedule`], gradient
+//! clipping in [`clip`].
 
 use crate::error::{Error, Result};
 use crate::tensor::Float;
+
+/// Implements the parts of [`Optimizer`] every elementwise optimizer
+/// shares (its struct has `cfg` with an `lr` field, and `core`).
+macro_rules! optimizer_common {
+    () => {
+        fn learning_rate(&self) -> f64 {
+            self.cfg.lr
+        }
+
+        fn set_learning_rate(&mut self, lr: f64) {
+            self.cfg.lr = lr;
+        }
+
+        fn state(&self) -> crate::optim::OptimizerState<F> {
+            self.core.state()
+        }
+
+        fn load_state(
+            &mut self,
+            state: crate::optim::OptimizerState<F>,
+        ) -> crate::error::Result<()> {
+            self.core.load(state)
+        }
+    };
+}
+
+mod adadelta;
+mod adagrad;
+mod adam;
+mod adamax;
+pub mod clip;
+mod lbfgs;
+mod rmsprop;
+pub mod schedule;
+mod sgd;
+
+pub use adadelta::{Adadelta, AdadeltaConfig};
+pub use adagrad::{Adagrad, AdagradConfig};
+pub use adam::{Adam, AdamConfig, AdamW, AdamWConfig};
+pub use adamax::{Adamax, AdamaxConfig};
+pub use lbfgs::{Lbfgs, LbfgsClosure, LbfgsConfig, LineSearch};
+pub use rmsprop::{RmsProp, RmsPropConfig};
+pub use sgd::{Sgd, SgdConfig};
 
 /// An optimizer's state: a step counter and named buffers, each as long as
 /// the parameter slice the optimizer updates.
@@ -90,4 +140,409 @@ pub trait Optimizer<F: Float>: Send {
 
     /// Restores a state produced by [`Optimizer::state`] (or a slice of one).
     fn load_state(&mut self, state: OptimizerState<F>) -> Result<()>;
+}
+
+/// The configuration of any elementwise optimizer, tagged by `"type"` in
+/// serialized form, e.g. `{"type": "sgd", "lr": 0.1, "momentum": 0.9}`.
+/// Omitted fields take PyTorch's defaults.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OptimizerConfig {
+    /// Stochastic gradient descent.
+    Sgd(SgdConfig),
+    /// Adam (L2 weight decay added to the gradient).
+    Adam(AdamConfig),
+    /// AdamW (decoupled weight decay).
+    #[serde(rename = "adamw")]
+    AdamW(AdamWConfig),
+    /// Adagrad.
+    Adagrad(AdagradConfig),
+    /// Adadelta.
+    Adadelta(AdadeltaConfig),
+    /// RMSprop.
+    #[serde(rename = "rmsprop")]
+    RmsProp(RmsPropConfig),
+    /// Adamax.
+    Adamax(AdamaxConfig),
+}
+
+impl OptimizerConfig {
+    /// Validates the configuration and builds the optimizer.
+    pub fn build<F: Float>(&self) -> Result<Box<dyn Optimizer<F>>> {
+        Ok(match self {
+            OptimizerConfig::Sgd(c) => Box::new(c.build::<F>()?),
+            OptimizerConfig::Adam(c) => Box::new(c.build::<F>()?),
+            OptimizerConfig::AdamW(c) => Box::new(c.build::<F>()?),
+            OptimizerConfig::Adagrad(c) => Box::new(c.build::<F>()?),
+            OptimizerConfig::Adadelta(c) => Box::new(c.build::<F>()?),
+            OptimizerConfig::RmsProp(c) => Box::new(c.build::<F>()?),
+            OptimizerConfig::Adamax(c) => Box::new(c.build::<F>()?),
+        })
+    }
+
+    /// The configured learning rate.
+    pub fn learning_rate(&self) -> f64 {
+        match self {
+            OptimizerConfig::Sgd(c) => c.lr,
+            OptimizerConfig::Adam(c) => c.lr,
+            OptimizerConfig::AdamW(c) => c.lr,
+            OptimizerConfig::Adagrad(c) => c.lr,
+            OptimizerConfig::Adadelta(c) => c.lr,
+            OptimizerConfig::RmsProp(c) => c.lr,
+            OptimizerConfig::Adamax(c) => c.lr,
+        }
+    }
+}
+
+/// Checks that a hyper-parameter is a finite number `>= 0`.
+pub(crate) fn check_non_negative(what: &str, name: &str, v: f64) -> Result<()> {
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(Error::config(
+            what,
+            format!("{name} = {v} must be a finite number >= 0"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a coefficient (beta, rho, alpha, …) lies in `[0, 1)`.
+pub(crate) fn check_unit(what: &str, name: &str, v: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&v) {
+        return Err(Error::config(
+            what,
+            format!("{name} = {v} must lie in [0, 1)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Shared machinery of the elementwise optimizers: the step counter, the
+/// parameter length fixed by the first step, and the named state buffers.
+#[derive(Debug, Clone)]
+pub(crate) struct Core<F> {
+    /// Optimizer name for errors.
+    op: &'static str,
+    /// Steps taken.
+    pub(crate) step: u64,
+    /// Length of the parameter slice, once known.
+    len: Option<usize>,
+    /// Buffer names with their initial values.
+    names: Vec<(&'static str, f64)>,
+    /// The buffers (empty until the first step or a loaded state).
+    bufs: Vec<Vec<F>>,
+}
+
+/// Most buffers any optimizer keeps per element.
+const MAX_BUFFERS: usize = 4;
+
+impl<F: Float> Core<F> {
+    /// A core with the given buffers (name, initial value).
+    pub(crate) fn new(op: &'static str, names: Vec<(&'static str, f64)>) -> Self {
+        Core {
+            op,
+            step: 0,
+            len: None,
+            names,
+            bufs: Vec::new(),
+        }
+    }
+
+    /// Checks lengths, allocates buffers on first use, increments the step
+    /// counter and applies `f(param, grad, state)` to every element, where
+    /// `state` holds the buffers' values in declaration order.
+    pub(crate) fn run(
+        &mut self,
+        params: &mut [F],
+        grads: &[F],
+        f: impl Fn(&mut f64, f64, &mut [f64]),
+    ) -> Result<()> {
+        if params.len() != grads.len() {
+            return Err(Error::ShapeMismatch {
+                op: format!("{}::step: params and grads", self.op),
+                lhs: vec![params.len()],
+                rhs: vec![grads.len()],
+            });
+        }
+        match self.len {
+            Some(n) if n != params.len() => {
+                return Err(Error::shape(
+                    format!("{}::step", self.op),
+                    format!("{n} parameters (fixed by the first step or the loaded state)"),
+                    &[params.len()],
+                ))
+            }
+            _ => self.len = Some(params.len()),
+        }
+        let k = self.names.len();
+        if self.bufs.len() != k {
+            self.bufs = self
+                .names
+                .iter()
+                .map(|&(_, init)| vec![F::of(init); params.len()])
+                .collect();
+        }
+        self.step += 1;
+        let mut s = [0.0f64; MAX_BUFFERS];
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            for (j, b) in self.bufs.iter().enumerate() {
+                s[j] = b[i].as_f64();
+            }
+            let mut pv = p.as_f64();
+            f(&mut pv, g.as_f64(), &mut s[..k]);
+            *p = F::of(pv);
+            for (j, b) in self.bufs.iter_mut().enumerate() {
+                b[i] = F::of(s[j]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The state; before the first step (or after loading a buffer-less
+    /// state) it has no buffers, only the step counter.
+    pub(crate) fn state(&self) -> OptimizerState<F> {
+        let buffers = if self.bufs.len() == self.names.len() {
+            self.names
+                .iter()
+                .zip(&self.bufs)
+                .map(|((n, _), b)| (n.to_string(), b.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        OptimizerState {
+            step: self.step,
+            buffers,
+        }
+    }
+
+    /// Loads a state: its buffers must be exactly this optimizer's (any
+    /// order) and of equal lengths; a state without buffers (fresh
+    /// optimizer) only sets the step counter.
+    pub(crate) fn load(&mut self, state: OptimizerState<F>) -> Result<()> {
+        let op = format!("{}::load_state", self.op);
+        if state.buffers.is_empty() {
+            self.step = state.step;
+            self.bufs.clear();
+            self.len = None;
+            return Ok(());
+        }
+        let expected: Vec<&str> = self.names.iter().map(|(n, _)| *n).collect();
+        let mut got: Vec<&str> = state.buffers.iter().map(|(n, _)| n.as_str()).collect();
+        got.sort_unstable();
+        let mut want = expected.clone();
+        want.sort_unstable();
+        if got != want {
+            return Err(Error::invalid(
+                op,
+                format!("state has buffers {got:?}, this optimizer keeps {want:?}"),
+            ));
+        }
+        let len = state.buffers[0].1.len();
+        if let Some((n, b)) = state.buffers.iter().find(|(_, b)| b.len() != len) {
+            return Err(Error::invalid(
+                op,
+                format!("buffer {n:?} has {} values, others {len}", b.len()),
+            ));
+        }
+        let mut bufs = Vec::with_capacity(expected.len());
+        for name in expected {
+            if let Some((_, b)) = state.buffers.iter().find(|(n, _)| n == name) {
+                bufs.push(b.clone());
+            }
+        }
+        self.bufs = bufs;
+        self.len = Some(len);
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> Vec<OptimizerConfig> {
+        serde_json::from_str(
+            r#"[
+            {"type": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": true, "weight_decay": 0.01},
+            {"type": "sgd", "lr": 0.1},
+            {"type": "adam", "lr": 0.01, "amsgrad": true, "weight_decay": 0.1},
+            {"type": "adamw", "lr": 0.01, "amsgrad": true},
+            {"type": "adagrad", "lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
+            {"type": "adadelta", "weight_decay": 0.1},
+            {"type": "rmsprop", "momentum": 0.5, "centered": true},
+            {"type": "adamax", "weight_decay": 0.1}
+        ]"#,
+        )
+        .unwrap()
+    }
+
+    fn grads(k: usize, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7 + k * 3) % 11) as f64 * 0.1 - 0.5)
+            .collect()
+    }
+
+    fn p0(n: usize) -> Vec<f64> {
+        (0..n).map(|i| (i as f64 * 0.37).sin()).collect()
+    }
+
+    #[test]
+    fn state_export_import_round_trip() {
+        for cfg in configs() {
+            let n = 9;
+            let mut a = cfg.build::<f64>().unwrap();
+            let mut pa = p0(n);
+            for k in 0..5 {
+                a.step(&mut pa, &grads(k, n)).unwrap();
+            }
+            let mut b = cfg.build::<f64>().unwrap();
+            let mut pb = p0(n);
+            for k in 0..2 {
+                b.step(&mut pb, &grads(k, n)).unwrap();
+            }
+            // Through JSON, as a checkpoint would.
+            let json = serde_json::to_string(&b.state()).unwrap();
+            let mut c = cfg.build::<f64>().unwrap();
+            c.load_state(serde_json::from_str(&json).unwrap()).unwrap();
+            for k in 2..5 {
+                c.step(&mut pb, &grads(k, n)).unwrap();
+            }
+            // JSON parsing may move a value by one ulp (serde_json without
+            // `float_roundtrip`), hence the tolerance.
+            let close = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(u, v)| (u - v).abs() <= 1e-12);
+            assert!(close(&pa, &pb), "{}: {pa:?} vs {pb:?}", a.name());
+            let (sa, sc) = (a.state(), c.state());
+            assert_eq!(sa.step, sc.step);
+            for ((na, ba), (nc, bc)) in sa.buffers.iter().zip(&sc.buffers) {
+                assert_eq!(na, nc);
+                assert!(close(ba, bc), "{}: {na}", a.name());
+            }
+        }
+    }
+
+    #[test]
+    fn sharded_stepping_equals_whole_buffer() {
+        let n = 10;
+        for cfg in configs() {
+            let mut whole = cfg.build::<f32>().unwrap();
+            let mut pw: Vec<f32> = p0(n).iter().map(|&v| v as f32).collect();
+            let g32 = |k| grads(k, n).iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            whole.step(&mut pw, &g32(0)).unwrap();
+            // Split the state after one step, then continue on the shards.
+            let state = whole.state();
+            let mut ps = pw.clone();
+            let mut s1 = cfg.build::<f32>().unwrap();
+            let mut s2 = cfg.build::<f32>().unwrap();
+            if !state.buffers.is_empty() {
+                s1.load_state(state.slice(0, 4).unwrap()).unwrap();
+                s2.load_state(state.slice(4, n).unwrap()).unwrap();
+            } else {
+                s1.load_state(state.clone()).unwrap();
+                s2.load_state(state.clone()).unwrap();
+            }
+            for k in 1..4 {
+                whole.step(&mut pw, &g32(k)).unwrap();
+                let g = g32(k);
+                s1.step(&mut ps[..4], &g[..4]).unwrap();
+                s2.step(&mut ps[4..], &g[4..]).unwrap();
+            }
+            assert_eq!(pw, ps, "{}", whole.name());
+            if !state.buffers.is_empty() {
+                let joined = OptimizerState::concat(&[s1.state(), s2.state()]).unwrap();
+                assert_eq!(joined, whole.state());
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let bad = [
+            r#"{"type": "sgd", "lr": -0.1}"#,
+            r#"{"type": "sgd", "lr": 0.1, "nesterov": true}"#,
+            r#"{"type": "sgd", "lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": true}"#,
+            r#"{"type": "adam", "betas": [0.9, 1.0]}"#,
+            r#"{"type": "adamw", "betas": [-0.1, 0.9]}"#,
+            r#"{"type": "adam", "eps": -1e-8}"#,
+            r#"{"type": "adagrad", "lr_decay": -1}"#,
+            r#"{"type": "adadelta", "rho": 1.5}"#,
+            r#"{"type": "rmsprop", "alpha": -0.5}"#,
+            r#"{"type": "adamax", "weight_decay": -0.1}"#,
+        ];
+        for b in bad {
+            let cfg: OptimizerConfig = serde_json::from_str(b).unwrap();
+            let err = cfg
+                .build::<f32>()
+                .err()
+                .unwrap_or_else(|| panic!("{b} accepted"));
+            assert!(matches!(err, Error::Config { .. }), "{b}: {err}");
+        }
+        assert!(serde_json::from_str::<OptimizerConfig>(
+            r#"{"type": "sgd", "lr": 0.1, "momentun": 0.9}"#
+        )
+        .is_err());
+        assert!(LbfgsConfig {
+            max_iter: 0,
+            ..Default::default()
+        }
+        .build()
+        .is_err());
+    }
+
+    #[test]
+    fn length_and_state_mismatches_are_errors() {
+        let mut o = AdamConfig::new(0.1).build::<f64>().unwrap();
+        let mut p = vec![0.0; 3];
+        assert!(o.step(&mut p, &[1.0; 2]).is_err());
+        o.step(&mut p, &[1.0; 3]).unwrap();
+        assert!(o.step(&mut [0.0; 4], &[1.0; 4]).is_err());
+        let mut sgd = SgdConfig {
+            momentum: 0.9,
+            ..SgdConfig::new(0.1)
+        }
+        .build::<f64>()
+        .unwrap();
+        let err = sgd.load_state(o.state()).unwrap_err().to_string();
+        assert!(err.contains("momentum_buffer"), "{err}");
+        assert_eq!(o.learning_rate(), 0.1);
+        o.set_learning_rate(0.05);
+        assert_eq!(o.learning_rate(), 0.05);
+    }
+
+    #[test]
+    fn lbfgs_minimises_a_quadratic() {
+        // f(x) = Σ a_i (x_i - i)², minimum at x_i = i.
+        let a = [1.0, 3.0, 0.5, 2.0];
+        let mut f = |x: &[f64]| -> Result<(f64, Vec<f64>)> {
+            let loss = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| a[i] * (v - i as f64).powi(2))
+                .sum();
+            let g = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 2.0 * a[i] * (v - i as f64))
+                .collect();
+            Ok((loss, g))
+        };
+        for ls in [LineSearch::None, LineSearch::StrongWolfe] {
+            let mut o = LbfgsConfig {
+                line_search: ls,
+                ..Default::default()
+            }
+            .build()
+            .unwrap();
+            let mut x = vec![5.0; 4];
+            for _ in 0..5 {
+                o.step(&mut x, &mut f).unwrap();
+            }
+            for (i, v) in x.iter().enumerate() {
+                assert!((v - i as f64).abs() < 1e-6, "{ls:?}: {x:?}");
+            }
+        }
+        let mut o = LbfgsConfig::default().build().unwrap();
+        let mut bad = |_: &[f64]| -> Result<(f64, Vec<f64>)> { Ok((1.0, vec![1.0])) };
+        assert!(o.step(&mut [0.0, 0.0], &mut bad).is_err());
+    }
 }
