@@ -7,8 +7,8 @@ pub use kiln_nn as nn;
 pub use kiln_runtime as runtime;
 pub use kiln_speech as speech;
 
-// pub mod digits_job;
-// pub mod train_cli;
+pub mod digits_job;
+pub mod train_cli;
 
 /// Prints the build's version, matrix-multiply backend and thread count.
 pub fn print_info() {

@@ -12,6 +12,8 @@ use crate::data::{epoch_order, LabeledData};
 use crate::error::{Error, Result};
 use crate::metrics::{top_k_correct, Evaluation};
 use crate::module::{Module, ModuleExt};
+use crate::optim::clip::{clip_by_norm, clip_by_value};
+use crate::optim::schedule::{Counter, LrSchedule, LrScheduler};
 use crate::optim::Optimizer;
 use crate::tensor::Float;
 
@@ -58,6 +60,10 @@ pub struct TrainConfig {
     pub clip_norm: Option<f64>,
     /// Clamp every gradient element to ±this before each step.
     pub clip_value: Option<f64>,
+    /// Learning-rate schedule (epoch- or iteration-based, see [`LrSchedule::counter`]);
+    /// a plateau schedule observes the validation loss.
+    #[serde(default)]
+    pub lr_schedule: Option<LrSchedule>,
     /// Show a progress bar on the terminal.
     pub progress: bool,
 }
@@ -72,6 +78,7 @@ impl Default for TrainConfig {
             log: Trigger::EveryIterations(50),
             clip_norm: None,
             clip_value: None,
+            lr_schedule: None,
             progress: true,
         }
     }
@@ -103,9 +110,6 @@ pub struct TrainSummary {
     pub samples_per_second: f64,
 }
 
-/// A learning-rate rule: `(state, latest validation) -> learning rate`.
-pub type LrRule = Box<dyn FnMut(&TrainState, Option<&Evaluation>) -> f64 + Send>;
-
 /// A user hook (e.g. save a checkpoint) run when its trigger fires.
 pub type Hook<F> = Box<dyn FnMut(&TrainState, &dyn Module<F>) -> Result<()> + Send>;
 
@@ -114,7 +118,7 @@ pub struct Trainer<F: Float> {
     criterion: Box<dyn Criterion<F>>,
     optimizer: Box<dyn Optimizer<F>>,
     config: TrainConfig,
-    lr_rule: Option<LrRule>,
+    scheduler: Option<LrScheduler>,
     hooks: Vec<(Trigger, Hook<F>)>,
 }
 
@@ -128,19 +132,17 @@ impl<F: Float> Trainer<F> {
         if config.batch_size == 0 {
             return Err(Error::config("TrainConfig", "batch_size must be positive"));
         }
+        let scheduler = match &config.lr_schedule {
+            Some(s) => Some(LrScheduler::new(s.clone(), optimizer.learning_rate())?),
+            None => None,
+        };
         Ok(Trainer {
             criterion,
             optimizer,
             config,
-            lr_rule: None,
+            scheduler,
             hooks: Vec::new(),
         })
-    }
-
-    /// Sets a learning-rate rule, applied before every step.
-    pub fn with_lr_rule(mut self, rule: LrRule) -> Self {
-        self.lr_rule = Some(rule);
-        self
     }
 
     /// Adds a hook run whenever `trigger` fires.
@@ -163,19 +165,10 @@ impl<F: Float> Trainer<F> {
         model.backward(x, &g)?;
         let mut grads = model.flat_grads();
         if let Some(v) = self.config.clip_value {
-            let v = F::of(v);
-            grads.iter_mut().for_each(|g| *g = g.max(-v).min(v));
+            clip_by_value(&mut grads, v)?;
         }
         if let Some(max_norm) = self.config.clip_norm {
-            let norm = grads
-                .iter()
-                .map(|g| g.as_f64() * g.as_f64())
-                .sum::<f64>()
-                .sqrt();
-            if norm > max_norm {
-                let s = F::of(max_norm / (norm + 1e-6));
-                grads.iter_mut().for_each(|g| *g *= s);
-            }
+            clip_by_norm(&mut grads, max_norm)?;
         }
         let mut params = model.flat_params();
         self.optimizer.step(&mut params, &grads)?;
@@ -216,7 +209,6 @@ impl<F: Float> Trainer<F> {
             ..TrainState::default()
         };
         let mut validations = Vec::new();
-        let mut last_eval: Option<Evaluation> = None;
         tracing::info!(
             params = model.num_params(),
             samples = train.len(),
@@ -230,9 +222,12 @@ impl<F: Float> Trainer<F> {
             let order = epoch_order(train.len(), self.config.seed, epoch);
             let t0 = Instant::now();
             for chunk in order.chunks(bs) {
-                if let Some(rule) = &mut self.lr_rule {
-                    let lr = rule(&state, last_eval.as_ref());
-                    self.optimizer.set_learning_rate(lr);
+                if let Some(sched) = &self.scheduler {
+                    let t = match sched.schedule().counter() {
+                        Counter::Epoch => epoch - 1,
+                        Counter::Iteration => state.iteration,
+                    };
+                    self.optimizer.set_learning_rate(sched.lr(t));
                 }
                 let (x, y) = train.batch(chunk);
                 state.loss = self.step(model, &x, &y)?;
@@ -265,7 +260,6 @@ impl<F: Float> Trainer<F> {
                     false,
                     validation,
                     &mut validations,
-                    &mut last_eval,
                 )?;
             }
             train_seconds += t0.elapsed().as_secs_f64();
@@ -285,7 +279,6 @@ impl<F: Float> Trainer<F> {
                 true,
                 validation,
                 &mut validations,
-                &mut last_eval,
             )?;
         }
         bar.finish_and_clear();
@@ -304,7 +297,6 @@ impl<F: Float> Trainer<F> {
         epoch_end: bool,
         validation: Option<&LabeledData<F>>,
         validations: &mut Vec<(TrainState, Evaluation)>,
-        last_eval: &mut Option<Evaluation>,
     ) -> Result<()> {
         if let Some(val) = validation {
             if self.config.validate.fires(state, epoch_end) {
@@ -320,7 +312,9 @@ impl<F: Float> Trainer<F> {
                     "validation: {e}"
                 );
                 validations.push((*state, e));
-                *last_eval = Some(e);
+                if let Some(sched) = &mut self.scheduler {
+                    sched.observe(e.loss);
+                }
                 model.train_mode();
             }
         }
@@ -357,4 +351,80 @@ pub fn evaluate<F: Float>(
         top5: top5 as f64 / n,
         samples: data.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::criterion::CrossEntropy;
+    use crate::layers::LinearConfig;
+    use crate::optim::{OptimizerConfig, SgdConfig};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    /// Two Gaussian blobs: a linear model must separate them.
+    fn blobs(n: usize, seed: u64) -> LabeledData<f64> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let noise = crate::init::normal::<f64>(&mut rng, &[n, 2], 0.0, 0.5);
+        let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+        let x = crate::Tensor::from_shape_fn(ndarray::IxDyn(&[n, 2]), |i| {
+            let c = if labels[i[0]] == 0 { -1.5 } else { 1.5 };
+            c + noise[[i[0], i[1]]]
+        });
+        LabeledData::new(x, labels, 2).unwrap()
+    }
+
+    fn trainer(config: TrainConfig) -> Trainer<f64> {
+        let opt = OptimizerConfig::Sgd(SgdConfig { lr: 0.5, ..SgdConfig::default() }).build::<f64>().unwrap();
+        Trainer::new(Box::new(CrossEntropy::new()), opt, config).unwrap()
+    }
+
+    #[test]
+    fn fit_learns_triggers_fire_and_schedule_applies() {
+        let train = blobs(200, 1);
+        let val = blobs(100, 2);
+        let mut model = LinearConfig::new(2, 2).init::<f64>(&mut StdRng::seed_from_u64(0)).unwrap();
+        let config = TrainConfig {
+            batch_size: 16,
+            epochs: 4,
+            validate: Trigger::EveryIterations(10),
+            lr_schedule: Some(LrSchedule::Step { step_size: 2, gamma: 0.1 }),
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let hook_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = hook_calls.clone();
+        let mut t = trainer(config).with_hook(
+            Trigger::EVERY_EPOCH,
+            Box::new(move |state, _| {
+                assert!(state.epoch >= 1);
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }),
+        );
+        let summary = t.fit(&mut model, &train, Some(&val)).unwrap();
+        assert_eq!(summary.state.iteration, 4 * 13);
+        assert_eq!(hook_calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert_eq!(summary.validations.len(), (4 * 13) / 10);
+        assert!((summary.state.learning_rate - 0.05).abs() < 1e-12, "epochs 3-4 run at lr * 0.1");
+        let e = evaluate(&mut model, &mut CrossEntropy::new(), &val, 64).unwrap();
+        assert!(e.top1 > 0.95, "{e}");
+    }
+
+    #[test]
+    fn a_model_that_does_not_fit_the_data_and_a_zero_batch_are_errors() {
+        let train = blobs(20, 3);
+        let mut wrong = LinearConfig::new(3, 2).init::<f64>(&mut StdRng::seed_from_u64(0)).unwrap();
+        let err = trainer(TrainConfig { progress: false, ..TrainConfig::default() })
+            .fit(&mut wrong, &train, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Linear(3->2)") && err.contains("[N, 3]") && err.contains("[20, 2]"), "{err}");
+        assert!(Trainer::new(
+            Box::new(CrossEntropy::<f64>::new()),
+            OptimizerConfig::Sgd(SgdConfig::default()).build::<f64>().unwrap(),
+            TrainConfig { batch_size: 0, ..TrainConfig::default() }
+        )
+        .is_err());
+    }
 }
