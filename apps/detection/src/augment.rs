@@ -425,6 +425,36 @@ impl SsdAugment {
     }
 }
 
+/// Stacks augmented samples (all `[3, S, S]`) into an `[N, 3, S, S]` batch
+/// and their ground truth for [`crate::multibox::encode_targets`].
+pub fn collate(
+    samples: &[Sample],
+) -> Result<(kiln_nn::Tensor<f32>, Vec<crate::multibox::GroundTruth>)> {
+    let Some(first) = samples.first() else {
+        return Err(Error::invalid("collate", "no samples"));
+    };
+    let shape = first.image.shape().to_vec();
+    let mut data = Vec::with_capacity(samples.len() * first.image.len());
+    let mut gts = Vec::with_capacity(samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        if s.image.shape() != shape.as_slice() {
+            return Err(Error::shape(
+                "collate",
+                format!("sample {i} of shape {shape:?}"),
+                s.image.shape(),
+            ));
+        }
+        data.extend(s.image.iter().copied());
+        gts.push(crate::multibox::GroundTruth {
+            boxes: s.boxes.clone(),
+            labels: s.labels.clone(),
+        });
+    }
+    let mut dims = vec![samples.len()];
+    dims.extend(shape);
+    Ok((kiln_nn::tensor::from_vec(&dims, data)?, gts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +584,10 @@ mod tests {
                 assert!(bx.xmin >= 0.0 && bx.xmax <= 1.0 && bx.xmin < bx.xmax);
             }
         }
+        let (x, gts) = collate(&[a.clone(), b]).unwrap();
+        assert_eq!(x.shape(), &[2, 3, 32, 32]);
+        assert_eq!(gts[0].boxes, a.boxes);
+        assert!(collate(&[a, synthetic(4, 4, [0, 0, 1, 1])]).is_err());
         let e = aug.eval(synthetic(64, 32, [0, 0, 32, 16])).unwrap();
         assert_eq!(e.boxes[0].to_array(), [0.0, 0.0, 0.5, 0.5]);
         assert_eq!(e.image[[0, 0, 0]], 255.0 - 123.0);

@@ -251,6 +251,41 @@ pub fn parse_detections(text: &str, path: &Path) -> Result<Vec<FileDetection>> {
     Ok(out)
 }
 
+/// Converts model detections ([`crate::detect::Detection`], normalised boxes)
+/// to file detections: `ids[d.image]` names the image, `sizes[d.image]` is
+/// its `(width, height)` in pixels and `classes[d.class]` the class name.
+pub fn to_file_detections(
+    dets: &[crate::detect::Detection],
+    ids: &[String],
+    sizes: &[(usize, usize)],
+    classes: &[String],
+) -> Result<Vec<FileDetection>> {
+    dets.iter()
+        .map(|d| {
+            let (Some(id), Some(&(w, h)), Some(class)) =
+                (ids.get(d.image), sizes.get(d.image), classes.get(d.class))
+            else {
+                return Err(Error::invalid(
+                    "to_file_detections",
+                    format!(
+                        "detection of image {} class {} outside {} images / {} classes",
+                        d.image,
+                        d.class,
+                        ids.len().min(sizes.len()),
+                        classes.len()
+                    ),
+                ));
+            };
+            Ok(FileDetection {
+                image_id: id.clone(),
+                class: class.clone(),
+                score: d.score,
+                bbox: d.voc_box(w, h),
+            })
+        })
+        .collect()
+}
+
 /// Reads a detections file.
 pub fn read_detections(path: &Path) -> Result<Vec<FileDetection>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -540,6 +575,22 @@ mod tests {
             "{}",
             r.ap
         );
+    }
+
+    #[test]
+    fn model_detections_convert_to_voc_pixels() {
+        let d = crate::detect::Detection {
+            image: 1,
+            class: 0,
+            score: 0.5,
+            bbox: b(0.1, 0.2, 0.5, 1.0),
+        };
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let f =
+            to_file_detections(&[d], &ids, &[(10, 10), (100, 50)], &["star".to_string()]).unwrap();
+        assert_eq!((f[0].image_id.as_str(), f[0].class.as_str()), ("b", "star"));
+        assert_eq!(f[0].bbox, b(11.0, 11.0, 50.0, 50.0));
+        assert!(to_file_detections(&[d], &ids[..1], &[(10, 10)], &["star".to_string()]).is_err());
     }
 
     #[test]
