@@ -193,3 +193,31 @@ fn reads_shapes_mini_when_present() {
     }
     ds.annotations().unwrap();
 }
+
+#[test]
+fn draws_fixture_ground_truth() {
+    use kiln_detection::draw::{draw_detections, save_image, Labelled};
+    let ds = VocDataset::open(&fixture(), "trainval", None).unwrap();
+    let (img, a) = ds.sample(0).unwrap();
+    let mut rgb = kiln_detection::voc::chw_to_rgb(&img).unwrap();
+    let before = rgb.clone();
+    let boxes: Vec<Labelled> = a
+        .objects
+        .iter()
+        .map(|o| Labelled {
+            bbox: o.bbox,
+            class: o.class,
+            name: o.name.clone(),
+            score: 1.0,
+        })
+        .collect();
+    draw_detections(&mut rgb, &boxes);
+    assert_ne!(rgb, before);
+    let dir = tempfile::tempdir().unwrap();
+    // KILN_DRAW_OUT=path keeps a copy for looking at.
+    let out = std::env::var_os("KILN_DRAW_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("gt.png"));
+    save_image(&rgb, &out).unwrap();
+    assert_eq!(image::open(&out).unwrap().to_rgb8(), rgb);
+}
