@@ -231,10 +231,14 @@ pub const CROP_MODES: [CropMode; 7] = [
 
 /// Crops `sample` to `rect` (integer pixel corners inside the image),
 /// keeping the boxes whose centre lies inside it, clipped and shifted.
-/// Returns `false` (leaving the sample untouched) when no box would be kept
-/// and the sample has boxes.
+/// Returns `false` (leaving the sample untouched) when the rectangle is
+/// empty or not inside the image, or when no box would be kept and the
+/// sample has boxes.
 pub fn crop_to(sample: &mut Sample, rect: [usize; 4]) -> bool {
     let [x0, y0, x1, y1] = rect;
+    if x0 >= x1 || y0 >= y1 || x1 > sample.width() || y1 > sample.height() {
+        return false;
+    }
     let (fx0, fy0, fx1, fy1) = (x0 as f32, y0 as f32, x1 as f32, y1 as f32);
     let mut boxes = Vec::new();
     let mut labels = Vec::new();
@@ -529,6 +533,7 @@ mod tests {
         assert_eq!(bright_box(&s.image), [0.0, 0.0, 6.0, 6.0]);
         let mut t = synthetic(20, 20, [2, 2, 6, 6]);
         assert!(!crop_to(&mut t, [10, 10, 20, 20]));
+        assert!(!crop_to(&mut t, [0, 0, 21, 20]) && !crop_to(&mut t, [5, 0, 5, 20]));
         assert_eq!(t.width(), 20);
     }
 
