@@ -26,3 +26,6 @@ pub trait Criterion<F: Float>: Send {
     /// dLoss/dInput for the same `input` and `target` as the last `forward`.
     fn backward(&mut self, input: &Tensor<F>, target: &Tensor<F>) -> Result<Tensor<F>>;
 }
+
+/// Connectionist temporal classification loss.
+pub mod ctc;
