@@ -407,6 +407,25 @@ impl NgramLm {
     }
 }
 
+/// Builds a Witten-Bell model of `order` from the transcripts of every
+/// `trans.txt`-format file in `transcript_files` (upper-cased, ids dropped)
+/// and writes it to `out` as ARPA. Returns the model.
+pub fn build_arpa_from_transcripts(
+    transcript_files: &[&Path],
+    order: usize,
+    out: &Path,
+) -> Result<NgramLm> {
+    let mut sentences = Vec::new();
+    for f in transcript_files {
+        for (_, text) in crate::corpus::parse_transcripts(f)? {
+            sentences.push(text.to_uppercase());
+        }
+    }
+    let lm = NgramLm::build_witten_bell(sentences.iter().map(String::as_str), order)?;
+    lm.write_arpa(out)?;
+    Ok(lm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +470,18 @@ mod tests {
             assert!((back.sentence_log10(s) - lm.sentence_log10(s)).abs() < 1e-4);
         }
         assert!(lm.sentence_log10("THE CAT SAT") > lm.sentence_log10("SAT CAT THE"));
+    }
+
+    #[test]
+    fn builds_from_trans_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("a.trans.txt");
+        std::fs::write(&t, "1-1-0000 the cat sat\n1-1-0001 THE DOG SAT\n").unwrap();
+        let out = dir.path().join("lm.arpa");
+        let lm = build_arpa_from_transcripts(&[&t], 2, &out).unwrap();
+        let back = NgramLm::read_arpa(&out).unwrap();
+        assert_eq!(back.counts(), lm.counts());
+        assert!(back.contains("CAT"));
     }
 
     #[test]

@@ -102,3 +102,32 @@ fn wer_cer_hand_computed() {
     let c = cer(pairs);
     assert_eq!((c.errors, c.reference_len), (3, 12));
 }
+
+#[test]
+fn wer_cer_match_jiwer() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/metrics.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let strs = |k: &str| -> Vec<String> {
+        doc[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (refs, hyps) = (strs("references"), strs("hypotheses"));
+    let pairs = || {
+        refs.iter()
+            .map(String::as_str)
+            .zip(hyps.iter().map(String::as_str))
+    };
+    let w = wer(pairs()).rate();
+    let c = cer(pairs()).rate();
+    assert!((w - doc["wer"].as_f64().unwrap()).abs() < 1e-12, "wer {w}");
+    assert!((c - doc["cer"].as_f64().unwrap()).abs() < 1e-12, "cer {c}");
+    for ((r, h), e) in pairs().zip(doc["per_utterance_wer"].as_array().unwrap()) {
+        let got = wer([(r, h)]).rate();
+        assert!((got - e.as_f64().unwrap()).abs() < 1e-12, "{r} / {h}");
+    }
+}
