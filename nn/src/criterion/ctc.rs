@@ -112,7 +112,7 @@ impl CtcLoss {
         input_lengths: &[usize],
     ) -> Result<Vec<F>> {
         let lp = self.check(log_probs, targets, input_lengths)?;
-        let samples = self.run(&lp, targets, input_lengths, None);
+        let samples = self.run(&lp, targets, input_lengths, None, false);
         Ok(samples.iter().map(|s| self.clean_loss(s.loss)).collect())
     }
 
@@ -136,7 +136,7 @@ impl CtcLoss {
         input_lengths: &[usize],
     ) -> Result<Tensor<F>> {
         Ok(self
-            .loss_and_grad(log_probs, targets, input_lengths, GradKind::Exact)?
+            .loss_and_grad(log_probs, targets, input_lengths, GradKind::Exact, false)?
             .1)
     }
 
@@ -151,7 +151,7 @@ impl CtcLoss {
         input_lengths: &[usize],
     ) -> Result<Tensor<F>> {
         Ok(self
-            .loss_and_grad(log_probs, targets, input_lengths, GradKind::Torch)?
+            .loss_and_grad(log_probs, targets, input_lengths, GradKind::Torch, false)?
             .1)
     }
 
@@ -163,7 +163,7 @@ impl CtcLoss {
         targets: &[Vec<usize>],
         input_lengths: &[usize],
     ) -> Result<(F, Tensor<F>)> {
-        self.loss_and_grad(log_probs, targets, input_lengths, GradKind::Exact)
+        self.loss_and_grad(log_probs, targets, input_lengths, GradKind::Exact, false)
     }
 
     /// Log-softmax over the last axis fused with CTC: the reduced loss of
@@ -175,10 +175,11 @@ impl CtcLoss {
         targets: &[Vec<usize>],
         input_lengths: &[usize],
     ) -> Result<(F, Tensor<F>)> {
-        let lp = log_softmax_last(logits);
-        // d/dlogits = exact + softmax * (-sum_c exact) and sum_c exact = -1
-        // on every valid frame of a finite sample: the Torch convention.
-        self.loss_and_grad(&lp, targets, input_lengths, GradKind::Torch)
+        // Log-softmax of each sample's valid frames inside its own (parallel)
+        // pass. d/dlogits = exact + softmax * (-sum_c exact) and
+        // sum_c exact = -1 on every valid frame of a finite sample: the
+        // Torch convention.
+        self.loss_and_grad(logits, targets, input_lengths, GradKind::Torch, true)
     }
 
     fn loss_and_grad<F: Float>(
@@ -187,9 +188,10 @@ impl CtcLoss {
         targets: &[Vec<usize>],
         input_lengths: &[usize],
         kind: GradKind,
+        normalize: bool,
     ) -> Result<(F, Tensor<F>)> {
         let lp = self.check(log_probs, targets, input_lengths)?;
-        let samples = self.run(&lp, targets, input_lengths, Some(kind));
+        let samples = self.run(&lp, targets, input_lengths, Some(kind), normalize);
         let losses: Vec<F> = samples.iter().map(|s| self.clean_loss(s.loss)).collect();
         let loss = self.reduce(&losses, targets);
         let mut grad = Tensor::<F>::zeros(log_probs.raw_dim());
@@ -305,12 +307,13 @@ impl CtcLoss {
         targets: &[Vec<usize>],
         input_lengths: &[usize],
         kind: Option<GradKind>,
+        normalize: bool,
     ) -> Vec<Sample<F>> {
         let blank = self.blank;
         let zero_inf = self.zero_infinity;
         let one = |i: usize| {
             let view = lp.slice(s![..input_lengths[i], i, ..]);
-            sample(view, &targets[i], blank, kind, zero_inf)
+            sample(view, &targets[i], blank, kind, zero_inf, normalize)
         };
         if targets.len() > 1 && rayon::current_thread_index().is_none() {
             (0..targets.len()).into_par_iter().map(one).collect()
@@ -334,6 +337,16 @@ fn lse2<F: Float>(a: F, b: F) -> F {
     hi + (lo - hi).exp().ln_1p()
 }
 
+/// `ln(exp(a) + exp(b) + exp(c))`, exact at `-inf`.
+#[inline]
+fn lse3<F: Float>(a: F, b: F, c: F) -> F {
+    let m = a.max(b).max(c);
+    if m == F::neg_infinity() {
+        return m;
+    }
+    m + ((a - m).exp() + (b - m).exp() + (c - m).exp()).ln()
+}
+
 /// Loss (and gradient) of one sample; `lp` is `(T_n, C)`.
 fn sample<F: Float>(
     lp: ArrayView2<'_, F>,
@@ -341,6 +354,7 @@ fn sample<F: Float>(
     blank: usize,
     kind: Option<GradKind>,
     zero_infinity: bool,
+    normalize: bool,
 ) -> Sample<F> {
     let (tn, c) = lp.dim();
     let ninf = F::neg_infinity();
@@ -364,28 +378,41 @@ fn sample<F: Float>(
             grad: kind.map(|_| Array2::zeros((0, c))),
         };
     }
-    let mut alpha = Array2::from_elem((tn, s_len), ninf);
-    alpha[[0, 0]] = lp[[0, blank]];
+    // contiguous copy of the log-probs, and lp at the extended labels
+    let mut lpv: Vec<F> = lp.iter().copied().collect();
+    if normalize {
+        for row in lpv.chunks_exact_mut(c) {
+            log_softmax_in_place(row);
+        }
+    }
+    let mut lpe = vec![ninf; tn * s_len];
+    for t in 0..tn {
+        for s in 0..s_len {
+            lpe[t * s_len + s] = lpv[t * c + ext[s]];
+        }
+    }
+    let mut alpha = vec![ninf; tn * s_len];
+    alpha[0] = lpe[0];
     if s_len > 1 {
-        alpha[[0, 1]] = lp[[0, ext[1]]];
+        alpha[1] = lpe[1];
     }
     for t in 1..tn {
+        let (prev, cur) = alpha[(t - 1) * s_len..(t + 1) * s_len].split_at_mut(s_len);
+        let lpe_t = &lpe[t * s_len..(t + 1) * s_len];
         for s in 0..s_len {
-            let mut a = alpha[[t - 1, s]];
-            if s >= 1 {
-                a = lse2(a, alpha[[t - 1, s - 1]]);
-            }
-            if skip[s] {
-                a = lse2(a, alpha[[t - 1, s - 2]]);
-            }
+            let a0 = prev[s];
+            let a1 = if s >= 1 { prev[s - 1] } else { ninf };
+            let a2 = if skip[s] { prev[s - 2] } else { ninf };
+            let a = lse3(a0, a1, a2);
             if a != ninf {
-                alpha[[t, s]] = a + lp[[t, ext[s]]];
+                cur[s] = a + lpe_t[s];
             }
         }
     }
-    let last = alpha[[tn - 1, s_len - 1]];
+    let row = (tn - 1) * s_len;
+    let last = alpha[row + s_len - 1];
     let ll = if s_len > 1 {
-        lse2(last, alpha[[tn - 1, s_len - 2]])
+        lse2(last, alpha[row + s_len - 2])
     } else {
         last
     };
@@ -394,7 +421,7 @@ fn sample<F: Float>(
         return Sample { loss, grad: None };
     };
     let mut grad = Array2::<F>::zeros((tn, c));
-    if ll == ninf || !ll.is_finite() {
+    if !ll.is_finite() {
         // infeasible: zero gradient (documented; PyTorch gives NaN unless zero_infinity)
         let _ = zero_infinity;
         return Sample {
@@ -402,36 +429,44 @@ fn sample<F: Float>(
             grad: Some(grad),
         };
     }
-    let mut beta = Array2::from_elem((tn, s_len), ninf);
-    beta[[tn - 1, s_len - 1]] = lp[[tn - 1, blank]];
+    let mut beta = vec![ninf; tn * s_len];
+    beta[row + s_len - 1] = lpe[row + s_len - 1];
     if s_len > 1 {
-        beta[[tn - 1, s_len - 2]] = lp[[tn - 1, ext[s_len - 2]]];
+        beta[row + s_len - 2] = lpe[row + s_len - 2];
     }
     for t in (0..tn - 1).rev() {
+        let (cur, next) = beta[t * s_len..(t + 2) * s_len].split_at_mut(s_len);
+        let lpe_t = &lpe[t * s_len..(t + 1) * s_len];
         for s in 0..s_len {
-            let mut b = beta[[t + 1, s]];
-            if s + 1 < s_len {
-                b = lse2(b, beta[[t + 1, s + 1]]);
-            }
-            if s + 2 < s_len && skip[s + 2] {
-                b = lse2(b, beta[[t + 1, s + 2]]);
-            }
+            let b0 = next[s];
+            let b1 = if s + 1 < s_len { next[s + 1] } else { ninf };
+            let b2 = if s + 2 < s_len && skip[s + 2] {
+                next[s + 2]
+            } else {
+                ninf
+            };
+            let b = lse3(b0, b1, b2);
             if b != ninf {
-                beta[[t, s]] = b + lp[[t, ext[s]]];
+                cur[s] = b + lpe_t[s];
             }
         }
     }
     let mut lcab = vec![ninf; c];
     for (t, mut g_row) in grad.axis_iter_mut(Axis(0)).enumerate() {
         lcab.iter_mut().for_each(|v| *v = ninf);
+        let (a_t, b_t) = (
+            &alpha[t * s_len..(t + 1) * s_len],
+            &beta[t * s_len..(t + 1) * s_len],
+        );
         for s in 0..s_len {
-            let ab = alpha[[t, s]] + beta[[t, s]];
+            let ab = a_t[s] + b_t[s];
             if ab != ninf {
                 lcab[ext[s]] = lse2(lcab[ext[s]], ab);
             }
         }
+        let lp_t = &lpv[t * c..(t + 1) * c];
         for (k, g) in g_row.iter_mut().enumerate() {
-            let l = lp[[t, k]];
+            let l = lp_t[k];
             let exact = if lcab[k] == ninf {
                 F::zero()
             } else {
@@ -449,7 +484,19 @@ fn sample<F: Float>(
     }
 }
 
+/// Log-softmax of one row, in place.
+fn log_softmax_in_place<F: Float>(row: &mut [F]) {
+    let m = row.iter().copied().fold(F::neg_infinity(), F::max);
+    if !m.is_finite() {
+        return;
+    }
+    let z: F = row.iter().map(|&v| (v - m).exp()).sum();
+    let lz = m + z.ln();
+    row.iter_mut().for_each(|v| *v -= lz);
+}
+
 /// Log-softmax over the last axis of any tensor.
+#[cfg(test)]
 fn log_softmax_last<F: Float>(x: &Tensor<F>) -> Tensor<F> {
     let mut out = x.to_owned();
     let last = out.ndim().saturating_sub(1);
