@@ -80,6 +80,14 @@ pub fn parse_transcripts(path: &Path) -> Result<Vec<(String, String)>> {
 /// Parses `<id> TRANSCRIPT` lines (blank lines skipped); `path` names the
 /// source in errors.
 pub fn parse_transcript_text(path: &Path, text: &str) -> Result<Vec<(String, String)>> {
+    Ok(parse_numbered(path, text)?
+        .into_iter()
+        .map(|(_, id, t)| (id, t))
+        .collect())
+}
+
+/// Like [`parse_transcript_text`], with each entry's 1-based line number.
+pub(crate) fn parse_numbered(path: &Path, text: &str) -> Result<Vec<(usize, String, String)>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -94,6 +102,7 @@ pub fn parse_transcript_text(path: &Path, text: &str) -> Result<Vec<(String, Str
             return Err(Error::parse(path, i + 1, "missing utterance id"));
         }
         out.push((
+            i + 1,
             id.to_string(),
             rest.split_whitespace().collect::<Vec<_>>().join(" "),
         ));

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::corpus::parse_transcripts;
+use crate::corpus::parse_numbered;
 use crate::error::{Error, Result};
 use crate::metrics::{char_errors, word_errors, ErrorRate};
 
@@ -77,26 +77,27 @@ pub fn score_pairs(reference: &[(String, String)], hypothesis: &[(String, String
     }
 }
 
-fn check_unique(path: &Path, pairs: &[(String, String)]) -> Result<()> {
+/// Reads a `trans.txt`-format file, refusing duplicate ids (naming the line).
+fn read_unique(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let entries = parse_numbered(path, &text)?;
     let mut seen = std::collections::HashSet::new();
-    for (line, (id, _)) in pairs.iter().enumerate() {
+    for (line, id, _) in &entries {
         if !seen.insert(id.as_str()) {
             return Err(Error::parse(
                 path,
-                line + 1,
+                *line,
                 format!("duplicate utterance id {id}"),
             ));
         }
     }
-    Ok(())
+    Ok(entries.into_iter().map(|(_, id, t)| (id, t)).collect())
 }
 
 /// Reads and scores a reference and a hypothesis `trans.txt` file.
 pub fn score_files(reference: &Path, hypothesis: &Path) -> Result<ScoreReport> {
-    let r = parse_transcripts(reference)?;
-    let h = parse_transcripts(hypothesis)?;
-    check_unique(reference, &r)?;
-    check_unique(hypothesis, &h)?;
+    let r = read_unique(reference)?;
+    let h = read_unique(hypothesis)?;
     Ok(score_pairs(&r, &h))
 }
 

@@ -26,7 +26,7 @@ fn scores_trans_files() {
 fn duplicate_ids_are_an_error_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path().join("ref.txt");
-    std::fs::write(&r, "u1 A\nu1 B\n").unwrap();
+    std::fs::write(&r, "u1 A\n\nu1 B\n").unwrap();
     let e = score_files(&r, &r).unwrap_err().to_string();
-    assert!(e.contains("ref.txt:2"), "{e}");
+    assert!(e.contains("ref.txt:3"), "{e}");
 }
