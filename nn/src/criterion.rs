@@ -12,6 +12,8 @@ use crate::tensor::{Float, Tensor};
 mod bce;
 mod class_nll;
 mod cross_entropy;
+/// Connectionist temporal classification loss.
+pub mod ctc;
 mod kl_div;
 mod l1;
 mod mse;
@@ -20,6 +22,7 @@ mod smooth_l1;
 pub use bce::Bce;
 pub use class_nll::ClassNll;
 pub use cross_entropy::CrossEntropy;
+pub use ctc::{CtcLoss, CtcReduction};
 pub use kl_div::{KlDiv, KlReduction};
 pub use l1::L1;
 pub use mse::Mse;

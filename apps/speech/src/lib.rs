@@ -1,9 +1,31 @@
-//! Deep Speech 2 on Kiln: audio readers, feature transformers, the DS2 model,
-//! CTC training, decoders with a language model, WER/CER.
+//! Deep Speech 2 on Kiln: audio readers, feature transformers, decoders
+//! with a language model, WER/CER. (The CTC loss is in `kiln_nn`.)
 //!
-//! Not yet built: see the Deep Speech 2 issue.
+//! Pipeline: [`audio::read_audio_at`] (WAV/FLAC, resampled to 16 kHz) or
+//! [`corpus::read_corpus`] (LibriSpeech layout) -> [`segment::TimeSegmenter`]
+//! -> [`features::Windower`] -> [`features::Spectrogram`] ->
+//! optional [`mel::MelFilterBank`] -> [`features::LogCompress`] ->
+//! [`features::Normalize`]; transcripts through
+//! [`text::TranscriptVectorizer`]; model outputs through
+//! [`decoder::best_path`] or [`decoder::BeamSearchDecoder`] with an
+//! [`lm::NgramLm`]; scores with [`metrics`] and [`score`].
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![warn(missing_docs)]
+
+pub mod audio;
+pub mod corpus;
+pub mod decoder;
+pub mod error;
+pub mod features;
+pub mod lm;
+pub mod mel;
+pub mod metrics;
+pub mod resample;
+pub mod score;
+pub mod segment;
+pub mod text;
+
+pub use error::{Error, Result};

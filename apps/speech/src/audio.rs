@@ -1,0 +1,237 @@
+//! Audio readers: WAV (PCM 8/16/24/32-bit, IEEE float 32/64-bit) and FLAC,
+//! mixed down to mono `f32` in [-1, 1], optionally resampled.
+//!
+//! Integer samples are scaled by `2^(bits-1)` (so 16-bit `-32768` maps to
+//! `-1.0`); several channels are averaged.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::resample::resample;
+
+/// Mono audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    /// Samples in [-1, 1].
+    pub samples: Vec<f32>,
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+}
+
+impl Audio {
+    /// Duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        if self.sample_rate == 0 {
+            return 0.0;
+        }
+        self.samples.len() as f64 / self.sample_rate as f64
+    }
+
+    /// This audio at `rate` Hz (a copy when it already is).
+    pub fn resampled(&self, rate: u32) -> Result<Audio> {
+        if rate == self.sample_rate {
+            return Ok(self.clone());
+        }
+        Ok(Audio {
+            samples: resample(&self.samples, self.sample_rate, rate)?,
+            sample_rate: rate,
+        })
+    }
+}
+
+/// Reads a WAV or FLAC file (chosen by content: `RIFF` or `fLaC` magic).
+pub fn read_audio(path: &Path) -> Result<Audio> {
+    let mut magic = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.read_exact(&mut magic)
+            .map_err(|e| Error::audio(path, format!("too short to be audio: {e}")))?;
+    }
+    match &magic {
+        b"RIFF" => read_wav(path),
+        b"fLaC" => read_flac(path),
+        _ => Err(Error::audio(
+            path,
+            format!("unsupported format (magic bytes {magic:?}; expected RIFF/WAVE or fLaC)"),
+        )),
+    }
+}
+
+/// Reads a file and resamples it to `rate` Hz when needed.
+pub fn read_audio_at(path: &Path, rate: u32) -> Result<Audio> {
+    read_audio(path)?.resampled(rate)
+}
+
+/// Averages interleaved channels into one.
+fn mix(interleaved: Vec<f32>, channels: usize) -> Vec<f32> {
+    if channels <= 1 {
+        return interleaved;
+    }
+    let inv = 1.0 / channels as f32;
+    interleaved
+        .chunks_exact(channels)
+        .map(|frame| frame.iter().sum::<f32>() * inv)
+        .collect()
+}
+
+/// Reads a WAV file: PCM 8 (unsigned), 16, 24 or 32-bit, or IEEE float 32
+/// or 64-bit, any channel count.
+pub fn read_wav(path: &Path) -> Result<Audio> {
+    let reader = match hound::WavReader::open(path) {
+        Ok(r) => r,
+        Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::io(path, e))
+        }
+        // hound has no 64-bit float: decode that one ourselves.
+        Err(e) => {
+            return match read_wav_f64(path) {
+                Ok(Some(audio)) => Ok(audio),
+                Ok(None) => Err(Error::audio(path, format!("WAV: {e}"))),
+                Err(own) => Err(own),
+            }
+        }
+    };
+    let spec = reader.spec();
+    let channels = spec.channels as usize;
+    if channels == 0 {
+        return Err(Error::audio(path, "WAV: zero channels"));
+    }
+    let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => reader
+            .into_samples::<f32>()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::audio(path, format!("WAV (truncated or corrupt): {e}")))?,
+        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
+            let scale = 1.0 / (1u64 << (bits - 1)) as f64;
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|v| (v as f64 * scale) as f32))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::audio(path, format!("WAV (truncated or corrupt): {e}")))?
+        }
+        (fmt, bits) => {
+            return Err(Error::audio(
+                path,
+                format!("WAV: unsupported sample format {fmt:?} with {bits} bits"),
+            ))
+        }
+    };
+    if !samples.len().is_multiple_of(channels) {
+        return Err(Error::audio(path, "WAV: truncated (partial frame)"));
+    }
+    Ok(Audio {
+        samples: mix(samples, channels),
+        sample_rate: spec.sample_rate,
+    })
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// A minimal RIFF/WAVE decoder for 64-bit IEEE float data; `None` when the
+/// file declares another format (hound's error then stands).
+fn read_wav_f64(path: &Path) -> Result<Option<Audio>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Ok(None);
+    }
+    let mut pos = 12;
+    let mut fmt: Option<(u16, u16, u32, u16)> = None;
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32_at(&bytes, pos + 4) as usize;
+        let body = pos + 8;
+        if id == b"fmt " {
+            if len < 16 || body + 16 > bytes.len() {
+                return Err(Error::audio(path, "WAV: truncated fmt chunk"));
+            }
+            let mut tag = u16_at(&bytes, body);
+            if tag == 0xFFFE && len >= 26 && body + 26 <= bytes.len() {
+                tag = u16_at(&bytes, body + 24);
+            }
+            fmt = Some((
+                tag,
+                u16_at(&bytes, body + 2),
+                u32_at(&bytes, body + 4),
+                u16_at(&bytes, body + 14),
+            ));
+        } else if id == b"data" {
+            let Some((tag, channels, rate, bits)) = fmt else {
+                return Ok(None);
+            };
+            if tag != 3 || bits != 64 {
+                return Ok(None);
+            }
+            if channels == 0 {
+                return Err(Error::audio(path, "WAV: zero channels"));
+            }
+            let end = body + len;
+            if end > bytes.len() || !len.is_multiple_of(8 * channels as usize) {
+                return Err(Error::audio(path, "WAV: truncated data chunk"));
+            }
+            let samples = bytes[body..end]
+                .chunks_exact(8)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect();
+            return Ok(Some(Audio {
+                samples: mix(samples, channels as usize),
+                sample_rate: rate,
+            }));
+        }
+        pos = body + len + (len & 1);
+    }
+    match fmt {
+        Some((3, _, _, 64)) => Err(Error::audio(path, "WAV: no data chunk (truncated?)")),
+        _ => Ok(None),
+    }
+}
+
+/// Reads a FLAC file (any bit depth, any channel count).
+pub fn read_flac(path: &Path) -> Result<Audio> {
+    let mut reader = claxon::FlacReader::open(path).map_err(|e| match e {
+        claxon::Error::IoError(io) => Error::io(path, io),
+        other => Error::audio(path, format!("FLAC: {other}")),
+    })?;
+    let info = reader.streaminfo();
+    let channels = info.channels as usize;
+    let scale = 1.0 / (1u64 << (info.bits_per_sample - 1)) as f64;
+    let mut samples = Vec::with_capacity(info.samples.unwrap_or(0) as usize * channels);
+    for s in reader.samples() {
+        let v = s.map_err(|e| Error::audio(path, format!("FLAC (truncated or corrupt): {e}")))?;
+        samples.push((v as f64 * scale) as f32);
+    }
+    if let Some(total) = info.samples {
+        if (samples.len() as u64) < total * channels as u64 {
+            return Err(Error::audio(
+                path,
+                format!(
+                    "FLAC: truncated ({} of {} samples)",
+                    samples.len() / channels.max(1),
+                    total
+                ),
+            ));
+        }
+    }
+    Ok(Audio {
+        samples: mix(samples, channels),
+        sample_rate: info.sample_rate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixes_channels() {
+        assert_eq!(mix(vec![1.0, 0.0, 0.5, 0.5], 2), vec![0.5, 0.5]);
+    }
+}
