@@ -7,7 +7,9 @@ pub use kiln_nn as nn;
 pub use kiln_runtime as runtime;
 pub use kiln_speech as speech;
 
+pub mod detect_cli;
 pub mod digits_job;
+pub mod speech_cli;
 pub mod train_cli;
 
 /// Prints the build's version, matrix-multiply backend and thread count.

@@ -31,7 +31,10 @@ fn digits_cnn_reaches_97_percent_and_round_trips_through_a_file() {
     loaded.eval_mode();
     let a = model.forward(&x).expect("forward");
     let b = loaded.forward(&x).expect("forward");
-    assert!(a.iter().zip(b.iter()).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(a
+        .iter()
+        .zip(b.iter())
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
 }
 
 #[test]
@@ -44,7 +47,11 @@ fn cli_train_reports_accuracy_and_refuses_a_bad_data_file() {
         .output()
         .expect("kiln runs");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("held-out accuracy"), "{stdout}");
     assert!(out.exists());
 
@@ -65,5 +72,8 @@ fn cli_train_reports_accuracy_and_refuses_a_bad_data_file() {
         .expect("kiln runs");
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("bad.csv") && stderr.contains("line 1"), "{stderr}");
+    assert!(
+        stderr.contains("bad.csv") && stderr.contains("line 1"),
+        "{stderr}"
+    );
 }
