@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::timing::time_it;
 
-pub fn run(threads: usize) {
+pub(crate) fn run(threads: usize) {
     let mut rng = StdRng::seed_from_u64(0);
     for n in [256usize, 512, 1024, 2048] {
         let a = Array2::<f32>::from_shape_simple_fn((n, n), || rng.random_range(-1.0..1.0));

@@ -56,7 +56,7 @@ impl Step {
     }
 }
 
-pub fn run(threads: usize) {
+pub(crate) fn run(threads: usize) {
     let Some(mut s) = Step::new() else {
         eprintln!("lenet: could not build the model");
         return;
@@ -86,7 +86,7 @@ pub fn run(threads: usize) {
 }
 
 /// 200 LeNet-5 training steps, then the process's peak RSS.
-pub fn peak_rss(threads: usize) {
+pub(crate) fn peak_rss(threads: usize) {
     let before = peak_rss_mib();
     let Some(mut s) = Step::new() else {
         eprintln!("lenet: could not build the model");

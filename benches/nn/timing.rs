@@ -32,17 +32,17 @@ fn own_cpu() -> Option<f64> {
 }
 
 /// Result of one timed loop.
-pub struct Timing {
-    pub median_s: f64,
-    pub min_s: f64,
-    pub iters: usize,
-    pub bg_pct: f64,
+pub(crate) struct Timing {
+    pub(crate) median_s: f64,
+    pub(crate) min_s: f64,
+    pub(crate) iters: usize,
+    pub(crate) bg_pct: f64,
 }
 
 /// Warms up, picks about one second of iterations (at least `min_iters`),
 /// times each, and retries the loop (up to 4 times) while other processes
 /// used more than 10% of the machine; keeps the least-loaded loop.
-pub fn time_it(mut f: impl FnMut(), min_iters: usize) -> Timing {
+pub(crate) fn time_it(mut f: impl FnMut(), min_iters: usize) -> Timing {
     for _ in 0..3 {
         f();
     }
@@ -89,7 +89,7 @@ pub fn time_it(mut f: impl FnMut(), min_iters: usize) -> Timing {
 }
 
 /// Peak resident set size of this process in MiB (VmHWM).
-pub fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
