@@ -9,7 +9,9 @@ use anyhow::{bail, Result};
 use kiln::digits_job::{self, DigitsJob};
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let job = DigitsJob::default();
     let (_, report) = digits_job::run(&job)?;
     println!("held-out: {}", report.held_out);
@@ -18,7 +20,10 @@ fn main() -> Result<()> {
         report.summary.state.epoch, report.summary.seconds, report.summary.samples_per_second
     );
     if report.held_out.top1 < 0.97 {
-        bail!("held-out accuracy {:.2}% is below 97%", report.held_out.top1 * 100.0);
+        bail!(
+            "held-out accuracy {:.2}% is below 97%",
+            report.held_out.top1 * 100.0
+        );
     }
     Ok(())
 }

@@ -20,7 +20,9 @@ pub const SPLIT_SEED: u64 = 20_240_229;
 pub const HOLDOUT: f64 = 0.2;
 
 /// Which network to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum DigitsModel {
     /// Two 3x3 conv layers on the native 8x8 images (fast; the default).
     Cnn,

@@ -51,7 +51,10 @@ pub struct EvalArgs {
 /// Runs `kiln train`: trains, prints the held-out accuracy, optionally saves the model.
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let job = DigitsJob {
-        data: args.data.clone().unwrap_or_else(digits_job::default_data_path),
+        data: args
+            .data
+            .clone()
+            .unwrap_or_else(digits_job::default_data_path),
         model: args.model,
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -74,7 +77,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         let mut meta = HashMap::new();
         meta.insert("kiln.digits_model".to_string(), format!("{:?}", job.model));
-        kiln_nn::serialize::save(model.as_ref(), out, &meta).with_context(|| format!("saving {}", out.display()))?;
+        kiln_nn::serialize::save(model.as_ref(), out, &meta)
+            .with_context(|| format!("saving {}", out.display()))?;
         println!("model saved to {}", out.display());
     }
     Ok(())
@@ -82,16 +86,25 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
 /// Runs `kiln eval`: loads a model and prints its held-out accuracy.
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let meta = kiln_nn::serialize::metadata_of(&bytes, &args.model)?;
     let kind = match meta.get("kiln.digits_model").map(String::as_str) {
         Some("Lenet5") => DigitsModel::Lenet5,
         _ => DigitsModel::Cnn,
     };
     let mut model = kiln_nn::serialize::load::<f32>(&args.model)?;
-    let data = args.data.clone().unwrap_or_else(digits_job::default_data_path);
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(digits_job::default_data_path);
     let (_, test) = digits_job::load_split(&data, kind)?;
-    let e = kiln_nn::train::evaluate(model.as_mut(), &mut kiln_nn::criterion::ClassNll::default(), &test, 512)?;
+    let e = kiln_nn::train::evaluate(
+        model.as_mut(),
+        &mut kiln_nn::criterion::ClassNll::default(),
+        &test,
+        512,
+    )?;
     println!("held-out: {e}");
     println!("held-out accuracy: {:.2}%", e.top1 * 100.0);
     Ok(())

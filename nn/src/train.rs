@@ -254,13 +254,7 @@ impl<F: Float> Trainer<F> {
                         "train"
                     );
                 }
-                self.run_triggers(
-                    model,
-                    &state,
-                    false,
-                    validation,
-                    &mut validations,
-                )?;
+                self.run_triggers(model, &state, false, validation, &mut validations)?;
             }
             train_seconds += t0.elapsed().as_secs_f64();
             if self.config.log.fires(&state, true)
@@ -273,13 +267,7 @@ impl<F: Float> Trainer<F> {
                     "epoch done"
                 );
             }
-            self.run_triggers(
-                model,
-                &state,
-                true,
-                validation,
-                &mut validations,
-            )?;
+            self.run_triggers(model, &state, true, validation, &mut validations)?;
         }
         bar.finish_and_clear();
         Ok(TrainSummary {
@@ -375,7 +363,12 @@ mod tests {
     }
 
     fn trainer(config: TrainConfig) -> Trainer<f64> {
-        let opt = OptimizerConfig::Sgd(SgdConfig { lr: 0.5, ..SgdConfig::default() }).build::<f64>().unwrap();
+        let opt = OptimizerConfig::Sgd(SgdConfig {
+            lr: 0.5,
+            ..SgdConfig::default()
+        })
+        .build::<f64>()
+        .unwrap();
         Trainer::new(Box::new(CrossEntropy::new()), opt, config).unwrap()
     }
 
@@ -383,12 +376,17 @@ mod tests {
     fn fit_learns_triggers_fire_and_schedule_applies() {
         let train = blobs(200, 1);
         let val = blobs(100, 2);
-        let mut model = LinearConfig::new(2, 2).init::<f64>(&mut StdRng::seed_from_u64(0)).unwrap();
+        let mut model = LinearConfig::new(2, 2)
+            .init::<f64>(&mut StdRng::seed_from_u64(0))
+            .unwrap();
         let config = TrainConfig {
             batch_size: 16,
             epochs: 4,
             validate: Trigger::EveryIterations(10),
-            lr_schedule: Some(LrSchedule::Step { step_size: 2, gamma: 0.1 }),
+            lr_schedule: Some(LrSchedule::Step {
+                step_size: 2,
+                gamma: 0.1,
+            }),
             progress: false,
             ..TrainConfig::default()
         };
@@ -406,7 +404,10 @@ mod tests {
         assert_eq!(summary.state.iteration, 4 * 13);
         assert_eq!(hook_calls.load(std::sync::atomic::Ordering::SeqCst), 4);
         assert_eq!(summary.validations.len(), (4 * 13) / 10);
-        assert!((summary.state.learning_rate - 0.05).abs() < 1e-12, "epochs 3-4 run at lr * 0.1");
+        assert!(
+            (summary.state.learning_rate - 0.05).abs() < 1e-12,
+            "epochs 3-4 run at lr * 0.1"
+        );
         let e = evaluate(&mut model, &mut CrossEntropy::new(), &val, 64).unwrap();
         assert!(e.top1 > 0.95, "{e}");
     }
@@ -414,16 +415,29 @@ mod tests {
     #[test]
     fn a_model_that_does_not_fit_the_data_and_a_zero_batch_are_errors() {
         let train = blobs(20, 3);
-        let mut wrong = LinearConfig::new(3, 2).init::<f64>(&mut StdRng::seed_from_u64(0)).unwrap();
-        let err = trainer(TrainConfig { progress: false, ..TrainConfig::default() })
-            .fit(&mut wrong, &train, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("Linear(3->2)") && err.contains("[N, 3]") && err.contains("[20, 2]"), "{err}");
+        let mut wrong = LinearConfig::new(3, 2)
+            .init::<f64>(&mut StdRng::seed_from_u64(0))
+            .unwrap();
+        let err = trainer(TrainConfig {
+            progress: false,
+            ..TrainConfig::default()
+        })
+        .fit(&mut wrong, &train, None)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("Linear(3->2)") && err.contains("[N, 3]") && err.contains("[20, 2]"),
+            "{err}"
+        );
         assert!(Trainer::new(
             Box::new(CrossEntropy::<f64>::new()),
-            OptimizerConfig::Sgd(SgdConfig::default()).build::<f64>().unwrap(),
-            TrainConfig { batch_size: 0, ..TrainConfig::default() }
+            OptimizerConfig::Sgd(SgdConfig::default())
+                .build::<f64>()
+                .unwrap(),
+            TrainConfig {
+                batch_size: 0,
+                ..TrainConfig::default()
+            }
         )
         .is_err());
     }
