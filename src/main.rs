@@ -21,7 +21,20 @@ struct Cli {
 enum Command {
     /// Print build information: version, matrix-multiply backend, threads.
     Info,
-    // TRAIN-COMMANDS (enabled once kiln-nn's conv layers and optimizers land)
+    /// Train a model (the digits CNN by default) and report held-out accuracy.
+    Train(kiln::train_cli::TrainArgs),
+    /// Evaluate a saved digits model on the held-out split.
+    Eval(kiln::train_cli::EvalArgs),
+    /// Deep Speech 2 commands.
+    Speech {
+        #[command(subcommand)]
+        command: kiln::speech_cli::SpeechCommand,
+    },
+    /// SSD object-detection commands.
+    Detect {
+        #[command(subcommand)]
+        command: kiln::detect_cli::DetectCommand,
+    },
     // CLUSTER-COMMANDS
 }
 
@@ -31,13 +44,18 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Train(args) => kiln::train_cli::train(&args),
+        Command::Eval(args) => kiln::train_cli::eval(&args),
+        Command::Speech { command } => kiln::speech_cli::run(&command),
+        Command::Detect { command } => kiln::detect_cli::run(&command),
         Command::Info => {
             kiln::print_info();
             Ok(())
-        } // TRAIN-DISPATCH
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
