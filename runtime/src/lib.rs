@@ -1,7 +1,41 @@
-//! Kiln cluster runtime: driver, executor and parameter actors over
-//! authenticated QUIC, RDD-like datasets and a fault-tolerant scheduler.
+//! Kiln cluster runtime: driver and executor actors over authenticated
+//! QUIC, RDD-like datasets and a fault-tolerant scheduler.
+//!
+//! Entry points:
+//! * [`Registry`]: register named functions at start-up, identically in
+//!   every process (same binary everywhere).
+//! * [`Driver::start`] / [`run_executor`]: the two roles of a multi-host
+//!   cluster; [`LocalCluster::start`] for one machine (in-process executors
+//!   or child processes).
+//! * [`Dataset`]: transformations (`map`, `filter`, `flat_map`,
+//!   `map_partitions`, `sample`, `union`, `cache`, `repartition`,
+//!   `reduce_by_key`, `group_by_key`) and async actions (`count`,
+//!   `collect`, `take`, `reduce`, `fold`, `foreach`).
+//! * [`transport`]: the QUIC/TLS layer, reusable for bulk transfers.
+//!
+//! See `docs/runtime-protocol.md` for the wire protocol and failure
+//! semantics.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![warn(missing_docs)]
+
+mod dataset;
+mod driver;
+mod error;
+mod executor;
+mod local;
+mod plan;
+mod protocol;
+mod registry;
+pub mod transport;
+
+pub use dataset::Dataset;
+pub use driver::{query_status, Driver, DriverConfig};
+pub use error::{Error, Result};
+pub use executor::{run_executor, ExecutorConfig};
+pub use local::{ExecutorMode, LocalCluster, LocalConfig};
+pub use protocol::{ClusterStatus, ExecutorStatus};
+pub use registry::{decode_vec, Data, Part, Registry};
+pub use transport::JoinToken;

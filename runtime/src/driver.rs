@@ -1,0 +1,908 @@
+//! The driver: accepts executors over QUIC, tracks membership with
+//! heartbeats, and schedules stages of tasks with retry and exclusion.
+//!
+//! One ractor actor ([`DriverActor`]) owns all scheduling state, so there
+//! are no locks around it; connection tasks translate network frames into
+//! actor messages and never decode anything before the preamble passed.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::protocol::{
+    Action, ClientRequest, ClusterStatus, ExecutorStatus, Task, TaskKey, TaskOutput, TaskReport,
+    ToDriver, ToExecutor,
+};
+use crate::registry::Registry;
+use crate::transport::{
+    self, check_preamble, read_frame, send_bulk, with_timeout, write_frame, ClusterIdentity,
+    JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
+};
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// UDP address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// How often executors and driver exchange heartbeats.
+    pub heartbeat: Duration,
+    /// An executor silent this long is declared lost.
+    pub executor_timeout: Duration,
+    /// Attempts per task before its job fails.
+    pub max_task_attempts: u32,
+    /// Consecutive task failures after which an executor is excluded.
+    pub max_executor_failures: u32,
+    /// Largest control frame accepted.
+    pub max_control_frame: u64,
+    /// Largest bulk frame (task or result) accepted.
+    pub max_bulk_frame: u64,
+    /// Time allowed for the TLS handshake and the preamble.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            heartbeat: Duration::from_millis(500),
+            executor_timeout: Duration::from_secs(5),
+            max_task_attempts: 4,
+            max_executor_failures: 3,
+            max_control_frame: transport::DEFAULT_MAX_CONTROL_FRAME,
+            max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One task of a stage as the job planner hands it to the actor.
+pub(crate) struct StageTask {
+    pub(crate) partition: u32,
+    pub(crate) plan: Plan,
+    pub(crate) action: Action,
+    pub(crate) inputs: crate::protocol::Inputs,
+    pub(crate) prefer: Vec<(u64, u32)>,
+}
+
+type StageReply = oneshot::Sender<Result<Vec<TaskOutput>>>;
+
+/// Messages of the driver actor.
+pub(crate) enum DriverMsg {
+    Joined {
+        name: String,
+        cores: u32,
+        pid: u32,
+        conn: quinn::Connection,
+        ctl: mpsc::UnboundedSender<ToExecutor>,
+        reply: oneshot::Sender<u64>,
+    },
+    Heartbeat(u64),
+    Report(u64, TaskReport),
+    Gone(u64, String),
+    RunStage {
+        job: u64,
+        stage: u32,
+        tasks: Vec<StageTask>,
+        reply: StageReply,
+    },
+    Status(oneshot::Sender<ClusterStatus>),
+    Refused,
+    Tick,
+    Shutdown,
+}
+
+struct Exec {
+    name: String,
+    conn: quinn::Connection,
+    ctl: mpsc::UnboundedSender<ToExecutor>,
+    cores: u32,
+    last_hb: Instant,
+    running: HashSet<TaskKey>,
+    completed: u64,
+    failed: u64,
+    consecutive_failures: u32,
+    excluded: bool,
+}
+
+struct TaskState {
+    task: StageTask,
+    dispatches: u32,
+    failures: u32,
+    failed_on: HashSet<u64>,
+    last_error: String,
+    running: Option<(u64, u32)>,
+    output: Option<TaskOutput>,
+}
+
+struct StageState {
+    tasks: Vec<TaskState>,
+    remaining: usize,
+    reply: Option<StageReply>,
+}
+
+/// Scheduling state, owned by the actor.
+pub(crate) struct DriverState {
+    config: DriverConfig,
+    next_exec: u64,
+    executors: BTreeMap<u64, Exec>,
+    stages: HashMap<(u64, u32), StageState>,
+    pending: VecDeque<(u64, u32, u32)>,
+    cache_locs: HashMap<(u64, u32), u64>,
+    lost: u64,
+    jobs_finished: u64,
+    refused: u64,
+}
+
+pub(crate) struct DriverActor;
+
+impl Actor for DriverActor {
+    type Msg = DriverMsg;
+    type State = DriverState;
+    type Arguments = DriverConfig;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DriverMsg>,
+        config: DriverConfig,
+    ) -> std::result::Result<DriverState, ActorProcessingErr> {
+        let period = config.heartbeat;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if myself.cast(DriverMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(DriverState {
+            config,
+            next_exec: 1,
+            executors: BTreeMap::new(),
+            stages: HashMap::new(),
+            pending: VecDeque::new(),
+            cache_locs: HashMap::new(),
+            lost: 0,
+            jobs_finished: 0,
+            refused: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DriverMsg>,
+        msg: DriverMsg,
+        st: &mut DriverState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            DriverMsg::Joined {
+                name,
+                cores,
+                pid,
+                conn,
+                ctl,
+                reply,
+            } => {
+                let id = st.next_exec;
+                st.next_exec += 1;
+                info!(executor = id, %name, pid, cores, peer = %conn.remote_address(), "executor registered");
+                st.executors.insert(
+                    id,
+                    Exec {
+                        name,
+                        conn,
+                        ctl,
+                        cores: cores.max(1),
+                        last_hb: Instant::now(),
+                        running: HashSet::new(),
+                        completed: 0,
+                        failed: 0,
+                        consecutive_failures: 0,
+                        excluded: false,
+                    },
+                );
+                let _ = reply.send(id);
+                st.schedule(&myself);
+            }
+            DriverMsg::Heartbeat(id) => {
+                if let Some(e) = st.executors.get_mut(&id) {
+                    e.last_hb = Instant::now();
+                }
+            }
+            DriverMsg::Report(id, report) => {
+                st.on_report(id, report);
+                st.schedule(&myself);
+            }
+            DriverMsg::Gone(id, reason) => {
+                st.remove_executor(id, &reason);
+                st.schedule(&myself);
+            }
+            DriverMsg::RunStage {
+                job,
+                stage,
+                tasks,
+                reply,
+            } => {
+                if tasks.is_empty() {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return Ok(());
+                }
+                let n = tasks.len();
+                for p in 0..n as u32 {
+                    st.pending.push_back((job, stage, p));
+                }
+                st.stages.insert(
+                    (job, stage),
+                    StageState {
+                        tasks: tasks
+                            .into_iter()
+                            .map(|task| TaskState {
+                                task,
+                                dispatches: 0,
+                                failures: 0,
+                                failed_on: HashSet::new(),
+                                last_error: String::new(),
+                                running: None,
+                                output: None,
+                            })
+                            .collect(),
+                        remaining: n,
+                        reply: Some(reply),
+                    },
+                );
+                st.schedule(&myself);
+            }
+            DriverMsg::Status(reply) => {
+                let _ = reply.send(st.status());
+            }
+            DriverMsg::Refused => st.refused += 1,
+            DriverMsg::Tick => {
+                let now = Instant::now();
+                let timeout = st.config.executor_timeout;
+                let dead: Vec<u64> = st
+                    .executors
+                    .iter()
+                    .filter(|(_, e)| now.duration_since(e.last_hb) > timeout)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in dead {
+                    st.remove_executor(id, &format!("no heartbeat for {} ms", timeout.as_millis()));
+                }
+                for e in st.executors.values() {
+                    let _ = e.ctl.send(ToExecutor::Heartbeat);
+                }
+                st.schedule(&myself);
+            }
+            DriverMsg::Shutdown => {
+                for e in st.executors.values() {
+                    let _ = e.ctl.send(ToExecutor::Shutdown);
+                }
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DriverState {
+    fn status(&self) -> ClusterStatus {
+        let now = Instant::now();
+        ClusterStatus {
+            executors: self
+                .executors
+                .iter()
+                .map(|(id, e)| ExecutorStatus {
+                    id: *id,
+                    name: e.name.clone(),
+                    addr: e.conn.remote_address().to_string(),
+                    cores: e.cores,
+                    running: e.running.len() as u32,
+                    completed: e.completed,
+                    failed: e.failed,
+                    excluded: e.excluded,
+                    last_heartbeat_ms: now.duration_since(e.last_hb).as_millis() as u64,
+                })
+                .collect(),
+            lost: self.lost,
+            pending_tasks: self.pending.len() as u64,
+            jobs_finished: self.jobs_finished,
+            refused_connections: self.refused,
+        }
+    }
+
+    fn remove_executor(&mut self, id: u64, reason: &str) {
+        let Some(e) = self.executors.remove(&id) else {
+            return;
+        };
+        warn!(executor = id, name = %e.name, reason, requeued = e.running.len(), "executor lost");
+        self.lost += 1;
+        e.conn
+            .close(transport::CLOSE_NORMAL.into(), b"declared lost by driver");
+        self.cache_locs.retain(|_, exec| *exec != id);
+        for key in e.running {
+            if let Some(stage) = self.stages.get_mut(&(key.job, key.stage)) {
+                if let Some(t) = stage.tasks.get_mut(key.partition as usize) {
+                    if t.running == Some((id, key.attempt)) && t.output.is_none() {
+                        // Loss of an executor is not the task's fault: no failure counted.
+                        t.running = None;
+                        self.pending.push_front((key.job, key.stage, key.partition));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_report(&mut self, exec_id: u64, report: TaskReport) {
+        let key = report.key;
+        let (max_attempts, max_exec_failures) = (
+            self.config.max_task_attempts,
+            self.config.max_executor_failures,
+        );
+        if let Some(e) = self.executors.get_mut(&exec_id) {
+            e.running.remove(&key);
+            match &report.result {
+                Ok(_) => {
+                    e.completed += 1;
+                    e.consecutive_failures = 0;
+                }
+                Err(_) => {
+                    e.failed += 1;
+                    e.consecutive_failures += 1;
+                    if e.consecutive_failures >= max_exec_failures && !e.excluded {
+                        warn!(executor = exec_id, name = %e.name, failures = e.consecutive_failures, "executor excluded after repeated task failures");
+                        e.excluded = true;
+                    }
+                }
+            }
+        }
+        for c in &report.cached {
+            self.cache_locs.insert(*c, exec_id);
+        }
+        let Some(stage) = self.stages.get_mut(&(key.job, key.stage)) else {
+            debug!(task = %key, "report for a finished stage ignored");
+            return;
+        };
+        let Some(t) = stage.tasks.get_mut(key.partition as usize) else {
+            warn!(task = %key, "report for an unknown partition ignored");
+            return;
+        };
+        if t.running != Some((exec_id, key.attempt)) || t.output.is_some() {
+            debug!(task = %key, executor = exec_id, "stale task report ignored");
+            return;
+        }
+        t.running = None;
+        match report.result {
+            Ok(out) => {
+                t.output = Some(out);
+                stage.remaining -= 1;
+                if stage.remaining == 0 {
+                    if let Some(stage) = self.stages.remove(&(key.job, key.stage)) {
+                        let outs = stage
+                            .tasks
+                            .into_iter()
+                            .map(|t| t.output.unwrap_or(TaskOutput::Done))
+                            .collect();
+                        if let Some(r) = stage.reply {
+                            let _ = r.send(Ok(outs));
+                        }
+                    }
+                }
+            }
+            Err(cause) => {
+                t.failures += 1;
+                t.failed_on.insert(exec_id);
+                t.last_error = cause.clone();
+                let name = self
+                    .executors
+                    .get(&exec_id)
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default();
+                warn!(task = %key, executor = exec_id, %name, %cause, "task failed");
+                if t.failures >= max_attempts {
+                    let err = Error::JobFailed {
+                        job: key.job,
+                        task: format!("stage {} partition {}", key.stage, key.partition),
+                        attempts: t.failures,
+                        last_cause: format!("on executor {exec_id} ({name}): {cause}"),
+                    };
+                    if let Some(mut stage) = self.stages.remove(&(key.job, key.stage)) {
+                        if let Some(r) = stage.reply.take() {
+                            let _ = r.send(Err(err));
+                        }
+                    }
+                    self.pending
+                        .retain(|(j, s, _)| !(*j == key.job && *s == key.stage));
+                } else {
+                    self.pending.push_front((key.job, key.stage, key.partition));
+                }
+            }
+        }
+    }
+
+    /// Pick an executor with a free slot for a task.
+    fn pick(&self, t: &TaskState) -> Option<u64> {
+        let free = |e: &Exec| !e.excluded && (e.running.len() as u32) < e.cores;
+        // Locality: the executor caching an input partition.
+        for k in &t.task.prefer {
+            if let Some(id) = self.cache_locs.get(k) {
+                if self.executors.get(id).is_some_and(free) {
+                    return Some(*id);
+                }
+            }
+        }
+        let candidates: Vec<(&u64, &Exec)> =
+            self.executors.iter().filter(|(_, e)| !e.excluded).collect();
+        let fresh: Vec<&(&u64, &Exec)> = candidates
+            .iter()
+            .filter(|(id, _)| !t.failed_on.contains(id))
+            .collect();
+        // Retry elsewhere; fall back to a previous executor only if no
+        // other one is alive.
+        let pool: Vec<&(&u64, &Exec)> = if fresh.is_empty() {
+            candidates.iter().collect()
+        } else {
+            fresh
+        };
+        pool.into_iter()
+            .filter(|(_, e)| free(e))
+            .min_by_key(|(_, e)| e.running.len())
+            .map(|(id, _)| **id)
+    }
+
+    fn schedule(&mut self, myself: &ActorRef<DriverMsg>) {
+        let mut deferred = VecDeque::new();
+        while let Some((job, stage_id, p)) = self.pending.pop_front() {
+            let Some(stage) = self.stages.get(&(job, stage_id)) else {
+                continue;
+            };
+            let Some(t) = stage.tasks.get(p as usize) else {
+                continue;
+            };
+            if t.output.is_some() || t.running.is_some() {
+                continue;
+            }
+            let Some(exec_id) = self.pick(t) else {
+                deferred.push_back((job, stage_id, p));
+                // No free slot for this one; others may prefer other executors.
+                if self
+                    .executors
+                    .values()
+                    .all(|e| e.excluded || e.running.len() as u32 >= e.cores)
+                {
+                    break;
+                }
+                continue;
+            };
+            let Some(stage) = self.stages.get_mut(&(job, stage_id)) else {
+                continue;
+            };
+            let Some(t) = stage.tasks.get_mut(p as usize) else {
+                continue;
+            };
+            t.dispatches += 1;
+            let key = TaskKey {
+                job,
+                stage: stage_id,
+                partition: p,
+                attempt: t.dispatches,
+            };
+            t.running = Some((exec_id, key.attempt));
+            let task = Task {
+                key,
+                plan: t.task.plan.clone(),
+                partition: t.task.partition,
+                action: t.task.action.clone(),
+                inputs: t.task.inputs.clone(),
+            };
+            let Some(e) = self.executors.get_mut(&exec_id) else {
+                continue;
+            };
+            e.running.insert(key);
+            let conn = e.conn.clone();
+            let max = self.config.max_bulk_frame;
+            let me = myself.clone();
+            tokio::spawn(async move {
+                if let Err(err) = send_bulk(&conn, &task, max, Duration::from_secs(60)).await {
+                    warn!(task = %key, executor = exec_id, %err, "sending task failed");
+                    let _ = me.cast(DriverMsg::Gone(exec_id, format!("task send failed: {err}")));
+                }
+            });
+        }
+        deferred.extend(self.pending.drain(..));
+        self.pending = deferred;
+    }
+}
+
+/// Materialized shuffle outputs: `id -> [reduce partition][map partition]`.
+pub(crate) type ShuffleTable = HashMap<u64, Arc<Vec<Vec<Vec<u8>>>>>;
+
+/// Shared state of a running driver, reachable from [`crate::Dataset`]s.
+pub(crate) struct DriverShared {
+    pub(crate) actor: ActorRef<DriverMsg>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) next_id: AtomicU64,
+    /// Materialized shuffles: `id -> [reduce partition][map partition] blob`.
+    pub(crate) shuffles: Mutex<ShuffleTable>,
+}
+
+impl DriverShared {
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) async fn run_stage(
+        &self,
+        job: u64,
+        stage: u32,
+        tasks: Vec<StageTask>,
+    ) -> Result<Vec<TaskOutput>> {
+        let (tx, rx) = oneshot::channel();
+        self.actor
+            .cast(DriverMsg::RunStage {
+                job,
+                stage,
+                tasks,
+                reply: tx,
+            })
+            .map_err(|e| Error::DriverGone(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::DriverGone("driver actor stopped during a stage".into()))?
+    }
+}
+
+/// A running driver: the QUIC endpoint, the actor and the join token.
+pub struct Driver {
+    pub(crate) shared: Arc<DriverShared>,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    token: JoinToken,
+    actor_handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Driver {
+    /// Bind, create the cluster CA and join token, start the actor and the
+    /// accept loop. Must be called inside a tokio runtime.
+    pub async fn start(config: DriverConfig, registry: Arc<Registry>) -> Result<Driver> {
+        let identity = ClusterIdentity::generate()?;
+        let endpoint = transport::server_endpoint(&identity, config.listen)?;
+        let addr = endpoint.local_addr().map_err(|e| Error::Endpoint {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+        let token = identity.token().clone();
+        let (actor, handle) = Actor::spawn(None, DriverActor, config.clone())
+            .await
+            .map_err(|e| Error::DriverGone(e.to_string()))?;
+        let shared = Arc::new(DriverShared {
+            actor: actor.clone(),
+            registry,
+            next_id: AtomicU64::new(1),
+            shuffles: Mutex::new(HashMap::new()),
+        });
+        let ep = endpoint.clone();
+        let secret = token.secret;
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let actor = actor.clone();
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let peer = incoming.remote_address();
+                    if let Err(e) = serve_connection(incoming, actor.clone(), config, secret).await
+                    {
+                        warn!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        });
+        info!(%addr, "driver listening");
+        Ok(Driver {
+            shared,
+            endpoint,
+            addr,
+            token,
+            actor_handle: Some(handle),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The join token executors need.
+    pub fn token(&self) -> &JoinToken {
+        &self.token
+    }
+
+    /// `TOKEN@ADDR`, what `kiln executor --join` takes.
+    pub fn join_string(&self) -> String {
+        format!("{}@{}", self.token, self.addr)
+    }
+
+    /// The registry this driver resolves names in.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+
+    /// Membership and scheduler counters.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .actor
+            .cast(DriverMsg::Status(tx))
+            .map_err(|e| Error::DriverGone(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .map_err(|_| Error::DriverGone("status timed out".into()))?
+            .map_err(|_| Error::DriverGone("driver actor stopped".into()))
+    }
+
+    /// Wait until at least `n` executors are registered.
+    pub async fn wait_for_executors(&self, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live = self.status().await?.executors.len();
+            if live >= n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Invalid(format!(
+                    "only {live} of {n} executors registered after {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Tell executors to exit, stop the actor and close the endpoint.
+    pub async fn shutdown(mut self) {
+        let _ = self.shared.actor.cast(DriverMsg::Shutdown);
+        if let Some(h) = self.actor_handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        // Let the Shutdown frames leave before closing.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.endpoint
+            .close(transport::CLOSE_NORMAL.into(), b"driver shutdown");
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+) -> Result<()> {
+    let peer = incoming.remote_address();
+    let hs = config.handshake_timeout;
+    let conn = with_timeout(peer, "TLS handshake", hs, async {
+        incoming.await.map_err(|e| transport::conn_err(peer, e))
+    })
+    .await?;
+    let (mut send, mut recv) = with_timeout(peer, "control stream", hs, async {
+        conn.accept_bi()
+            .await
+            .map_err(|e| transport::conn_err(peer, e))
+    })
+    .await?;
+    let mut pre = [0u8; PREAMBLE_LEN];
+    let read = with_timeout(peer, "preamble", hs, async {
+        recv.read_exact(&mut pre)
+            .await
+            .map_err(|e| transport::conn_err(peer, e))
+    })
+    .await;
+    let role = match read.map(|()| check_preamble(&pre, &secret)) {
+        Ok(Ok(role)) => role,
+        Ok(Err(status)) => {
+            let _ = actor.cast(DriverMsg::Refused);
+            let reason = transport::status_reason(status);
+            warn!(%peer, reason, "handshake refused");
+            let _ = send.write_all(&[status]).await;
+            let _ = send.finish();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close(transport::CLOSE_REFUSED.into(), reason.as_bytes());
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = actor.cast(DriverMsg::Refused);
+            conn.close(transport::CLOSE_REFUSED.into(), b"no valid preamble");
+            return Err(e);
+        }
+    };
+    with_timeout(peer, "handshake status", hs, async {
+        send.write_all(&[STATUS_OK])
+            .await
+            .map_err(|e| transport::conn_err(peer, e))
+    })
+    .await?;
+    match role {
+        Role::Client => serve_client(conn, send, recv, actor, config).await,
+        Role::Executor => serve_executor(conn, send, recv, actor, config).await,
+    }
+}
+
+async fn serve_client(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+) -> Result<()> {
+    let peer = conn.remote_address();
+    let t = config.handshake_timeout;
+    let req: Option<ClientRequest> = with_timeout(peer, "client request", t, async {
+        read_frame(&mut recv, peer, config.max_control_frame).await
+    })
+    .await?;
+    match req {
+        Some(ClientRequest::Status) => {
+            let (tx, rx) = oneshot::channel();
+            actor
+                .cast(DriverMsg::Status(tx))
+                .map_err(|e| Error::DriverGone(e.to_string()))?;
+            let status = rx
+                .await
+                .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
+            with_timeout(peer, "status reply", t, async {
+                write_frame(&mut send, peer, &status, config.max_bulk_frame).await
+            })
+            .await?;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(t, conn.closed()).await;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+async fn serve_executor(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+) -> Result<()> {
+    let peer = conn.remote_address();
+    let max = config.max_control_frame;
+    let first: Option<ToDriver> = with_timeout(peer, "register", config.handshake_timeout, async {
+        read_frame(&mut recv, peer, max).await
+    })
+    .await
+    .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL.into(), b"bad register"))?;
+    let Some(ToDriver::Register { name, cores, pid }) = first else {
+        conn.close(transport::CLOSE_PROTOCOL.into(), b"expected register");
+        return Err(Error::Invalid(format!(
+            "{peer}: first frame was not Register"
+        )));
+    };
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<ToExecutor>();
+    let (id_tx, id_rx) = oneshot::channel();
+    actor
+        .cast(DriverMsg::Joined {
+            name,
+            cores,
+            pid,
+            conn: conn.clone(),
+            ctl: ctl_tx.clone(),
+            reply: id_tx,
+        })
+        .map_err(|e| Error::DriverGone(e.to_string()))?;
+    let id = id_rx
+        .await
+        .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
+    let _ = ctl_tx.send(ToExecutor::Registered {
+        executor_id: id,
+        heartbeat_ms: config.heartbeat.as_millis() as u64,
+        timeout_ms: config.executor_timeout.as_millis() as u64,
+    });
+    // Writer: control frames to the executor, in order.
+    let wconn = conn.clone();
+    let wa = actor.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = ctl_rx.recv().await {
+            let r = with_timeout(peer, "control write", Duration::from_secs(10), async {
+                write_frame(&mut send, peer, &msg, max).await
+            })
+            .await;
+            if let Err(e) = r {
+                let _ = wa.cast(DriverMsg::Gone(id, format!("control write failed: {e}")));
+                break;
+            }
+        }
+        let _ = send.finish();
+        drop(wconn);
+    });
+    // Bulk: task reports, one per unidirectional stream.
+    let rconn = conn.clone();
+    let ra = actor.clone();
+    let bulk_max = config.max_bulk_frame;
+    tokio::spawn(async move {
+        loop {
+            let mut s = match rconn.accept_uni().await {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            let ra = ra.clone();
+            let rc = rconn.clone();
+            tokio::spawn(async move {
+                let r: Result<Option<TaskReport>> =
+                    with_timeout(peer, "task report", Duration::from_secs(300), async {
+                        read_frame(&mut s, peer, bulk_max).await
+                    })
+                    .await;
+                match r {
+                    Ok(Some(report)) => {
+                        let _ = ra.cast(DriverMsg::Report(id, report));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(executor = id, %peer, error = %e, "bad task report; dropping executor");
+                        rc.close(transport::CLOSE_PROTOCOL.into(), b"bad task report");
+                        let _ = ra.cast(DriverMsg::Gone(id, format!("bad task report: {e}")));
+                    }
+                }
+            });
+        }
+    });
+    // Control reader: heartbeats and leave.
+    let reason = loop {
+        let r: Result<Option<ToDriver>> =
+            with_timeout(peer, "heartbeat", config.executor_timeout, async {
+                read_frame(&mut recv, peer, max).await
+            })
+            .await;
+        match r {
+            Ok(Some(ToDriver::Heartbeat)) => {
+                let _ = actor.cast(DriverMsg::Heartbeat(id));
+            }
+            Ok(Some(ToDriver::Leave)) => break "left gracefully".to_string(),
+            Ok(Some(ToDriver::Register { .. })) => {
+                warn!(executor = id, %peer, "duplicate Register ignored");
+            }
+            Ok(None) => break "control stream closed".to_string(),
+            Err(e) => {
+                warn!(executor = id, %peer, error = %e, "control stream error");
+                conn.close(transport::CLOSE_PROTOCOL.into(), b"protocol error");
+                break e.to_string();
+            }
+        }
+    };
+    let _ = actor.cast(DriverMsg::Gone(id, reason));
+    Ok(())
+}
+
+/// Ask a driver for its [`ClusterStatus`] (what `kiln status` prints).
+pub async fn query_status(
+    addr: SocketAddr,
+    token: &JoinToken,
+    timeout: Duration,
+) -> Result<ClusterStatus> {
+    let (conn, mut send, mut recv) =
+        transport::connect_and_handshake(addr, token, Role::Client, timeout).await?;
+    let status = with_timeout(addr, "status", timeout, async {
+        write_frame(
+            &mut send,
+            addr,
+            &ClientRequest::Status,
+            transport::DEFAULT_MAX_CONTROL_FRAME,
+        )
+        .await?;
+        read_frame::<ClusterStatus>(&mut recv, addr, transport::DEFAULT_MAX_BULK_FRAME).await
+    })
+    .await?
+    .ok_or_else(|| Error::Connection {
+        peer: addr,
+        reason: "driver closed the stream without a status".into(),
+    })?;
+    conn.close(transport::CLOSE_NORMAL.into(), b"bye");
+    Ok(status)
+}

@@ -1,0 +1,127 @@
+//! The runtime's one error type.
+
+use std::net::SocketAddr;
+
+/// Everything that can go wrong in kiln-runtime. Variants name what failed
+/// and where: the peer address, the executor id, the task.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Creating or loading certificates failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// A join token could not be parsed.
+    #[error("malformed join token: {0}")]
+    BadToken(String),
+    /// Binding or connecting a QUIC endpoint failed.
+    #[error("QUIC endpoint error at {addr}: {reason}")]
+    Endpoint {
+        /// Local or remote address involved.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection to or from a peer failed or was closed.
+    #[error("connection with {peer} failed: {reason}")]
+    Connection {
+        /// The remote address.
+        peer: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer refused our handshake (bad token, wrong protocol version).
+    #[error("handshake with {peer} refused: {reason}")]
+    Refused {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A frame announced a length above the limit; the stream is dropped.
+    #[error("frame from {peer} is {len} bytes, over the {max}-byte limit")]
+    FrameTooLarge {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Announced length.
+        len: u64,
+        /// Configured limit.
+        max: u64,
+    },
+    /// A frame could not be decoded (never dropped silently).
+    #[error("undecodable frame from {peer}: {reason}")]
+    Decode {
+        /// The remote address.
+        peer: SocketAddr,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A value could not be encoded.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// A network wait exceeded its timeout.
+    #[error("timed out after {millis} ms waiting for {what} from {peer}")]
+    Timeout {
+        /// The remote address.
+        peer: SocketAddr,
+        /// What we waited for.
+        what: String,
+        /// The timeout.
+        millis: u64,
+    },
+    /// A function name was not found in the registry.
+    #[error("no {kind} function registered under the name {name:?}")]
+    UnknownFunction {
+        /// Function kind (narrow, source, fold, shuffle, foreach).
+        kind: &'static str,
+        /// The name looked up.
+        name: String,
+    },
+    /// A registered function was used with other element types.
+    #[error("function {name:?} expects {expected}, but the dataset holds {found}")]
+    TypeMismatch {
+        /// The function name.
+        name: String,
+        /// The type the function was registered with.
+        expected: &'static str,
+        /// The type it was used with.
+        found: &'static str,
+    },
+    /// A task failed on an executor (user function error or panic).
+    #[error("task {task} failed on executor {executor}: {cause}")]
+    TaskFailed {
+        /// The task, as `job/stage/partition#attempt`.
+        task: String,
+        /// The executor that ran it.
+        executor: String,
+        /// The error or panic message.
+        cause: String,
+    },
+    /// A job gave up after a task exhausted its attempts.
+    #[error("job {job} failed: task {task} failed {attempts} times; last cause: {last_cause}")]
+    JobFailed {
+        /// The job id.
+        job: u64,
+        /// The task, as `stage/partition`.
+        task: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last_cause: String,
+    },
+    /// The driver's actor is gone or refused the request.
+    #[error("driver unavailable: {0}")]
+    DriverGone(String),
+    /// Local I/O (files of a text source, certificates).
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A cluster-level invariant or configuration problem.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The runtime's result type.
+pub type Result<T> = std::result::Result<T, Error>;

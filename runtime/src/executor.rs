@@ -1,0 +1,328 @@
+//! The executor: registers with a driver, heartbeats, and runs tasks on a
+//! blocking thread pool while its actor owns the partition cache.
+//!
+//! An executor exits when the driver says so, when its connection closes,
+//! or when the driver's heartbeats stop for the configured timeout: it never
+//! outlives its driver.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::plan::{Cache, EvalCtx};
+use crate::protocol::{Action, Task, TaskOutput, TaskReport, ToDriver, ToExecutor};
+use crate::registry::Registry;
+use crate::transport::{self, read_frame, send_bulk, with_timeout, write_frame, JoinToken, Role};
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The driver's address.
+    pub driver: SocketAddr,
+    /// The join token the driver printed.
+    pub token: JoinToken,
+    /// A name for logs and `kiln status` (default: `host/pid`).
+    pub name: Option<String>,
+    /// Concurrent task slots (default: available parallelism).
+    pub cores: u32,
+    /// Time allowed to connect and register.
+    pub connect_timeout: Duration,
+    /// Largest bulk frame accepted (tasks).
+    pub max_bulk_frame: u64,
+}
+
+impl ExecutorConfig {
+    /// Settings for joining `driver` with `token`, other fields defaulted.
+    pub fn new(driver: SocketAddr, token: JoinToken) -> Self {
+        ExecutorConfig {
+            driver,
+            token,
+            name: None,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            connect_timeout: Duration::from_secs(10),
+            max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
+        }
+    }
+}
+
+/// Messages of the executor actor.
+pub(crate) enum ExecMsg {
+    Run(Box<Task>),
+}
+
+pub(crate) struct ExecutorActor;
+
+pub(crate) struct ExecState {
+    registry: Arc<Registry>,
+    cache: Cache,
+    conn: quinn::Connection,
+    max_bulk: u64,
+}
+
+impl Actor for ExecutorActor {
+    type Msg = ExecMsg;
+    type State = ExecState;
+    type Arguments = (Arc<Registry>, quinn::Connection, u64);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ExecMsg>,
+        (registry, conn, max_bulk): Self::Arguments,
+    ) -> std::result::Result<ExecState, ActorProcessingErr> {
+        Ok(ExecState {
+            registry,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+            conn,
+            max_bulk,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ExecMsg>,
+        msg: ExecMsg,
+        st: &mut ExecState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            ExecMsg::Run(task) => {
+                let registry = st.registry.clone();
+                let cache = st.cache.clone();
+                let conn = st.conn.clone();
+                let max = st.max_bulk;
+                // The actor never blocks: compute goes to the blocking pool.
+                tokio::spawn(async move {
+                    let key = task.key;
+                    let joined =
+                        tokio::task::spawn_blocking(move || run_task(&registry, &cache, *task))
+                            .await;
+                    let report = match joined {
+                        Ok(r) => r,
+                        Err(e) => TaskReport {
+                            key,
+                            result: Err(panic_message(e)),
+                            cached: Vec::new(),
+                        },
+                    };
+                    if let Err(e) = send_bulk(&conn, &report, max, Duration::from_secs(120)).await {
+                        warn!(task = %key, error = %e, "could not send task report");
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if e.is_panic() {
+        let p = e.into_panic();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        format!("task panicked: {msg}")
+    } else {
+        format!("task cancelled: {e}")
+    }
+}
+
+/// Compute one task. Runs on a blocking thread.
+pub(crate) fn run_task(registry: &Registry, cache: &Cache, task: Task) -> TaskReport {
+    let Task {
+        key,
+        plan,
+        partition,
+        action,
+        mut inputs,
+    } = task;
+    let mut ctx = EvalCtx {
+        registry,
+        inputs: &mut inputs,
+        cache,
+        newly_cached: Vec::new(),
+    };
+    let result = ctx
+        .eval(&plan, partition)
+        .and_then(|part| apply_action(registry, &action, part));
+    TaskReport {
+        key,
+        result: result.map_err(|e| e.to_string()),
+        cached: ctx.newly_cached,
+    }
+}
+
+fn apply_action(
+    registry: &Registry,
+    action: &Action,
+    part: Box<dyn crate::registry::Part>,
+) -> Result<TaskOutput> {
+    Ok(match action {
+        Action::Count => TaskOutput::Count(part.len() as u64),
+        Action::Collect => TaskOutput::Data(part.encode()?),
+        Action::Take(n) => TaskOutput::Data(part.encode_take(*n as usize)?),
+        Action::Fold { name, zero } => {
+            let f = registry.fold(name)?;
+            crate::registry::check_type(name, f.elem, part.elem_type())?;
+            TaskOutput::Folded((f.fold)(zero.as_deref(), part)?)
+        }
+        Action::Foreach { name, args } => {
+            let f = registry.foreach_fn(name)?;
+            crate::registry::check_type(name, f.elem, part.elem_type())?;
+            (f.f)(args, part)?;
+            TaskOutput::Done
+        }
+        Action::ShuffleWrite { name, partitions } => {
+            let s = registry.shuffle(name)?;
+            crate::registry::check_type(name, s.input, part.elem_type())?;
+            TaskOutput::Shuffle((s.write)(part, *partitions)?)
+        }
+    })
+}
+
+/// Run an executor until the driver shuts it down or is lost.
+/// Returns `Ok(())` on an orderly shutdown.
+pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Result<()> {
+    let peer = config.driver;
+    let (conn, mut send, mut recv) = transport::connect_and_handshake(
+        peer,
+        &config.token,
+        Role::Executor,
+        config.connect_timeout,
+    )
+    .await?;
+    let name = config
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", hostname(), std::process::id()));
+    let ctl_max = transport::DEFAULT_MAX_CONTROL_FRAME;
+    with_timeout(peer, "register", config.connect_timeout, async {
+        write_frame(
+            &mut send,
+            peer,
+            &ToDriver::Register {
+                name: name.clone(),
+                cores: config.cores,
+                pid: std::process::id(),
+            },
+            ctl_max,
+        )
+        .await
+    })
+    .await?;
+    let first: Option<ToExecutor> =
+        with_timeout(peer, "registration", config.connect_timeout, async {
+            read_frame(&mut recv, peer, ctl_max).await
+        })
+        .await?;
+    let Some(ToExecutor::Registered {
+        executor_id,
+        heartbeat_ms,
+        timeout_ms,
+    }) = first
+    else {
+        return Err(Error::Invalid(format!(
+            "{peer}: driver did not confirm registration"
+        )));
+    };
+    info!(executor = executor_id, %name, driver = %peer, "registered");
+    let (actor, actor_handle) = Actor::spawn(
+        None,
+        ExecutorActor,
+        (registry, conn.clone(), config.max_bulk_frame),
+    )
+    .await
+    .map_err(|e| Error::Invalid(format!("executor actor failed to start: {e}")))?;
+
+    // Heartbeats on the control stream.
+    let hb = Duration::from_millis(heartbeat_ms.max(10));
+    let heartbeat = async move {
+        loop {
+            tokio::time::sleep(hb).await;
+            with_timeout(
+                peer,
+                "heartbeat write",
+                Duration::from_millis(timeout_ms.max(100)),
+                async { write_frame(&mut send, peer, &ToDriver::Heartbeat, ctl_max).await },
+            )
+            .await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), Error>(())
+    };
+    // Control frames from the driver: its heartbeats, shutdown.
+    let control = async {
+        loop {
+            let r: Option<ToExecutor> = with_timeout(
+                peer,
+                "driver heartbeat",
+                Duration::from_millis(timeout_ms.max(100)),
+                async { read_frame(&mut recv, peer, ctl_max).await },
+            )
+            .await?;
+            match r {
+                Some(ToExecutor::Heartbeat) | Some(ToExecutor::Registered { .. }) => {}
+                Some(ToExecutor::Shutdown) => return Ok::<(), Error>(()),
+                None => {
+                    return Err(Error::Connection {
+                        peer,
+                        reason: "driver closed the control stream".into(),
+                    })
+                }
+            }
+        }
+    };
+    // Tasks, each on its own unidirectional stream.
+    let tasks = async {
+        loop {
+            let mut s = conn
+                .accept_uni()
+                .await
+                .map_err(|e| transport::conn_err(peer, e))?;
+            let task: Option<Task> =
+                with_timeout(peer, "task body", Duration::from_secs(120), async {
+                    read_frame(&mut s, peer, config.max_bulk_frame).await
+                })
+                .await?;
+            if let Some(task) = task {
+                actor
+                    .cast(ExecMsg::Run(Box::new(task)))
+                    .map_err(|e| Error::Invalid(format!("executor actor gone: {e}")))?;
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), Error>(())
+    };
+    let result = tokio::select! {
+        r = heartbeat => r,
+        r = control => r,
+        r = tasks => r,
+    };
+    actor.stop(None);
+    let _ = tokio::time::timeout(Duration::from_secs(2), actor_handle).await;
+    conn.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+    match &result {
+        Ok(()) => info!(executor = executor_id, "shut down by driver"),
+        Err(e) => warn!(executor = executor_id, error = %e, "lost the driver; exiting"),
+    }
+    result
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

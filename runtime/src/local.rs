@@ -1,0 +1,181 @@
+//! `LocalCluster`: a driver plus N executors on this machine, either as
+//! tasks in this process (tests, embedding) or as child processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::driver::{Driver, DriverConfig};
+use crate::error::{Error, Result};
+use crate::executor::{run_executor, ExecutorConfig};
+use crate::registry::Registry;
+
+/// Where the executors of a [`LocalCluster`] run.
+#[derive(Debug, Clone)]
+pub enum ExecutorMode {
+    /// As tokio tasks in this process (still over QUIC on loopback, so the
+    /// same code paths are exercised).
+    InProcess,
+    /// As child processes: `program args… --join TOKEN@ADDR`. The child's
+    /// stdin is a pipe held here; `kiln executor --exit-on-stdin-eof`
+    /// exits when it closes, so children die with their parent.
+    Processes {
+        /// The executable (normally `std::env::current_exe()`).
+        program: PathBuf,
+        /// Arguments before `--join` (e.g. `["executor", "--exit-on-stdin-eof"]`).
+        args: Vec<String>,
+    },
+}
+
+/// Settings of a local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Number of executors.
+    pub executors: usize,
+    /// Task slots per executor.
+    pub cores_per_executor: u32,
+    /// In-process or child processes.
+    pub mode: ExecutorMode,
+    /// Driver settings (listen address defaults to 127.0.0.1:0).
+    pub driver: DriverConfig,
+    /// How long to wait for every executor to register.
+    pub startup_timeout: Duration,
+}
+
+impl LocalConfig {
+    /// `n` in-process executors with one slot each.
+    pub fn in_process(n: usize) -> Self {
+        LocalConfig {
+            executors: n,
+            cores_per_executor: 1,
+            mode: ExecutorMode::InProcess,
+            driver: DriverConfig::default(),
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running local cluster. Dropping it kills child executors.
+pub struct LocalCluster {
+    driver: Option<Driver>,
+    children: Vec<Child>,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl LocalCluster {
+    /// Start the driver and executors and wait until all registered.
+    pub async fn start(config: LocalConfig, registry: Arc<Registry>) -> Result<LocalCluster> {
+        let driver = Driver::start(config.driver.clone(), registry.clone()).await?;
+        let mut cluster = LocalCluster {
+            driver: None,
+            children: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for i in 0..config.executors {
+            cluster.add_executor(&driver, &config, &registry, i)?;
+        }
+        driver
+            .wait_for_executors(config.executors, config.startup_timeout)
+            .await?;
+        cluster.driver = Some(driver);
+        Ok(cluster)
+    }
+
+    fn add_executor(
+        &mut self,
+        driver: &Driver,
+        config: &LocalConfig,
+        registry: &Arc<Registry>,
+        i: usize,
+    ) -> Result<()> {
+        match &config.mode {
+            ExecutorMode::InProcess => {
+                let mut ec = ExecutorConfig::new(driver.addr(), driver.token().clone());
+                ec.name = Some(format!("local-{i}"));
+                ec.cores = config.cores_per_executor;
+                let reg = registry.clone();
+                self.tasks.push(tokio::spawn(run_executor(ec, reg)));
+            }
+            ExecutorMode::Processes { program, args } => {
+                let child = Command::new(program)
+                    .args(args)
+                    .arg("--join")
+                    .arg(driver.join_string())
+                    .arg("--cores")
+                    .arg(config.cores_per_executor.to_string())
+                    .arg("--name")
+                    .arg(format!("local-{i}"))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .map_err(|e| Error::Io {
+                        path: program.display().to_string(),
+                        source: e,
+                    })?;
+                self.children.push(child);
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver, for building datasets.
+    pub fn driver(&self) -> Result<&Driver> {
+        self.driver
+            .as_ref()
+            .ok_or_else(|| Error::DriverGone("local cluster already shut down".into()))
+    }
+
+    /// The driver's address.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.driver.as_ref().map(Driver::addr)
+    }
+
+    /// Process ids of child executors (empty in-process).
+    pub fn child_pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Shut down the driver, let executors exit, reap children.
+    pub async fn shutdown(mut self) {
+        if let Some(d) = self.driver.take() {
+            d.shutdown().await;
+        }
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for c in &mut self.children {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    _ => {
+                        warn!(pid = c.id(), "executor did not exit; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! Authenticated QUIC transport: cluster CA, join tokens, the handshake
+//! preamble and length-prefixed rmp-serde frames.
+//!
+//! Wire format (see `docs/runtime-protocol.md`):
+//! * TLS 1.3 only, ALPN `kiln/1`. The driver's chain is `[leaf, CA]`; a
+//!   client accepts it only if the CA's SHA-256 equals the fingerprint in its
+//!   join token and the leaf verifies against that CA.
+//! * The client opens the control stream and writes a fixed 39-byte
+//!   preamble: `b"KILN"`, protocol version (u16 BE), the 32-byte join secret,
+//!   a role byte. The driver checks it byte-wise before decoding any frame
+//!   and answers one status byte; on refusal it closes the connection.
+//! * Then frames: u32 BE length + rmp-serde body, length checked against a
+//!   maximum before any allocation.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use quinn;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Protocol version sent in the preamble; a mismatch is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Magic bytes opening every control stream.
+pub const MAGIC: &[u8; 4] = b"KILN";
+/// ALPN protocol id.
+pub const ALPN: &[u8] = b"kiln/1";
+/// TLS server name the driver's certificate carries.
+pub const SERVER_NAME: &str = "kiln-driver";
+/// Length of the handshake preamble in bytes.
+pub const PREAMBLE_LEN: usize = 4 + 2 + 32 + 1;
+/// Default maximum control frame (1 MiB).
+pub const DEFAULT_MAX_CONTROL_FRAME: u64 = 1 << 20;
+/// Default maximum bulk frame (512 MiB).
+pub const DEFAULT_MAX_BULK_FRAME: u64 = 512 << 20;
+
+/// Handshake status byte: accepted.
+pub const STATUS_OK: u8 = 0;
+/// Handshake status byte: bad magic.
+pub const STATUS_BAD_MAGIC: u8 = 1;
+/// Handshake status byte: protocol version mismatch.
+pub const STATUS_BAD_VERSION: u8 = 2;
+/// Handshake status byte: wrong join secret.
+pub const STATUS_BAD_TOKEN: u8 = 3;
+/// Handshake status byte: unknown role.
+pub const STATUS_BAD_ROLE: u8 = 4;
+
+/// QUIC application close code for a refused handshake.
+pub const CLOSE_REFUSED: u32 = 0x4b01;
+/// QUIC application close code for a protocol violation (oversized or
+/// undecodable frame).
+pub const CLOSE_PROTOCOL: u32 = 0x4b02;
+/// QUIC application close code for an orderly shutdown.
+pub const CLOSE_NORMAL: u32 = 0;
+
+/// What a connecting peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An executor that will register and run tasks.
+    Executor = 1,
+    /// A client (`kiln status`) asking questions.
+    Client = 2,
+}
+
+impl Role {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Role::Executor),
+            2 => Some(Role::Client),
+            _ => None,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Result<[u8; 32]> {
+    if s.len() != 64 {
+        return Err(Error::BadToken(format!(
+            "expected 64 hex digits, got {}",
+            s.len()
+        )));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+            .map_err(|e| Error::BadToken(format!("not hex: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// SHA-256 of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The join token: the cluster secret plus the CA fingerprint. Its text form
+/// is `kiln1-<64 hex secret>-<64 hex fingerprint>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// Shared secret an executor presents in the preamble.
+    pub secret: [u8; 32],
+    /// SHA-256 of the cluster CA certificate (DER).
+    pub ca_fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never log the secret.
+        write!(f, "JoinToken(ca={})", hex(&self.ca_fingerprint))
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kiln1-{}-{}",
+            hex(&self.secret),
+            hex(&self.ca_fingerprint)
+        )
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.trim().split('-');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("kiln1"), Some(secret), Some(fp), None) => Ok(JoinToken {
+                secret: unhex32(secret)?,
+                ca_fingerprint: unhex32(fp)?,
+            }),
+            _ => Err(Error::BadToken(
+                "expected kiln1-<secret>-<fingerprint>".into(),
+            )),
+        }
+    }
+}
+
+/// Parse `TOKEN@HOST:PORT`.
+pub fn parse_join(s: &str) -> Result<(JoinToken, SocketAddr)> {
+    let (tok, addr) = s
+        .rsplit_once('@')
+        .ok_or_else(|| Error::BadToken("expected TOKEN@HOST:PORT".into()))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| Error::BadToken(format!("bad address {addr:?}: {e}")))?;
+    Ok((tok.parse()?, addr))
+}
+
+/// The driver's TLS identity: a cluster CA and a leaf certificate it signed.
+pub struct ClusterIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    token: JoinToken,
+}
+
+impl ClusterIdentity {
+    /// Create a fresh CA, leaf certificate and random join secret.
+    pub fn generate() -> Result<Self> {
+        let tls = |e: rcgen::Error| Error::Tls(e.to_string());
+        let ca_key = rcgen::KeyPair::generate().map_err(tls)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kiln cluster CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(tls)?;
+        let leaf_key = rcgen::KeyPair::generate().map_err(tls)?;
+        let leaf_params =
+            rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(tls)?;
+        let ca_der = ca.der().clone();
+        let token = JoinToken {
+            secret: rand::random(),
+            ca_fingerprint: fingerprint(&ca_der),
+        };
+        Ok(ClusterIdentity {
+            chain: vec![leaf.der().clone(), ca_der],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            token,
+        })
+    }
+
+    /// The join token executors must present.
+    pub fn token(&self) -> &JoinToken {
+        &self.token
+    }
+
+    /// A quinn server configuration for this identity.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        cfg.transport_config(Arc::new(transport_config()));
+        Ok(cfg)
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_uni_streams(1024u32.into());
+    t
+}
+
+/// Accepts the driver's chain only if it contains the CA pinned by the join
+/// token and the leaf verifies against that CA for [`SERVER_NAME`].
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    ca_fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.ca_fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "driver certificate is not from the pinned cluster CA".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A quinn client configuration that trusts only the CA pinned by `token`.
+pub fn client_config(token: &JoinToken) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+            ca_fingerprint: token.ca_fingerprint,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config()));
+    Ok(cfg)
+}
+
+/// Bind a server endpoint.
+pub fn server_endpoint(identity: &ClusterIdentity, addr: SocketAddr) -> Result<quinn::Endpoint> {
+    quinn::Endpoint::server(identity.server_config()?, addr).map_err(|e| Error::Endpoint {
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+/// Open a QUIC+TLS connection to the driver (no preamble yet). Public so
+/// tests can exercise the handshake checks with malformed preambles.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    token: &JoinToken,
+    timeout: Duration,
+) -> Result<quinn::Connection> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let mut ep = quinn::Endpoint::client(bind).map_err(|e| Error::Endpoint {
+        addr: bind,
+        reason: e.to_string(),
+    })?;
+    ep.set_default_client_config(client_config(token)?);
+    let connecting = ep
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| Error::Connection {
+            peer: addr,
+            reason: e.to_string(),
+        })?;
+    with_timeout(addr, "TLS handshake", timeout, async {
+        connecting.await.map_err(|e| Error::Connection {
+            peer: addr,
+            reason: e.to_string(),
+        })
+    })
+    .await
+}
+
+/// Build the 39-byte preamble.
+pub fn preamble(version: u16, secret: &[u8; 32], role: Role) -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..4].copy_from_slice(MAGIC);
+    p[4..6].copy_from_slice(&version.to_be_bytes());
+    p[6..38].copy_from_slice(secret);
+    p[38] = role as u8;
+    p
+}
+
+/// Constant-time comparison of the presented secret.
+fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Check a preamble; returns the role or the status byte to refuse with.
+pub(crate) fn check_preamble(
+    p: &[u8; PREAMBLE_LEN],
+    secret: &[u8; 32],
+) -> std::result::Result<Role, u8> {
+    if &p[..4] != MAGIC {
+        return Err(STATUS_BAD_MAGIC);
+    }
+    if u16::from_be_bytes([p[4], p[5]]) != PROTOCOL_VERSION {
+        return Err(STATUS_BAD_VERSION);
+    }
+    if !secrets_equal(&p[6..38], secret) {
+        return Err(STATUS_BAD_TOKEN);
+    }
+    Role::from_byte(p[38]).ok_or(STATUS_BAD_ROLE)
+}
+
+/// Explain a refusal status byte.
+pub fn status_reason(status: u8) -> &'static str {
+    match status {
+        STATUS_OK => "accepted",
+        STATUS_BAD_MAGIC => "not a kiln peer (bad magic)",
+        STATUS_BAD_VERSION => "protocol version mismatch",
+        STATUS_BAD_TOKEN => "invalid join token",
+        STATUS_BAD_ROLE => "unknown role",
+        _ => "unknown status",
+    }
+}
+
+/// Connect, send the preamble and wait for acceptance. Returns the
+/// connection and its control stream.
+pub async fn connect_and_handshake(
+    addr: SocketAddr,
+    token: &JoinToken,
+    role: Role,
+    timeout: Duration,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let conn = connect_tls(addr, token, timeout).await?;
+    let (mut send, mut recv) = with_timeout(addr, "control stream", timeout, async {
+        conn.open_bi().await.map_err(|e| conn_err(addr, e))
+    })
+    .await?;
+    let p = preamble(PROTOCOL_VERSION, &token.secret, role);
+    with_timeout(addr, "preamble write", timeout, async {
+        send.write_all(&p).await.map_err(|e| conn_err(addr, e))
+    })
+    .await?;
+    let mut status = [0u8; 1];
+    with_timeout(addr, "handshake status", timeout, async {
+        recv.read_exact(&mut status)
+            .await
+            .map_err(|e| Error::Refused {
+                peer: addr,
+                reason: format!("connection closed during handshake: {e}"),
+            })
+    })
+    .await?;
+    if status[0] != STATUS_OK {
+        return Err(Error::Refused {
+            peer: addr,
+            reason: status_reason(status[0]).into(),
+        });
+    }
+    Ok((conn, send, recv))
+}
+
+pub(crate) fn conn_err(peer: SocketAddr, e: impl std::fmt::Display) -> Error {
+    Error::Connection {
+        peer,
+        reason: e.to_string(),
+    }
+}
+
+/// Run `fut` with a timeout, mapping expiry to [`Error::Timeout`].
+pub async fn with_timeout<T>(
+    peer: SocketAddr,
+    what: &str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            peer,
+            what: what.into(),
+            millis: timeout.as_millis() as u64,
+        }),
+    }
+}
+
+/// Encode a value as an rmp-serde frame body.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec(value).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Write one frame: u32 BE length, then the body.
+pub async fn write_frame<T: Serialize + ?Sized>(
+    send: &mut quinn::SendStream,
+    peer: SocketAddr,
+    value: &T,
+    max: u64,
+) -> Result<()> {
+    let body = encode(value)?;
+    write_raw_frame(send, peer, &body, max).await
+}
+
+/// Write one already-encoded frame body.
+pub async fn write_raw_frame(
+    send: &mut quinn::SendStream,
+    peer: SocketAddr,
+    body: &[u8],
+    max: u64,
+) -> Result<()> {
+    let len = body.len() as u64;
+    if len > max || len > u32::MAX as u64 {
+        return Err(Error::FrameTooLarge { peer, len, max });
+    }
+    send.write_all(&(len as u32).to_be_bytes())
+        .await
+        .map_err(|e| conn_err(peer, e))?;
+    send.write_all(body).await.map_err(|e| conn_err(peer, e))
+}
+
+/// Read one frame. `Ok(None)` on a clean end of stream before a header.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    peer: SocketAddr,
+    max: u64,
+) -> Result<Option<T>> {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(conn_err(peer, e)),
+    }
+    let len = u32::from_be_bytes(header) as u64;
+    if len > max {
+        return Err(Error::FrameTooLarge { peer, len, max });
+    }
+    let mut body = vec![0u8; len as usize];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| conn_err(peer, e))?;
+    rmp_serde::from_slice(&body)
+        .map(Some)
+        .map_err(|e| Error::Decode {
+            peer,
+            reason: e.to_string(),
+        })
+}
+
+/// Send one value on a fresh unidirectional stream (bulk path: task
+/// descriptions and results never share a stream with heartbeats).
+pub async fn send_bulk<T: Serialize + ?Sized>(
+    conn: &quinn::Connection,
+    value: &T,
+    max: u64,
+    timeout: Duration,
+) -> Result<()> {
+    let peer = conn.remote_address();
+    let body = encode(value)?;
+    with_timeout(peer, "bulk send", timeout, async {
+        let mut s = conn.open_uni().await.map_err(|e| conn_err(peer, e))?;
+        write_raw_frame(&mut s, peer, &body, max).await?;
+        s.finish().map_err(|e| conn_err(peer, e))?;
+        Ok(())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trips_and_rejects_garbage() {
+        let id = ClusterIdentity::generate().unwrap();
+        let s = id.token().to_string();
+        let t: JoinToken = s.parse().unwrap();
+        assert_eq!(&t, id.token());
+        assert!("kiln1-abc-def".parse::<JoinToken>().is_err());
+        assert!("nonsense".parse::<JoinToken>().is_err());
+        let (t2, addr) = parse_join(&format!("{s}@127.0.0.1:7000")).unwrap();
+        assert_eq!(t2, t);
+        assert_eq!(addr.port(), 7000);
+    }
+
+    #[test]
+    fn preamble_checks() {
+        let secret = [7u8; 32];
+        let ok = preamble(PROTOCOL_VERSION, &secret, Role::Executor);
+        assert_eq!(check_preamble(&ok, &secret), Ok(Role::Executor));
+        let v = preamble(PROTOCOL_VERSION + 1, &secret, Role::Executor);
+        assert_eq!(check_preamble(&v, &secret), Err(STATUS_BAD_VERSION));
+        let t = preamble(PROTOCOL_VERSION, &[8u8; 32], Role::Executor);
+        assert_eq!(check_preamble(&t, &secret), Err(STATUS_BAD_TOKEN));
+        let mut m = ok;
+        m[0] = b'X';
+        assert_eq!(check_preamble(&m, &secret), Err(STATUS_BAD_MAGIC));
+    }
+}

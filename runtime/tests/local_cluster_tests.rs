@@ -1,0 +1,229 @@
+//! In-process cluster tests: executors run as tokio tasks but talk to the
+//! driver over real QUIC on loopback.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_runtime::{Driver, DriverConfig, Error, LocalCluster, LocalConfig, Registry};
+
+static SIDE_EFFECTS: AtomicU64 = AtomicU64::new(0);
+
+fn registry() -> Arc<Registry> {
+    let mut r = Registry::new();
+    r.register_map("double", |x: i64| x * 2)
+        .register_map_with("add", |k: &i64, x: i64| x + k)
+        .register_filter("even", |x: &i64| x % 2 == 0)
+        .register_flat_map("words", |line: String| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .register_map("pair_one", |w: String| (w, 1u64))
+        .register_reduce_by_key::<String, u64>("sum_counts", |a, b| a + b)
+        .register_group_by_key::<String, u64>("group_counts")
+        .register_repartition::<i64>("repart_i64")
+        .register_reduce("sum_i64", |a: i64, b: i64| a + b)
+        .register_map_partitions("part_sum", |v: Vec<i64>| Ok(vec![v.iter().sum::<i64>()]))
+        .register_map("boom", |x: i64| -> i64 {
+            if x == 7 {
+                panic!("seven is unlucky")
+            }
+            x
+        })
+        .register_foreach("tick", |_: &i64| {
+            SIDE_EFFECTS.fetch_add(1, Ordering::Relaxed);
+        })
+        .register_map("mod_key", |x: i64| (x % 10, x))
+        .register_reduce_by_key::<i64, i64>("sum_by_mod", |a, b| a + b);
+    Arc::new(r)
+}
+
+fn fast_config(n: usize) -> LocalConfig {
+    let mut c = LocalConfig::in_process(n);
+    c.driver = DriverConfig {
+        heartbeat: Duration::from_millis(100),
+        executor_timeout: Duration::from_secs(2),
+        max_task_attempts: 3,
+        ..DriverConfig::default()
+    };
+    c
+}
+
+async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test step timed out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transformations_and_actions() {
+    with_timeout(async {
+        let cluster = LocalCluster::start(fast_config(3), registry())
+            .await
+            .unwrap();
+        let d: &Driver = cluster.driver().unwrap();
+        let data: Vec<i64> = (0..1000).collect();
+        let ds = d.parallelize(data.clone(), 7).unwrap();
+        assert_eq!(ds.partitions(), 7);
+        assert_eq!(ds.count().await.unwrap(), 1000);
+        let doubled = ds.map::<i64>("double").unwrap();
+        assert_eq!(
+            doubled.collect().await.unwrap(),
+            data.iter().map(|x| x * 2).collect::<Vec<_>>()
+        );
+        let evens = ds.filter("even").unwrap();
+        assert_eq!(evens.count().await.unwrap(), 500);
+        assert_eq!(ds.take(5).await.unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(ds.reduce("sum_i64").await.unwrap(), Some(499_500));
+        assert_eq!(ds.fold("sum_i64", 0).await.unwrap(), 499_500);
+        let added = ds.map_with::<i64, i64>("add", &5).unwrap();
+        assert_eq!(added.take(2).await.unwrap(), vec![5, 6]);
+        let sums = ds.map_partitions::<i64>("part_sum").unwrap();
+        assert_eq!(sums.count().await.unwrap(), 7);
+        assert_eq!(sums.reduce("sum_i64").await.unwrap(), Some(499_500));
+        let u = ds.union(&doubled);
+        assert_eq!(u.partitions(), 14);
+        assert_eq!(u.count().await.unwrap(), 2000);
+        let s = ds.sample(0.5, 42);
+        let n = s.count().await.unwrap();
+        assert!(n > 350 && n < 650, "sample size {n}");
+        assert_eq!(s.collect().await.unwrap(), s.collect().await.unwrap());
+        let r = ds.repartition("repart_i64", 3).unwrap();
+        assert_eq!(r.partitions(), 3);
+        let mut got = r.collect().await.unwrap();
+        got.sort();
+        assert_eq!(got, data);
+        SIDE_EFFECTS.store(0, Ordering::Relaxed);
+        ds.foreach("tick").await.unwrap();
+        assert_eq!(SIDE_EFFECTS.load(Ordering::Relaxed), 1000);
+        let empty = d.parallelize(Vec::<i64>::new(), 3).unwrap();
+        assert_eq!(empty.reduce("sum_i64").await.unwrap(), None);
+        // Type checks happen when the transformation is built.
+        let strings = d.parallelize(vec!["a".to_string()], 1).unwrap();
+        assert!(matches!(
+            strings.map::<i64>("double"),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            ds.map::<i64>("nope"),
+            Err(Error::UnknownFunction { .. })
+        ));
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_count_and_shuffles_are_exact() {
+    with_timeout(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected: HashMap<String, u64> = HashMap::new();
+        for f in 0..5 {
+            let mut text = String::new();
+            for l in 0..200 {
+                let line: Vec<String> = (0..(l % 7 + 1))
+                    .map(|w| format!("w{}", (f * 31 + l * 7 + w) % 53))
+                    .collect();
+                for w in &line {
+                    *expected.entry(w.clone()).or_default() += 1;
+                }
+                text.push_str(&line.join(" "));
+                text.push('\n');
+            }
+            std::fs::write(dir.path().join(format!("f{f}.txt")), text).unwrap();
+        }
+        let cluster = LocalCluster::start(fast_config(3), registry())
+            .await
+            .unwrap();
+        let d = cluster.driver().unwrap();
+        let lines = d.text_files(dir.path().to_str().unwrap(), 3).unwrap();
+        assert_eq!(lines.count().await.unwrap(), 1000);
+        let counts = lines
+            .flat_map::<String>("words")
+            .unwrap()
+            .map::<(String, u64)>("pair_one")
+            .unwrap()
+            .reduce_by_key("sum_counts", 4)
+            .unwrap();
+        let got: HashMap<String, u64> = counts.collect().await.unwrap().into_iter().collect();
+        assert_eq!(got, expected);
+        let grouped = lines
+            .flat_map::<String>("words")
+            .unwrap()
+            .map::<(String, u64)>("pair_one")
+            .unwrap()
+            .group_by_key("group_counts", 2)
+            .unwrap();
+        let g: HashMap<String, u64> = grouped
+            .collect()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.len() as u64))
+            .collect();
+        assert_eq!(g, expected);
+        let files = d.list_dir(dir.path().to_str().unwrap(), 2).unwrap();
+        assert_eq!(files.count().await.unwrap(), 5);
+        // reduce_by_key over ints, then more work after the shuffle.
+        let nums = d.parallelize((0..10_000i64).collect(), 6).unwrap();
+        let by_mod = nums
+            .map::<(i64, i64)>("mod_key")
+            .unwrap()
+            .reduce_by_key("sum_by_mod", 3)
+            .unwrap();
+        let mut m = by_mod.collect().await.unwrap();
+        m.sort();
+        let want: Vec<(i64, i64)> = (0..10)
+            .map(|k| (k, (0..10_000i64).filter(|x| x % 10 == k).sum()))
+            .collect();
+        assert_eq!(m, want);
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_task_fails_job_with_clear_error_and_driver_survives() {
+    with_timeout(async {
+        let cluster = LocalCluster::start(fast_config(2), registry())
+            .await
+            .unwrap();
+        let d = cluster.driver().unwrap();
+        let ds = d.parallelize((0..20i64).collect(), 4).unwrap();
+        let err = ds.map::<i64>("boom").unwrap().count().await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::JobFailed { attempts: 3, .. }), "{msg}");
+        assert!(msg.contains("partition 1"), "{msg}");
+        assert!(msg.contains("seven is unlucky"), "{msg}");
+        // The driver keeps serving.
+        assert_eq!(ds.count().await.unwrap(), 20);
+        let st = d.status().await.unwrap();
+        assert!(st.executors.iter().map(|e| e.failed).sum::<u64>() >= 3);
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_partitions_are_reused() {
+    with_timeout(async {
+        let cluster = LocalCluster::start(fast_config(2), registry())
+            .await
+            .unwrap();
+        let d = cluster.driver().unwrap();
+        SIDE_EFFECTS.store(0, Ordering::Relaxed);
+        let ds = d
+            .parallelize((0..100i64).collect(), 4)
+            .unwrap()
+            .map::<i64>("double")
+            .unwrap()
+            .cache();
+        assert_eq!(ds.count().await.unwrap(), 100);
+        assert_eq!(ds.reduce("sum_i64").await.unwrap(), Some(9900));
+        assert_eq!(ds.filter("even").unwrap().count().await.unwrap(), 100);
+        cluster.shutdown().await;
+    })
+    .await
+}
