@@ -211,6 +211,7 @@ mod tests {
             Box::new(Flatten::new(1)),
             Box::new(Transpose::new(1, 2)),
             Box::new(Reshape::new(vec![4, -1]).unwrap()),
+            Box::new(crate::layers::Identity),
         ] {
             let mut m = m;
             let x = x.mapv(|v| {
