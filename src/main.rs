@@ -1,6 +1,8 @@
 //! The `kiln` command-line launcher: parses arguments, sets up tracing and
 //! maps errors to exit codes. All logic lives in library functions.
 
+mod cluster_cli;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,15 @@ enum Command {
         command: kiln::detect_cli::DetectCommand,
     },
     // CLUSTER-COMMANDS
+    /// Run a driver and N executors on this machine (child processes, or
+    /// in-process with --in-process), optionally running a built-in job.
+    Local(cluster_cli::LocalArgs),
+    /// Run a cluster driver: prints the join token, accepts executors.
+    Driver(cluster_cli::DriverArgs),
+    /// Join a driver as an executor: `kiln executor --join TOKEN@ADDR`.
+    Executor(cluster_cli::ExecutorArgs),
+    /// Show a driver's executors and counters.
+    Status(cluster_cli::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +67,10 @@ fn main() -> ExitCode {
             kiln::print_info();
             Ok(())
         }
+        Command::Local(a) => cluster_cli::local(a),
+        Command::Driver(a) => cluster_cli::driver(a),
+        Command::Executor(a) => cluster_cli::executor(a),
+        Command::Status(a) => cluster_cli::status(a), // TRAIN-DISPATCH
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

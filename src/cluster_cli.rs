@@ -1,0 +1,349 @@
+//! The cluster subcommands: `kiln local`, `kiln driver`, `kiln executor`,
+//! `kiln status`. Every role registers the same named functions
+//! ([`registry`]) so driver and executors agree on what a name means.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use kiln_runtime::{
+    query_status, run_executor, transport, ClusterStatus, Driver, DriverConfig, ExecutorConfig,
+    ExecutorMode, LocalCluster, LocalConfig, Registry,
+};
+
+/// Named functions of the `kiln` binary, identical in every role.
+pub(crate) fn registry() -> Arc<Registry> {
+    let mut r = Registry::new();
+    r.register_flat_map("wc.words", |line: String| {
+        line.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+    })
+    .register_map("wc.pair_one", |w: String| (w, 1u64))
+    .register_reduce_by_key::<String, u64>("wc.sum", |a, b| a + b)
+    // Lines of files, sleeping `ms` per partition: long enough jobs for
+    // fault-injection tests and demos.
+    .register_source(
+        "kiln.slow_text_lines",
+        |args: &(Vec<String>, u64), p: u32, n: u32| {
+            let (files, ms) = args;
+            let mut out = Vec::new();
+            for f in files.iter().skip(p as usize).step_by(n.max(1) as usize) {
+                let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+                out.extend(text.lines().map(str::to_owned));
+            }
+            std::thread::sleep(Duration::from_millis(*ms));
+            Ok(out)
+        },
+    )
+    .register_map("kiln.panic_on_every_element", |x: u64| -> u64 {
+        panic!("injected failure on element {x}")
+    });
+    Arc::new(r)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Options shared by `kiln local` and `kiln driver` for the built-in jobs.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct JobArgs {
+    /// Built-in job to run once the executors are up: `word-count`
+    /// (needs --input) or `panic-then-count`. Without it, serve until Ctrl-C.
+    #[arg(long)]
+    job: Option<String>,
+    /// File or directory of text files for `word-count`.
+    #[arg(long)]
+    input: Option<String>,
+    /// Partitions for the job's source.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Sleep this long in each source partition (fault-injection demos).
+    #[arg(long, default_value_t = 0)]
+    slow_ms: u64,
+    /// Write the job's result here (`word<TAB>count` lines, sorted by word)
+    /// instead of printing the top words.
+    #[arg(long)]
+    output: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// Executor silence after which it is declared lost, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    executor_timeout_ms: u64,
+    /// Attempts per task before the job fails.
+    #[arg(long, default_value_t = 4)]
+    max_attempts: u32,
+}
+
+impl JobArgs {
+    fn driver_config(&self, listen: SocketAddr) -> DriverConfig {
+        DriverConfig {
+            listen,
+            heartbeat: Duration::from_millis(self.heartbeat_ms.max(10)),
+            executor_timeout: Duration::from_millis(self.executor_timeout_ms.max(100)),
+            max_task_attempts: self.max_attempts.max(1),
+            ..DriverConfig::default()
+        }
+    }
+}
+
+/// `kiln local`: a driver and N executors on this machine.
+#[derive(Args, Debug)]
+pub(crate) struct LocalArgs {
+    /// Number of executors.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Task slots per executor.
+    #[arg(long, default_value_t = 1)]
+    cores: u32,
+    /// Run executors as tasks of this process instead of child processes.
+    #[arg(long)]
+    in_process: bool,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// `kiln driver`: the coordinator of a multi-host cluster.
+#[derive(Args, Debug)]
+pub(crate) struct DriverArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7077")]
+    listen: SocketAddr,
+    /// Wait for this many executors before running --job.
+    #[arg(long, default_value_t = 1)]
+    expect_executors: usize,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// `kiln executor`: join a driver and run its tasks.
+#[derive(Args, Debug)]
+pub(crate) struct ExecutorArgs {
+    /// `TOKEN@HOST:PORT` as printed by the driver.
+    #[arg(long)]
+    join: String,
+    /// Concurrent task slots (default: available cores).
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Name shown in logs and `kiln status`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Exit when stdin reaches end of file (set by `kiln local`, whose pipe
+    /// closes when it dies, so executors never outlive it).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+/// `kiln status`: ask a driver about its executors.
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// `TOKEN@HOST:PORT` as printed by the driver.
+    #[arg(long)]
+    join: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_join(driver: &Driver) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "JOIN {}", driver.join_string())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_status(status: &ClusterStatus) {
+    println!(
+        "{:>4}  {:<20} {:<22} {:>5} {:>7} {:>9} {:>6} {:>8}",
+        "id", "name", "addr", "cores", "running", "completed", "failed", "excluded"
+    );
+    for e in &status.executors {
+        println!(
+            "{:>4}  {:<20} {:<22} {:>5} {:>7} {:>9} {:>6} {:>8}",
+            e.id, e.name, e.addr, e.cores, e.running, e.completed, e.failed, e.excluded
+        );
+    }
+    println!(
+        "lost executors: {}  pending tasks: {}  jobs finished: {}  refused connections: {}",
+        status.lost, status.pending_tasks, status.jobs_finished, status.refused_connections
+    );
+}
+
+async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
+    match job.job.as_deref() {
+        None => {
+            println!("serving; Ctrl-C to stop");
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+        }
+        Some("word-count") => {
+            let input = job
+                .input
+                .as_deref()
+                .context("word-count needs --input FILE_OR_DIR")?;
+            let files = if std::path::Path::new(input).is_dir() {
+                let mut v: Vec<String> = std::fs::read_dir(input)
+                    .with_context(|| format!("reading {input}"))?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.path().to_string_lossy().into_owned())
+                    .collect();
+                v.sort();
+                v
+            } else {
+                vec![input.to_owned()]
+            };
+            let lines = driver.source::<_, String>(
+                "kiln.slow_text_lines",
+                &(files, job.slow_ms),
+                job.partitions,
+            )?;
+            let counts = lines
+                .flat_map::<String>("wc.words")?
+                .map::<(String, u64)>("wc.pair_one")?
+                .reduce_by_key("wc.sum", job.partitions)?
+                .collect()
+                .await?;
+            let mut counts: Vec<(String, u64)> = counts;
+            counts.sort();
+            match &job.output {
+                Some(path) => {
+                    let mut text = String::new();
+                    for (w, c) in &counts {
+                        text.push_str(&format!("{w}\t{c}\n"));
+                    }
+                    std::fs::write(path, text).with_context(|| format!("writing {path}"))?;
+                }
+                None => {
+                    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    for (w, c) in counts.iter().take(20) {
+                        println!("{c:>10}  {w}");
+                    }
+                }
+            }
+            println!("DONE words={}", counts.len());
+        }
+        Some("panic-then-count") => {
+            let ds = driver.parallelize((0..100u64).collect::<Vec<_>>(), job.partitions)?;
+            match ds.map::<u64>("kiln.panic_on_every_element")?.count().await {
+                Ok(n) => bail!("the panicking job unexpectedly succeeded with {n}"),
+                Err(e) => println!("JOB-ERROR {e}"),
+            }
+            println!("COUNT {}", ds.count().await?);
+        }
+        Some(other) => bail!("unknown job {other:?} (word-count, panic-then-count)"),
+    }
+    let status = driver.status().await?;
+    for e in &status.executors {
+        println!(
+            "EXECUTOR {} completed={} failed={}",
+            e.name, e.completed, e.failed
+        );
+    }
+    println!("REFUSED {}", status.refused_connections);
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Run `kiln local`.
+pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mode = if args.in_process {
+            ExecutorMode::InProcess
+        } else {
+            ExecutorMode::Processes {
+                program: std::env::current_exe().context("locating the kiln binary")?,
+                args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
+            }
+        };
+        let config = LocalConfig {
+            executors: args.executors,
+            cores_per_executor: args.cores.max(1),
+            mode,
+            driver: args
+                .job
+                .driver_config(SocketAddr::from(([127, 0, 0, 1], 0))),
+            startup_timeout: Duration::from_secs(30),
+        };
+        let cluster = LocalCluster::start(config, registry()).await?;
+        let driver = cluster.driver()?;
+        print_join(driver)?;
+        let result = run_job(driver, &args.job).await;
+        cluster.shutdown().await;
+        result
+    })
+}
+
+/// Run `kiln driver`.
+pub(crate) fn driver(args: DriverArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let driver = Driver::start(args.job.driver_config(args.listen), registry()).await?;
+        print_join(&driver)?;
+        if args.job.job.is_some() {
+            driver
+                .wait_for_executors(args.expect_executors, Duration::from_secs(120))
+                .await?;
+        }
+        let result = run_job(&driver, &args.job).await;
+        driver.shutdown().await;
+        result
+    })
+}
+
+/// Run `kiln executor`.
+pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    if args.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            loop {
+                match std::io::Read::read(&mut stdin, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        tracing::warn!("stdin closed: parent is gone, exiting");
+                        std::process::exit(0);
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+    let (token, addr) = transport::parse_join(&args.join)?;
+    let mut config = ExecutorConfig::new(addr, token);
+    config.name = args.name;
+    if let Some(c) = args.cores {
+        config.cores = c.max(1);
+    }
+    let rt = runtime()?;
+    rt.block_on(run_executor(config, registry()))?;
+    Ok(())
+}
+
+/// Run `kiln status`.
+pub(crate) fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let (token, addr) = transport::parse_join(&args.join)?;
+    let rt = runtime()?;
+    let status = rt.block_on(query_status(addr, &token, Duration::from_secs(10)))?;
+    if args.json {
+        let v: HashMap<&str, serde_json::Value> = HashMap::from([(
+            "status",
+            serde_json::to_value(&status).context("encoding status")?,
+        )]);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
