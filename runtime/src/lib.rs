@@ -5,3 +5,5 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![warn(missing_docs)]
+
+pub mod checkpoint;
