@@ -121,6 +121,9 @@ pub enum Error {
     /// A cluster-level invariant or configuration problem.
     #[error("{0}")]
     Invalid(String),
+    /// A checkpoint could not be written, read or verified.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// The runtime's result type.

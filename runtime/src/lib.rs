@@ -21,6 +21,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 mod dataset;
 mod driver;
 mod error;

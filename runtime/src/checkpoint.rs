@@ -1,0 +1,31 @@
+//! Checkpoints: a sled manifest of commit records plus checksummed blob
+//! files, written so that a torn or corrupted checkpoint is detected and
+//! skipped rather than trusted.
+//!
+//! Layout of a checkpoint directory:
+//! ```text
+//! DIR/manifest/            sled database: one commit record per checkpoint
+//! DIR/blobs/<id>/<name>    blob files (header with magic, version, length, CRC32)
+//! ```
+//! Protocol: every writer (in data-parallel training, each parameter shard's
+//! owner) writes its blobs with [`write_blob`], which writes a temporary
+//! file, syncs it and renames it into place, and returns a [`BlobRef`]
+//! (name, length, checksum). When all blobs of a checkpoint are written, one
+//! process (the driver) calls [`CheckpointStore::commit`] with the record
+//! listing every blob; the record is inserted and flushed last, so a
+//! checkpoint exists only once all of its data is durable. Readers verify
+//! each blob against the record (length and CRC32) and the record against
+//! its own checksum; [`CheckpointStore::latest_valid`] returns the newest
+//! checkpoint that verifies and says which newer ones it skipped and why.
+//! Retention keeps the last K committed checkpoints and removes blob
+//! directories that no record references (a run killed mid-write).
+
+mod blob;
+mod error;
+mod record;
+mod store;
+
+pub use blob::{read_blob, write_blob, BlobRef, BLOB_MAGIC};
+pub use error::CheckpointError;
+pub use record::{CheckpointRecord, FORMAT_VERSION};
+pub use store::{CheckpointStore, Skipped};
