@@ -39,7 +39,12 @@ pub struct DriverConfig {
     /// Attempts per task before its job fails.
     pub max_task_attempts: u32,
     /// Consecutive task failures after which an executor is excluded.
+    /// The last usable executor is never excluded, and failures of a task
+    /// that fails its job everywhere are forgiven (the task, not the
+    /// executor, was at fault), as in Spark's `excludeOnFailure`.
     pub max_executor_failures: u32,
+    /// How long an exclusion lasts before the executor gets tasks again.
+    pub exclusion_timeout: Duration,
     /// Largest control frame accepted.
     pub max_control_frame: u64,
     /// Largest bulk frame (task or result) accepted.
@@ -56,6 +61,7 @@ impl Default for DriverConfig {
             executor_timeout: Duration::from_secs(5),
             max_task_attempts: 4,
             max_executor_failures: 3,
+            exclusion_timeout: Duration::from_secs(60),
             max_control_frame: transport::DEFAULT_MAX_CONTROL_FRAME,
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
             handshake_timeout: Duration::from_secs(5),
@@ -110,6 +116,7 @@ struct Exec {
     failed: u64,
     consecutive_failures: u32,
     excluded: bool,
+    excluded_at: Option<Instant>,
 }
 
 struct TaskState {
@@ -206,6 +213,7 @@ impl Actor for DriverActor {
                         failed: 0,
                         consecutive_failures: 0,
                         excluded: false,
+                        excluded_at: None,
                     },
                 );
                 let _ = reply.send(id);
@@ -275,6 +283,7 @@ impl Actor for DriverActor {
                 for id in dead {
                     st.remove_executor(id, &format!("no heartbeat for {} ms", timeout.as_millis()));
                 }
+                st.expire_exclusions(now);
                 for e in st.executors.values() {
                     let _ = e.ctl.send(ToExecutor::Heartbeat);
                 }
@@ -345,6 +354,7 @@ impl DriverState {
             self.config.max_task_attempts,
             self.config.max_executor_failures,
         );
+        let usable = self.executors.values().filter(|e| !e.excluded).count();
         if let Some(e) = self.executors.get_mut(&exec_id) {
             e.running.remove(&key);
             match &report.result {
@@ -356,8 +366,13 @@ impl DriverState {
                     e.failed += 1;
                     e.consecutive_failures += 1;
                     if e.consecutive_failures >= max_exec_failures && !e.excluded {
-                        warn!(executor = exec_id, name = %e.name, failures = e.consecutive_failures, "executor excluded after repeated task failures");
-                        e.excluded = true;
+                        if usable > 1 {
+                            warn!(executor = exec_id, name = %e.name, failures = e.consecutive_failures, "executor excluded after repeated task failures");
+                            e.excluded = true;
+                            e.excluded_at = Some(Instant::now());
+                        } else {
+                            warn!(executor = exec_id, name = %e.name, failures = e.consecutive_failures, "executor keeps failing tasks but is the last usable one: not excluded");
+                        }
                     }
                 }
             }
@@ -412,16 +427,53 @@ impl DriverState {
                         attempts: t.failures,
                         last_cause: format!("on executor {exec_id} ({name}): {cause}"),
                     };
+                    let mut blamed = HashSet::new();
                     if let Some(mut stage) = self.stages.remove(&(key.job, key.stage)) {
+                        for t in &stage.tasks {
+                            blamed.extend(t.failed_on.iter().copied());
+                        }
                         if let Some(r) = stage.reply.take() {
                             let _ = r.send(Err(err));
                         }
                     }
+                    self.forgive(&blamed);
                     self.pending
                         .retain(|(j, s, _)| !(*j == key.job && *s == key.stage));
                 } else {
                     self.pending.push_front((key.job, key.stage, key.partition));
                 }
+            }
+        }
+    }
+
+    /// Lift exclusions older than the configured timeout.
+    fn expire_exclusions(&mut self, now: Instant) {
+        let timeout = self.config.exclusion_timeout;
+        for (id, e) in self.executors.iter_mut() {
+            if e.excluded
+                && e.excluded_at
+                    .is_some_and(|t| now.duration_since(t) >= timeout)
+            {
+                info!(executor = *id, name = %e.name, "exclusion expired");
+                e.excluded = false;
+                e.excluded_at = None;
+                e.consecutive_failures = 0;
+            }
+        }
+    }
+
+    /// A stage failed because one of its tasks failed on every executor it
+    /// tried: its failures say nothing about those executors, so undo what
+    /// the stage's failures cost them.
+    fn forgive(&mut self, executors: &HashSet<u64>) {
+        for id in executors {
+            if let Some(e) = self.executors.get_mut(id) {
+                if e.excluded {
+                    info!(executor = *id, name = %e.name, "exclusion lifted: the failing task failed its job on every executor");
+                }
+                e.excluded = false;
+                e.excluded_at = None;
+                e.consecutive_failures = 0;
             }
         }
     }

@@ -207,6 +207,30 @@ async fn panicking_task_fails_job_with_clear_error_and_driver_survives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failing_everywhere_does_not_exclude_every_executor() {
+    with_timeout(async {
+        // Exclude after a single failure: every executor sees one, yet the
+        // cluster must stay usable once the failing job is over.
+        let mut config = fast_config(2);
+        config.driver.max_executor_failures = 1;
+        let cluster = LocalCluster::start(config, registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let ds = d.parallelize(vec![7i64; 8], 4).unwrap();
+        let err = ds.map::<i64>("boom").unwrap().count().await.unwrap_err();
+        assert!(matches!(err, Error::JobFailed { .. }), "{err}");
+        let st = d.status().await.unwrap();
+        assert!(
+            st.executors.iter().all(|e| !e.excluded),
+            "executors stay excluded after the task was blamed: {:?}",
+            st.executors
+        );
+        assert_eq!(ds.count().await.unwrap(), 8);
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_partitions_are_reused() {
     with_timeout(async {
         let cluster = LocalCluster::start(fast_config(2), registry())
