@@ -236,7 +236,36 @@ impl<T: Data> Dataset<T> {
     }
 
     async fn run(&self, action: Action) -> Result<Vec<TaskOutput>> {
-        run_job(&self.driver, &self.plan, &self.parallel, action).await
+        let all = (0..self.plan.partitions())
+            .map(|p| (p, action.clone()))
+            .collect();
+        run_job(&self.driver, &self.plan, &self.parallel, all).await
+    }
+
+    /// Run one task per listed partition, each with its own action; the
+    /// outputs come back in the order of `actions`.
+    pub(crate) async fn run_partitions(
+        &self,
+        actions: Vec<(u32, Action)>,
+    ) -> Result<Vec<TaskOutput>> {
+        run_job(&self.driver, &self.plan, &self.parallel, actions).await
+    }
+
+    /// Elements per partition, in partition order.
+    pub async fn partition_counts(&self) -> Result<Vec<u64>> {
+        let outs = self.run(Action::Count).await?;
+        Ok(outs
+            .iter()
+            .map(|o| match o {
+                TaskOutput::Count(n) => *n,
+                _ => 0,
+            })
+            .collect())
+    }
+
+    /// The registry this dataset's driver uses.
+    pub(crate) fn registry_ref(&self) -> &Registry {
+        self.registry()
     }
 
     /// Number of elements.
@@ -383,13 +412,13 @@ fn task_inputs(
     }
 }
 
-/// Run an action: first every shuffle the plan reads that is not yet
-/// materialized (parents first), then one task per partition.
+/// Run a job: first every shuffle the plan reads that is not yet
+/// materialized (parents first), then one task per listed partition.
 async fn run_job(
     driver: &Arc<DriverShared>,
     plan: &Plan,
     parallel: &HashMap<u64, Arc<Vec<Vec<u8>>>>,
-    action: Action,
+    actions: Vec<(u32, Action)>,
 ) -> Result<Vec<TaskOutput>> {
     let job = driver.fresh_id();
     let mut shuffles = Vec::new();
@@ -445,13 +474,19 @@ async fn run_job(
             .map_err(|_| Error::Invalid("shuffle table lock poisoned".into()))?
             .insert(id, Arc::new(by_reducer));
     }
-    let mut tasks = Vec::new();
-    for p in 0..plan.partitions() {
+    let mut tasks = Vec::with_capacity(actions.len());
+    for (p, action) in actions {
+        if p >= plan.partitions() {
+            return Err(Error::Invalid(format!(
+                "partition {p} asked for, the dataset has {}",
+                plan.partitions()
+            )));
+        }
         let (inputs, prefer) = task_inputs(driver, plan, p, parallel)?;
         tasks.push(StageTask {
             partition: p,
             plan: plan.clone(),
-            action: action.clone(),
+            action,
             inputs,
             prefer,
         });

@@ -423,7 +423,7 @@ impl DriverState {
                 if t.failures >= max_attempts {
                     let err = Error::JobFailed {
                         job: key.job,
-                        task: format!("stage {} partition {}", key.stage, key.partition),
+                        task: format!("stage {} partition {}", key.stage, t.task.partition),
                         attempts: t.failures,
                         last_cause: format!("on executor {exec_id} ({name}): {cause}"),
                     };

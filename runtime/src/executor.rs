@@ -149,9 +149,14 @@ pub(crate) fn run_task(registry: &Registry, cache: &Cache, task: Task) -> TaskRe
         cache,
         newly_cached: Vec::new(),
     };
-    let result = ctx
-        .eval(&plan, partition)
-        .and_then(|part| apply_action(registry, &action, part));
+    let result = match &action {
+        Action::Train(request) => ctx
+            .eval_shared(&plan, partition)
+            .and_then(|part| crate::train::run_request(registry, request, part.as_ref())),
+        _ => ctx
+            .eval(&plan, partition)
+            .and_then(|part| apply_action(registry, &action, part)),
+    };
     TaskReport {
         key,
         result: result.map_err(|e| e.to_string()),
@@ -184,6 +189,7 @@ fn apply_action(
             crate::registry::check_type(name, s.input, part.elem_type())?;
             TaskOutput::Shuffle((s.write)(part, *partitions)?)
         }
+        Action::Train(request) => crate::train::run_request(registry, request, part.as_ref())?,
     })
 }
 

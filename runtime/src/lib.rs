@@ -11,6 +11,8 @@
 //!   `map_partitions`, `sample`, `union`, `cache`, `repartition`,
 //!   `reduce_by_key`, `group_by_key`) and async actions (`count`,
 //!   `collect`, `take`, `reduce`, `fold`, `foreach`).
+//! * [`train`]: data-parallel training (parameter actors, checkpoints,
+//!   resume) for any model behind a small trait.
 //! * [`transport`]: the QUIC/TLS layer, reusable for bulk transfers.
 //!
 //! See `docs/runtime-protocol.md` for the wire protocol and failure
@@ -30,6 +32,7 @@ mod local;
 mod plan;
 mod protocol;
 mod registry;
+pub mod train;
 pub mod transport;
 
 pub use dataset::Dataset;
@@ -39,4 +42,5 @@ pub use executor::{run_executor, ExecutorConfig};
 pub use local::{ExecutorMode, LocalCluster, LocalConfig};
 pub use protocol::{ClusterStatus, ExecutorStatus};
 pub use registry::{decode_vec, Data, Part, Registry};
+pub use train::{DistributedTrainer, GradientWorker, ShardOptimizer, TrainSpec};
 pub use transport::JoinToken;

@@ -113,6 +113,25 @@ pub(crate) struct EvalCtx<'a> {
 }
 
 impl EvalCtx<'_> {
+    /// Like [`EvalCtx::eval`], but a cached partition is shared, not
+    /// copied (training reads the same partition every iteration).
+    pub(crate) fn eval_shared(&mut self, plan: &Plan, p: u32) -> Result<Arc<dyn Part>> {
+        let Plan::Cache { id, parent } = plan else {
+            return Ok(Arc::from(self.eval(plan, p)?));
+        };
+        let lock_err = || Error::Invalid("executor cache lock poisoned".into());
+        if let Some(part) = self.cache.lock().map_err(|_| lock_err())?.get(&(*id, p)) {
+            return Ok(part.clone());
+        }
+        let shared: Arc<dyn Part> = Arc::from(self.eval(parent, p)?);
+        self.cache
+            .lock()
+            .map_err(|_| lock_err())?
+            .insert((*id, p), shared.clone());
+        self.newly_cached.push((*id, p));
+        Ok(shared)
+    }
+
     pub(crate) fn eval(&mut self, plan: &Plan, p: u32) -> Result<Box<dyn Part>> {
         match plan {
             Plan::Parallelize { id, elem, .. } => {

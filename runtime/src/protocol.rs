@@ -35,9 +35,21 @@ pub(crate) enum Action {
     Count,
     Collect,
     Take(u64),
-    Fold { name: String, zero: Option<Vec<u8>> },
-    Foreach { name: String, args: Vec<u8> },
-    ShuffleWrite { name: String, partitions: u32 },
+    Fold {
+        name: String,
+        zero: Option<Vec<u8>>,
+    },
+    Foreach {
+        name: String,
+        args: Vec<u8>,
+    },
+    ShuffleWrite {
+        name: String,
+        partitions: u32,
+    },
+    /// Gradients (or an evaluation) of a registered trainer on some
+    /// elements of the partition.
+    Train(crate::train::TrainRequest),
 }
 
 /// A unit of work: compute one partition of `plan`, then apply `action`.
@@ -55,10 +67,17 @@ pub(crate) struct Task {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum TaskOutput {
     Count(u64),
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Folded(Option<Vec<u8>>),
     Done,
     Shuffle(Vec<Vec<u8>>),
+    /// Summed gradients (little-endian f32 bytes, empty for an
+    /// evaluation) and batch statistics.
+    Train {
+        #[serde(with = "serde_bytes")]
+        grads: Vec<u8>,
+        stats: crate::train::BatchStats,
+    },
 }
 
 /// Executor → driver, on the control stream.

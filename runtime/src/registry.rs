@@ -39,6 +39,8 @@ pub trait Part: Send + Sync + 'static {
     fn elem_type(&self) -> &'static str;
     /// For downcasting.
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    /// For downcasting by reference (cached partitions are shared).
+    fn as_any(&self) -> &dyn Any;
 }
 
 impl<T: Data> Part for Vec<T> {
@@ -68,6 +70,9 @@ impl<T: Data> Part for Vec<T> {
         type_name::<T>()
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
         self
     }
 }
@@ -144,6 +149,7 @@ pub struct Registry {
     foreach: HashMap<String, Foreach>,
     shuffles: HashMap<String, Shuffle>,
     decoders: HashMap<&'static str, Arc<DecodeFn>>,
+    pub(crate) trainers: HashMap<String, crate::train::TrainerEntry>,
 }
 
 fn bucket_of<K: Hash>(k: &K, n: u32) -> usize {

@@ -1,0 +1,18 @@
+//! Data-parallel training on the cluster, independent of any model library:
+//! models plug in through [`GradientWorker`] (flat `f32` weights in, summed
+//! gradients out) registered with [`crate::Registry::register_trainer`],
+//! optimizers through [`ShardOptimizer`]. [`DistributedTrainer`] runs
+//! synchronous iterations with parameters sharded over
+//! [`ParameterShards`] actors, checkpoints and resume.
+
+mod batches;
+mod checkpointing;
+mod distributed;
+mod shard;
+mod worker;
+
+pub use checkpointing::{CheckpointPolicy, Position, META_JOB};
+pub use distributed::{DistributedTrainer, IterationReport, LearningRate, ResumeInfo, TrainSpec};
+pub use shard::{shard_ranges, OptimizerFactory, ParameterShards, ShardOptimizer};
+pub(crate) use worker::{run_request, TrainRequest, TrainerEntry};
+pub use worker::{BatchStats, GradientWorker};

@@ -1,0 +1,396 @@
+//! [`DistributedTrainer`]: synchronous (BSP) data-parallel training on the
+//! cluster. Each iteration the global batch is split by partition, every
+//! executor holding a share computes summed gradients with the current
+//! weights, the gradients are reduced into the parameter actors in
+//! partition order (so the result does not depend on how many executors
+//! there are), each owner applies its optimizer, and the gathered weights
+//! go out with the next iteration's tasks. A lost executor's share is
+//! recomputed elsewhere by the scheduler (from the cached partition's
+//! lineage); the parameter shards live with the driver's actors and are
+//! not lost with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::checkpoint::{CheckpointRecord, CheckpointStore, Skipped};
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::protocol::{Action, TaskOutput};
+use crate::registry::{check_type, Data};
+use crate::train::batches::{epoch_order, Layout};
+use crate::train::checkpointing::{
+    meta_u64, training_meta, CheckpointPolicy, Position, META_BATCH, META_BATCH_SIZE, META_PARAMS,
+    META_SEED, META_SHARDS,
+};
+use crate::train::shard::{OptimizerFactory, ParameterShards};
+use crate::train::worker::{bytes_to_f32, f32_to_bytes, BatchStats, TrainRequest};
+use crate::transport::encode;
+
+/// The learning rate at `(iteration, epoch)` (0-based, before the update).
+pub type LearningRate = Arc<dyn Fn(u64, u64) -> f64 + Send + Sync>;
+
+/// What to train and how.
+#[derive(Clone)]
+pub struct TrainSpec {
+    /// Trainer registered with [`crate::Registry::register_trainer`].
+    pub trainer: String,
+    /// The trainer's configuration, rmp-serde encoded.
+    pub worker_config: Vec<u8>,
+    /// Global batch size (any value works on any cluster shape).
+    pub batch_size: usize,
+    /// Epochs to train.
+    pub epochs: u64,
+    /// Seed of the data order and of per-share randomness.
+    pub seed: u64,
+    /// Number of parameter actors (shards).
+    pub shards: usize,
+    /// Learning-rate schedule.
+    pub learning_rate: LearningRate,
+    /// Checkpoints, if any.
+    pub checkpoint: Option<CheckpointPolicy>,
+    /// Extra entries stored in every checkpoint (e.g. the job's config
+    /// under [`crate::train::META_JOB`]).
+    pub job_meta: BTreeMap<String, String>,
+}
+
+impl TrainSpec {
+    /// A spec with a constant learning rate, 4 shards and no checkpoints.
+    pub fn new<C: Serialize>(
+        trainer: &str,
+        config: &C,
+        batch_size: usize,
+        epochs: u64,
+        seed: u64,
+        learning_rate: f64,
+    ) -> Result<Self> {
+        Ok(TrainSpec {
+            trainer: trainer.into(),
+            worker_config: encode(config)?,
+            batch_size,
+            epochs,
+            seed,
+            shards: 4,
+            learning_rate: Arc::new(move |_, _| learning_rate),
+            checkpoint: None,
+            job_meta: BTreeMap::new(),
+        })
+    }
+}
+
+/// One finished iteration.
+#[derive(Debug, Clone)]
+pub struct IterationReport {
+    /// Where the run stands after it.
+    pub position: Position,
+    /// Loss and counts of its batch.
+    pub stats: BatchStats,
+    /// The learning rate applied.
+    pub learning_rate: f64,
+    /// Wall time of the iteration, in seconds.
+    pub seconds: f64,
+    /// Whether it ended an epoch.
+    pub epoch_ended: bool,
+    /// The checkpoint written after it, if any.
+    pub checkpoint: Option<u64>,
+}
+
+/// Where a resumed run continues from.
+#[derive(Debug, Clone)]
+pub struct ResumeInfo {
+    /// The checkpoint used.
+    pub id: u64,
+    /// Its position.
+    pub position: Position,
+    /// Newer checkpoints that failed verification, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A training run on the cluster (see the module docs).
+pub struct DistributedTrainer<T> {
+    data: Dataset<T>,
+    spec: TrainSpec,
+    layout: Layout,
+    order: Option<(u64, Vec<u64>)>,
+    shards: ParameterShards,
+    params: Vec<f32>,
+    pos: Position,
+    store: Option<CheckpointStore>,
+    last_checkpoint: Instant,
+}
+
+impl<T: Data> DistributedTrainer<T> {
+    /// Caches `data` on the executors, counts its partitions and spawns the
+    /// parameter actors holding `init` (the flattened initial weights).
+    pub async fn start(
+        data: &Dataset<T>,
+        spec: TrainSpec,
+        init: Vec<f32>,
+        optimizer: OptimizerFactory,
+    ) -> Result<Self> {
+        let entry = data.registry_ref().trainer(&spec.trainer)?;
+        check_type(&spec.trainer, entry.elem, std::any::type_name::<T>())?;
+        if spec.batch_size == 0 {
+            return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        let data = data.cache();
+        let layout = Layout::new(&data.partition_counts().await?);
+        if layout.total() == 0 {
+            return Err(Error::Invalid("the training dataset is empty".into()));
+        }
+        let shards = ParameterShards::spawn(&init, spec.shards, &optimizer).await?;
+        let store = match &spec.checkpoint {
+            Some(p) => Some(CheckpointStore::open(&p.dir, p.keep_last)?),
+            None => None,
+        };
+        info!(
+            samples = layout.total(),
+            partitions = data.partitions(),
+            params = init.len(),
+            shards = shards.shards(),
+            "distributed training ready"
+        );
+        Ok(DistributedTrainer {
+            data,
+            spec,
+            layout,
+            order: None,
+            shards,
+            params: init,
+            pos: Position::default(),
+            store,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// Continues from the newest checkpoint that verifies, if the store has
+    /// one; corrupt newer ones are skipped and reported.
+    pub async fn resume(&mut self) -> Result<Option<ResumeInfo>> {
+        let Some(store) = &self.store else {
+            return Err(Error::Invalid("resume needs a checkpoint directory".into()));
+        };
+        if store.ids()?.is_empty() {
+            return Ok(None);
+        }
+        let (record, skipped) = store.latest_valid()?;
+        self.check_compatible(&record)?;
+        let params = self
+            .shards
+            .restore(|name| Ok(store.read(&record, name)?))
+            .await?;
+        self.params = params;
+        self.pos = Position {
+            iteration: record.iteration,
+            epoch: record.epoch,
+            batch: meta_u64(&record, META_BATCH)?,
+        };
+        self.order = None;
+        for s in &skipped {
+            warn!(id = s.id, reason = %s.reason, "skipped a corrupt checkpoint");
+        }
+        info!(
+            id = record.id,
+            iteration = self.pos.iteration,
+            epoch = self.pos.epoch,
+            "resumed"
+        );
+        Ok(Some(ResumeInfo {
+            id: record.id,
+            position: self.pos,
+            skipped,
+        }))
+    }
+
+    fn check_compatible(&self, record: &CheckpointRecord) -> Result<()> {
+        let expect = [
+            (META_SEED, self.spec.seed),
+            (META_BATCH_SIZE, self.spec.batch_size as u64),
+            (META_SHARDS, self.shards.shards() as u64),
+            (META_PARAMS, self.params.len() as u64),
+        ];
+        for (key, want) in expect {
+            let got = meta_u64(record, key)?;
+            if got != want {
+                return Err(Error::Invalid(format!(
+                    "checkpoint {} has {key} = {got}, this run {want}: resume with the checkpoint's job settings",
+                    record.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the run stands.
+    pub fn position(&self) -> Position {
+        self.pos
+    }
+
+    /// The current weights.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Batches per epoch.
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.layout.total().div_ceil(self.spec.batch_size as u64)
+    }
+
+    /// Samples in the training set.
+    pub fn samples(&self) -> u64 {
+        self.layout.total()
+    }
+
+    /// True once every epoch is done.
+    pub fn is_done(&self) -> bool {
+        self.pos.epoch >= self.spec.epochs
+    }
+
+    fn request(&self, indices: Vec<u32>, seed: u64, evaluate: bool, params: &[u8]) -> Action {
+        Action::Train(TrainRequest {
+            trainer: self.spec.trainer.clone(),
+            config: self.spec.worker_config.clone(),
+            params: params.to_vec(),
+            indices,
+            seed,
+            evaluate,
+        })
+    }
+
+    /// Runs one iteration (and a checkpoint if one is due).
+    pub async fn step(&mut self) -> Result<IterationReport> {
+        if self.is_done() {
+            return Err(Error::Invalid("training is already complete".into()));
+        }
+        let started = Instant::now();
+        let epoch = self.pos.epoch;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.order = Some((
+                epoch,
+                epoch_order(self.layout.total(), self.spec.seed, epoch),
+            ));
+        }
+        let bs = self.spec.batch_size as u64;
+        let (lo, hi) = (
+            self.pos.batch * bs,
+            ((self.pos.batch + 1) * bs).min(self.layout.total()),
+        );
+        let batch = match &self.order {
+            Some((_, order)) => order[lo as usize..hi as usize].to_vec(),
+            None => Vec::new(),
+        };
+        let weights = f32_to_bytes(&self.params);
+        let iteration = self.pos.iteration;
+        let actions = self
+            .layout
+            .split(&batch)
+            .into_iter()
+            .map(|(p, idx)| {
+                let seed = share_seed(self.spec.seed, iteration, p);
+                (p, self.request(idx, seed, false, &weights))
+            })
+            .collect();
+        let outs = self.data.run_partitions(actions).await?;
+        let mut stats = BatchStats::default();
+        for out in outs {
+            let TaskOutput::Train { grads, stats: s } = out else {
+                self.shards.discard()?;
+                return Err(Error::Invalid(
+                    "a training task returned no gradients".into(),
+                ));
+            };
+            let grads = match bytes_to_f32(&grads, "gradients") {
+                Ok(g) => g,
+                Err(e) => {
+                    self.shards.discard()?;
+                    return Err(e);
+                }
+            };
+            self.shards.accumulate(Arc::new(grads))?;
+            stats.add(&s);
+        }
+        let lr = (self.spec.learning_rate)(iteration, epoch);
+        let scale = 1.0 / stats.samples.max(1) as f32;
+        self.params = self.shards.step(scale, lr).await?;
+        self.pos.iteration += 1;
+        self.pos.batch += 1;
+        let epoch_ended = self.pos.batch >= self.batches_per_epoch();
+        if epoch_ended {
+            self.pos.epoch += 1;
+            self.pos.batch = 0;
+        }
+        let due = self
+            .spec
+            .checkpoint
+            .as_ref()
+            .is_some_and(|p| p.due(self.pos.iteration, epoch_ended, self.last_checkpoint));
+        let checkpoint = if due {
+            Some(self.checkpoint().await?)
+        } else {
+            None
+        };
+        Ok(IterationReport {
+            position: self.pos,
+            stats,
+            learning_rate: lr,
+            seconds: started.elapsed().as_secs_f64(),
+            epoch_ended,
+            checkpoint,
+        })
+    }
+
+    /// Writes a checkpoint now: every parameter actor writes its own shard
+    /// blobs, then the commit record goes in last.
+    pub async fn checkpoint(&mut self) -> Result<u64> {
+        let Some(store) = &self.store else {
+            return Err(Error::Invalid("no checkpoint directory configured".into()));
+        };
+        let id = store.next_id()?;
+        let blobs = self.shards.snapshot(store.dir(), id).await?;
+        let mut record = CheckpointRecord::new(id, self.pos.iteration, self.pos.epoch);
+        record.blobs = blobs;
+        record.meta = training_meta(
+            self.pos,
+            self.spec.seed,
+            self.spec.batch_size,
+            self.shards.shards(),
+            self.params.len(),
+            &self.spec.job_meta,
+        );
+        let removed = store.commit(&record)?;
+        self.last_checkpoint = Instant::now();
+        info!(id, iteration = self.pos.iteration, epoch = self.pos.epoch, removed = ?removed, "checkpoint committed");
+        Ok(id)
+    }
+
+    /// Loss and accuracy of the current weights on `data`, computed on the
+    /// executors.
+    pub async fn evaluate(&self, data: &Dataset<T>) -> Result<BatchStats> {
+        let weights = f32_to_bytes(&self.params);
+        let actions = (0..data.partitions())
+            .map(|p| (p, self.request(Vec::new(), 0, true, &weights)))
+            .collect();
+        let mut stats = BatchStats::default();
+        for out in data.run_partitions(actions).await? {
+            if let TaskOutput::Train { stats: s, .. } = out {
+                stats.add(&s);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Stops the parameter actors and returns the final weights.
+    pub async fn finish(self) -> Vec<f32> {
+        self.shards.stop().await;
+        self.params
+    }
+}
+
+/// Seed of one share of one iteration: independent of which executor runs it.
+fn share_seed(seed: u64, iteration: u64, partition: u32) -> u64 {
+    seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        ^ iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (partition as u64).rotate_left(32)
+}

@@ -1,0 +1,417 @@
+//! Parameter actors: each owns one contiguous shard of the flattened
+//! parameters and that shard's optimizer state (BigDL's AllReduceParameter
+//! split). Gradients are reduced into the owners (reduce-scatter), each
+//! owner applies the optimizer to its shard, and the updated shards are
+//! gathered back (all-gather). Owners write their own checkpoint blobs.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::checkpoint::{write_blob, BlobRef};
+use crate::error::{Error, Result};
+use crate::train::worker::{bytes_to_f32, f32_to_bytes};
+
+/// The optimizer of one shard: elementwise, so a shard updates on its own.
+/// Implemented by the root crate over kiln-nn's optimizers.
+pub trait ShardOptimizer: Send + 'static {
+    /// Applies one update with learning rate `lr` to `params` from `grads`
+    /// (already averaged over the global batch).
+    fn step(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f64,
+    ) -> std::result::Result<(), String>;
+    /// The shard's optimizer state, serialized (goes into checkpoints).
+    fn state(&self) -> std::result::Result<Vec<u8>, String>;
+    /// Restores a state produced by [`ShardOptimizer::state`].
+    fn load_state(&mut self, bytes: &[u8]) -> std::result::Result<(), String>;
+}
+
+/// Builds the optimizer of the shard covering a parameter range.
+pub type OptimizerFactory =
+    Arc<dyn Fn(Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, String> + Send + Sync>;
+
+/// Splits `n` parameters into `shards` contiguous ranges whose lengths
+/// differ by at most one.
+pub fn shard_ranges(n: usize, shards: usize) -> Vec<Range<usize>> {
+    let shards = shards.clamp(1, n.max(1));
+    let (base, extra) = (n / shards, n % shards);
+    let mut start = 0;
+    (0..shards)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .collect()
+}
+
+type Reply<T> = oneshot::Sender<std::result::Result<T, String>>;
+
+/// Messages of a parameter actor.
+pub(crate) enum ShardMsg {
+    /// Add this shard's slice of a gradient (reduce-scatter).
+    Accumulate(Arc<Vec<f32>>),
+    /// Scale the accumulated gradient, apply the optimizer, reply with the
+    /// updated shard.
+    Step {
+        scale: f32,
+        lr: f64,
+        reply: Reply<Arc<Vec<f32>>>,
+    },
+    /// Drop the accumulated gradient (an iteration abandoned).
+    Discard,
+    /// Write this shard's blobs of checkpoint `id`.
+    Snapshot {
+        dir: PathBuf,
+        id: u64,
+        reply: Reply<Vec<BlobRef>>,
+    },
+    /// Replace the shard's parameters and optimizer state.
+    Restore {
+        params: Vec<f32>,
+        state: Vec<u8>,
+        reply: Reply<()>,
+    },
+}
+
+struct ShardActor;
+
+struct ShardState {
+    index: usize,
+    range: Range<usize>,
+    params: Arc<Vec<f32>>,
+    acc: Vec<f32>,
+    optimizer: Box<dyn ShardOptimizer>,
+}
+
+impl ShardState {
+    fn step(&mut self, scale: f32, lr: f64) -> std::result::Result<Arc<Vec<f32>>, String> {
+        for g in &mut self.acc {
+            *g *= scale;
+        }
+        let params = Arc::make_mut(&mut self.params);
+        let result = self.optimizer.step(params, &self.acc, lr);
+        self.acc.iter_mut().for_each(|g| *g = 0.0);
+        result.map(|()| self.params.clone())
+    }
+
+    fn snapshot(&self, dir: &Path, id: u64) -> std::result::Result<Vec<BlobRef>, String> {
+        let state = self.optimizer.state()?;
+        let p = write_blob(
+            dir,
+            id,
+            &format!("params.shard.{}", self.index),
+            &f32_to_bytes(&self.params),
+        )
+        .map_err(|e| e.to_string())?;
+        let o = write_blob(dir, id, &format!("optim.shard.{}", self.index), &state)
+            .map_err(|e| e.to_string())?;
+        Ok(vec![p, o])
+    }
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardState;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        state: ShardState,
+    ) -> std::result::Result<ShardState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Accumulate(grads) => {
+                if let Some(slice) = grads.get(st.range.clone()) {
+                    for (a, g) in st.acc.iter_mut().zip(slice) {
+                        *a += *g;
+                    }
+                }
+            }
+            ShardMsg::Step { scale, lr, reply } => {
+                let _ = reply.send(st.step(scale, lr));
+            }
+            ShardMsg::Discard => st.acc.iter_mut().for_each(|g| *g = 0.0),
+            ShardMsg::Snapshot { dir, id, reply } => {
+                let _ = reply.send(st.snapshot(&dir, id));
+            }
+            ShardMsg::Restore {
+                params,
+                state,
+                reply,
+            } => {
+                let r = if params.len() != st.range.len() {
+                    Err(format!(
+                        "shard {} holds {} parameters, the checkpoint has {}",
+                        st.index,
+                        st.range.len(),
+                        params.len()
+                    ))
+                } else {
+                    st.params = Arc::new(params);
+                    st.optimizer.load_state(&state)
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parameter actors of one training run, in shard order.
+pub struct ParameterShards {
+    actors: Vec<(ActorRef<ShardMsg>, tokio::task::JoinHandle<()>)>,
+    ranges: Vec<Range<usize>>,
+    len: usize,
+}
+
+async fn answer<T>(
+    rx: oneshot::Receiver<std::result::Result<T, String>>,
+    shard: usize,
+) -> Result<T> {
+    rx.await
+        .map_err(|_| Error::Invalid(format!("parameter actor {shard} stopped")))?
+        .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))
+}
+
+impl ParameterShards {
+    /// Spawns `shards` parameter actors owning `init` split by
+    /// [`shard_ranges`], each with an optimizer from `factory`.
+    pub async fn spawn(init: &[f32], shards: usize, factory: &OptimizerFactory) -> Result<Self> {
+        let ranges = shard_ranges(init.len(), shards);
+        let mut actors = Vec::with_capacity(ranges.len());
+        for (index, range) in ranges.iter().enumerate() {
+            let optimizer = factory(range.clone())
+                .map_err(|e| Error::Invalid(format!("optimizer of shard {index}: {e}")))?;
+            let state = ShardState {
+                index,
+                range: range.clone(),
+                params: Arc::new(init[range.clone()].to_vec()),
+                acc: vec![0.0; range.len()],
+                optimizer,
+            };
+            let (actor, handle) = Actor::spawn(None, ShardActor, state)
+                .await
+                .map_err(|e| Error::Invalid(format!("spawning parameter actor {index}: {e}")))?;
+            actors.push((actor, handle));
+        }
+        Ok(ParameterShards {
+            actors,
+            ranges,
+            len: init.len(),
+        })
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// Total number of parameters.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn send(&self, i: usize, msg: ShardMsg) -> Result<()> {
+        self.actors[i]
+            .0
+            .cast(msg)
+            .map_err(|e| Error::Invalid(format!("parameter actor {i} unreachable: {e}")))
+    }
+
+    /// Reduce-scatter one gradient: every owner adds its slice. Calls are
+    /// applied in order, so the sum order is the caller's.
+    pub fn accumulate(&self, grads: Arc<Vec<f32>>) -> Result<()> {
+        if grads.len() != self.len {
+            return Err(Error::Invalid(format!(
+                "gradient of {} values for {} parameters",
+                grads.len(),
+                self.len
+            )));
+        }
+        for i in 0..self.actors.len() {
+            self.send(i, ShardMsg::Accumulate(grads.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Forget the gradients accumulated since the last step.
+    pub fn discard(&self) -> Result<()> {
+        for i in 0..self.actors.len() {
+            self.send(i, ShardMsg::Discard)?;
+        }
+        Ok(())
+    }
+
+    /// Every owner scales its accumulated gradient by `scale` and applies
+    /// its optimizer at learning rate `lr`; the updated shards are gathered
+    /// (all-gather) into the full parameter vector.
+    pub async fn step(&self, scale: f32, lr: f64) -> Result<Vec<f32>> {
+        let mut waits = Vec::with_capacity(self.actors.len());
+        for i in 0..self.actors.len() {
+            let (tx, rx) = oneshot::channel();
+            self.send(
+                i,
+                ShardMsg::Step {
+                    scale,
+                    lr,
+                    reply: tx,
+                },
+            )?;
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(self.len);
+        for (i, rx) in waits.into_iter().enumerate() {
+            out.extend_from_slice(&answer(rx, i).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every owner writes its own blobs of checkpoint `id` under `dir`.
+    pub async fn snapshot(&self, dir: &Path, id: u64) -> Result<Vec<BlobRef>> {
+        let mut waits = Vec::with_capacity(self.actors.len());
+        for i in 0..self.actors.len() {
+            let (tx, rx) = oneshot::channel();
+            self.send(
+                i,
+                ShardMsg::Snapshot {
+                    dir: dir.to_path_buf(),
+                    id,
+                    reply: tx,
+                },
+            )?;
+            waits.push(rx);
+        }
+        let mut blobs = Vec::new();
+        for (i, rx) in waits.into_iter().enumerate() {
+            blobs.extend(answer(rx, i).await?);
+        }
+        Ok(blobs)
+    }
+
+    /// Restores every shard from blobs read by `read(name)` (as written by
+    /// [`ParameterShards::snapshot`] with the same shard count).
+    pub async fn restore(&self, read: impl Fn(&str) -> Result<Vec<u8>>) -> Result<Vec<f32>> {
+        let mut full = Vec::with_capacity(self.len);
+        for (i, range) in self.ranges.iter().enumerate() {
+            let params = bytes_to_f32(&read(&format!("params.shard.{i}"))?, "shard parameters")?;
+            if params.len() != range.len() {
+                return Err(Error::Invalid(format!(
+                    "checkpoint shard {i} holds {} parameters, this run's shard {} (the shard count or model differs)",
+                    params.len(),
+                    range.len()
+                )));
+            }
+            full.extend_from_slice(&params);
+            let state = read(&format!("optim.shard.{i}"))?;
+            let (tx, rx) = oneshot::channel();
+            self.send(
+                i,
+                ShardMsg::Restore {
+                    params,
+                    state,
+                    reply: tx,
+                },
+            )?;
+            answer(rx, i).await?;
+        }
+        Ok(full)
+    }
+
+    /// Stops the actors.
+    pub async fn stop(self) {
+        for (actor, handle) in self.actors {
+            actor.stop(None);
+            let _ = handle.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_and_differ_by_at_most_one() {
+        for (n, s) in [(10, 3), (3, 5), (0, 2), (7, 1), (1000, 7)] {
+            let r = shard_ranges(n, s);
+            assert_eq!(r.first().map(|r| r.start), Some(0));
+            assert_eq!(r.last().map(|r| r.end), Some(n));
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+            let lens: Vec<usize> = r.iter().map(|r| r.len()).collect();
+            let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{lens:?}");
+        }
+    }
+
+    struct Plain;
+    impl ShardOptimizer for Plain {
+        fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
+            for (p, g) in p.iter_mut().zip(g) {
+                *p -= lr as f32 * g;
+            }
+            Ok(())
+        }
+        fn state(&self) -> std::result::Result<Vec<u8>, String> {
+            Ok(vec![7])
+        }
+        fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
+            if b == [7] {
+                Ok(())
+            } else {
+                Err("bad state".into())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reduce_scatter_step_all_gather_and_snapshot_restore() {
+        let factory: OptimizerFactory =
+            Arc::new(|_| Ok(Box::new(Plain) as Box<dyn ShardOptimizer>));
+        let init: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let shards = ParameterShards::spawn(&init, 3, &factory).await.unwrap();
+        shards.accumulate(Arc::new(vec![1.0; 10])).unwrap();
+        shards.accumulate(Arc::new(vec![3.0; 10])).unwrap();
+        let p = shards.step(0.5, 0.1).await.unwrap();
+        let want: Vec<f32> = (0..10).map(|i| i as f32 - 0.2).collect();
+        assert_eq!(p, want);
+        assert!(shards.accumulate(Arc::new(vec![1.0; 9])).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = shards.snapshot(dir.path(), 1).await.unwrap();
+        assert_eq!(blobs.len(), 6);
+        shards.accumulate(Arc::new(vec![1.0; 10])).unwrap();
+        shards.step(1.0, 1.0).await.unwrap();
+        let restored = shards
+            .restore(|name| {
+                let r = blobs.iter().find(|b| b.name == name).unwrap();
+                crate::checkpoint::read_blob(dir.path(), 1, r).map_err(Into::into)
+            })
+            .await
+            .unwrap();
+        assert_eq!(restored, want);
+        shards.stop().await;
+    }
+}

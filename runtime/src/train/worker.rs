@@ -1,0 +1,293 @@
+//! The executor side of training: a registered [`GradientWorker`] computes
+//! summed gradients of the elements a task names, with the weights the task
+//! carries. Workers are pooled per executor so a model is built once, not
+//! every iteration.
+
+use std::any::type_name;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::protocol::TaskOutput;
+use crate::registry::{Data, Part, Registry};
+
+/// Loss and counts of one batch share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// Sum of the per-sample losses.
+    pub loss_sum: f64,
+    /// Samples seen.
+    pub samples: u64,
+    /// Samples predicted correctly (classification; 0 when meaningless).
+    pub correct: u64,
+}
+
+impl BatchStats {
+    /// Adds another share's statistics.
+    pub fn add(&mut self, other: &BatchStats) {
+        self.loss_sum += other.loss_sum;
+        self.samples += other.samples;
+        self.correct += other.correct;
+    }
+
+    /// Mean loss (0 for no samples).
+    pub fn mean_loss(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.loss_sum / self.samples as f64
+        }
+    }
+
+    /// Share of correct predictions (0 for no samples).
+    pub fn accuracy(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.samples as f64
+        }
+    }
+}
+
+/// What a model must do for distributed training: the bridge between the
+/// runtime (flat `f32` buffers) and a model library. Implemented by the
+/// root crate for kiln-nn models; the runtime knows nothing of layers.
+pub trait GradientWorker<T>: Send + 'static {
+    /// Length of the flat parameter vector.
+    fn num_params(&self) -> usize;
+
+    /// Loads `params`, runs forward and backward on `samples` and writes the
+    /// gradient of the **sum** of their losses into `grads` (zeroed by the
+    /// caller, `num_params` long). The driver divides by the global batch
+    /// size, so any split of a batch over executors gives the same update.
+    /// `seed` drives any randomness (dropout) deterministically.
+    fn gradients(
+        &mut self,
+        params: &[f32],
+        samples: &[&T],
+        seed: u64,
+        grads: &mut [f32],
+    ) -> std::result::Result<BatchStats, String>;
+
+    /// Loss and accuracy of `params` on `samples`, in evaluation mode.
+    fn evaluate(
+        &mut self,
+        params: &[f32],
+        samples: &[&T],
+    ) -> std::result::Result<BatchStats, String>;
+}
+
+/// One training task's instructions, shipped with the partition's plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TrainRequest {
+    /// Registered trainer name.
+    pub(crate) trainer: String,
+    /// The trainer's rmp-serde configuration (model and loss settings).
+    #[serde(with = "serde_bytes")]
+    pub(crate) config: Vec<u8>,
+    /// Current weights, little-endian `f32`.
+    #[serde(with = "serde_bytes")]
+    pub(crate) params: Vec<u8>,
+    /// Element indices within the partition, in batch order; for an
+    /// evaluation an empty list means every element.
+    pub(crate) indices: Vec<u32>,
+    /// Randomness for this share (dropout).
+    pub(crate) seed: u64,
+    /// Evaluate instead of computing gradients.
+    pub(crate) evaluate: bool,
+}
+
+/// `f32`s as little-endian bytes (the wire format of weights and gradients).
+pub(crate) fn f32_to_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// The inverse of [`f32_to_bytes`].
+pub(crate) fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
+    if !b.len().is_multiple_of(4) {
+        return Err(Error::Invalid(format!(
+            "{what}: {} bytes is not a whole number of f32",
+            b.len()
+        )));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+type ErasedRun = dyn Fn(&mut dyn std::any::Any, &TrainRequest, &[f32], &dyn Part) -> Result<(Vec<f32>, BatchStats)>
+    + Send
+    + Sync;
+type MakeFn =
+    dyn Fn(&[u8]) -> std::result::Result<Box<dyn std::any::Any + Send>, String> + Send + Sync;
+
+/// A registered trainer: how to build a worker from its configuration and
+/// how to run one on a partition, plus the executor's pool of idle workers.
+pub(crate) struct TrainerEntry {
+    pub(crate) elem: &'static str,
+    make: Arc<MakeFn>,
+    run: Arc<ErasedRun>,
+    pool: Mutex<Vec<(u64, Box<dyn std::any::Any + Send>)>>,
+}
+
+fn config_key(config: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    config.hash(&mut h);
+    h.finish()
+}
+
+impl Registry {
+    /// Register a trainer for [`crate::DistributedTrainer`]: `make` builds a
+    /// worker from the rmp-serde configuration `C` the driver sends.
+    pub fn register_trainer<T, C, W>(
+        &mut self,
+        name: &str,
+        make: impl Fn(&C) -> std::result::Result<W, String> + Send + Sync + 'static,
+    ) -> &mut Self
+    where
+        T: Data,
+        C: DeserializeOwned,
+        W: GradientWorker<T>,
+    {
+        self.register_type::<T>();
+        let n = name.to_owned();
+        let make: Arc<MakeFn> = Arc::new(move |bytes| {
+            let c: C = rmp_serde::from_slice(bytes)
+                .map_err(|e| format!("configuration of trainer {n:?} does not decode: {e}"))?;
+            Ok(Box::new(make(&c)?) as Box<dyn std::any::Any + Send>)
+        });
+        let n = name.to_owned();
+        let run: Arc<ErasedRun> = Arc::new(move |worker, req, params, part| {
+            let worker = worker.downcast_mut::<W>().ok_or_else(|| {
+                Error::Invalid(format!("trainer {n:?}: pooled worker has the wrong type"))
+            })?;
+            run_typed::<T, W>(&n, worker, req, params, part, PhantomData)
+        });
+        self.trainers.insert(
+            name.to_owned(),
+            TrainerEntry {
+                elem: type_name::<T>(),
+                make,
+                run,
+                pool: Mutex::new(Vec::new()),
+            },
+        );
+        self
+    }
+
+    pub(crate) fn trainer(&self, name: &str) -> Result<&TrainerEntry> {
+        self.trainers
+            .get(name)
+            .ok_or_else(|| Error::UnknownFunction {
+                kind: "trainer",
+                name: name.into(),
+            })
+    }
+}
+
+fn run_typed<T: Data, W: GradientWorker<T>>(
+    name: &str,
+    worker: &mut W,
+    req: &TrainRequest,
+    params: &[f32],
+    part: &dyn Part,
+    _t: PhantomData<T>,
+) -> Result<(Vec<f32>, BatchStats)> {
+    let elems = part
+        .as_any()
+        .downcast_ref::<Vec<T>>()
+        .ok_or_else(|| Error::TypeMismatch {
+            name: name.into(),
+            expected: type_name::<T>(),
+            found: part.elem_type(),
+        })?;
+    if params.len() != worker.num_params() {
+        return Err(Error::Invalid(format!(
+            "trainer {name:?}: {} weights sent, the model has {}",
+            params.len(),
+            worker.num_params()
+        )));
+    }
+    let samples: Vec<&T> = if req.evaluate && req.indices.is_empty() {
+        elems.iter().collect()
+    } else {
+        req.indices
+            .iter()
+            .map(|&i| {
+                elems.get(i as usize).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "trainer {name:?}: element {i} asked for, the partition has {}",
+                        elems.len()
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let fail = |e: String| Error::Invalid(format!("trainer {name:?}: {e}"));
+    if req.evaluate {
+        let stats = worker.evaluate(params, &samples).map_err(fail)?;
+        return Ok((Vec::new(), stats));
+    }
+    let mut grads = vec![0f32; params.len()];
+    let stats = worker
+        .gradients(params, &samples, req.seed, &mut grads)
+        .map_err(fail)?;
+    Ok((grads, stats))
+}
+
+/// Run one training task on an executor: take a pooled worker for the
+/// configuration (or build one), compute, return the worker to the pool.
+pub(crate) fn run_request(
+    registry: &Registry,
+    req: &TrainRequest,
+    part: &dyn Part,
+) -> Result<TaskOutput> {
+    let entry = registry.trainer(&req.trainer)?;
+    crate::registry::check_type(&req.trainer, entry.elem, part.elem_type())?;
+    let params = bytes_to_f32(&req.params, "weights")?;
+    let key = config_key(&req.config);
+    let lock_err = || Error::Invalid("trainer pool lock poisoned".into());
+    let pooled = {
+        let mut pool = entry.pool.lock().map_err(|_| lock_err())?;
+        pool.iter()
+            .position(|(k, _)| *k == key)
+            .map(|i| pool.swap_remove(i).1)
+    };
+    let mut worker = match pooled {
+        Some(w) => w,
+        None => (entry.make)(&req.config)
+            .map_err(|e| Error::Invalid(format!("trainer {:?}: {e}", req.trainer)))?,
+    };
+    let result = (entry.run)(worker.as_mut(), req, &params, part);
+    entry
+        .pool
+        .lock()
+        .map_err(|_| lock_err())?
+        .push((key, worker));
+    let (grads, stats) = result?;
+    Ok(TaskOutput::Train {
+        grads: f32_to_bytes(&grads),
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_bytes_round_trip_and_reject_ragged_input() {
+        let v = vec![1.5f32, -0.0, f32::MAX, 3.25e-9];
+        assert_eq!(bytes_to_f32(&f32_to_bytes(&v), "x").unwrap(), v);
+        assert!(bytes_to_f32(&[1, 2, 3], "x").is_err());
+    }
+}

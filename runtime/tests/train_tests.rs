@@ -1,0 +1,231 @@
+//! Distributed training on an in-process cluster with a tiny linear model:
+//! the same updates on 1, 2 and 3 executors, bit-exact resume from a
+//! checkpoint, and a corrupt newest checkpoint skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_runtime::train::{
+    BatchStats, CheckpointPolicy, GradientWorker, OptimizerFactory, ShardOptimizer,
+};
+use kiln_runtime::{
+    DistributedTrainer, DriverConfig, LocalCluster, LocalConfig, Registry, TrainSpec,
+};
+
+/// y = w·x + b with squared loss; samples are `(x0, x1, y)`.
+struct Linear;
+
+impl GradientWorker<(f32, f32, f32)> for Linear {
+    fn num_params(&self) -> usize {
+        3
+    }
+    fn gradients(
+        &mut self,
+        p: &[f32],
+        samples: &[&(f32, f32, f32)],
+        _seed: u64,
+        g: &mut [f32],
+    ) -> Result<BatchStats, String> {
+        let mut loss = 0.0;
+        for (x0, x1, y) in samples.iter().copied() {
+            let e = p[0] * x0 + p[1] * x1 + p[2] - y;
+            loss += 0.5 * (e * e) as f64;
+            g[0] += e * x0;
+            g[1] += e * x1;
+            g[2] += e;
+        }
+        Ok(BatchStats {
+            loss_sum: loss,
+            samples: samples.len() as u64,
+            correct: 0,
+        })
+    }
+    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, String> {
+        let mut g = [0.0; 3];
+        self.gradients(p, s, 0, &mut g)
+    }
+}
+
+/// SGD with momentum 0.9: has state, so resume must restore it.
+struct Momentum {
+    buf: Vec<f32>,
+}
+
+impl ShardOptimizer for Momentum {
+    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> Result<(), String> {
+        if self.buf.len() != p.len() {
+            self.buf = vec![0.0; p.len()];
+        }
+        for ((p, g), b) in p.iter_mut().zip(g).zip(&mut self.buf) {
+            *b = 0.9 * *b + g;
+            *p -= lr as f32 * *b;
+        }
+        Ok(())
+    }
+    fn state(&self) -> Result<Vec<u8>, String> {
+        Ok(self.buf.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn load_state(&mut self, b: &[u8]) -> Result<(), String> {
+        self.buf = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(())
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    let mut r = Registry::new();
+    r.register_trainer("linear", |_: &()| Ok(Linear))
+        .register_source("points", |n: &u64, p: u32, parts: u32| {
+            Ok((0..*n)
+                .filter(|i| i % parts as u64 == p as u64)
+                .map(|i| {
+                    let x0 = (i % 17) as f32 / 17.0;
+                    let x1 = (i % 5) as f32 / 5.0 - 0.5;
+                    (x0, x1, 2.0 * x0 - 3.0 * x1 + 0.5)
+                })
+                .collect::<Vec<(f32, f32, f32)>>())
+        });
+    Arc::new(r)
+}
+
+fn optimizer() -> OptimizerFactory {
+    Arc::new(|_| Ok(Box::new(Momentum { buf: Vec::new() }) as Box<dyn ShardOptimizer>))
+}
+
+fn config(n: usize) -> LocalConfig {
+    let mut c = LocalConfig::in_process(n);
+    c.driver = DriverConfig {
+        heartbeat: Duration::from_millis(100),
+        executor_timeout: Duration::from_secs(3),
+        ..DriverConfig::default()
+    };
+    c
+}
+
+fn spec(epochs: u64) -> TrainSpec {
+    let mut s = TrainSpec::new("linear", &(), 16, epochs, 9, 0.1).unwrap();
+    s.shards = 2;
+    s
+}
+
+/// Trains for `epochs` on `executors`, returns the weights and the
+/// per-iteration losses.
+async fn train(executors: usize, epochs: u64) -> (Vec<f32>, Vec<f64>) {
+    let cluster = LocalCluster::start(config(executors), registry())
+        .await
+        .unwrap();
+    let d = cluster.driver().unwrap();
+    let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+    let mut t = DistributedTrainer::start(&data, spec(epochs), vec![0.0; 3], optimizer())
+        .await
+        .unwrap();
+    let mut losses = Vec::new();
+    while !t.is_done() {
+        losses.push(t.step().await.unwrap().stats.mean_loss());
+    }
+    let eval = t.evaluate(&data).await.unwrap();
+    assert_eq!(eval.samples, 200);
+    let params = t.finish().await;
+    cluster.shutdown().await;
+    (params, losses)
+}
+
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("test timed out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_two_and_three_executors_give_identical_updates() {
+    bounded(async {
+        let (p1, l1) = train(1, 3).await;
+        let (p2, l2) = train(2, 3).await;
+        let (p3, l3) = train(3, 3).await;
+        assert_eq!(l1.len(), 3 * 13);
+        assert!(
+            l1.last().unwrap() < &(l1[0] * 0.2),
+            "loss did not fall: {l1:?}"
+        );
+        assert_eq!(p1, p2);
+        assert_eq!(p1, p3);
+        assert_eq!(l1, l2);
+        assert_eq!(l1, l3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_is_bit_exact_and_skips_a_corrupt_checkpoint() {
+    bounded(async {
+        let (uninterrupted, _) = train(2, 4).await;
+        let dir = tempfile::tempdir().unwrap();
+        let with_ckpt = |epochs| {
+            let mut s = spec(epochs);
+            s.checkpoint = Some(CheckpointPolicy {
+                every_iterations: Some(5),
+                ..CheckpointPolicy::every_epoch(dir.path())
+            });
+            s
+        };
+        // First run: stops after 2 of 4 epochs (checkpoints every 5
+        // iterations and every epoch), as if the driver had died there.
+        let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        let mut t = DistributedTrainer::start(&data, with_ckpt(4), vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        let mut last = None;
+        while t.position().epoch < 2 {
+            if let Some(id) = t.step().await.unwrap().checkpoint {
+                last = Some(id);
+            }
+        }
+        // One more checkpoint mid-epoch 3, then corrupt it.
+        for _ in 0..5 {
+            t.step().await.unwrap();
+        }
+        let newest = t.checkpoint().await.unwrap();
+        assert!(Some(newest) > last);
+        t.finish().await;
+        cluster.shutdown().await;
+        let shard = dir
+            .path()
+            .join(format!("blobs/{newest:020}/params.shard.1"));
+        let mut bytes = std::fs::read(&shard).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0x40;
+        std::fs::write(&shard, bytes).unwrap();
+
+        // Second run: resume picks the previous good checkpoint and goes on.
+        let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        let mut t = DistributedTrainer::start(&data, with_ckpt(4), vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        let info = t
+            .resume()
+            .await
+            .unwrap()
+            .expect("a checkpoint to resume from");
+        assert_eq!(info.skipped.len(), 1, "{:?}", info.skipped);
+        assert_eq!(info.skipped[0].id, newest);
+        assert!(
+            info.skipped[0].reason.contains("params.shard.1"),
+            "{:?}",
+            info.skipped
+        );
+        assert!(info.position.epoch >= 2, "{:?}", info.position);
+        while !t.is_done() {
+            t.step().await.unwrap();
+        }
+        let resumed = t.finish().await;
+        cluster.shutdown().await;
+        assert_eq!(resumed, uninterrupted);
+    })
+    .await
+}
