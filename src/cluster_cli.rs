@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
+use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
+use std::path::PathBuf;
 use kiln_runtime::{
     query_status, run_executor, transport, ClusterStatus, Driver, DriverConfig, ExecutorConfig,
     ExecutorMode, LocalCluster, LocalConfig, Registry,
@@ -44,6 +47,8 @@ pub(crate) fn registry() -> Arc<Registry> {
     .register_map("kiln.panic_on_every_element", |x: u64| -> u64 {
         panic!("injected failure on element {x}")
     });
+    kiln::cluster_train::register(&mut r);
+    kiln::digits_cluster::register(&mut r);
     Arc::new(r)
 }
 
@@ -83,6 +88,81 @@ pub(crate) struct JobArgs {
     /// Attempts per task before the job fails.
     #[arg(long, default_value_t = 4)]
     max_attempts: u32,
+    #[command(flatten)]
+    digits: DigitsArgs,
+}
+
+/// Options of the `digits` job (data-parallel training of the digits
+/// network on the executors).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DigitsArgs {
+    /// Network to train.
+    #[arg(long, value_enum, default_value_t = DigitsModel::Cnn)]
+    model: DigitsModel,
+    /// Epochs.
+    #[arg(long, default_value_t = 15)]
+    epochs: u64,
+    /// Global mini-batch size (the same on any number of executors).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Learning rate (SGD, momentum 0.9).
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Seed of the weights and the data order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Parameter actors (shards of the flattened parameters).
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Checkpoint store directory (a checkpoint at every epoch end).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Also checkpoint every N iterations.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    keep_checkpoints: usize,
+    /// Continue from the newest valid checkpoint in --checkpoint-dir.
+    #[arg(long)]
+    resume: bool,
+    /// Save the trained model here (safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl DigitsArgs {
+    fn job(&self, partitions: u32) -> ClusterDigitsJob {
+        ClusterDigitsJob {
+            job: DigitsJob {
+                data: self.data.clone().unwrap_or_else(default_data_path),
+                model: self.model,
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                learning_rate: self.lr,
+                seed: self.seed,
+                progress: !self.no_progress,
+                ..DigitsJob::default()
+            },
+            partitions,
+            shards: self.shards,
+        }
+    }
+
+    fn checkpoints(&self) -> CheckpointOptions {
+        CheckpointOptions {
+            dir: self.checkpoint_dir.clone(),
+            every_iterations: self.checkpoint_every,
+            keep_last: self.keep_checkpoints,
+            resume: self.resume,
+        }
+    }
 }
 
 impl JobArgs {
@@ -242,7 +322,11 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
             }
             println!("COUNT {}", ds.count().await?);
         }
-        Some(other) => bail!("unknown job {other:?} (word-count, panic-then-count)"),
+        Some("digits") => {
+            let run = job.digits.job(job.partitions);
+            run_digits(driver, &run, &job.digits.checkpoints(), job.digits.out.as_deref()).await?;
+        }
+        Some(other) => bail!("unknown job {other:?} (digits, word-count, panic-then-count)"),
     }
     let status = driver.status().await?;
     for e in &status.executors {
@@ -254,6 +338,93 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
     println!("REFUSED {}", status.refused_connections);
     std::io::stdout().flush()?;
     Ok(())
+}
+
+async fn run_digits(
+    driver: &Driver,
+    run: &ClusterDigitsJob,
+    ckpt: &CheckpointOptions,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let report = train_on_cluster(driver, run, ckpt).await?;
+    println!(
+        "trained {:?} on {} executors: {:.0} samples/s, held-out accuracy {:.2}%",
+        run.job.model,
+        driver.status().await?.executors.len(),
+        report.samples_per_second,
+        report.held_out_accuracy * 100.0
+    );
+    if let Some(out) = out {
+        let mut model = report
+            .model
+            .build::<f32>(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0))?;
+        kiln::nn::ModuleExt::set_flat_params(model.as_mut(), &report.params)?;
+        let mut meta = HashMap::new();
+        meta.insert("kiln.digits_model".to_string(), format!("{:?}", run.job.model));
+        kiln::nn::serialize::save(model.as_ref(), out, &meta)
+            .with_context(|| format!("saving {}", out.display()))?;
+        println!("model saved to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `kiln checkpoint resume`: continue a digits run from its checkpoint
+/// store on a fresh local cluster.
+#[derive(Args, Debug)]
+pub(crate) struct ResumeArgs {
+    /// The checkpoint store of the run.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Executors of the new local cluster.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Save the trained model here (safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Run `kiln checkpoint resume`.
+pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
+    let store = kiln::runtime::checkpoint::CheckpointStore::open(&args.dir, 0)
+        .with_context(|| format!("opening {}", args.dir.display()))?;
+    let (record, _) = store.latest_valid()?;
+    let job_json = record
+        .meta
+        .get(kiln::runtime::train::META_JOB)
+        .with_context(|| format!("checkpoint {} records no job to resume", record.id))?;
+    let mut run: ClusterDigitsJob =
+        serde_json::from_str(job_json).context("decoding the checkpoint's job")?;
+    run.job.progress = !args.no_progress;
+    let keep = 3;
+    drop(store);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let config = LocalConfig {
+            executors: args.executors,
+            cores_per_executor: 1,
+            mode: ExecutorMode::Processes {
+                program: std::env::current_exe().context("locating the kiln binary")?,
+                args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
+            },
+            driver: DriverConfig::default(),
+            startup_timeout: Duration::from_secs(30),
+        };
+        let cluster = LocalCluster::start(config, registry()).await?;
+        let driver = cluster.driver()?;
+        print_join(driver)?;
+        let ckpt = CheckpointOptions {
+            dir: Some(args.dir.clone()),
+            every_iterations: None,
+            keep_last: keep,
+            resume: true,
+        };
+        let result = run_digits(driver, &run, &ckpt, args.out.as_deref()).await;
+        cluster.shutdown().await;
+        result
+    })
 }
 
 /// Run `kiln local`.

@@ -7,7 +7,10 @@ pub use kiln_nn as nn;
 pub use kiln_runtime as runtime;
 pub use kiln_speech as speech;
 
+pub mod checkpoint_cli;
+pub mod cluster_train;
 pub mod detect_cli;
+pub mod digits_cluster;
 pub mod digits_job;
 pub mod speech_cli;
 pub mod train_cli;

@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: kiln::detect_cli::DetectCommand,
     },
+    /// Checkpoint stores: list, show, export weights, resume a run.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     // CLUSTER-COMMANDS
     /// Run a driver and N executors on this machine (child processes, or
     /// in-process with --in-process), optionally running a built-in job.
@@ -47,6 +52,18 @@ enum Command {
     Executor(cluster_cli::ExecutorArgs),
     /// Show a driver's executors and counters.
     Status(cluster_cli::StatusArgs),
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Every committed checkpoint and whether it verifies.
+    List(kiln::checkpoint_cli::StoreArgs),
+    /// One checkpoint's record (blobs, counters, job) as JSON.
+    Show(kiln::checkpoint_cli::StoreArgs),
+    /// Write a checkpoint's weights as a safetensors model file.
+    Export(kiln::checkpoint_cli::ExportArgs),
+    /// Continue the run from its newest valid checkpoint on a local cluster.
+    Resume(cluster_cli::ResumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,7 +87,13 @@ fn main() -> ExitCode {
         Command::Local(a) => cluster_cli::local(a),
         Command::Driver(a) => cluster_cli::driver(a),
         Command::Executor(a) => cluster_cli::executor(a),
-        Command::Status(a) => cluster_cli::status(a), // TRAIN-DISPATCH
+        Command::Status(a) => cluster_cli::status(a),
+        Command::Checkpoint { command } => match command {
+            CheckpointCommand::List(a) => kiln::checkpoint_cli::list(&a),
+            CheckpointCommand::Show(a) => kiln::checkpoint_cli::show(&a),
+            CheckpointCommand::Export(a) => kiln::checkpoint_cli::export(&a),
+            CheckpointCommand::Resume(a) => cluster_cli::resume(a),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

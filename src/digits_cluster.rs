@@ -1,0 +1,239 @@
+//! The digits job on the cluster: the training and held-out splits become
+//! datasets read by the executors themselves (a registered source), the
+//! network trains with [`DistributedTrainer`] (parameter actors, BSP) with
+//! checkpoints, and accuracy is computed on the executors.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_nn::layers::LayerConfig;
+use kiln_nn::optim::{OptimizerConfig, SgdConfig};
+use kiln_nn::ModuleExt;
+use kiln_runtime::train::{CheckpointPolicy, META_JOB};
+use kiln_runtime::{Dataset, DistributedTrainer, Driver, Registry, TrainSpec};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster_train::{optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER};
+use crate::digits_job::{self, DigitsJob, DigitsModel};
+
+/// Name of the digits source in the registry.
+pub const DIGITS_SOURCE: &str = "kiln.digits";
+/// Checkpoint meta key holding the network's [`LayerConfig`] (JSON).
+pub const META_MODEL: &str = "model.config";
+
+/// Arguments of the digits source: which file, which split, which size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigitsSource {
+    /// `digits.csv.gz`, readable by every executor.
+    pub path: PathBuf,
+    /// Decides the image size (LeNet-5 upsamples to 28x28).
+    pub model: DigitsModel,
+    /// The held-out split instead of the training split.
+    pub held_out: bool,
+}
+
+/// Registers the digits source (every process of a cluster calls this).
+pub fn register(r: &mut Registry) {
+    r.register_source(DIGITS_SOURCE, |a: &DigitsSource, p: u32, n: u32| {
+        let (train, test) = digits_job::load_split(&a.path, a.model)
+            .map_err(|e| format!("{}: {e}", a.path.display()))?;
+        let set = if a.held_out { test } else { train };
+        let per: usize = set.sample_shape().iter().product();
+        let flat = set.features.as_standard_layout();
+        let values = flat
+            .as_slice()
+            .ok_or_else(|| "digits features are not contiguous".to_string())?;
+        Ok((0..set.len())
+            .filter(|i| i % n.max(1) as usize == p as usize)
+            .map(|i| (values[i * per..(i + 1) * per].to_vec(), set.labels[i] as u32))
+            .collect::<Vec<Sample>>())
+    });
+}
+
+/// A digits run on the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterDigitsJob {
+    /// Data, network, epochs, batch size, learning rate, seed.
+    pub job: DigitsJob,
+    /// Partitions of the training set (fixed, so results do not depend on
+    /// the number of executors).
+    pub partitions: u32,
+    /// Parameter actors.
+    pub shards: usize,
+}
+
+impl ClusterDigitsJob {
+    fn network(&self) -> LayerConfig {
+        match self.job.model {
+            DigitsModel::Cnn => digits_job::digits_cnn(),
+            DigitsModel::Lenet5 => digits_job::lenet5(),
+        }
+    }
+
+    fn sample_shape(&self) -> Vec<usize> {
+        match self.job.model {
+            DigitsModel::Cnn => vec![1, 8, 8],
+            DigitsModel::Lenet5 => vec![1, 28, 28],
+        }
+    }
+}
+
+/// Checkpointing and resume settings of a run.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    /// Store directory; no checkpoints without it.
+    pub dir: Option<PathBuf>,
+    /// Also every N iterations (always at every epoch end).
+    pub every_iterations: Option<u64>,
+    /// Keep the last K.
+    pub keep_last: usize,
+    /// Continue from the newest valid checkpoint in `dir`.
+    pub resume: bool,
+}
+
+/// What a cluster run produced.
+#[derive(Debug, Clone)]
+pub struct ClusterDigitsReport {
+    /// Final weights.
+    pub params: Vec<f32>,
+    /// The network.
+    pub model: LayerConfig,
+    /// Held-out accuracy (0..1).
+    pub held_out_accuracy: f64,
+    /// Training samples per second over the epochs run here.
+    pub samples_per_second: f64,
+}
+
+fn out_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Trains the digits network on the driver's executors and evaluates it.
+/// Prints `EPOCH`, `CHECKPOINT`, `RESUMED`, `SKIPPED` and a final
+/// `HELD-OUT-ACCURACY` line (the tests and scripts read them).
+pub async fn train_on_cluster(
+    driver: &Driver,
+    run: &ClusterDigitsJob,
+    ckpt: &CheckpointOptions,
+) -> anyhow::Result<ClusterDigitsReport> {
+    let job = &run.job;
+    let network = run.network();
+    let init = network
+        .build::<f32>(&mut StdRng::seed_from_u64(job.seed))
+        .context("building the network")?
+        .flat_params();
+    let source = |held_out| DigitsSource {
+        path: job.data.clone(),
+        model: job.model,
+        held_out,
+    };
+    let train: Dataset<Sample> = driver.source(DIGITS_SOURCE, &source(false), run.partitions)?;
+    let test: Dataset<Sample> = driver.source(DIGITS_SOURCE, &source(true), run.partitions)?;
+    let config = ClassifierConfig {
+        model: network.clone(),
+        sample_shape: run.sample_shape(),
+    };
+    let mut spec = TrainSpec::new(
+        CLASSIFIER_TRAINER,
+        &config,
+        job.batch_size,
+        job.epochs,
+        job.seed,
+        job.learning_rate,
+    )?;
+    spec.shards = run.shards.max(1);
+    let mut meta = BTreeMap::new();
+    meta.insert(META_JOB.to_string(), serde_json::to_string(run)?);
+    meta.insert(META_MODEL.to_string(), serde_json::to_string(&network)?);
+    spec.job_meta = meta;
+    if let Some(dir) = &ckpt.dir {
+        spec.checkpoint = Some(CheckpointPolicy {
+            every_iterations: ckpt.every_iterations,
+            keep_last: ckpt.keep_last,
+            ..CheckpointPolicy::every_epoch(dir)
+        });
+    } else if ckpt.resume {
+        bail!("--resume needs --checkpoint-dir");
+    }
+    let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
+        lr: job.learning_rate,
+        momentum: job.momentum,
+        ..SgdConfig::default()
+    }));
+    let mut trainer = DistributedTrainer::start(&train, spec, init, optimizer).await?;
+    if ckpt.resume {
+        match trainer.resume().await? {
+            Some(info) => {
+                for s in &info.skipped {
+                    out_line(&format!("SKIPPED {} {}", s.id, s.reason));
+                }
+                out_line(&format!(
+                    "RESUMED {} iteration={} epoch={}",
+                    info.id, info.position.iteration, info.position.epoch
+                ));
+            }
+            None => out_line("RESUMED none (no checkpoint yet): starting fresh"),
+        }
+    }
+    let per_epoch = trainer.batches_per_epoch();
+    let bar = if job.progress {
+        ProgressBar::new(per_epoch * job.epochs)
+    } else {
+        ProgressBar::with_draw_target(Some(per_epoch * job.epochs), ProgressDrawTarget::hidden())
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_position(trainer.position().iteration);
+    let started = Instant::now();
+    let mut trained = 0u64;
+    let mut epoch_loss = kiln_runtime::train::BatchStats::default();
+    let mut epoch_start = Instant::now();
+    while !trainer.is_done() {
+        let it = trainer.step().await?;
+        trained += it.stats.samples;
+        epoch_loss.add(&it.stats);
+        bar.inc(1);
+        bar.set_message(format!("loss {:.4}", it.stats.mean_loss()));
+        if let Some(id) = it.checkpoint {
+            bar.suspend(|| out_line(&format!("CHECKPOINT {id} iteration={}", it.position.iteration)));
+        }
+        if it.epoch_ended {
+            let held = trainer.evaluate(&test).await?;
+            let secs = epoch_start.elapsed().as_secs_f64();
+            bar.suspend(|| {
+                out_line(&format!(
+                    "EPOCH {} loss={:.4} train_acc={:.4} held_out_acc={:.4} samples_per_s={:.0}",
+                    it.position.epoch,
+                    epoch_loss.mean_loss(),
+                    epoch_loss.accuracy(),
+                    held.accuracy(),
+                    epoch_loss.samples as f64 / secs.max(1e-9)
+                ))
+            });
+            epoch_loss = Default::default();
+            epoch_start = Instant::now();
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let held = trainer.evaluate(&test).await?;
+    let params = trainer.finish().await;
+    out_line(&format!("HELD-OUT-ACCURACY {:.4}", held.accuracy()));
+    Ok(ClusterDigitsReport {
+        params,
+        model: network,
+        held_out_accuracy: held.accuracy(),
+        samples_per_second: trained as f64 / seconds.max(1e-9),
+    })
+}
