@@ -12,11 +12,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
-use std::path::PathBuf;
 use kiln_runtime::{
     query_status, run_executor, transport, ClusterStatus, Driver, DriverConfig, ExecutorConfig,
     ExecutorMode, LocalCluster, LocalConfig, Registry,
 };
+use std::path::PathBuf;
 
 /// Named functions of the `kiln` binary, identical in every role.
 pub(crate) fn registry() -> Arc<Registry> {
@@ -69,9 +69,11 @@ pub(crate) struct JobArgs {
     /// File or directory of text files for `word-count`.
     #[arg(long)]
     input: Option<String>,
-    /// Partitions for the job's source.
-    #[arg(long, default_value_t = 8)]
-    partitions: u32,
+    /// Partitions for the job's source (default: 8; for `digits`, one per
+    /// executor task slot at the start, since a training iteration sends
+    /// one task per partition).
+    #[arg(long)]
+    partitions: Option<u32>,
     /// Sleep this long in each source partition (fault-injection demos).
     #[arg(long, default_value_t = 0)]
     slow_ms: u64,
@@ -287,12 +289,12 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
             let lines = driver.source::<_, String>(
                 "kiln.slow_text_lines",
                 &(files, job.slow_ms),
-                job.partitions,
+                job.partitions.unwrap_or(8),
             )?;
             let counts = lines
                 .flat_map::<String>("wc.words")?
                 .map::<(String, u64)>("wc.pair_one")?
-                .reduce_by_key("wc.sum", job.partitions)?
+                .reduce_by_key("wc.sum", job.partitions.unwrap_or(8))?
                 .collect()
                 .await?;
             let mut counts: Vec<(String, u64)> = counts;
@@ -315,7 +317,8 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
             println!("DONE words={}", counts.len());
         }
         Some("panic-then-count") => {
-            let ds = driver.parallelize((0..100u64).collect::<Vec<_>>(), job.partitions)?;
+            let ds =
+                driver.parallelize((0..100u64).collect::<Vec<_>>(), job.partitions.unwrap_or(8))?;
             match ds.map::<u64>("kiln.panic_on_every_element")?.count().await {
                 Ok(n) => bail!("the panicking job unexpectedly succeeded with {n}"),
                 Err(e) => println!("JOB-ERROR {e}"),
@@ -323,8 +326,21 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
             println!("COUNT {}", ds.count().await?);
         }
         Some("digits") => {
-            let run = job.digits.job(job.partitions);
-            run_digits(driver, &run, &job.digits.checkpoints(), job.digits.out.as_deref()).await?;
+            let slots: u32 = driver
+                .status()
+                .await?
+                .executors
+                .iter()
+                .map(|e| e.cores)
+                .sum();
+            let run = job.digits.job(job.partitions.unwrap_or(slots.max(1)));
+            run_digits(
+                driver,
+                &run,
+                &job.digits.checkpoints(),
+                job.digits.out.as_deref(),
+            )
+            .await?;
         }
         Some(other) => bail!("unknown job {other:?} (digits, word-count, panic-then-count)"),
     }
@@ -360,7 +376,10 @@ async fn run_digits(
             .build::<f32>(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0))?;
         kiln::nn::ModuleExt::set_flat_params(model.as_mut(), &report.params)?;
         let mut meta = HashMap::new();
-        meta.insert("kiln.digits_model".to_string(), format!("{:?}", run.job.model));
+        meta.insert(
+            "kiln.digits_model".to_string(),
+            format!("{:?}", run.job.model),
+        );
         kiln::nn::serialize::save(model.as_ref(), out, &meta)
             .with_context(|| format!("saving {}", out.display()))?;
         println!("model saved to {}", out.display());

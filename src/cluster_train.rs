@@ -158,9 +158,7 @@ impl ShardOptimizer for NnShardOptimizer {
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let state: OptimizerState<f32> =
             rmp_serde::from_slice(bytes).map_err(|e| format!("optimizer state: {e}"))?;
-        self.optimizer
-            .load_state(state)
-            .map_err(|e| e.to_string())
+        self.optimizer.load_state(state).map_err(|e| e.to_string())
     }
 }
 
@@ -194,7 +192,9 @@ mod tests {
             sample_shape: vec![3],
         };
         let mut w = ClassifierWorker::new(&config).unwrap();
-        let params: Vec<f32> = (0..w.num_params()).map(|i| (i as f32 * 0.37).sin()).collect();
+        let params: Vec<f32> = (0..w.num_params())
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
         let samples: Vec<Sample> = (0..5)
             .map(|i| (vec![i as f32, 1.0 - i as f32, 0.5], (i % 4) as u32))
             .collect();

@@ -49,9 +49,17 @@ pub fn register(r: &mut Registry) {
         let values = flat
             .as_slice()
             .ok_or_else(|| "digits features are not contiguous".to_string())?;
-        Ok((0..set.len())
-            .filter(|i| i % n.max(1) as usize == p as usize)
-            .map(|i| (values[i * per..(i + 1) * per].to_vec(), set.labels[i] as u32))
+        // Contiguous ranges: global index = the sample's index in the
+        // split, so the cluster sees the batches single-process training sees.
+        let (n, p) = (n.max(1) as usize, p as usize);
+        let (lo, hi) = (p * set.len() / n, (p + 1) * set.len() / n);
+        Ok((lo..hi)
+            .map(|i| {
+                (
+                    values[i * per..(i + 1) * per].to_vec(),
+                    set.labels[i] as u32,
+                )
+            })
             .collect::<Vec<Sample>>())
     });
 }
@@ -206,7 +214,12 @@ pub async fn train_on_cluster(
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", it.stats.mean_loss()));
         if let Some(id) = it.checkpoint {
-            bar.suspend(|| out_line(&format!("CHECKPOINT {id} iteration={}", it.position.iteration)));
+            bar.suspend(|| {
+                out_line(&format!(
+                    "CHECKPOINT {id} iteration={}",
+                    it.position.iteration
+                ))
+            });
         }
         if it.epoch_ended {
             let held = trainer.evaluate(&test).await?;

@@ -267,10 +267,10 @@ impl<T: Data> DistributedTrainer<T> {
         let started = Instant::now();
         let epoch = self.pos.epoch;
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            self.order = Some((
-                epoch,
-                epoch_order(self.layout.total(), self.spec.seed, epoch),
-            ));
+            // Epochs are numbered from 1 in the order's seed, as kiln-nn's
+            // single-process trainer does: same seed, same batches.
+            let order = epoch_order(self.layout.total(), self.spec.seed, epoch + 1);
+            self.order = Some((epoch, order));
         }
         let bs = self.spec.batch_size as u64;
         let (lo, hi) = (
@@ -292,7 +292,9 @@ impl<T: Data> DistributedTrainer<T> {
                 (p, self.request(idx, seed, false, &weights))
             })
             .collect();
+        let t_tasks = Instant::now();
         let outs = self.data.run_partitions(actions).await?;
+        let tasks_seconds = t_tasks.elapsed().as_secs_f64();
         let mut stats = BatchStats::default();
         for out in outs {
             let TaskOutput::Train { grads, stats: s } = out else {
@@ -313,7 +315,15 @@ impl<T: Data> DistributedTrainer<T> {
         }
         let lr = (self.spec.learning_rate)(iteration, epoch);
         let scale = 1.0 / stats.samples.max(1) as f32;
+        let t_step = Instant::now();
         self.params = self.shards.step(scale, lr).await?;
+        tracing::debug!(
+            iteration,
+            tasks_s = tasks_seconds,
+            update_s = t_step.elapsed().as_secs_f64(),
+            total_s = started.elapsed().as_secs_f64(),
+            "iteration timing"
+        );
         self.pos.iteration += 1;
         self.pos.batch += 1;
         let epoch_ended = self.pos.batch >= self.batches_per_epoch();

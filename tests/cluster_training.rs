@@ -1,0 +1,254 @@
+//! Data-parallel training across processes: the digits job on 2 and 3
+//! executors against single-process training, an executor killed with
+//! SIGKILL mid-training, a driver killed and the run resumed bit-exactly
+//! from its checkpoints (after corrupting the newest one), and an executor
+//! joining mid-training.
+
+#[path = "cluster_support/helpers.rs"]
+mod helpers;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use helpers::{driver, executor, kiln, Guard};
+use kiln::digits_job::{self, DigitsJob};
+use kiln::nn::ModuleExt;
+
+/// Fast failure detection, and a fixed partition count so every run sums
+/// gradients in the same order whatever the number of executors.
+const FAST: [&str; 6] = [
+    "--heartbeat-ms",
+    "100",
+    "--executor-timeout-ms",
+    "1500",
+    "--partitions",
+    "6",
+];
+const EPOCHS: &str = "5";
+const LONG: Duration = Duration::from_secs(240);
+
+fn accuracy(lines: &[String]) -> f64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("HELD-OUT-ACCURACY "))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy line: {lines:?}"))
+}
+
+fn finish(mut g: Guard) -> Vec<String> {
+    let lines = g.rest(LONG);
+    let status = g.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "failed: {lines:?}");
+    lines
+}
+
+fn local_digits(executors: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "local",
+        "--executors",
+        executors,
+        "--job",
+        "digits",
+        "--epochs",
+        EPOCHS,
+        "--no-progress",
+    ];
+    args.extend_from_slice(&FAST);
+    args.extend_from_slice(extra);
+    finish(kiln(&args))
+}
+
+fn flat_params(path: &Path) -> Vec<f32> {
+    kiln::nn::serialize::load::<f32>(path)
+        .expect("model loads")
+        .flat_params()
+}
+
+fn checkpoints_all_verify(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["checkpoint", "list", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("kiln checkpoint list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert!(!rows.is_empty(), "no checkpoints: {text}");
+    assert!(rows.iter().all(|r| r.ends_with(" ok")), "{text}");
+}
+
+#[test]
+fn two_and_three_executors_train_identically_and_match_single_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m2, m3) = (dir.path().join("m2"), dir.path().join("m3"));
+    let two = local_digits("2", &["--out", m2.to_str().unwrap()]);
+    let three = local_digits("3", &["--out", m3.to_str().unwrap()]);
+    // Batches are split by partition and reduced in partition order, so
+    // the cluster shape does not change a single bit.
+    assert_eq!(flat_params(&m2), flat_params(&m3));
+    let (a2, a3) = (accuracy(&two), accuracy(&three));
+    assert_eq!(a2, a3);
+    let job = DigitsJob {
+        epochs: EPOCHS.parse().unwrap(),
+        progress: false,
+        ..DigitsJob::default()
+    };
+    let (_, single) = digits_job::run(&job).expect("single-process training");
+    assert!(
+        (a2 - single.held_out.top1).abs() <= 0.005 + 1e-9,
+        "cluster {a2:.4} vs single process {:.4}",
+        single.held_out.top1
+    );
+    assert!(a2 >= 0.97, "{two:?}");
+}
+
+#[test]
+fn an_executor_killed_mid_training_costs_nothing_but_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let reference = dir.path().join("ref");
+    let after_kill = dir.path().join("killed");
+    local_digits("2", &["--out", reference.to_str().unwrap()]);
+
+    let mut args = vec![
+        "--expect-executors",
+        "3",
+        "--job",
+        "digits",
+        "--epochs",
+        EPOCHS,
+        "--no-progress",
+        "--checkpoint-dir",
+        ckpt.to_str().unwrap(),
+        "--checkpoint-every",
+        "10",
+        "--out",
+        after_kill.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&FAST);
+    let (mut d, join) = driver(&args);
+    let _a = executor(&join, "a");
+    let mut b = executor(&join, "b");
+    let _c = executor(&join, "c");
+    d.wait_for("EPOCH 1 ", LONG);
+    b.kill9();
+    let lines = finish(d);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("EPOCH {EPOCHS} "))),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("EXECUTOR b ")),
+        "{lines:?}"
+    );
+    assert!(accuracy(&lines) >= 0.97, "{lines:?}");
+    // The lost share was recomputed elsewhere with the same weights: the
+    // result is the uninterrupted run's, bit for bit.
+    assert_eq!(flat_params(&after_kill), flat_params(&reference));
+    checkpoints_all_verify(&ckpt);
+}
+
+#[test]
+fn a_killed_driver_resumes_bit_exactly_past_a_corrupt_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let reference = dir.path().join("ref");
+    let resumed = dir.path().join("resumed");
+    local_digits("2", &["--out", reference.to_str().unwrap()]);
+
+    let mut args = vec![
+        "local",
+        "--executors",
+        "2",
+        "--job",
+        "digits",
+        "--epochs",
+        EPOCHS,
+        "--no-progress",
+        "--checkpoint-dir",
+        ckpt.to_str().unwrap(),
+        "--checkpoint-every",
+        "20",
+        "--keep-checkpoints",
+        "0",
+    ];
+    args.extend_from_slice(&FAST);
+    let mut first = kiln(&args);
+    first.wait_for("EPOCH 3 ", LONG);
+    first.wait_for("CHECKPOINT ", LONG);
+    first.kill9();
+    // Its executors exit when their stdin pipe from the dead driver closes.
+    checkpoints_all_verify(&ckpt);
+
+    // Flip a byte in the newest checkpoint's first parameter shard.
+    let mut ids: Vec<u64> = std::fs::read_dir(ckpt.join("blobs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    ids.sort();
+    let newest = *ids.last().unwrap();
+    let blob = ckpt.join(format!("blobs/{newest:020}/params.shard.0"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x10;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let resume = kiln(&[
+        "checkpoint",
+        "resume",
+        "--dir",
+        ckpt.to_str().unwrap(),
+        "--executors",
+        "2",
+        "--no-progress",
+        "--out",
+        resumed.to_str().unwrap(),
+    ]);
+    let lines = finish(resume);
+    let skipped = lines
+        .iter()
+        .find(|l| l.starts_with("SKIPPED "))
+        .unwrap_or_else(|| panic!("corrupt checkpoint not reported: {lines:?}"));
+    assert!(
+        skipped.starts_with(&format!("SKIPPED {newest} ")),
+        "{skipped}"
+    );
+    assert!(skipped.contains("params.shard.0"), "{skipped}");
+    assert!(lines.iter().any(|l| l.starts_with("RESUMED ")), "{lines:?}");
+    assert_eq!(flat_params(&resumed), flat_params(&reference));
+}
+
+#[test]
+fn an_executor_joining_mid_training_gets_work() {
+    let mut args = vec![
+        "--expect-executors",
+        "1",
+        "--job",
+        "digits",
+        "--epochs",
+        "4",
+        "--no-progress",
+    ];
+    args.extend_from_slice(&FAST);
+    let (mut d, join) = driver(&args);
+    let _first = executor(&join, "first");
+    d.wait_for("EPOCH 1 ", LONG);
+    let _late = executor(&join, "late");
+    let lines = finish(d);
+    let late = lines
+        .iter()
+        .find(|l| l.starts_with("EXECUTOR late "))
+        .unwrap_or_else(|| panic!("late executor missing: {lines:?}"));
+    let completed: u64 = late
+        .split("completed=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(completed > 0, "{late}");
+    assert!(accuracy(&lines) >= 0.95, "{lines:?}");
+}
