@@ -256,8 +256,8 @@ fn print_status(status: &ClusterStatus) {
         );
     }
     println!(
-        "lost executors: {}  pending tasks: {}  jobs finished: {}  refused connections: {}",
-        status.lost, status.pending_tasks, status.jobs_finished, status.refused_connections
+        "lost executors: {}  left: {}  pending tasks: {}  jobs finished: {}  refused connections: {}",
+        status.lost, status.left, status.pending_tasks, status.jobs_finished, status.refused_connections
     );
 }
 
@@ -352,6 +352,7 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
         );
     }
     println!("REFUSED {}", status.refused_connections);
+    println!("LOST {} LEFT {}", status.lost, status.left);
     std::io::stdout().flush()?;
     Ok(())
 }
@@ -516,8 +517,30 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
     if let Some(c) = args.cores {
         config.cores = c.max(1);
     }
+    let leave = Arc::new(tokio::sync::Notify::new());
+    config.leave = Some(leave.clone());
     let rt = runtime()?;
-    rt.block_on(run_executor(config, registry()))?;
+    rt.block_on(async {
+        // SIGTERM or Ctrl-C: leave gracefully (finish running tasks, hand
+        // the partitions back); a second signal is not waited for.
+        tokio::spawn(async move {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+            tracing::info!("signal received: leaving the cluster gracefully");
+            leave.notify_one();
+        });
+        run_executor(config, registry()).await
+    })?;
     Ok(())
 }
 

@@ -252,3 +252,43 @@ fn an_executor_joining_mid_training_gets_work() {
     assert!(completed > 0, "{late}");
     assert!(accuracy(&lines) >= 0.95, "{lines:?}");
 }
+
+#[test]
+fn an_executor_leaving_gracefully_hands_its_partitions_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref");
+    let after = dir.path().join("after");
+    local_digits("2", &["--out", reference.to_str().unwrap()]);
+    let mut args = vec![
+        "--expect-executors",
+        "2",
+        "--job",
+        "digits",
+        "--epochs",
+        EPOCHS,
+        "--no-progress",
+        "--out",
+        after.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&FAST);
+    let (mut d, join) = driver(&args);
+    let _stays = executor(&join, "stays");
+    let mut goes = executor(&join, "goes");
+    d.wait_for("EPOCH 1 ", LONG);
+    let term = Command::new("kill")
+        .args(["-TERM", &goes.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let left = goes
+        .wait_exit(Duration::from_secs(60))
+        .expect("the executor leaves");
+    assert!(left.success(), "{left:?}");
+    let lines = finish(d);
+    assert!(lines.iter().any(|l| l == "LOST 0 LEFT 1"), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("EXECUTOR goes ")),
+        "{lines:?}"
+    );
+    assert_eq!(flat_params(&after), flat_params(&reference));
+}

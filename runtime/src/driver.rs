@@ -27,6 +27,9 @@ use crate::transport::{
     JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
 };
 
+/// The reason recorded for an executor that sent `Leave`.
+const LEFT_GRACEFULLY: &str = "left gracefully";
+
 /// Driver settings.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -144,6 +147,7 @@ pub(crate) struct DriverState {
     pending: VecDeque<(u64, u32, u32)>,
     cache_locs: HashMap<(u64, u32), u64>,
     lost: u64,
+    left: u64,
     jobs_finished: u64,
     refused: u64,
 }
@@ -177,6 +181,7 @@ impl Actor for DriverActor {
             pending: VecDeque::new(),
             cache_locs: HashMap::new(),
             lost: 0,
+            left: 0,
             jobs_finished: 0,
             refused: 0,
         })
@@ -320,6 +325,7 @@ impl DriverState {
                 })
                 .collect(),
             lost: self.lost,
+            left: self.left,
             pending_tasks: self.pending.len() as u64,
             jobs_finished: self.jobs_finished,
             refused_connections: self.refused,
@@ -330,8 +336,13 @@ impl DriverState {
         let Some(e) = self.executors.remove(&id) else {
             return;
         };
-        warn!(executor = id, name = %e.name, reason, requeued = e.running.len(), "executor lost");
-        self.lost += 1;
+        if reason == LEFT_GRACEFULLY {
+            info!(executor = id, name = %e.name, requeued = e.running.len(), "executor left; its partitions go to the others");
+            self.left += 1;
+        } else {
+            warn!(executor = id, name = %e.name, reason, requeued = e.running.len(), "executor lost");
+            self.lost += 1;
+        }
         e.conn
             .close(transport::CLOSE_NORMAL.into(), b"declared lost by driver");
         self.cache_locs.retain(|_, exec| *exec != id);
@@ -916,7 +927,7 @@ async fn serve_executor(
             Ok(Some(ToDriver::Heartbeat)) => {
                 let _ = actor.cast(DriverMsg::Heartbeat(id));
             }
-            Ok(Some(ToDriver::Leave)) => break "left gracefully".to_string(),
+            Ok(Some(ToDriver::Leave)) => break LEFT_GRACEFULLY.to_string(),
             Ok(Some(ToDriver::Register { .. })) => {
                 warn!(executor = id, %peer, "duplicate Register ignored");
             }

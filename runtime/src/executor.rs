@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,10 @@ pub struct ExecutorConfig {
     pub connect_timeout: Duration,
     /// Largest bulk frame accepted (tasks).
     pub max_bulk_frame: u64,
+    /// When notified, leave gracefully: take no new tasks, finish the
+    /// running ones, tell the driver (which hands this executor's
+    /// partitions to the others) and return `Ok(())`.
+    pub leave: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl ExecutorConfig {
@@ -48,6 +53,7 @@ impl ExecutorConfig {
                 .unwrap_or(1),
             connect_timeout: Duration::from_secs(10),
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
+            leave: None,
         }
     }
 }
@@ -64,23 +70,25 @@ pub(crate) struct ExecState {
     cache: Cache,
     conn: quinn::Connection,
     max_bulk: u64,
+    running: Arc<AtomicUsize>,
 }
 
 impl Actor for ExecutorActor {
     type Msg = ExecMsg;
     type State = ExecState;
-    type Arguments = (Arc<Registry>, quinn::Connection, u64);
+    type Arguments = (Arc<Registry>, quinn::Connection, u64, Arc<AtomicUsize>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<ExecMsg>,
-        (registry, conn, max_bulk): Self::Arguments,
+        (registry, conn, max_bulk, running): Self::Arguments,
     ) -> std::result::Result<ExecState, ActorProcessingErr> {
         Ok(ExecState {
             registry,
             cache: Arc::new(Mutex::new(HashMap::new())),
             conn,
             max_bulk,
+            running,
         })
     }
 
@@ -96,6 +104,8 @@ impl Actor for ExecutorActor {
                 let cache = st.cache.clone();
                 let conn = st.conn.clone();
                 let max = st.max_bulk;
+                let running = st.running.clone();
+                running.fetch_add(1, Ordering::SeqCst);
                 // The actor never blocks: compute goes to the blocking pool.
                 tokio::spawn(async move {
                     let key = task.key;
@@ -113,6 +123,7 @@ impl Actor for ExecutorActor {
                     if let Err(e) = send_bulk(&conn, &report, max, Duration::from_secs(120)).await {
                         warn!(task = %key, error = %e, "could not send task report");
                     }
+                    running.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         }
@@ -239,29 +250,59 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         )));
     };
     info!(executor = executor_id, %name, driver = %peer, "registered");
+    let running = Arc::new(AtomicUsize::new(0));
+    let draining = Arc::new(AtomicBool::new(false));
     let (actor, actor_handle) = Actor::spawn(
         None,
         ExecutorActor,
-        (registry, conn.clone(), config.max_bulk_frame),
+        (
+            registry,
+            conn.clone(),
+            config.max_bulk_frame,
+            running.clone(),
+        ),
     )
     .await
     .map_err(|e| Error::Invalid(format!("executor actor failed to start: {e}")))?;
 
     // Heartbeats on the control stream.
     let hb = Duration::from_millis(heartbeat_ms.max(10));
+    let leave = config.leave.clone();
+    let (drain_flag, drain_running) = (draining.clone(), running.clone());
     let heartbeat = async move {
+        let write_timeout = Duration::from_millis(timeout_ms.max(100));
         loop {
-            tokio::time::sleep(hb).await;
-            with_timeout(
-                peer,
-                "heartbeat write",
-                Duration::from_millis(timeout_ms.max(100)),
-                async { write_frame(&mut send, peer, &ToDriver::Heartbeat, ctl_max).await },
-            )
+            let leaving = tokio::select! {
+                _ = tokio::time::sleep(hb) => false,
+                _ = wait_for(leave.as_deref()) => true,
+            };
+            if leaving {
+                // Graceful leave: refuse new tasks, finish the running ones
+                // (still heartbeating), then tell the driver.
+                drain_flag.store(true, Ordering::SeqCst);
+                info!("leaving: finishing running tasks");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while drain_running.load(Ordering::SeqCst) > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(hb.min(Duration::from_millis(50))).await;
+                    with_timeout(peer, "heartbeat write", write_timeout, async {
+                        write_frame(&mut send, peer, &ToDriver::Heartbeat, ctl_max).await
+                    })
+                    .await?;
+                }
+                with_timeout(peer, "leave", write_timeout, async {
+                    write_frame(&mut send, peer, &ToDriver::Leave, ctl_max).await
+                })
+                .await?;
+                let _ = send.finish();
+                return Ok::<(), Error>(());
+            }
+            with_timeout(peer, "heartbeat write", write_timeout, async {
+                write_frame(&mut send, peer, &ToDriver::Heartbeat, ctl_max).await
+            })
             .await?;
         }
-        #[allow(unreachable_code)]
-        Ok::<(), Error>(())
     };
     // Control frames from the driver: its heartbeats, shutdown.
     let control = async {
@@ -297,6 +338,10 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
                     read_frame(&mut s, peer, config.max_bulk_frame).await
                 })
                 .await?;
+            if draining.load(Ordering::SeqCst) {
+                // Leaving: the driver requeues it when the leave arrives.
+                continue;
+            }
             if let Some(task) = task {
                 actor
                     .cast(ExecMsg::Run(Box::new(task)))
@@ -307,7 +352,13 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         Ok::<(), Error>(())
     };
     let result = tokio::select! {
-        r = heartbeat => r,
+        r = heartbeat => {
+            if r.is_ok() {
+                // Left: give the driver a moment to read the leave and close.
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            }
+            r
+        }
         r = control => r,
         r = tasks => r,
     };
@@ -315,10 +366,21 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
     let _ = tokio::time::timeout(Duration::from_secs(2), actor_handle).await;
     conn.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
     match &result {
-        Ok(()) => info!(executor = executor_id, "shut down by driver"),
+        Ok(()) => info!(
+            executor = executor_id,
+            "left the cluster or shut down by the driver"
+        ),
         Err(e) => warn!(executor = executor_id, error = %e, "lost the driver; exiting"),
     }
     result
+}
+
+/// Resolves when `leave` is notified; never without one.
+async fn wait_for(leave: Option<&tokio::sync::Notify>) {
+    match leave {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn hostname() -> String {

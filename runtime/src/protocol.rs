@@ -144,6 +144,9 @@ pub struct ClusterStatus {
     pub executors: Vec<ExecutorStatus>,
     /// Executors declared lost so far.
     pub lost: u64,
+    /// Executors that left gracefully so far.
+    #[serde(default)]
+    pub left: u64,
     /// Tasks queued and not yet running.
     pub pending_tasks: u64,
     /// Jobs finished (ok or failed).
