@@ -229,3 +229,45 @@ async fn resume_is_bit_exact_and_skips_a_corrupt_checkpoint() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_training_with_a_staleness_bound_converges() {
+    bounded(async {
+        let (bsp, _) = train(2, 3).await;
+        let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        // Staleness 0 is BSP, bit for bit.
+        let mut s0 = spec(3);
+        s0.staleness = Some(0);
+        let mut t = DistributedTrainer::start(&data, s0, vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        while !t.is_done() {
+            t.step().await.unwrap();
+        }
+        assert_eq!(t.finish().await, bsp);
+        // Staleness 2: three batches in flight, still converging (with a
+        // smaller step, as stale gradients need).
+        let mut s2 = TrainSpec::new("linear", &(), 16, 6, 9, 0.02).unwrap();
+        s2.staleness = Some(2);
+        let mut t = DistributedTrainer::start(&data, s2, vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        let mut losses = Vec::new();
+        while !t.is_done() {
+            losses.push(t.step().await.unwrap().stats.mean_loss());
+        }
+        assert_eq!(losses.len(), 6 * 13);
+        let eval = t.evaluate(&data).await.unwrap();
+        assert!(
+            eval.mean_loss() < losses[0] * 0.1,
+            "async training did not converge: {} vs first batch {}",
+            eval.mean_loss(),
+            losses[0]
+        );
+        t.finish().await;
+        cluster.shutdown().await;
+    })
+    .await
+}

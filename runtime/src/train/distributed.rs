@@ -9,7 +9,7 @@
 //! lineage); the parameter shards live with the driver's actors and are
 //! not lost with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,6 +55,11 @@ pub struct TrainSpec {
     /// Extra entries stored in every checkpoint (e.g. the job's config
     /// under [`crate::train::META_JOB`]).
     pub job_meta: BTreeMap<String, String>,
+    /// `None`: synchronous (BSP), every update sees every gradient of the
+    /// previous one. `Some(s)`: asynchronous, a batch's gradients may be
+    /// computed on weights up to `s` updates old (faster when executors
+    /// are uneven; not bit-reproducible).
+    pub staleness: Option<u32>,
 }
 
 impl TrainSpec {
@@ -77,6 +82,7 @@ impl TrainSpec {
             learning_rate: Arc::new(move |_, _| learning_rate),
             checkpoint: None,
             job_meta: BTreeMap::new(),
+            staleness: None,
         })
     }
 }
@@ -117,9 +123,23 @@ pub struct DistributedTrainer<T> {
     order: Option<(u64, Vec<u64>)>,
     shards: ParameterShards,
     params: Vec<f32>,
+    /// Updates applied so far in this process (staleness = difference).
+    version: u64,
+    /// Applied iterations.
     pos: Position,
+    /// The next batch to launch (ahead of `pos` in asynchronous mode).
+    launched: Position,
+    in_flight: VecDeque<InFlight>,
     store: Option<CheckpointStore>,
     last_checkpoint: Instant,
+}
+
+/// A batch whose gradients are being computed.
+struct InFlight {
+    iteration: u64,
+    epoch: u64,
+    version: u64,
+    job: tokio::task::JoinHandle<Result<Vec<TaskOutput>>>,
 }
 
 impl<T: Data> DistributedTrainer<T> {
@@ -160,7 +180,10 @@ impl<T: Data> DistributedTrainer<T> {
             order: None,
             shards,
             params: init,
+            version: 0,
             pos: Position::default(),
+            launched: Position::default(),
+            in_flight: VecDeque::new(),
             store,
             last_checkpoint: Instant::now(),
         })
@@ -188,6 +211,7 @@ impl<T: Data> DistributedTrainer<T> {
             batch: meta_u64(&record, META_BATCH)?,
         };
         self.order = None;
+        self.abandon_in_flight();
         for s in &skipped {
             warn!(id = s.id, reason = %s.reason, "skipped a corrupt checkpoint");
         }
@@ -259,13 +283,10 @@ impl<T: Data> DistributedTrainer<T> {
         })
     }
 
-    /// Runs one iteration (and a checkpoint if one is due).
-    pub async fn step(&mut self) -> Result<IterationReport> {
-        if self.is_done() {
-            return Err(Error::Invalid("training is already complete".into()));
-        }
-        let started = Instant::now();
-        let epoch = self.pos.epoch;
+    /// Starts the computation of the next batch not yet launched, with the
+    /// current weights.
+    fn launch(&mut self) {
+        let epoch = self.launched.epoch;
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             // Epochs are numbered from 1 in the order's seed, as kiln-nn's
             // single-process trainer does: same seed, same batches.
@@ -274,16 +295,16 @@ impl<T: Data> DistributedTrainer<T> {
         }
         let bs = self.spec.batch_size as u64;
         let (lo, hi) = (
-            self.pos.batch * bs,
-            ((self.pos.batch + 1) * bs).min(self.layout.total()),
+            self.launched.batch * bs,
+            ((self.launched.batch + 1) * bs).min(self.layout.total()),
         );
         let batch = match &self.order {
             Some((_, order)) => order[lo as usize..hi as usize].to_vec(),
             None => Vec::new(),
         };
         let weights = f32_to_bytes(&self.params);
-        let iteration = self.pos.iteration;
-        let actions = self
+        let iteration = self.launched.iteration;
+        let actions: Vec<(u32, Action)> = self
             .layout
             .split(&batch)
             .into_iter()
@@ -292,37 +313,79 @@ impl<T: Data> DistributedTrainer<T> {
                 (p, self.request(idx, seed, false, &weights))
             })
             .collect();
-        let t_tasks = Instant::now();
-        let outs = self.data.run_partitions(actions).await?;
-        let tasks_seconds = t_tasks.elapsed().as_secs_f64();
+        let data = self.data.clone();
+        let job = tokio::spawn(async move { data.run_partitions(actions).await });
+        self.in_flight.push_back(InFlight {
+            iteration,
+            epoch,
+            version: self.version,
+            job,
+        });
+        self.launched.iteration += 1;
+        self.launched.batch += 1;
+        if self.launched.batch >= self.batches_per_epoch() {
+            self.launched.epoch += 1;
+            self.launched.batch = 0;
+        }
+    }
+
+    /// Runs one iteration (and a checkpoint if one is due). Synchronous by
+    /// default; with a staleness bound `s`, up to `s` later batches are
+    /// already computing (on older weights) while this one is applied.
+    pub async fn step(&mut self) -> Result<IterationReport> {
+        if self.is_done() {
+            return Err(Error::Invalid("training is already complete".into()));
+        }
+        let started = Instant::now();
+        let ahead = self.spec.staleness.unwrap_or(0) as usize;
+        while self.in_flight.len() <= ahead && self.launched.epoch < self.spec.epochs {
+            self.launch();
+        }
+        let Some(flight) = self.in_flight.pop_front() else {
+            return Err(Error::Invalid("no batch left to train on".into()));
+        };
+        let (iteration, epoch) = (flight.iteration, flight.epoch);
+        let staleness = self.version - flight.version;
+        let outs = flight
+            .job
+            .await
+            .map_err(|e| Error::Invalid(format!("iteration {iteration} task group failed: {e}")))?;
+        let outs = match outs {
+            Ok(o) => o,
+            Err(e) => {
+                self.abandon_in_flight();
+                return Err(e);
+            }
+        };
         let mut stats = BatchStats::default();
         for out in outs {
-            let TaskOutput::Train { grads, stats: s } = out else {
-                self.shards.discard()?;
-                return Err(Error::Invalid(
+            let grads = match out {
+                TaskOutput::Train { grads, stats: s } => {
+                    stats.add(&s);
+                    bytes_to_f32(&grads, "gradients")
+                }
+                _ => Err(Error::Invalid(
                     "a training task returned no gradients".into(),
-                ));
+                )),
             };
-            let grads = match bytes_to_f32(&grads, "gradients") {
-                Ok(g) => g,
+            match grads {
+                Ok(g) => self.shards.accumulate(Arc::new(g))?,
                 Err(e) => {
                     self.shards.discard()?;
+                    self.abandon_in_flight();
                     return Err(e);
                 }
-            };
-            self.shards.accumulate(Arc::new(grads))?;
-            stats.add(&s);
+            }
         }
         let lr = (self.spec.learning_rate)(iteration, epoch);
         let scale = 1.0 / stats.samples.max(1) as f32;
-        let t_step = Instant::now();
         self.params = self.shards.step(scale, lr).await?;
+        self.version += 1;
         tracing::debug!(
             iteration,
-            tasks_s = tasks_seconds,
-            update_s = t_step.elapsed().as_secs_f64(),
-            total_s = started.elapsed().as_secs_f64(),
-            "iteration timing"
+            staleness,
+            seconds = started.elapsed().as_secs_f64(),
+            "iteration applied"
         );
         self.pos.iteration += 1;
         self.pos.batch += 1;
@@ -349,6 +412,15 @@ impl<T: Data> DistributedTrainer<T> {
             epoch_ended,
             checkpoint,
         })
+    }
+
+    /// Drops the batches launched ahead (after an error), so the next step
+    /// relaunches from the last applied one.
+    fn abandon_in_flight(&mut self) {
+        for f in self.in_flight.drain(..) {
+            f.job.abort();
+        }
+        self.launched = self.pos;
     }
 
     /// Writes a checkpoint now: every parameter actor writes its own shard
@@ -392,7 +464,8 @@ impl<T: Data> DistributedTrainer<T> {
     }
 
     /// Stops the parameter actors and returns the final weights.
-    pub async fn finish(self) -> Vec<f32> {
+    pub async fn finish(mut self) -> Vec<f32> {
+        self.abandon_in_flight();
         self.shards.stop().await;
         self.params
     }

@@ -1,0 +1,333 @@
+//! Distributed-training benchmarks (issue 4), side by side with torch gloo
+//! in one run where a peer exists:
+//!
+//! * parameter synchronisation (reduce into the parameter actors + weights
+//!   back to the executors) of 4, 64 and 256 MB of f32 between 2 executor
+//!   processes, against `torch.distributed` gloo `all_reduce` of the same
+//!   sizes (benches/peers/gloo_allreduce.py, run from here);
+//! * recovery time from `kill -9` of an executor to the next completed
+//!   iteration;
+//! * checkpoint write time of 100 MB of state, and a checkpoint's share of
+//!   a digits epoch;
+//! * digits training throughput on 1 and 2 executors, and the LeNet-5
+//!   digits job (28x28, batch 128, SGD) in samples/s.
+//!
+//! ```text
+//! cargo build --release && cargo bench --bench cluster_train -- \
+//!     [--kiln target/release/kiln] [--python ~/.cache/kiln-anchors/venv/bin/python] [--only sync,recovery,checkpoint,throughput]
+//! ```
+//! Prints one JSON line per measurement.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln::cluster_train::{optimizer_factory, SYNC_BENCH_TRAINER};
+use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
+use kiln::digits_job::{DigitsJob, DigitsModel};
+use kiln::nn::optim::{OptimizerConfig, SgdConfig};
+use kiln::runtime::checkpoint::{CheckpointRecord, CheckpointStore};
+use kiln::runtime::train::ParameterShards;
+use kiln::runtime::{
+    DistributedTrainer, DriverConfig, ExecutorMode, LocalCluster, LocalConfig, Registry, TrainSpec,
+};
+
+const MB: usize = 1 << 20;
+
+struct Opts {
+    kiln: PathBuf,
+    python: Option<PathBuf>,
+    only: Vec<String>,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let mut o = Opts {
+        kiln: PathBuf::from("target/release/kiln"),
+        python: std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/kiln-anchors/venv/bin/python"))
+            .filter(|p| p.exists()),
+        only: vec![
+            "sync".into(),
+            "recovery".into(),
+            "checkpoint".into(),
+            "throughput".into(),
+        ],
+    };
+    let mut i = 1;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--kiln" => o.kiln = PathBuf::from(&v),
+            "--python" => o.python = Some(PathBuf::from(&v)),
+            "--only" => o.only = v.split(',').map(str::to_string).collect(),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn cluster_config(o: &Opts, executors: usize) -> LocalConfig {
+    LocalConfig {
+        executors,
+        cores_per_executor: 1,
+        mode: ExecutorMode::Processes {
+            program: o.kiln.clone(),
+            args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
+        },
+        driver: DriverConfig {
+            heartbeat: Duration::from_millis(100),
+            executor_timeout: Duration::from_millis(1000),
+            ..DriverConfig::default()
+        },
+        startup_timeout: Duration::from_secs(30),
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    let mut r = Registry::new();
+    kiln::cluster_train::register(&mut r);
+    kiln::digits_cluster::register(&mut r);
+    Arc::new(r)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn sgd() -> OptimizerConfig {
+    OptimizerConfig::Sgd(SgdConfig {
+        lr: 0.01,
+        ..SgdConfig::default()
+    })
+}
+
+async fn sync(o: &Opts) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(cluster_config(o, 2), registry()).await?;
+    let d = cluster.driver()?;
+    let data = d.parallelize(vec![0u64, 1], 2)?;
+    for mb in [4usize, 64, 256] {
+        let n = mb * MB / 4;
+        let mut spec = TrainSpec::new(SYNC_BENCH_TRAINER, &n, 2, 1_000, 1, 0.01)?;
+        spec.shards = 2;
+        let mut t =
+            DistributedTrainer::start(&data, spec, vec![0.0; n], optimizer_factory(sgd())).await?;
+        t.step().await?;
+        let iters = if mb <= 4 {
+            20
+        } else if mb <= 64 {
+            6
+        } else {
+            3
+        };
+        let mut ts = Vec::new();
+        for _ in 0..iters {
+            let s = Instant::now();
+            t.step().await?;
+            ts.push(s.elapsed().as_secs_f64());
+        }
+        t.finish().await;
+        let secs = median(ts);
+        println!(
+            "{{\"bench\":\"param_sync\",\"mb\":{mb},\"executors\":2,\"seconds\":{secs:.5},\"algbw_gb_s\":{:.3}}}",
+            (mb * MB) as f64 / secs / 1e9
+        );
+    }
+    cluster.shutdown().await;
+    if let Some(py) = &o.python {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/peers/gloo_allreduce.py"
+        );
+        let out = Command::new(py)
+            .arg(script)
+            .args(["4", "64", "256"])
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("gloo peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    } else {
+        eprintln!("no python with torch: gloo peer skipped (--python PATH)");
+    }
+    Ok(())
+}
+
+fn digits(
+    model: DigitsModel,
+    epochs: u64,
+    batch: usize,
+    lr: f64,
+    partitions: u32,
+) -> ClusterDigitsJob {
+    ClusterDigitsJob {
+        job: DigitsJob {
+            model,
+            epochs,
+            batch_size: batch,
+            learning_rate: lr,
+            progress: false,
+            ..DigitsJob::default()
+        },
+        partitions,
+        shards: 4,
+    }
+}
+
+async fn recovery(o: &Opts) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(cluster_config(o, 3), registry()).await?;
+    let d = cluster.driver()?;
+    let run = digits(DigitsModel::Cnn, 3, 32, 0.05, 3);
+    let data = d.source::<_, kiln::cluster_train::Sample>(
+        kiln::digits_cluster::DIGITS_SOURCE,
+        &kiln::digits_cluster::DigitsSource {
+            path: run.job.data.clone(),
+            model: run.job.model,
+            held_out: false,
+        },
+        3,
+    )?;
+    let config = kiln::cluster_train::ClassifierConfig {
+        model: kiln::digits_job::digits_cnn(),
+        sample_shape: vec![1, 8, 8],
+    };
+    let init = kiln::nn::ModuleExt::flat_params(
+        kiln::digits_job::digits_cnn()
+            .build::<f32>(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1))?
+            .as_ref(),
+    );
+    let spec = TrainSpec::new(
+        kiln::cluster_train::CLASSIFIER_TRAINER,
+        &config,
+        32,
+        3,
+        1,
+        0.05,
+    )?;
+    let mut t = DistributedTrainer::start(&data, spec, init, optimizer_factory(sgd())).await?;
+    let mut normal = Vec::new();
+    for _ in 0..20 {
+        normal.push(t.step().await?.seconds);
+    }
+    let victim = cluster.child_pids()[1];
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()?;
+    t.step().await?;
+    let recovery = killed.elapsed().as_secs_f64();
+    t.finish().await;
+    cluster.shutdown().await;
+    println!(
+        "{{\"bench\":\"recovery\",\"executors\":3,\"executor_timeout_s\":1.0,\"normal_iteration_s\":{:.4},\"kill_to_next_iteration_s\":{recovery:.3}}}",
+        median(normal)
+    );
+    Ok(())
+}
+
+async fn checkpoint(o: &Opts) -> anyhow::Result<()> {
+    // 100 MB of state: 12.5M parameters + SGD momentum buffers.
+    let n = 100 * MB / 8;
+    let momentum = OptimizerConfig::Sgd(SgdConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    });
+    let shards = ParameterShards::spawn(&vec![0.5; n], 4, &optimizer_factory(momentum)).await?;
+    shards.accumulate(Arc::new(vec![1e-3; n]))?;
+    shards.step(1.0, 0.01).await?;
+    let dir = tempfile::tempdir()?;
+    let store = CheckpointStore::open(dir.path(), 2)?;
+    let mut ts = Vec::new();
+    for _ in 0..3 {
+        let s = Instant::now();
+        let id = store.next_id()?;
+        let blobs = shards.snapshot(dir.path(), id).await?;
+        let mut r = CheckpointRecord::new(id, 0, 0);
+        r.blobs = blobs;
+        store.commit(&r)?;
+        ts.push(s.elapsed().as_secs_f64());
+    }
+    shards.stop().await;
+    let secs = median(ts);
+    println!(
+        "{{\"bench\":\"checkpoint_write\",\"mb\":100,\"seconds\":{secs:.3},\"mb_s\":{:.0}}}",
+        100.0 / secs
+    );
+    // A checkpoint's share of a digits epoch (the README's job).
+    let cluster = LocalCluster::start(cluster_config(o, 2), registry()).await?;
+    let d = cluster.driver()?;
+    let dir = tempfile::tempdir()?;
+    let run = digits(DigitsModel::Cnn, 2, 32, 0.05, 2);
+    let with = CheckpointOptions {
+        dir: Some(dir.path().to_path_buf()),
+        every_iterations: None,
+        keep_last: 2,
+        resume: false,
+    };
+    let s = Instant::now();
+    train_on_cluster(d, &run, &with).await?;
+    let with_s = s.elapsed().as_secs_f64();
+    let s = Instant::now();
+    train_on_cluster(d, &run, &CheckpointOptions::default()).await?;
+    let without_s = s.elapsed().as_secs_f64();
+    cluster.shutdown().await;
+    println!(
+        "{{\"bench\":\"checkpoint_overhead\",\"job\":\"digits cnn, 2 epochs, checkpoint every epoch\",\"with_s\":{with_s:.3},\"without_s\":{without_s:.3},\"overhead_pct\":{:.2}}}",
+        (with_s - without_s) / without_s * 100.0
+    );
+    Ok(())
+}
+
+async fn throughput(o: &Opts) -> anyhow::Result<()> {
+    for (model, batch, lr, epochs) in [
+        (DigitsModel::Cnn, 32usize, 0.05, 3u64),
+        (DigitsModel::Lenet5, 128, 0.1, 20),
+    ] {
+        for executors in [1usize, 2] {
+            let cluster = LocalCluster::start(cluster_config(o, executors), registry()).await?;
+            let d = cluster.driver()?;
+            let run = digits(model, epochs, batch, lr, executors as u32);
+            let s = Instant::now();
+            let report = train_on_cluster(d, &run, &CheckpointOptions::default()).await?;
+            let secs = s.elapsed().as_secs_f64();
+            cluster.shutdown().await;
+            println!(
+                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{:.4}}}",
+                report.samples_per_second, report.held_out_accuracy
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = opts();
+    if !o.kiln.exists() {
+        anyhow::bail!(
+            "{} not found: cargo build --release first, or pass --kiln PATH",
+            o.kiln.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        for b in &o.only {
+            match b.as_str() {
+                "sync" => sync(&o).await?,
+                "recovery" => recovery(&o).await?,
+                "checkpoint" => checkpoint(&o).await?,
+                "throughput" => throughput(&o).await?,
+                other => eprintln!("unknown benchmark {other}"),
+            }
+        }
+        Ok(())
+    })
+}
