@@ -48,6 +48,9 @@ pub struct DriverConfig {
     pub max_executor_failures: u32,
     /// How long an exclusion lasts before the executor gets tasks again.
     pub exclusion_timeout: Duration,
+    /// Stages waiting this long with no usable executor fail (instead of
+    /// waiting forever for one to join).
+    pub no_executor_timeout: Duration,
     /// Largest control frame accepted.
     pub max_control_frame: u64,
     /// Largest bulk frame (task or result) accepted.
@@ -65,6 +68,7 @@ impl Default for DriverConfig {
             max_task_attempts: 4,
             max_executor_failures: 3,
             exclusion_timeout: Duration::from_secs(60),
+            no_executor_timeout: Duration::from_secs(120),
             max_control_frame: transport::DEFAULT_MAX_CONTROL_FRAME,
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
             handshake_timeout: Duration::from_secs(5),
@@ -150,6 +154,8 @@ pub(crate) struct DriverState {
     left: u64,
     jobs_finished: u64,
     refused: u64,
+    /// Since when work has been waiting with no usable executor.
+    starved_since: Option<Instant>,
 }
 
 pub(crate) struct DriverActor;
@@ -184,6 +190,7 @@ impl Actor for DriverActor {
             left: 0,
             jobs_finished: 0,
             refused: 0,
+            starved_since: None,
         })
     }
 
@@ -289,6 +296,7 @@ impl Actor for DriverActor {
                     st.remove_executor(id, &format!("no heartbeat for {} ms", timeout.as_millis()));
                 }
                 st.expire_exclusions(now);
+                st.fail_if_starved(now);
                 for e in st.executors.values() {
                     let _ = e.ctl.send(ToExecutor::Heartbeat);
                 }
@@ -455,6 +463,36 @@ impl DriverState {
                 }
             }
         }
+    }
+
+    /// Fails every waiting stage once work has waited `no_executor_timeout`
+    /// with no usable executor.
+    fn fail_if_starved(&mut self, now: Instant) {
+        let usable = self.executors.values().any(|e| !e.excluded);
+        if usable || self.stages.is_empty() {
+            self.starved_since = None;
+            return;
+        }
+        let since = *self.starved_since.get_or_insert(now);
+        let waited = now.duration_since(since);
+        if waited < self.config.no_executor_timeout {
+            return;
+        }
+        warn!(
+            waited_s = waited.as_secs(),
+            stages = self.stages.len(),
+            "no executors: failing waiting stages"
+        );
+        for ((job, stage), mut st) in self.stages.drain() {
+            if let Some(r) = st.reply.take() {
+                let _ = r.send(Err(Error::Invalid(format!(
+                    "job {job} stage {stage}: no usable executor for {} s (all lost, left or excluded)",
+                    waited.as_secs()
+                ))));
+            }
+        }
+        self.pending.clear();
+        self.starved_since = None;
     }
 
     /// Lift exclusions older than the configured timeout.

@@ -251,3 +251,20 @@ async fn cached_partitions_are_reused() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_no_executor_fails_after_the_timeout_instead_of_hanging() {
+    with_timeout(async {
+        let config = DriverConfig {
+            heartbeat: Duration::from_millis(50),
+            no_executor_timeout: Duration::from_millis(500),
+            ..DriverConfig::default()
+        };
+        let d = Driver::start(config, registry()).await.unwrap();
+        let ds = d.parallelize((0..10i64).collect(), 2).unwrap();
+        let err = ds.count().await.unwrap_err().to_string();
+        assert!(err.contains("no usable executor"), "{err}");
+        d.shutdown().await;
+    })
+    .await
+}
