@@ -47,12 +47,16 @@ struct ConvBlock<F: Float> {
     act: HardTanh,
 }
 
+/// One conv block's input, conv output, batch-norm output and the time
+/// lengths after it.
+type ConvCache<F> = (Tensor<F>, Tensor<F>, Tensor<F>, Vec<usize>);
+
 /// Activations the backward pass needs, in forward order.
 struct Cache<F> {
     input_shape: Vec<usize>,
     lengths: Vec<usize>,
     /// Per conv block: its input, conv output, batch-norm output, time lengths after it.
-    conv: Vec<(Tensor<F>, Tensor<F>, Tensor<F>, Vec<usize>)>,
+    conv: Vec<ConvCache<F>>,
     /// Shape `(N, C, F', T')` of the last block's output.
     conv_out_shape: Vec<usize>,
     /// Input of each recurrent layer.

@@ -113,7 +113,7 @@ impl Ds2Config {
         if self.rnn.layers == 0 || self.rnn.hidden == 0 {
             return bad("rnn.layers and rnn.hidden must be positive");
         }
-        if !(self.clip > 0.0) {
+        if self.clip.is_nan() || self.clip <= 0.0 {
             return bad("clip must be positive");
         }
         for (i, c) in self.conv.iter().enumerate() {
