@@ -214,6 +214,18 @@ fn active_at(lengths: &[usize], t: usize) -> Vec<bool> {
     lengths.iter().map(|&l| t < l).collect()
 }
 
+/// Rows whose recurrent product step `t` needs: the active rows when they
+/// form a prefix (a batch sorted by decreasing length, as DS2's SortaGrad
+/// loaders give), else all `N` rows.
+fn rows_needed(lengths: &[usize], t: usize) -> usize {
+    let b = lengths.iter().filter(|&&l| t < l).count();
+    if lengths[..b].iter().all(|&l| t < l) {
+        b
+    } else {
+        lengths.len()
+    }
+}
+
 fn add_row_bias<F: Float>(m: &mut Array2<F>, b: &[F]) {
     for mut row in m.rows_mut() {
         row.iter_mut().zip(b).for_each(|(v, &c)| *v += c);
@@ -271,10 +283,18 @@ impl<F: Float> SequenceModule<F> for Recurrent<F> {
             let h_prev = &done[t * nh..];
             let h_prev_v = ArrayView2::from_shape((n, hs), h_prev)
                 .map_err(|_| Error::invalid(&name, "hidden state layout"))?;
+            let rows = rows_needed(lengths, t);
             if t == 0 {
                 hw.fill(F::zero());
-            } else {
-                matmul::gemm(F::one(), h_prev_v, w_hh.t(), F::zero(), &mut hw.view_mut())?;
+            } else if rows > 0 {
+                // Rows past `rows` are inactive: step_forward never reads them.
+                matmul::gemm(
+                    F::one(),
+                    h_prev_v.slice(ndarray::s![..rows, ..]),
+                    w_hh.t(),
+                    F::zero(),
+                    &mut hw.slice_mut(ndarray::s![..rows, ..]),
+                )?;
             }
             if gru {
                 if let Some(b) = b_hh {
@@ -426,11 +446,14 @@ impl<F: Float> SequenceModule<F> for Recurrent<F> {
                         dh_prev: &mut dh_next,
                     },
                 );
-                if t > 0 {
-                    let dhw_t = ArrayView2::from_shape((n, gh), &dhw_s[gr])
+                // Inactive rows have zero dhw: only the needed prefix multiplies.
+                let rows = rows_needed(lengths, t);
+                if t > 0 && rows > 0 {
+                    let dhw_t = ArrayView2::from_shape((rows, gh), &dhw_s[gr][..rows * gh])
                         .map_err(|_| Error::invalid(&name, "gradient layout"))?;
-                    let mut dhn = ndarray::ArrayViewMut2::from_shape((n, hs), &mut dh_next[..])
-                        .map_err(|_| Error::invalid(&name, "gradient layout"))?;
+                    let mut dhn =
+                        ndarray::ArrayViewMut2::from_shape((rows, hs), &mut dh_next[..rows * hs])
+                            .map_err(|_| Error::invalid(&name, "gradient layout"))?;
                     matmul::gemm(F::one(), dhw_t, w_hh, F::one(), &mut dhn)?;
                 }
             }
@@ -539,6 +562,25 @@ mod tests {
                 lengths: vec![5, 2, 0, 4],
             };
             let r = check_module(&mut m, &input(&[5, 4, 3], 8), 1e-6).unwrap();
+            r.within(1e-6).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn sorted_lengths_take_the_prefix_path_and_pass_gradcheck() {
+        assert_eq!(rows_needed(&[5, 3, 1], 2), 2);
+        assert_eq!(rows_needed(&[1, 3, 5], 2), 3);
+        assert_eq!(rows_needed(&[1, 1], 2), 0);
+        for (i, kind) in KINDS.into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(20 + i as u64);
+            let inner = RecurrentConfig::new(kind, 3, 4)
+                .init::<f64>(&mut rng)
+                .unwrap();
+            let mut m = WithLengths {
+                inner,
+                lengths: vec![5, 4, 2, 0],
+            };
+            let r = check_module(&mut m, &input(&[5, 4, 3], 9), 1e-6).unwrap();
             r.within(1e-6).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         }
     }
