@@ -80,6 +80,10 @@ impl<F: Float> SequenceBatchNorm<F> {
 impl<F: Float> SequenceModule<F> for SequenceBatchNorm<F> {
     fn forward_with_lengths(&mut self, input: &Tensor<F>, lengths: &[usize]) -> Result<Tensor<F>> {
         self.check(input, lengths)?;
+        if lengths.iter().all(|&l| l == 0) {
+            // No valid step: nothing to normalise (and no statistics to update).
+            return Ok(Tensor::zeros(input.raw_dim()));
+        }
         let rows = self.gather(input, lengths)?;
         let y = self.inner.forward(&rows)?;
         self.scatter(&y, input.shape(), lengths)
@@ -98,6 +102,9 @@ impl<F: Float> SequenceModule<F> for SequenceBatchNorm<F> {
                 format!("grad_output {:?}", input.shape()),
                 grad_output.shape(),
             ));
+        }
+        if lengths.iter().all(|&l| l == 0) {
+            return Ok(Tensor::zeros(input.raw_dim()));
         }
         let rows = self.gather(input, lengths)?;
         let g = self.gather(grad_output, lengths)?;
