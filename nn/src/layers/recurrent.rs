@@ -15,6 +15,18 @@
 //! inputs. The reverse direction of a [`BiRecurrent`] reverses each
 //! sequence within its own length. The plain [`Module::forward`] /
 //! [`Module::backward`] mean "every length is `T`".
+//!
+//! Batches sorted by decreasing length (as DS2's SortaGrad loaders give)
+//! are the fast case: each step's recurrent GEMM then covers only the rows
+//! still active, as PyTorch's packed sequences do. Unsorted batches are
+//! correct but compute every row at every step.
+//!
+//! # Importing PyTorch weights
+//!
+//! A one-layer `nn.RNN`/`nn.LSTM`/`nn.GRU` `state_dict` loads into a
+//! [`Recurrent`] (or, with `bidirectional=True`, a [`BiRecurrent`] with
+//! concat merge) name for name. Layer `k` of a multi-layer module goes into
+//! its own layer after renaming `_l{k}` to `_l0`.
 
 mod bidirectional;
 mod cell;
