@@ -1,4 +1,4 @@
-//! Forward and backward parity with PyTorch for RNN (tanh), LSTM, GRU and a
+//! Forward and backward parity with PyTorch for RNN (tanh; ReLU packed), LSTM, GRU and a
 //! bidirectional GRU over packed (unequal-length) sequences, from the
 //! fixtures written by `tests/fixtures/gen_rnn_fixtures.py` (float64).
 //! Checked in f64 (tight) and in f32 (the training precision).
@@ -107,6 +107,12 @@ fn check<F: Float>(name: &str, tol: f64) {
 fn rnn_tanh_matches_pytorch() {
     check::<f64>("rnn_tanh", 1e-10);
     check::<f32>("rnn_tanh", 1e-4);
+}
+
+#[test]
+fn packed_rnn_relu_matches_pytorch() {
+    check::<f64>("rnn_relu_packed", 1e-10);
+    check::<f32>("rnn_relu_packed", 1e-4);
 }
 
 #[test]
