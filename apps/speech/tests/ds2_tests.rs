@@ -164,3 +164,21 @@ fn bad_inputs_are_errors() {
         .backward_with_lengths(&x, &[5, 2], &Tensor::zeros(ndarray::IxDyn(&[3, 2, 4])))
         .is_err());
 }
+
+#[test]
+fn lstm_concat_variant_passes_gradcheck() {
+    let text = TINY
+        .replace("cell = \"gru\"", "cell = \"lstm\"")
+        .replace("merge = \"sum\"", "merge = \"concat\"");
+    let config = Ds2Config::from_toml_str(&text).unwrap();
+    assert_eq!(config.rnn_output_size(), 6);
+    let model = config.init::<f64>(&mut StdRng::seed_from_u64(11)).unwrap();
+    let mut m = Fixed {
+        model,
+        lengths: vec![6, 7],
+    };
+    check_module(&mut m, &spectrogram(2, 7, 12), 1e-6)
+        .unwrap()
+        .within(1e-5)
+        .unwrap();
+}
