@@ -20,6 +20,7 @@ pub mod embedding;
 pub mod linear;
 pub mod norm;
 pub mod pool;
+pub mod recurrent;
 pub mod shape;
 
 pub use activation::{HardTanh, LeakyReLU, LogSoftMax, ReLU, Sigmoid, SoftMax, Tanh};
@@ -31,6 +32,10 @@ pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{BatchNorm, BatchNormConfig, Normalize, NormalizeConfig};
 pub use pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, Pool2dConfig};
+pub use recurrent::{
+    BiRecurrent, BiRecurrentConfig, CellKind, MergeMode, Recurrent, RecurrentConfig,
+    SequenceBatchNorm, SequenceModule, TimeDistributed,
+};
 pub use shape::{Flatten, Identity, Reshape, Transpose};
 
 /// The structure of any layer or container, serialisable (stored beside the
@@ -132,6 +137,17 @@ pub enum LayerConfig {
     },
     /// Lookup table from integer indices to learned vectors.
     Embedding(EmbeddingConfig),
+    /// One recurrent layer (RNN tanh/ReLU, LSTM or GRU) over `(T, N, F)`.
+    Recurrent(RecurrentConfig),
+    /// A bidirectional recurrent layer (sum or concat merge).
+    BiRecurrent(BiRecurrentConfig),
+    /// Batch norm over the features of `(T, N, F)`, statistics over all valid steps (DS2).
+    SequenceBatchNorm(BatchNormConfig),
+    /// Applies `inner` to `(T*N, ...)` and reshapes back to `(T, N, ...)`.
+    TimeDistributed {
+        /// The per-step module.
+        inner: Box<LayerConfig>,
+    },
     // LAYERS-HELPER-VARIANTS (conv, pooling, normalisation, embedding, dropout, cadd/cmul/scale)
 }
 
@@ -180,7 +196,12 @@ impl LayerConfig {
             LayerConfig::CMul { shape } => Box::new(CMul::<F>::new(shape, rng)?),
             LayerConfig::Scale { shape } => Box::new(Scale::<F>::new(shape, rng)?),
             LayerConfig::Embedding(c) => Box::new(c.init::<F>(rng)?),
-            // LAYERS-HELPER-BUILD
+            LayerConfig::Recurrent(c) => Box::new(c.init::<F>(rng)?),
+            LayerConfig::BiRecurrent(c) => Box::new(c.init::<F>(rng)?),
+            LayerConfig::SequenceBatchNorm(c) => Box::new(SequenceBatchNorm::<F>::new(c)?),
+            LayerConfig::TimeDistributed { inner } => {
+                Box::new(TimeDistributed::new(inner.build::<F>(rng)?))
+            } // LAYERS-HELPER-BUILD
         })
     }
 }

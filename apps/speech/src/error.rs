@@ -67,6 +67,9 @@ pub enum Error {
         /// What it got.
         actual: Vec<usize>,
     },
+    /// An error from a kiln-nn layer, criterion or model file.
+    #[error(transparent)]
+    Nn(#[from] kiln_nn::Error),
 }
 
 /// The crate's result type.

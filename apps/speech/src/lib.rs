@@ -8,7 +8,8 @@
 //! [`features::Normalize`]; transcripts through
 //! [`text::TranscriptVectorizer`]; model outputs through
 //! [`decoder::best_path`] or [`decoder::BeamSearchDecoder`] with an
-//! [`lm::NgramLm`]; scores with [`metrics`] and [`score`].
+//! [`lm::NgramLm`]; the acoustic model is [`ds2::Ds2`], built from a
+//! TOML [`ds2::Ds2Config`]; scores with [`metrics`] and [`score`].
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -18,6 +19,7 @@
 pub mod audio;
 pub mod corpus;
 pub mod decoder;
+pub mod ds2;
 pub mod error;
 pub mod features;
 pub mod lm;
