@@ -228,6 +228,18 @@ fn transport_config() -> quinn::TransportConfig {
         t.max_idle_timeout(Some(idle));
     }
     t.max_concurrent_uni_streams(1024u32.into());
+    // Flow-control windows sized for bulk tensor traffic: quinn's defaults
+    // (1.25 MB per stream, tuned for 100 ms WAN paths) cap a loopback or
+    // LAN transfer at tens of MB/s because the receiver's window, not the
+    // link, paces the sender.
+    t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.receive_window(quinn::VarInt::from_u32(256 << 20));
+    t.send_window(256 << 20);
+    // Probe for large datagrams: on loopback (MTU 64 KiB) or jumbo-frame
+    // LANs fewer, larger packets cost far less CPU per byte.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(65_000);
+    t.mtu_discovery_config(Some(mtu));
     t
 }
 
@@ -321,12 +333,48 @@ pub fn client_config(token: &JoinToken) -> Result<quinn::ClientConfig> {
     Ok(cfg)
 }
 
-/// Bind a server endpoint.
-pub fn server_endpoint(identity: &ClusterIdentity, addr: SocketAddr) -> Result<quinn::Endpoint> {
-    quinn::Endpoint::server(identity.server_config()?, addr).map_err(|e| Error::Endpoint {
+/// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max`
+/// / `wmem_max`). The 208 KiB default overflows during bulk tensor
+/// transfers, and every dropped datagram costs QUIC a loss-recovery round.
+const UDP_BUFFER: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with large send and receive buffers.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |e: std::io::Error| Error::Endpoint {
+        addr,
+        reason: e.to_string(),
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    // Best effort: a smaller buffer still works, only slower.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into()).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// An endpoint on a [`bind_udp`] socket, serving when `server` is given.
+fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime().ok_or_else(|| Error::Endpoint {
+        addr,
+        reason: "no async runtime (call from within tokio)".into(),
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        bind_udp(addr)?,
+        runtime,
+    )
+    .map_err(|e| Error::Endpoint {
         addr,
         reason: e.to_string(),
     })
+}
+
+/// Bind a server endpoint.
+pub fn server_endpoint(identity: &ClusterIdentity, addr: SocketAddr) -> Result<quinn::Endpoint> {
+    endpoint(addr, Some(identity.server_config()?))
 }
 
 /// Open a QUIC+TLS connection to the driver (no preamble yet). Public so
@@ -341,10 +389,7 @@ pub async fn connect_tls(
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let mut ep = quinn::Endpoint::client(bind).map_err(|e| Error::Endpoint {
-        addr: bind,
-        reason: e.to_string(),
-    })?;
+    let mut ep = endpoint(bind, None)?;
     ep.set_default_client_config(client_config(token)?);
     let connecting = ep
         .connect(addr, SERVER_NAME)
