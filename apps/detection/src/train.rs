@@ -50,7 +50,7 @@ pub struct TrainConfig {
     /// Starting fraction of the learning rate during warm-up.
     pub warmup_factor: f64,
     /// Epochs after which the rate is multiplied by `gamma`; empty means
-    /// two thirds and five sixths of `epochs`.
+    /// after two thirds and five sixths of all iterations.
     pub milestones: Vec<usize>,
     /// Multi-step decay factor.
     pub gamma: f64,
@@ -115,15 +115,19 @@ impl TrainConfig {
     /// The learning-rate plan for `iters_per_epoch` iterations an epoch.
     pub fn lr_plan(&self, iters_per_epoch: usize) -> LrPlan {
         let milestones = if self.milestones.is_empty() {
-            vec![self.epochs * 2 / 3, self.epochs * 5 / 6]
+            let total = self.epochs * iters_per_epoch;
+            vec![total * 2 / 3, total * 5 / 6]
         } else {
-            self.milestones.clone()
+            self.milestones
+                .iter()
+                .map(|m| m * iters_per_epoch)
+                .collect()
         };
         LrPlan {
             base: self.lr,
             warmup_iters: self.warmup_iters,
             warmup_factor: self.warmup_factor,
-            milestones: milestones.iter().map(|m| m * iters_per_epoch).collect(),
+            milestones,
             gamma: self.gamma,
         }
     }

@@ -22,6 +22,16 @@ fn lr_plan_warms_up_then_steps() {
     assert!((plan.lr_at(10) - 0.1).abs() < 1e-12);
     assert!((plan.lr_at(20) - 0.01).abs() < 1e-12);
     assert!((plan.lr_at(29) - 0.001).abs() < 1e-12);
+    let one = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    assert_eq!(one.lr_plan(25).milestones, vec![16, 20]);
+    let given = TrainConfig {
+        milestones: vec![4],
+        ..cfg
+    };
+    assert_eq!(given.lr_plan(5).milestones, vec![20]);
 }
 
 #[test]
