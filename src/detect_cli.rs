@@ -1,19 +1,101 @@
-//! `kiln detect …`: the SSD commands that work without a trained model
-//! (scoring a detections file with the VOC devkit's rules).
+//! `kiln detect …`: SSD training, evaluation and prediction (single
+//! process), and scoring a detections file with the VOC devkit's rules.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kiln_detection::eval::Metric;
+use kiln_detection::draw::{draw_detections, save_image, Labelled};
+use kiln_detection::eval::{self, Metric};
+use kiln_detection::infer;
+use kiln_detection::model::Ssd;
+use kiln_detection::train::TrainConfig;
+use kiln_detection::voc::VocDataset;
 
 /// `kiln detect` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DetectCommand {
+    /// Train an SSD model on a VOC-layout split (single process).
+    Train(TrainArgs),
+    /// Per-class AP and mAP of a model on a VOC split.
+    Eval(EvalArgs),
+    /// Detect objects in images: writes the images with labelled boxes and
+    /// a detections file that `kiln detect score` reads.
+    Predict(PredictArgs),
     /// Score a detections file (`<image-id> <class> <score> <xmin> <ymin>
     /// <xmax> <ymax>` per line, VOC 1-based pixels) against a VOC split:
     /// per-class AP and mAP.
     Score(ScoreArgs),
+}
+
+/// Arguments of `kiln detect train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// VOC-layout directory (JPEGImages, Annotations, ImageSets/Main).
+    #[arg(long)]
+    pub voc: PathBuf,
+    /// Training settings (JSON; see `kiln_detection::train::TrainConfig`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where to write the model (rewritten after every epoch).
+    #[arg(long, default_value = "ssd.safetensors")]
+    pub out: PathBuf,
+    /// Overrides the config's number of epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Overrides the config's model preset (tiny, small, ssd300, ssd512).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Overrides the config's training split.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Cluster training is not wired to SSD yet: any value trains in this
+    /// process (with a warning).
+    #[arg(long)]
+    pub executors: Option<usize>,
+}
+
+/// Arguments of `kiln detect eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// VOC-layout directory.
+    #[arg(long)]
+    pub voc: PathBuf,
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image set to evaluate on.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// `voc07` (11-point) or `area` (VOC2010+).
+    #[arg(long, default_value = "voc07")]
+    pub metric: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `kiln detect predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output directory: `<id>.png` per image and `detections.txt`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Detections below this score are neither drawn nor written.
+    #[arg(long, default_value_t = 0.3)]
+    pub threshold: f32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Image files (JPEG or PNG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
 }
 
 /// Arguments of `kiln detect score`.
@@ -39,9 +121,27 @@ pub struct ScoreArgs {
 /// Runs a `kiln detect` subcommand.
 pub fn run(cmd: &DetectCommand) -> anyhow::Result<()> {
     match cmd {
+        DetectCommand::Train(a) => train(a),
+        DetectCommand::Eval(a) => {
+            let report = evaluate(a)?;
+            if a.json {
+                println!("{}", report.to_json()?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
+        DetectCommand::Predict(a) => {
+            let n = predict(a)?;
+            println!(
+                "{n} detections written to {}",
+                a.out.join("detections.txt").display()
+            );
+            Ok(())
+        }
         DetectCommand::Score(a) => {
             let metric: Metric = a.metric.parse()?;
-            let report = kiln_detection::eval::score(&a.voc, &a.split, &a.detections, metric)
+            let report = eval::score(&a.voc, &a.split, &a.detections, metric)
                 .with_context(|| format!("scoring {}", a.detections.display()))?;
             if a.json {
                 println!("{}", report.to_json()?);
@@ -51,4 +151,91 @@ pub fn run(cmd: &DetectCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `kiln detect train`: trains and writes the model.
+pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.executors {
+        tracing::warn!(
+            executors = n,
+            "cluster training is not wired to SSD yet: training in this process"
+        );
+        eprintln!("warning: --executors {n}: cluster training is not wired to SSD yet; training single-process");
+    }
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_file(p)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(p) = &a.preset {
+        cfg.preset = p.clone();
+    }
+    if let Some(s) = &a.split {
+        cfg.split = s.clone();
+    }
+    let (_, summary) = kiln_detection::train::train(&a.voc, &cfg, &a.out)
+        .with_context(|| format!("training on {}", a.voc.display()))?;
+    println!(
+        "trained {} epochs ({} iterations) in {:.1} s, last epoch loss {:.4}; model written to {}",
+        summary.epochs,
+        summary.iterations,
+        summary.seconds,
+        summary.last_epoch_loss,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// `kiln detect eval`: the model's per-class AP and mAP on a split.
+pub fn evaluate(a: &EvalArgs) -> anyhow::Result<eval::Report> {
+    let metric: Metric = a.metric.parse()?;
+    let mut model = load_model(&a.model)?;
+    let ds = VocDataset::open(&a.voc, &a.split, None)?;
+    let cfg = infer::detect_config(&model);
+    let report = infer::evaluate(&mut model, &ds, metric, &cfg, a.batch_size)
+        .with_context(|| format!("evaluating {} on {}", a.model.display(), a.voc.display()))?;
+    Ok(report)
+}
+
+fn load_model(path: &Path) -> anyhow::Result<Ssd<f32>> {
+    Ssd::<f32>::load(path).with_context(|| format!("loading model {}", path.display()))
+}
+
+/// `kiln detect predict`: draws and writes detections; returns how many
+/// were written.
+pub fn predict(a: &PredictArgs) -> anyhow::Result<usize> {
+    let mut model = load_model(&a.model)?;
+    let mut cfg = infer::detect_config(&model);
+    cfg.conf_threshold = a.threshold;
+    let preds = infer::predict(&mut model, &a.images, &cfg, a.batch_size)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut all = Vec::new();
+    for p in preds {
+        let mut img = image::open(&p.path)
+            .with_context(|| format!("reading {}", p.path.display()))?
+            .to_rgb8();
+        let labelled: Vec<Labelled> = p
+            .detections
+            .iter()
+            .map(|d| Labelled {
+                bbox: d.bbox,
+                class: model
+                    .config()
+                    .classes
+                    .iter()
+                    .position(|c| *c == d.class)
+                    .unwrap_or(0),
+                name: d.class.clone(),
+                score: d.score,
+            })
+            .collect();
+        draw_detections(&mut img, &labelled);
+        save_image(&img, &a.out.join(format!("{}.png", p.id)))?;
+        all.extend(p.detections);
+    }
+    let path = a.out.join("detections.txt");
+    eval::write_detections(&path, &all)?;
+    Ok(all.len())
 }

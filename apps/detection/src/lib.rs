@@ -1,8 +1,7 @@
 //! SSD object detection on Kiln: VOC data, augmentation, prior boxes,
-//! MultiBox loss, detection output (NMS), VOC mAP and drawing.
-//!
-//! Models (VGG16 SSD300/512 and the small configuration) need the conv
-//! layers being added to kiln-nn and are not built yet; see the SSD issue.
+//! SSD300/SSD512 (VGG16) and small models as kiln-nn graphs, MultiBox loss,
+//! single-process training, detection output (NMS), VOC mAP, prediction
+//! and drawing.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -15,8 +14,11 @@ pub mod detect;
 pub mod draw;
 pub mod error;
 pub mod eval;
+pub mod infer;
+pub mod model;
 pub mod multibox;
 pub mod priors;
+pub mod train;
 pub mod voc;
 
 pub use error::{Error, Result};

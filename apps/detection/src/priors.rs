@@ -129,6 +129,30 @@ impl PriorBoxConfig {
         }
     }
 
+    /// The CPU-friendly 128x128 configuration used by [`crate::model::SsdConfig::tiny`]
+    /// (sized for the synthetic shapes data, objects 7–80% of the image):
+    /// maps 16/8/4/2, scales 0.08, 0.2, 0.4, 0.65 (next 0.9), 4 priors per
+    /// cell as [`PriorBoxConfig::small`]: 1,360 priors.
+    pub fn tiny() -> Self {
+        let maps = [16, 8, 4, 2];
+        let scales = [0.08f32, 0.2, 0.4, 0.65, 0.9];
+        PriorBoxConfig {
+            image_size: 128,
+            feature_maps: (0..4)
+                .map(|k| FeatureMapSpec {
+                    size: maps[k],
+                    step: None,
+                    min_size: scales[k] * 128.0,
+                    max_size: Some(scales[k + 1] * 128.0),
+                    aspect_ratios: vec![2.0],
+                })
+                .collect(),
+            flip: true,
+            clip: true,
+            variances: DEFAULT_VARIANCES,
+        }
+    }
+
     /// Checks sizes and ratios are positive.
     pub fn validate(&self) -> Result<()> {
         let what = "PriorBoxConfig";
@@ -234,6 +258,7 @@ mod tests {
             vec![4, 6, 6, 6, 4, 4]
         );
         assert_eq!(PriorBoxConfig::small().num_priors(), 7620);
+        assert_eq!(PriorBoxConfig::tiny().priors().unwrap().len(), 1360);
     }
 
     #[test]

@@ -1,0 +1,77 @@
+//! The small CPU-friendly backbone: a few narrow conv stages (3x3, batch
+//! norm, ReLU, 2x2 max pool in ceil mode), one more conv at stride 8 giving
+//! the first source, then one stride-2 3x3 conv per further source. With
+//! 128-pixel inputs it gives 16/8/4/2 maps; with 300, 38/19/10/….
+
+use serde::{Deserialize, Serialize};
+
+use super::builder::{Builder, Source};
+
+/// Widths of the small backbone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmallBackbone {
+    /// Channels of each pooled stage (three stages give stride 8).
+    pub stages: Vec<usize>,
+    /// Channels of the first source conv and of every extra source.
+    pub source_channels: usize,
+    /// Batch normalisation after every conv (trains fast from scratch).
+    pub batch_norm: bool,
+}
+
+impl Default for SmallBackbone {
+    /// Stages 16/32/64, 96-channel sources, batch norm.
+    fn default() -> Self {
+        SmallBackbone {
+            stages: vec![16, 32, 64],
+            source_channels: 96,
+            batch_norm: true,
+        }
+    }
+}
+
+impl SmallBackbone {
+    /// Appends the backbone after `input` (RGB of side `image_size`) with
+    /// `num_sources` head sources.
+    pub(crate) fn build(
+        &self,
+        input: &str,
+        image_size: usize,
+        num_sources: usize,
+    ) -> (Builder, Vec<Source>) {
+        let mut b = Builder::new(input, 3, image_size);
+        let block = |b: &mut Builder, name: &str, out: usize, stride: usize| {
+            b.conv(name, out, 3, stride, 1, 1);
+            if self.batch_norm {
+                b.batch_norm(&format!("bn_{name}"));
+            }
+            b.relu(&format!("relu_{name}"));
+        };
+        for (i, &w) in self.stages.iter().enumerate() {
+            block(&mut b, &format!("conv{}", i + 1), w, 1);
+            b.max_pool(&format!("pool{}", i + 1), 2, 2, 0, true);
+        }
+        let mut sources = Vec::with_capacity(num_sources);
+        for k in 0..num_sources {
+            let stride = if k == 0 { 1 } else { 2 };
+            block(&mut b, &format!("src{k}"), self.source_channels, stride);
+            sources.push(b.source());
+        }
+        (b, sources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_map_sizes() {
+        let (_, s) = SmallBackbone::default().build("image", 128, 4);
+        let sizes: Vec<_> = s.iter().map(|s| s.size).collect();
+        assert_eq!(sizes, [16, 8, 4, 2]);
+        let (_, s) = SmallBackbone::default().build("image", 300, 3);
+        let sizes: Vec<_> = s.iter().map(|s| s.size).collect();
+        assert_eq!(sizes, [38, 19, 10]);
+        assert!(s.iter().all(|s| s.channels == 96));
+    }
+}

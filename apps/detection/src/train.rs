@@ -1,0 +1,375 @@
+//! Single-process SSD training: seeded augmented batches, the training step
+//! (forward, MultiBox loss with its gradients, backward through the graph),
+//! SGD with momentum and weight decay under a warm-up + multi-step learning
+//! rate, progress through `tracing`, and the model written with
+//! [`Ssd::save`]. The pieces are public so a cluster trainer can reuse them
+//! (it replaces only the optimizer step by the parameter actors' one).
+
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_nn::optim::{Optimizer, SgdConfig};
+use kiln_nn::{Float, ModuleExt, Tensor};
+use ndarray::Array3;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{Sample, SsdAugment};
+use crate::error::{Error, Result};
+use crate::infer::stack_images;
+use crate::model::{Backbone, SmallBackbone, Ssd, SsdConfig};
+use crate::multibox::{encode_targets, multibox_loss, GroundTruth, MultiBoxConfig, MultiBoxOutput};
+use crate::voc::VocDataset;
+
+/// Training settings (a JSON file for `kiln detect train --config`; every
+/// field has a default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model preset: `tiny` (default), `small`, `ssd300` or `ssd512`.
+    pub preset: String,
+    /// Replaces the small backbone's widths (presets `small` and `tiny`).
+    pub small_backbone: Option<SmallBackbone>,
+    /// Image set to train on (`ImageSets/Main/<split>.txt`).
+    pub split: String,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Iterations of linear warm-up from `warmup_factor · lr`.
+    pub warmup_iters: usize,
+    /// Starting fraction of the learning rate during warm-up.
+    pub warmup_factor: f64,
+    /// Epochs after which the rate is multiplied by `gamma`; empty means
+    /// after two thirds and five sixths of all iterations.
+    pub milestones: Vec<usize>,
+    /// Multi-step decay factor.
+    pub gamma: f64,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Photometric distortion in augmentation.
+    pub photometric: bool,
+    /// Largest zoom-out ratio of augmentation (1 disables zoom-out).
+    pub max_expand: f32,
+    /// IoU at which a prior matches a ground-truth box.
+    pub overlap_threshold: f32,
+    /// Hard negatives per positive.
+    pub neg_pos_ratio: usize,
+    /// Log the loss every this many iterations.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            preset: "tiny".into(),
+            small_backbone: None,
+            split: "train".into(),
+            epochs: 60,
+            batch_size: 16,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_iters: 100,
+            warmup_factor: 0.1,
+            milestones: Vec::new(),
+            gamma: 0.1,
+            seed: 0,
+            photometric: true,
+            max_expand: 2.0,
+            overlap_threshold: 0.5,
+            neg_pos_ratio: 3,
+            log_every: 10,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a JSON config file (unknown fields are errors naming the file).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Json {
+            what: format!("{}", path.display()),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The model configuration for `classes`.
+    pub fn model_config(&self, classes: Vec<String>) -> Result<SsdConfig> {
+        let mut cfg = SsdConfig::preset(&self.preset, classes)?;
+        if let (Some(b), Backbone::Small(_)) = (&self.small_backbone, &cfg.backbone) {
+            cfg.backbone = Backbone::Small(b.clone());
+        }
+        Ok(cfg)
+    }
+
+    /// The learning-rate plan for `iters_per_epoch` iterations an epoch.
+    pub fn lr_plan(&self, iters_per_epoch: usize) -> LrPlan {
+        let milestones = if self.milestones.is_empty() {
+            let total = self.epochs * iters_per_epoch;
+            vec![total * 2 / 3, total * 5 / 6]
+        } else {
+            self.milestones
+                .iter()
+                .map(|m| m * iters_per_epoch)
+                .collect()
+        };
+        LrPlan {
+            base: self.lr,
+            warmup_iters: self.warmup_iters,
+            warmup_factor: self.warmup_factor,
+            milestones,
+            gamma: self.gamma,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.epochs == 0 {
+            return Err(Error::config(
+                "TrainConfig",
+                "batch_size and epochs must be positive",
+            ));
+        }
+        if self.max_expand.is_nan() || self.max_expand < 1.0 {
+            return Err(Error::config(
+                "TrainConfig",
+                "max_expand must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Warm-up then multi-step learning rate, by iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrPlan {
+    /// Base rate.
+    pub base: f64,
+    /// Iterations of linear warm-up.
+    pub warmup_iters: usize,
+    /// Starting fraction during warm-up.
+    pub warmup_factor: f64,
+    /// Iterations at which the rate decays by `gamma`.
+    pub milestones: Vec<usize>,
+    /// Decay factor.
+    pub gamma: f64,
+}
+
+impl LrPlan {
+    /// The rate at iteration `t` (0-based).
+    pub fn lr_at(&self, t: usize) -> f64 {
+        let decays = self.milestones.iter().filter(|&&m| m <= t).count();
+        let warm = if t < self.warmup_iters {
+            let f = t as f64 / self.warmup_iters as f64;
+            self.warmup_factor + (1.0 - self.warmup_factor) * f
+        } else {
+            1.0
+        };
+        self.base * warm * self.gamma.powi(decays as i32)
+    }
+}
+
+/// Forward, MultiBox loss and backward for one batch; parameter gradients
+/// are accumulated (call `zero_grad` on the graph first).
+pub fn train_step<F: Float>(
+    model: &mut Ssd<F>,
+    images: &Tensor<F>,
+    gts: &[GroundTruth],
+    loss_cfg: &MultiBoxConfig,
+) -> Result<MultiBoxOutput<F>> {
+    let targets = encode_targets(gts, model.priors(), loss_cfg)?;
+    let out = model.forward(images)?;
+    let mut loss = multibox_loss(&out.loc, &out.conf, &targets, loss_cfg)?;
+    let grad_loc = std::mem::take(&mut loss.grad_loc);
+    let grad_conf = std::mem::take(&mut loss.grad_conf);
+    model.backward(grad_loc, grad_conf)?;
+    Ok(loss)
+}
+
+/// A deterministic per-sample seed: the same image in the same epoch is
+/// augmented identically whatever the batching or thread count.
+fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for v in [epoch as u64, index as u64] {
+        x = (x ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 31;
+    }
+    x
+}
+
+/// Loads and augments images `indices` of `ds` (in parallel) into a batch
+/// `[N, 3, S, S]` and its ground truth (labels shifted by one: 0 is
+/// background; difficult objects are left out).
+pub fn augmented_batch(
+    ds: &VocDataset,
+    indices: &[usize],
+    aug: &SsdAugment,
+    seed: u64,
+    epoch: usize,
+) -> Result<(Tensor<f32>, Vec<GroundTruth>)> {
+    let samples = indices
+        .par_iter()
+        .map(|&i| {
+            let (image, ann) = ds.sample(i)?;
+            let kept: Vec<_> = ann.objects.iter().filter(|o| !o.difficult).collect();
+            let sample = Sample {
+                image,
+                boxes: kept.iter().map(|o| o.pixel_box()).collect(),
+                labels: kept.iter().map(|o| o.class + 1).collect(),
+            };
+            let mut rng = StdRng::seed_from_u64(sample_seed(seed, epoch, i));
+            aug.apply(sample, &mut rng)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut images: Vec<Array3<f32>> = Vec::with_capacity(samples.len());
+    let mut gts = Vec::with_capacity(samples.len());
+    for s in samples {
+        images.push(s.image);
+        gts.push(GroundTruth {
+            boxes: s.boxes,
+            labels: s.labels,
+        });
+    }
+    Ok((stack_images(&images, aug.size)?, gts))
+}
+
+/// What a training run reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Epochs run.
+    pub epochs: usize,
+    /// Optimizer steps taken.
+    pub iterations: usize,
+    /// Mean loss over the last epoch.
+    pub last_epoch_loss: f64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Trains `model` on `ds` as `cfg` says (SGD, momentum, weight decay,
+/// warm-up + multi-step rate), calling `on_epoch(model, epoch, mean_loss)`
+/// after every epoch (e.g. to save it).
+pub fn train_model(
+    model: &mut Ssd<f32>,
+    ds: &VocDataset,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&Ssd<f32>, usize, f64) -> Result<()>,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    if ds.is_empty() {
+        return Err(Error::invalid(
+            "train",
+            format!("{}: the training split is empty", ds.root.display()),
+        ));
+    }
+    let start = Instant::now();
+    let aug = SsdAugment {
+        size: model.config().image_size(),
+        mean: model.config().mean,
+        max_expand: cfg.max_expand,
+        photometric: cfg.photometric,
+    };
+    let loss_cfg = MultiBoxConfig {
+        num_classes: model.config().num_classes(),
+        overlap_threshold: cfg.overlap_threshold,
+        neg_pos_ratio: cfg.neg_pos_ratio,
+        variances: model.config().priors.variances,
+    };
+    let iters_per_epoch = ds.len().div_ceil(cfg.batch_size);
+    let plan = cfg.lr_plan(iters_per_epoch);
+    let mut opt = SgdConfig {
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        ..SgdConfig::default()
+    }
+    .build::<f32>()?;
+    let mut order: Vec<usize> = (0..ds.len()).collect();
+    let mut shuffle_rng = StdRng::seed_from_u64(cfg.seed);
+    let mut params = model.graph().flat_params();
+    let mut iteration = 0;
+    let mut last_epoch_loss = f64::NAN;
+    model.set_training(true);
+    for epoch in 0..cfg.epochs {
+        order.shuffle(&mut shuffle_rng);
+        let (mut sum, mut count) = (0.0, 0usize);
+        for batch in order.chunks(cfg.batch_size) {
+            let (images, gts) = augmented_batch(ds, batch, &aug, cfg.seed, epoch)?;
+            let graph = model.graph_mut();
+            graph.zero_grad();
+            let out = train_step(model, &images, &gts, &loss_cfg)?;
+            let loss = f64::from(out.loss());
+            if !loss.is_finite() {
+                return Err(Error::invalid(
+                    "train",
+                    format!("loss became {loss} at epoch {epoch}, iteration {iteration}: lower the learning rate"),
+                ));
+            }
+            let lr = plan.lr_at(iteration);
+            opt.set_learning_rate(lr);
+            let grads = model.graph().flat_grads();
+            opt.step(&mut params, &grads)?;
+            model.graph_mut().set_flat_params(&params)?;
+            sum += loss;
+            count += 1;
+            iteration += 1;
+            if cfg.log_every > 0 && iteration % cfg.log_every == 0 {
+                tracing::info!(
+                    epoch,
+                    iteration,
+                    lr,
+                    loss,
+                    loss_loc = f64::from(out.loss_loc),
+                    loss_conf = f64::from(out.loss_conf),
+                    "ssd train"
+                );
+            }
+        }
+        last_epoch_loss = sum / count.max(1) as f64;
+        tracing::info!(
+            epoch,
+            mean_loss = last_epoch_loss,
+            seconds = start.elapsed().as_secs_f64(),
+            "ssd epoch done"
+        );
+        on_epoch(model, epoch, last_epoch_loss)?;
+    }
+    model.set_training(false);
+    Ok(TrainSummary {
+        epochs: cfg.epochs,
+        iterations: iteration,
+        last_epoch_loss,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Trains a fresh model of `cfg.preset` on split `cfg.split` of the VOC
+/// directory `voc` (classes from its `classes.txt`, else VOC's 20) and
+/// writes it to `out` after every epoch.
+pub fn train(voc: &Path, cfg: &TrainConfig, out: &Path) -> Result<(Ssd<f32>, TrainSummary)> {
+    let ds = VocDataset::open(voc, &cfg.split, None)?;
+    let model_cfg = cfg.model_config(ds.classes.clone())?;
+    let mut model = Ssd::<f32>::new(model_cfg, &mut StdRng::seed_from_u64(cfg.seed))?;
+    tracing::info!(
+        images = ds.len(),
+        params = model.graph().num_params(),
+        priors = model.priors().len(),
+        preset = %cfg.preset,
+        "ssd training starts"
+    );
+    // Written after every epoch (atomically), so an interrupted run keeps its last epoch.
+    let summary = train_model(&mut model, &ds, cfg, |m, _, _| m.save(out))?;
+    Ok((model, summary))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+//! `kiln detect train → eval → predict → score` on six committed shapes
+//! images (tests/data/shapes-tiny), as a user would run them, each command
+//! bounded in time and killed by pid if it overruns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `kiln args…`, killing it after `limit`.
+fn kiln(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "kiln {args:?} ran past {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "exit {:?}: {err}", o.status);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn train_eval_predict_score() {
+    let voc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/shapes-tiny");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("ssd.safetensors");
+    let config = dir.path().join("train.json");
+    std::fs::write(
+        &config,
+        r#"{"preset": "tiny", "batch_size": 2, "warmup_iters": 2, "lr": 0.005, "log_every": 1}"#,
+    )
+    .expect("write config");
+    let limit = Duration::from_secs(120);
+    let out = ok(&kiln(
+        &[
+            "detect",
+            "train",
+            "--voc",
+            s(&voc),
+            "--config",
+            s(&config),
+            "--out",
+            s(&model),
+            "--epochs",
+            "2",
+            "--executors",
+            "2",
+        ],
+        limit,
+    ));
+    assert!(out.contains("trained 2 epochs (4 iterations)"), "{out}");
+    assert!(model.exists());
+
+    let out = ok(&kiln(
+        &[
+            "detect",
+            "eval",
+            "--voc",
+            s(&voc),
+            "--model",
+            s(&model),
+            "--json",
+        ],
+        limit,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    let classes = v["classes"].as_array().expect("classes");
+    assert_eq!(classes.len(), 6);
+    let map = v["map"].as_f64().expect("map");
+    assert!((0.0..=1.0).contains(&map), "{out}");
+    let out = ok(&kiln(
+        &[
+            "detect",
+            "eval",
+            "--voc",
+            s(&voc),
+            "--model",
+            s(&model),
+            "--metric",
+            "area",
+        ],
+        limit,
+    ));
+    assert!(out.contains("mAP"), "{out}");
+
+    let pred = dir.path().join("pred");
+    let images: Vec<PathBuf> = ["000040", "000374"]
+        .iter()
+        .map(|id| voc.join("JPEGImages").join(format!("{id}.jpg")))
+        .collect();
+    let out = ok(&kiln(
+        &[
+            "detect",
+            "predict",
+            "--model",
+            s(&model),
+            "--out",
+            s(&pred),
+            "--threshold",
+            "0.01",
+            s(&images[0]),
+            s(&images[1]),
+        ],
+        limit,
+    ));
+    assert!(out.contains("detections written"), "{out}");
+    assert!(pred.join("000040.png").exists() && pred.join("000374.png").exists());
+    let dets = pred.join("detections.txt");
+    let text = std::fs::read_to_string(&dets).expect("detections file");
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert!(fields[0] == "000040" || fields[0] == "000374", "{line}");
+    }
+    // The file is what `kiln detect score` reads.
+    let out = ok(&kiln(
+        &[
+            "detect",
+            "score",
+            "--voc",
+            s(&voc),
+            "--detections",
+            s(&dets),
+            "--json",
+        ],
+        limit,
+    ));
+    assert!(out.contains("\"map\""), "{out}");
+
+    // A missing model is an error naming the file.
+    let o = kiln(
+        &[
+            "detect",
+            "eval",
+            "--voc",
+            s(&voc),
+            "--model",
+            "/nonexistent/m.safetensors",
+        ],
+        limit,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/m.safetensors"));
+}
