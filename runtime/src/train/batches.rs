@@ -78,7 +78,7 @@ mod tests {
         let parts = l.split(&[8, 0, 3, 2, 4, 5]);
         assert_eq!(
             parts,
-            vec![(0, vec![0, 2]), (2, vec![0, 1]), (3, vec![1, 2])]
+            vec![(0, vec![0, 2]), (2, vec![0, 1]), (3, vec![3, 0])]
         );
     }
 }
