@@ -79,7 +79,7 @@ impl ClassifierWorker {
         &mut self,
         params: &[f32],
         samples: &[&Sample],
-    ) -> Result<(Tensor<f32>, Tensor<f32>, Tensor<f32>), String> {
+    ) -> Result<InputTargetOutput, String> {
         self.model
             .set_flat_params(params)
             .map_err(|e| e.to_string())?;
@@ -88,6 +88,9 @@ impl ClassifierWorker {
         Ok((x, y, out))
     }
 }
+
+/// A batch's input, its targets and the model output for it.
+type InputTargetOutput = (Tensor<f32>, Tensor<f32>, Tensor<f32>);
 
 fn correct(out: &Tensor<f32>, y: &Tensor<f32>) -> u64 {
     kiln_nn::metrics::top_k_correct(out, y, 1).unwrap_or(0) as u64
