@@ -73,7 +73,7 @@ def main():
         for t in [int(x) for x in a.threads.split(",")]:
             if what == "rss" and t != 2:
                 continue
-            rows += run([exe, "--threads", str(t), "--only", what])
+            rows += run([exe, "--bench", "--threads", str(t), "--only", what])
             rows += run([a.python, peer, "--threads", str(t), "--only", what])
     if a.json:
         with open(a.json, "w") as f:

@@ -71,7 +71,7 @@ def main():
     for what in a.only.split(","):
         for t in threads:
             for _ in range(a.rounds):
-                rows += run([exe, "--threads", str(t), "--tries", a.tries, "--only", what])
+                rows += run([exe, "--bench", "--threads", str(t), "--tries", a.tries, "--only", what])
                 rows += run([a.python, peer, "--threads", str(t), "--tries", a.tries, "--only", what])
     if a.json:
         with open(a.json, "w") as f:
