@@ -5,34 +5,10 @@
 
 use std::time::Instant;
 
-/// CPU seconds (busy, total) over all CPUs from /proc/stat.
-fn machine_cpu() -> Option<(f64, f64)> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<f64> = text
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if v.len() < 8 {
-        return None;
-    }
-    let total: f64 = v.iter().sum();
-    Some(((total - v[3] - v[4]) / 100.0, total / 100.0))
-}
+#[path = "../common/load.rs"]
+mod load;
 
-/// This process's CPU seconds (all threads).
-fn own_cpu() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    Some((f.get(11)? + f.get(12)?) / 100.0)
-}
+use load::LoadWindow;
 
 /// Result of one timed loop.
 pub(crate) struct Timing {
@@ -49,7 +25,7 @@ pub(crate) fn time_n(mut f: impl FnMut(), warmup: usize, iters: usize, tries: us
     }
     let mut best: Option<Timing> = None;
     for _ in 0..tries.max(1) {
-        let (b0, o0) = (machine_cpu(), own_cpu());
+        let window = LoadWindow::start();
         let mut ts: Vec<f64> = (0..iters.max(1))
             .map(|_| {
                 let t = Instant::now();
@@ -57,12 +33,7 @@ pub(crate) fn time_n(mut f: impl FnMut(), warmup: usize, iters: usize, tries: us
                 t.elapsed().as_secs_f64()
             })
             .collect();
-        let bg = match (b0, o0, machine_cpu(), own_cpu()) {
-            (Some((busy0, tot0)), Some(o0), Some((busy1, tot1)), Some(o1)) if tot1 > tot0 => {
-                (((busy1 - busy0) - (o1 - o0)).max(0.0) / (tot1 - tot0) * 100.0).min(100.0)
-            }
-            _ => 0.0,
-        };
+        let bg = window.background_pct();
         ts.sort_by(|a, b| a.total_cmp(b));
         let t = Timing {
             median_s: ts[ts.len() / 2],
