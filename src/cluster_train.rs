@@ -139,6 +139,20 @@ impl GradientWorker<Sample> for ClassifierWorker {
         }
         Ok(stats)
     }
+
+    fn num_buffers(&self) -> usize {
+        self.model.num_buffers()
+    }
+
+    fn buffers(&self) -> Vec<f32> {
+        self.model.flat_buffers()
+    }
+
+    fn set_buffers(&mut self, buffers: &[f32]) -> Result<(), String> {
+        self.model
+            .set_flat_buffers(buffers)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// One shard's kiln-nn optimizer.

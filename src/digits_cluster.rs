@@ -134,10 +134,10 @@ pub async fn train_on_cluster(
 ) -> anyhow::Result<ClusterDigitsReport> {
     let job = &run.job;
     let network = run.network();
-    let init = network
+    let built = network
         .build::<f32>(&mut StdRng::seed_from_u64(job.seed))
-        .context("building the network")?
-        .flat_params();
+        .context("building the network")?;
+    let init = built.flat_params();
     let source = |held_out| DigitsSource {
         path: job.data.clone(),
         model: job.model,
@@ -158,6 +158,7 @@ pub async fn train_on_cluster(
         job.learning_rate,
     )?;
     spec.shards = run.shards.max(1);
+    spec.init_buffers = built.flat_buffers();
     let mut meta = BTreeMap::new();
     meta.insert(META_JOB.to_string(), serde_json::to_string(run)?);
     meta.insert(META_MODEL.to_string(), serde_json::to_string(&network)?);

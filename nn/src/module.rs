@@ -162,6 +162,44 @@ pub trait ModuleExt<F: Float>: Module<F> {
         Ok(())
     }
 
+    /// Total number of non-learnable state scalars (batch-norm running
+    /// statistics), in [`Module::visit_buffers`] order.
+    fn num_buffers(&self) -> usize {
+        let mut n = 0;
+        self.visit_buffers("", &mut |_, b| n += b.len());
+        n
+    }
+
+    /// All buffers concatenated into one vector, in visiting order (what a
+    /// data-parallel trainer averages and ships beside the weights).
+    fn flat_buffers(&self) -> Vec<F> {
+        let mut out = Vec::with_capacity(self.num_buffers());
+        self.visit_buffers("", &mut |_, b| out.extend(b.iter().copied()));
+        out
+    }
+
+    /// Overwrites all buffers from a flat vector of exactly
+    /// [`ModuleExt::num_buffers`] values.
+    fn set_flat_buffers(&mut self, flat: &[F]) -> Result<()> {
+        let need = self.num_buffers();
+        if flat.len() != need {
+            return Err(Error::shape(
+                format!("set_flat_buffers({})", self.name()),
+                format!("[{need}]"),
+                &[flat.len()],
+            ));
+        }
+        let mut offset = 0;
+        self.visit_buffers_mut("", &mut |_, b| {
+            let n = b.len();
+            for (dst, src) in b.iter_mut().zip(&flat[offset..offset + n]) {
+                *dst = *src;
+            }
+            offset += n;
+        });
+        Ok(())
+    }
+
     /// Sets every gradient to zero.
     fn zero_grad(&mut self) {
         self.visit_params_mut("", &mut |_, p| p.grad.fill(F::zero()));

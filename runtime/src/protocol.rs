@@ -72,11 +72,15 @@ pub(crate) enum TaskOutput {
     Done,
     Shuffle(Vec<Vec<u8>>),
     /// Summed gradients (little-endian f32 bytes, empty for an
-    /// evaluation) and batch statistics.
+    /// evaluation), batch statistics and the model's buffers.
     Train {
         #[serde(with = "serde_bytes")]
         grads: Vec<u8>,
         stats: crate::train::BatchStats,
+        /// The model's buffers after the pass (little-endian f32; empty
+        /// for models without any and for evaluations).
+        #[serde(with = "serde_bytes", default)]
+        buffers: Vec<u8>,
     },
 }
 

@@ -74,9 +74,55 @@ impl ShardOptimizer for Momentum {
     }
 }
 
+/// `Linear` on `x0` centred by a running mean `m` of `x0` (a buffer, kept
+/// like batch norm's running statistics: `m ← 0.9·m + 0.1·mean(x0)` per
+/// pass). Evaluation reports `m` as its loss, so the test sees which
+/// buffers the executors were sent.
+struct Centred {
+    m: f32,
+}
+
+impl GradientWorker<(f32, f32, f32)> for Centred {
+    fn num_params(&self) -> usize {
+        3
+    }
+    fn gradients(
+        &mut self,
+        p: &[f32],
+        samples: &[&(f32, f32, f32)],
+        _seed: u64,
+        g: &mut [f32],
+    ) -> Result<BatchStats, String> {
+        let mean = samples.iter().map(|s| s.0).sum::<f32>() / samples.len().max(1) as f32;
+        self.m = 0.9 * self.m + 0.1 * mean;
+        let shifted: Vec<(f32, f32, f32)> =
+            samples.iter().map(|s| (s.0 - self.m, s.1, s.2)).collect();
+        let refs: Vec<&(f32, f32, f32)> = shifted.iter().collect();
+        Linear.gradients(p, &refs, 0, g)
+    }
+    fn evaluate(&mut self, _p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, String> {
+        Ok(BatchStats {
+            loss_sum: self.m as f64 * s.len() as f64,
+            samples: s.len() as u64,
+            correct: 0,
+        })
+    }
+    fn num_buffers(&self) -> usize {
+        1
+    }
+    fn buffers(&self) -> Vec<f32> {
+        vec![self.m]
+    }
+    fn set_buffers(&mut self, b: &[f32]) -> Result<(), String> {
+        self.m = b[0];
+        Ok(())
+    }
+}
+
 fn registry() -> Arc<Registry> {
     let mut r = Registry::new();
     r.register_trainer("linear", |_: &()| Ok(Linear))
+        .register_trainer("centred", |_: &()| Ok(Centred { m: 0.0 }))
         .register_source("points", |n: &u64, p: u32, parts: u32| {
             Ok((0..*n)
                 .filter(|i| i % parts as u64 == p as u64)
@@ -268,6 +314,61 @@ async fn asynchronous_training_with_a_staleness_bound_converges() {
         );
         t.finish().await;
         cluster.shutdown().await;
+    })
+    .await
+}
+
+/// Trains the buffered model; returns weights, buffers and the buffer
+/// value the executors evaluated with.
+async fn train_centred(
+    executors: usize,
+    epochs: u64,
+    ckpt: Option<&std::path::Path>,
+) -> (Vec<f32>, Vec<f32>, f64) {
+    let cluster = LocalCluster::start(config(executors), registry())
+        .await
+        .unwrap();
+    let d = cluster.driver().unwrap();
+    let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+    let mut s = TrainSpec::new("centred", &(), 16, epochs, 9, 0.1).unwrap();
+    s.init_buffers = vec![0.0];
+    s.checkpoint = ckpt.map(CheckpointPolicy::every_epoch);
+    let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+        .await
+        .unwrap();
+    if ckpt.is_some() {
+        t.resume().await.unwrap();
+    }
+    while !t.is_done() {
+        t.step().await.unwrap();
+    }
+    let eval = t.evaluate(&data).await.unwrap().mean_loss();
+    let buffers = t.buffers().to_vec();
+    let params = t.finish().await;
+    cluster.shutdown().await;
+    (params, buffers, eval)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffers_are_averaged_checkpointed_and_sent_for_evaluation() {
+    bounded(async {
+        let (p1, b1, e1) = train_centred(1, 3, None).await;
+        let (p3, b3, e3) = train_centred(3, 3, None).await;
+        assert_eq!((&p1, &b1), (&p3, &b3));
+        // The shares' running means average to the EMA of batch means,
+        // which settles near the mean of x0 (0.468 over these points).
+        assert!((b1[0] - 0.468).abs() < 0.08, "{b1:?}");
+        assert!(
+            (e1 - b1[0] as f64).abs() < 1e-6,
+            "evaluated with {e1}, buffers {b1:?}"
+        );
+        assert_eq!(e1, e3);
+        // Two epochs with a checkpoint, then a fresh process resumes
+        // for the third: the buffers come back from the checkpoint.
+        let dir = tempfile::tempdir().unwrap();
+        train_centred(2, 2, Some(dir.path())).await;
+        let (pr, br, _) = train_centred(2, 3, Some(dir.path())).await;
+        assert_eq!((pr, br), (p1, b1));
     })
     .await
 }

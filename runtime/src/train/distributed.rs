@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::checkpoint::{CheckpointRecord, CheckpointStore, Skipped};
+use crate::checkpoint::{write_blob, CheckpointRecord, CheckpointStore, Skipped};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::protocol::{Action, TaskOutput};
@@ -60,6 +60,10 @@ pub struct TrainSpec {
     /// computed on weights up to `s` updates old (faster when executors
     /// are uneven; not bit-reproducible).
     pub staleness: Option<u32>,
+    /// The model's initial non-learnable state (batch-norm running
+    /// statistics, see [`crate::train::GradientWorker::buffers`]); empty for
+    /// models without any.
+    pub init_buffers: Vec<f32>,
 }
 
 impl TrainSpec {
@@ -83,6 +87,7 @@ impl TrainSpec {
             checkpoint: None,
             job_meta: BTreeMap::new(),
             staleness: None,
+            init_buffers: Vec::new(),
         })
     }
 }
@@ -123,6 +128,9 @@ pub struct DistributedTrainer<T> {
     order: Option<(u64, Vec<u64>)>,
     shards: ParameterShards,
     params: Vec<f32>,
+    /// The model's buffers: the sample-weighted mean of the shares' copies
+    /// after the last applied iteration.
+    buffers: Vec<f32>,
     /// Updates applied so far in this process (staleness = difference).
     version: u64,
     /// Applied iterations.
@@ -173,6 +181,7 @@ impl<T: Data> DistributedTrainer<T> {
             shards = shards.shards(),
             "distributed training ready"
         );
+        let buffers = spec.init_buffers.clone();
         Ok(DistributedTrainer {
             data,
             spec,
@@ -180,6 +189,7 @@ impl<T: Data> DistributedTrainer<T> {
             order: None,
             shards,
             params: init,
+            buffers,
             version: 0,
             pos: Position::default(),
             launched: Position::default(),
@@ -205,6 +215,19 @@ impl<T: Data> DistributedTrainer<T> {
             .restore(|name| Ok(store.read(&record, name)?))
             .await?;
         self.params = params;
+        if record.blobs.iter().any(|b| b.name == BUFFERS_BLOB) {
+            let bytes = store.read(&record, BUFFERS_BLOB)?;
+            let buffers = bytes_to_f32(&bytes, "checkpointed buffers")?;
+            if !self.buffers.is_empty() && buffers.len() != self.buffers.len() {
+                return Err(Error::Invalid(format!(
+                    "checkpoint {} holds {} buffer values, the model has {}",
+                    record.id,
+                    buffers.len(),
+                    self.buffers.len()
+                )));
+            }
+            self.buffers = buffers;
+        }
         self.pos = Position {
             iteration: record.iteration,
             epoch: record.epoch,
@@ -257,6 +280,11 @@ impl<T: Data> DistributedTrainer<T> {
         &self.params
     }
 
+    /// The current non-learnable state (empty for models without any).
+    pub fn buffers(&self) -> &[f32] {
+        &self.buffers
+    }
+
     /// Batches per epoch.
     pub fn batches_per_epoch(&self) -> u64 {
         self.layout.total().div_ceil(self.spec.batch_size as u64)
@@ -272,7 +300,13 @@ impl<T: Data> DistributedTrainer<T> {
         self.pos.epoch >= self.spec.epochs
     }
 
-    fn request(&self, indices: Vec<u32>, seed: u64, evaluate: bool, params: &[u8]) -> Action {
+    fn request(
+        &self,
+        indices: Vec<u32>,
+        seed: u64,
+        evaluate: bool,
+        (params, buffers): (&[u8], &[u8]),
+    ) -> Action {
         Action::Train(TrainRequest {
             trainer: self.spec.trainer.clone(),
             config: self.spec.worker_config.clone(),
@@ -280,6 +314,7 @@ impl<T: Data> DistributedTrainer<T> {
             indices,
             seed,
             evaluate,
+            buffers: buffers.to_vec(),
         })
     }
 
@@ -303,6 +338,7 @@ impl<T: Data> DistributedTrainer<T> {
             None => Vec::new(),
         };
         let weights = f32_to_bytes(&self.params);
+        let buffers = f32_to_bytes(&self.buffers);
         let iteration = self.launched.iteration;
         let actions: Vec<(u32, Action)> = self
             .layout
@@ -310,7 +346,7 @@ impl<T: Data> DistributedTrainer<T> {
             .into_iter()
             .map(|(p, idx)| {
                 let seed = share_seed(self.spec.seed, iteration, p);
-                (p, self.request(idx, seed, false, &weights))
+                (p, self.request(idx, seed, false, (&weights, &buffers)))
             })
             .collect();
         let data = self.data.clone();
@@ -358,11 +394,18 @@ impl<T: Data> DistributedTrainer<T> {
             }
         };
         let mut stats = BatchStats::default();
+        let mut buffers = BufferMean::default();
         for out in outs {
             let grads = match out {
-                TaskOutput::Train { grads, stats: s } => {
+                TaskOutput::Train {
+                    grads,
+                    stats: s,
+                    buffers: b,
+                } => {
                     stats.add(&s);
-                    bytes_to_f32(&grads, "gradients")
+                    buffers
+                        .add(&b, s.samples)
+                        .and_then(|()| bytes_to_f32(&grads, "gradients"))
                 }
                 _ => Err(Error::Invalid(
                     "a training task returned no gradients".into(),
@@ -380,6 +423,9 @@ impl<T: Data> DistributedTrainer<T> {
         let lr = (self.spec.learning_rate)(iteration, epoch);
         let scale = 1.0 / stats.samples.max(1) as f32;
         self.params = self.shards.step(scale, lr).await?;
+        if let Some(b) = buffers.mean() {
+            self.buffers = b;
+        }
         self.version += 1;
         tracing::debug!(
             iteration,
@@ -430,7 +476,16 @@ impl<T: Data> DistributedTrainer<T> {
             return Err(Error::Invalid("no checkpoint directory configured".into()));
         };
         let id = store.next_id()?;
-        let blobs = self.shards.snapshot(store.dir(), id).await?;
+        let mut blobs = self.shards.snapshot(store.dir(), id).await?;
+        if !self.buffers.is_empty() {
+            let dir = store.dir().to_path_buf();
+            let bytes = f32_to_bytes(&self.buffers);
+            let blob =
+                tokio::task::spawn_blocking(move || write_blob(&dir, id, BUFFERS_BLOB, &bytes))
+                    .await
+                    .map_err(|e| Error::Invalid(format!("writing the buffers blob: {e}")))??;
+            blobs.push(blob);
+        }
         let mut record = CheckpointRecord::new(id, self.pos.iteration, self.pos.epoch);
         record.blobs = blobs;
         record.meta = training_meta(
@@ -451,8 +506,9 @@ impl<T: Data> DistributedTrainer<T> {
     /// executors.
     pub async fn evaluate(&self, data: &Dataset<T>) -> Result<BatchStats> {
         let weights = f32_to_bytes(&self.params);
+        let buffers = f32_to_bytes(&self.buffers);
         let actions = (0..data.partitions())
-            .map(|p| (p, self.request(Vec::new(), 0, true, &weights)))
+            .map(|p| (p, self.request(Vec::new(), 0, true, (&weights, &buffers))))
             .collect();
         let mut stats = BatchStats::default();
         for out in data.run_partitions(actions).await? {
@@ -468,6 +524,45 @@ impl<T: Data> DistributedTrainer<T> {
         self.abandon_in_flight();
         self.shards.stop().await;
         self.params
+    }
+}
+
+/// Name of the checkpoint blob holding the model's buffers.
+const BUFFERS_BLOB: &str = "buffers";
+
+/// Sample-weighted mean of the shares' buffers, summed in partition order
+/// (so the result does not depend on the number of executors).
+#[derive(Default)]
+struct BufferMean {
+    sum: Vec<f64>,
+    weight: f64,
+}
+
+impl BufferMean {
+    fn add(&mut self, bytes: &[u8], samples: u64) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let b = bytes_to_f32(bytes, "buffers")?;
+        if self.sum.is_empty() {
+            self.sum = vec![0.0; b.len()];
+        } else if self.sum.len() != b.len() {
+            return Err(Error::Invalid(format!(
+                "shares returned {} and {} buffer values",
+                self.sum.len(),
+                b.len()
+            )));
+        }
+        let w = samples.max(1) as f64;
+        for (s, x) in self.sum.iter_mut().zip(&b) {
+            *s += w * *x as f64;
+        }
+        self.weight += w;
+        Ok(())
+    }
+
+    fn mean(&self) -> Option<Vec<f32>> {
+        (self.weight > 0.0).then(|| self.sum.iter().map(|s| (s / self.weight) as f32).collect())
     }
 }
 

@@ -80,6 +80,32 @@ pub trait GradientWorker<T>: Send + 'static {
         params: &[f32],
         samples: &[&T],
     ) -> std::result::Result<BatchStats, String>;
+
+    /// Length of the model's non-learnable state (batch-norm running
+    /// statistics); 0 (the default) for models without any.
+    fn num_buffers(&self) -> usize {
+        0
+    }
+
+    /// The non-learnable state, `num_buffers` long. After
+    /// [`GradientWorker::gradients`] it holds what that pass updated; the
+    /// driver averages the shares' copies (weighted by samples) and sends
+    /// the result with the next task, as DDP keeps buffers in sync.
+    fn buffers(&self) -> Vec<f32> {
+        Vec::new()
+    }
+
+    /// Loads the non-learnable state before `gradients` or `evaluate`.
+    fn set_buffers(&mut self, buffers: &[f32]) -> std::result::Result<(), String> {
+        if buffers.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} buffer values sent to a model without buffers",
+                buffers.len()
+            ))
+        }
+    }
 }
 
 /// One training task's instructions, shipped with the partition's plan.
@@ -100,6 +126,10 @@ pub(crate) struct TrainRequest {
     pub(crate) seed: u64,
     /// Evaluate instead of computing gradients.
     pub(crate) evaluate: bool,
+    /// The model's non-learnable state (little-endian `f32`); empty: keep
+    /// the worker's own.
+    #[serde(with = "serde_bytes", default)]
+    pub(crate) buffers: Vec<u8>,
 }
 
 /// `f32`s as little-endian bytes (the wire format of weights and gradients).
@@ -124,9 +154,8 @@ pub(crate) fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
         .collect())
 }
 
-type ErasedRun = dyn Fn(&mut dyn std::any::Any, &TrainRequest, &[f32], &dyn Part) -> Result<(Vec<f32>, BatchStats)>
-    + Send
-    + Sync;
+type ErasedRun =
+    dyn Fn(&mut dyn std::any::Any, &TrainRequest, &[f32], &dyn Part) -> Result<Share> + Send + Sync;
 type MakeFn =
     dyn Fn(&[u8]) -> std::result::Result<Box<dyn std::any::Any + Send>, String> + Send + Sync;
 
@@ -194,6 +223,10 @@ impl Registry {
     }
 }
 
+/// What one task computed: summed gradients (empty for an evaluation),
+/// statistics and the model's buffers after the pass (empty if none).
+type Share = (Vec<f32>, BatchStats, Vec<f32>);
+
 fn run_typed<T: Data, W: GradientWorker<T>>(
     name: &str,
     worker: &mut W,
@@ -201,7 +234,7 @@ fn run_typed<T: Data, W: GradientWorker<T>>(
     params: &[f32],
     part: &dyn Part,
     _t: PhantomData<T>,
-) -> Result<(Vec<f32>, BatchStats)> {
+) -> Result<Share> {
     let elems = part
         .as_any()
         .downcast_ref::<Vec<T>>()
@@ -233,15 +266,31 @@ fn run_typed<T: Data, W: GradientWorker<T>>(
             .collect::<Result<_>>()?
     };
     let fail = |e: String| Error::Invalid(format!("trainer {name:?}: {e}"));
+    if !req.buffers.is_empty() {
+        let buffers = bytes_to_f32(&req.buffers, "buffers")?;
+        if buffers.len() != worker.num_buffers() {
+            return Err(Error::Invalid(format!(
+                "trainer {name:?}: {} buffer values sent, the model has {}",
+                buffers.len(),
+                worker.num_buffers()
+            )));
+        }
+        worker.set_buffers(&buffers).map_err(fail)?;
+    }
     if req.evaluate {
         let stats = worker.evaluate(params, &samples).map_err(fail)?;
-        return Ok((Vec::new(), stats));
+        return Ok((Vec::new(), stats, Vec::new()));
     }
     let mut grads = vec![0f32; params.len()];
     let stats = worker
         .gradients(params, &samples, req.seed, &mut grads)
         .map_err(fail)?;
-    Ok((grads, stats))
+    let buffers = if worker.num_buffers() > 0 {
+        worker.buffers()
+    } else {
+        Vec::new()
+    };
+    Ok((grads, stats, buffers))
 }
 
 /// Run one training task on an executor: take a pooled worker for the
@@ -273,10 +322,11 @@ pub(crate) fn run_request(
         .lock()
         .map_err(|_| lock_err())?
         .push((key, worker));
-    let (grads, stats) = result?;
+    let (grads, stats, buffers) = result?;
     Ok(TaskOutput::Train {
         grads: f32_to_bytes(&grads),
         stats,
+        buffers: f32_to_bytes(&buffers),
     })
 }
 
