@@ -13,6 +13,7 @@ pub mod detect_cli;
 pub mod digits_cluster;
 pub mod digits_job;
 pub mod speech_cli;
+pub mod speech_cluster;
 pub mod train_cli;
 
 /// Prints the build's version, matrix-multiply backend and thread count.

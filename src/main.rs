@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Train(args) => kiln::train_cli::train(&args),
         Command::Eval(args) => kiln::train_cli::eval(&args),
-        Command::Speech { command } => kiln::speech_cli::run(&command),
+        Command::Speech { command } => kiln::speech_cli::run(&command, cluster_cli::registry),
         Command::Detect { command } => kiln::detect_cli::run(&command),
         Command::Info => {
             kiln::print_info();

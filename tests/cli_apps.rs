@@ -1,14 +1,43 @@
-//! The application commands that need no trained model: `kiln speech score`,
-//! `kiln speech lm` and `kiln detect score`, run as a user would.
+//! The application commands, run as a user would: `kiln speech score`,
+//! `kiln speech lm`, `kiln speech train|eval|transcribe` (a local cluster
+//! of executor processes) and `kiln detect score`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .output()
         .expect("kiln runs")
+}
+
+/// Runs kiln, killing it (by its own id) if it outlives `limit`; its
+/// executor children exit when its stdin pipe to them closes.
+fn kiln_bounded(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("output");
+            panic!(
+                "kiln {args:?} ran over {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -153,4 +182,173 @@ fn detect_score_gives_map_one_for_ground_truth_and_names_bad_lines() {
     assert!(!o.status.success());
     let err = text(&o).1;
     assert!(err.contains("dets.txt") && err.contains('1'), "{err}");
+}
+
+/// A DS2 small enough to train in seconds.
+const TINY_DS2: &str = r#"
+freq_bins = 161
+num_classes = 29
+clip = 20.0
+[[conv]]
+channels = 2
+kernel = [11, 5]
+stride = [4, 2]
+padding = [5, 2]
+[rnn]
+cell = "gru"
+layers = 1
+hidden = 16
+merge = "sum"
+"#;
+
+#[test]
+fn speech_train_eval_and_transcribe_on_a_local_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, TINY_DS2).expect("write");
+    let corpus = root().join("apps/speech/tests/fixtures/librispeech");
+    let split = corpus.join("mini");
+    let model = dir.path().join("ds2.safetensors");
+    let ckpt = dir.path().join("ckpt");
+    let p = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let train = |epochs: &str, resume: bool| {
+        let mut args = vec![
+            "speech".to_string(),
+            "train".into(),
+            "--data".into(),
+            p(&corpus),
+            "--train-split".into(),
+            "mini".into(),
+            "--dev-split".into(),
+            "mini".into(),
+            "--executors".into(),
+            "2".into(),
+            "--config".into(),
+            p(&config),
+            "--epochs".into(),
+            epochs.into(),
+            "--batch-size".into(),
+            "2".into(),
+            "--checkpoint-dir".into(),
+            p(&ckpt),
+            "--no-progress".into(),
+            "--out".into(),
+            p(&model),
+        ];
+        if resume {
+            args.push("--resume".into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        kiln_bounded(&refs, Duration::from_secs(120))
+    };
+    let o = train("3", false);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("EPOCH ")).collect();
+    assert_eq!(epochs.len(), 3, "{out}");
+    assert!(epochs.iter().all(|l| l.contains("dev_wer=")), "{out}");
+    assert!(out.contains("DEV-WER "), "{out}");
+    assert!(model.exists());
+
+    // Two more epochs from the last checkpoint.
+    let o = train("5", true);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("RESUMED "), "{out}");
+    assert!(out.contains("epoch=3"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("EPOCH ")).count(),
+        2,
+        "{out}"
+    );
+
+    // Eval: greedy, then beam search with an LM built from the transcripts.
+    let o = kiln(&[
+        "speech",
+        "eval",
+        "--data",
+        &p(&split),
+        "--model",
+        &p(&model),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(v["utterances"], 2, "{out}");
+    assert!(v["wer"].as_f64().expect("wer") >= 0.0, "{out}");
+    assert!(v["cer"].as_f64().expect("cer") >= 0.0, "{out}");
+    let lm = dir.path().join("lm.arpa");
+    let transcripts: Vec<String> = [
+        "4490/90921/4490-90921.trans.txt",
+        "3505/259831/3505-259831.trans.txt",
+    ]
+    .iter()
+    .map(|t| p(&split.join(t)))
+    .collect();
+    let mut args = vec!["speech", "lm", "--order", "2", "--out"];
+    let lm_s = p(&lm);
+    args.push(&lm_s);
+    args.extend(transcripts.iter().map(String::as_str));
+    assert!(kiln(&args).status.success());
+    let o = kiln(&[
+        "speech",
+        "eval",
+        "--data",
+        &p(&corpus),
+        "--model",
+        &p(&model),
+        "--lm",
+        &lm_s,
+    ]);
+    let (out, err) = text(&o);
+    // The corpus root has no dev* split: a clear error.
+    assert!(
+        !o.status.success() && err.contains("no dev"),
+        "{out}\n{err}"
+    );
+    let o = kiln(&[
+        "speech",
+        "eval",
+        "--data",
+        &p(&split),
+        "--model",
+        &p(&model),
+        "--lm",
+        &lm_s,
+    ]);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success() && out.starts_with("WER "),
+        "{out}\n{err}"
+    );
+
+    // Transcribe one file and a directory: one `<id> TEXT` line each.
+    let flac = split.join("4490/90921/4490-90921-0010.flac");
+    let o = kiln(&[
+        "speech",
+        "transcribe",
+        "--model",
+        &p(&model),
+        &p(&flac),
+        &p(&split),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let ids: Vec<&str> = out
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        ids,
+        ["4490-90921-0010", "3505-259831-0002", "4490-90921-0010"],
+        "{out}"
+    );
+
+    // A file that is not audio: an error naming it.
+    let bogus = dir.path().join("noise.wav");
+    std::fs::write(&bogus, b"RIFF not really").expect("write");
+    let o = kiln(&["speech", "transcribe", "--model", &p(&model), &p(&bogus)]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("noise.wav"), "{}", text(&o).1);
 }

@@ -25,6 +25,7 @@ pub mod features;
 pub mod lm;
 pub mod mel;
 pub mod metrics;
+pub mod pipeline;
 pub mod resample;
 pub mod score;
 pub mod segment;

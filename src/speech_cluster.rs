@@ -1,0 +1,443 @@
+//! Deep Speech 2 on the cluster: a LibriSpeech-layout split read by the
+//! executors themselves (features computed there, bad files skipped and
+//! logged), a [`GradientWorker`] for DS2 with the CTC loss whose batch-norm
+//! running statistics travel as buffers, and the training loop
+//! ([`train_speech_on_cluster`]) with checkpoints, a per-epoch dev WER/CER
+//! and the trained model saved for `kiln speech eval|transcribe`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_nn::optim::{AdamConfig, OptimizerConfig};
+use kiln_nn::ModuleExt;
+use kiln_runtime::train::{BatchStats, CheckpointPolicy, GradientWorker, META_JOB};
+use kiln_runtime::{Dataset, DistributedTrainer, Driver, Registry, TrainSpec};
+use kiln_speech::audio::read_audio_at;
+use kiln_speech::corpus::list_utterances;
+use kiln_speech::ds2::{Ds2, Ds2Config};
+use kiln_speech::metrics::{cer, wer};
+use kiln_speech::pipeline::{self, Decoder, Example, SAMPLE_RATE};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::cluster_train::optimizer_factory;
+use crate::digits_cluster::CheckpointOptions;
+
+/// Name of the speech corpus source in the registry.
+pub const SPEECH_SOURCE: &str = "kiln.speech_corpus";
+/// Name of the DS2 trainer in the registry.
+pub const DS2_TRAINER: &str = "kiln.ds2";
+
+/// Arguments of the speech source: a split directory
+/// (`<split>/<speaker>/<chapter>/…`) and the longest utterance kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeechSource {
+    /// The split directory, readable by every executor.
+    pub split: PathBuf,
+    /// Utterances longer than this many seconds are skipped (logged).
+    pub max_seconds: f64,
+}
+
+/// Reads partition `p` of `n` of a split: a contiguous range of the
+/// utterances sorted by id. Unreadable audio, transcripts with characters
+/// outside the alphabet and over-long utterances are skipped with a
+/// warning naming the file.
+pub fn read_speech_partition(a: &SpeechSource, p: u32, n: u32) -> Result<Vec<Example>, String> {
+    let (utts, bad) =
+        list_utterances(&a.split, true).map_err(|e| format!("{}: {e}", a.split.display()))?;
+    for (path, e) in &bad {
+        warn!(file = %path.display(), error = %e, "skipped");
+    }
+    let (n, p) = (n.max(1) as usize, p as usize);
+    let (lo, hi) = (p * utts.len() / n, (p + 1) * utts.len() / n);
+    let mut out = Vec::with_capacity(hi - lo);
+    for u in &utts[lo..hi] {
+        let example = read_audio_at(&u.audio_path, SAMPLE_RATE).and_then(|audio| {
+            if audio.duration_s() > a.max_seconds {
+                return Ok(None);
+            }
+            Example::new(&u.id, &u.transcript, &audio).map(Some)
+        });
+        match example {
+            Ok(Some(e)) => out.push(e),
+            Ok(None) => {
+                warn!(file = %u.audio_path.display(), max_seconds = a.max_seconds, "skipped: too long")
+            }
+            Err(e) => warn!(file = %u.audio_path.display(), error = %e, "skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// DS2 trained with CTC on [`Example`]s.
+pub struct Ds2Worker {
+    model: Ds2<f32>,
+    params: usize,
+}
+
+impl Ds2Worker {
+    /// Builds the network (weights and buffers are replaced every task).
+    pub fn new(config: &Ds2Config) -> Result<Self, String> {
+        let model = config
+            .init::<f32>(&mut StdRng::seed_from_u64(0))
+            .map_err(|e| e.to_string())?;
+        let params = model.num_params();
+        Ok(Ds2Worker { model, params })
+    }
+}
+
+impl GradientWorker<Example> for Ds2Worker {
+    fn num_params(&self) -> usize {
+        self.params
+    }
+
+    fn gradients(
+        &mut self,
+        params: &[f32],
+        samples: &[&Example],
+        _seed: u64,
+        grads: &mut [f32],
+    ) -> Result<BatchStats, String> {
+        self.model
+            .set_flat_params(params)
+            .map_err(|e| e.to_string())?;
+        self.model.zero_grad();
+        let loss = pipeline::ctc_pass(&mut self.model, samples).map_err(|e| e.to_string())?;
+        grads.copy_from_slice(&self.model.flat_grads());
+        Ok(BatchStats {
+            loss_sum: loss,
+            samples: samples.len() as u64,
+            correct: 0,
+        })
+    }
+
+    fn evaluate(&mut self, params: &[f32], samples: &[&Example]) -> Result<BatchStats, String> {
+        self.model
+            .set_flat_params(params)
+            .map_err(|e| e.to_string())?;
+        let loss = pipeline::ctc_loss(&mut self.model, samples).map_err(|e| e.to_string())?;
+        Ok(BatchStats {
+            loss_sum: loss,
+            samples: samples.len() as u64,
+            correct: 0,
+        })
+    }
+
+    fn num_buffers(&self) -> usize {
+        self.model.num_buffers()
+    }
+
+    fn buffers(&self) -> Vec<f32> {
+        self.model.flat_buffers()
+    }
+
+    fn set_buffers(&mut self, buffers: &[f32]) -> Result<(), String> {
+        self.model
+            .set_flat_buffers(buffers)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Registers the speech source and the DS2 trainer (every process of a
+/// cluster calls this).
+pub fn register(r: &mut Registry) {
+    r.register_source(SPEECH_SOURCE, read_speech_partition)
+        .register_trainer(DS2_TRAINER, Ds2Worker::new);
+}
+
+/// A DS2 training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeechJob {
+    /// Training split directory.
+    pub train: PathBuf,
+    /// Development split directory (WER/CER after every epoch), if any.
+    pub dev: Option<PathBuf>,
+    /// The network.
+    pub model: Ds2Config,
+    /// Epochs.
+    pub epochs: u64,
+    /// Global batch size (utterances).
+    pub batch_size: usize,
+    /// Adam's initial learning rate.
+    pub learning_rate: f64,
+    /// The learning rate is divided by this every epoch (DS2's annealing).
+    pub anneal: f64,
+    /// Seed of the initial weights and the data order.
+    pub seed: u64,
+    /// Partitions of the training set.
+    pub partitions: u32,
+    /// Parameter actors.
+    pub shards: usize,
+    /// Longest utterance used for training, in seconds.
+    pub max_seconds: f64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a speech run produced.
+pub struct SpeechReport {
+    /// The trained model (weights and batch-norm statistics).
+    pub model: Ds2<f32>,
+    /// Dev WER and CER with the greedy decoder (if a dev split was given).
+    pub dev: Option<(f64, f64)>,
+    /// Training utterances per second.
+    pub utterances_per_second: f64,
+}
+
+fn out_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// WER and CER of `model` on `examples` with `decoder`.
+pub fn score(
+    model: &mut Ds2<f32>,
+    examples: &[Example],
+    decoder: &Decoder<'_>,
+) -> anyhow::Result<(f64, f64)> {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let hyps = pipeline::transcribe(model, &refs, decoder)?;
+    let pairs: Vec<(&str, &str)> = examples
+        .iter()
+        .zip(&hyps)
+        .map(|(e, h)| (e.transcript.as_str(), h.as_str()))
+        .collect();
+    Ok((
+        wer(pairs.iter().copied()).rate(),
+        cer(pairs.iter().copied()).rate(),
+    ))
+}
+
+fn load_model(config: &Ds2Config, params: &[f32], buffers: &[f32]) -> anyhow::Result<Ds2<f32>> {
+    let mut model = config.init::<f32>(&mut StdRng::seed_from_u64(0))?;
+    model.set_flat_params(params)?;
+    if !buffers.is_empty() {
+        model.set_flat_buffers(buffers)?;
+    }
+    Ok(model)
+}
+
+/// Trains DS2 on the driver's executors. Prints `RESUMED`, `SKIPPED`,
+/// `CHECKPOINT`, one `EPOCH` line per epoch and a final `DEV-WER` line.
+pub async fn train_speech_on_cluster(
+    driver: &Driver,
+    job: &SpeechJob,
+    ckpt: &CheckpointOptions,
+) -> anyhow::Result<SpeechReport> {
+    let initial = job
+        .model
+        .init::<f32>(&mut StdRng::seed_from_u64(job.seed))
+        .context("building DS2")?;
+    let source = SpeechSource {
+        split: job.train.clone(),
+        max_seconds: job.max_seconds,
+    };
+    let train: Dataset<Example> = driver.source(SPEECH_SOURCE, &source, job.partitions)?;
+    let dev = match &job.dev {
+        Some(split) => {
+            let dev = read_speech_partition(
+                &SpeechSource {
+                    split: split.clone(),
+                    max_seconds: f64::INFINITY,
+                },
+                0,
+                1,
+            )
+            .map_err(anyhow::Error::msg)?;
+            if dev.is_empty() {
+                bail!("no usable utterance in {}", split.display());
+            }
+            dev
+        }
+        None => Vec::new(),
+    };
+    let (lr0, anneal) = (job.learning_rate, job.anneal.max(1.0));
+    let mut spec = TrainSpec::new(
+        DS2_TRAINER,
+        &job.model,
+        job.batch_size,
+        job.epochs,
+        job.seed,
+        lr0,
+    )?;
+    spec.learning_rate = std::sync::Arc::new(move |_, epoch| lr0 / anneal.powi(epoch as i32));
+    spec.shards = job.shards.max(1);
+    spec.init_buffers = initial.flat_buffers();
+    spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(job)?)]);
+    if let Some(dir) = &ckpt.dir {
+        spec.checkpoint = Some(CheckpointPolicy {
+            every_iterations: ckpt.every_iterations,
+            keep_last: ckpt.keep_last,
+            ..CheckpointPolicy::every_epoch(dir)
+        });
+    } else if ckpt.resume {
+        bail!("--resume needs --checkpoint-dir");
+    }
+    let optimizer = optimizer_factory(OptimizerConfig::Adam(AdamConfig {
+        lr: lr0,
+        ..AdamConfig::default()
+    }));
+    let mut trainer =
+        DistributedTrainer::start(&train, spec, initial.flat_params(), optimizer).await?;
+    if ckpt.resume {
+        match trainer.resume().await? {
+            Some(info) => {
+                for s in &info.skipped {
+                    out_line(&format!("SKIPPED {} {}", s.id, s.reason));
+                }
+                out_line(&format!(
+                    "RESUMED {} iteration={} epoch={}",
+                    info.id, info.position.iteration, info.position.epoch
+                ));
+            }
+            None => out_line("RESUMED none (no checkpoint yet): starting fresh"),
+        }
+    }
+    out_line(&format!(
+        "TRAINING {} utterances, {} parameters, {} batches per epoch",
+        trainer.samples(),
+        trainer.params().len(),
+        trainer.batches_per_epoch()
+    ));
+    let per_epoch = trainer.batches_per_epoch();
+    let bar = if job.progress {
+        ProgressBar::new(per_epoch * job.epochs)
+    } else {
+        ProgressBar::with_draw_target(Some(per_epoch * job.epochs), ProgressDrawTarget::hidden())
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_position(trainer.position().iteration);
+    let started = Instant::now();
+    let mut trained = 0u64;
+    let mut epoch_stats = BatchStats::default();
+    let mut epoch_start = Instant::now();
+    let mut last_dev = None;
+    while !trainer.is_done() {
+        let it = trainer.step().await?;
+        trained += it.stats.samples;
+        epoch_stats.add(&it.stats);
+        bar.inc(1);
+        bar.set_message(format!("ctc {:.3}", it.stats.mean_loss()));
+        if let Some(id) = it.checkpoint {
+            bar.suspend(|| {
+                out_line(&format!(
+                    "CHECKPOINT {id} iteration={}",
+                    it.position.iteration
+                ))
+            });
+        }
+        if it.epoch_ended {
+            let secs = epoch_start.elapsed().as_secs_f64();
+            let mut line = format!(
+                "EPOCH {} ctc={:.4} lr={:.2e} utt_per_s={:.1}",
+                it.position.epoch,
+                epoch_stats.mean_loss(),
+                it.learning_rate,
+                epoch_stats.samples as f64 / secs.max(1e-9)
+            );
+            if !dev.is_empty() {
+                let mut model = load_model(&job.model, trainer.params(), trainer.buffers())?;
+                let (w, c) = score(&mut model, &dev, &Decoder::Greedy)?;
+                line.push_str(&format!(" dev_wer={w:.4} dev_cer={c:.4}"));
+                last_dev = Some((w, c));
+            }
+            bar.suspend(|| out_line(&line));
+            epoch_stats = BatchStats::default();
+            epoch_start = Instant::now();
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let model = load_model(&job.model, trainer.params(), trainer.buffers())?;
+    trainer.finish().await;
+    if let Some((w, c)) = last_dev {
+        out_line(&format!("DEV-WER {w:.4} DEV-CER {c:.4} (greedy)"));
+    }
+    Ok(SpeechReport {
+        model,
+        dev: last_dev,
+        utterances_per_second: trained as f64 / seconds.max(1e-9),
+    })
+}
+
+/// Reads a split into examples on this process (for evaluation),
+/// reporting skipped files on stderr.
+pub fn read_split(split: &Path) -> anyhow::Result<Vec<Example>> {
+    let examples = read_speech_partition(
+        &SpeechSource {
+            split: split.to_path_buf(),
+            max_seconds: f64::INFINITY,
+        },
+        0,
+        1,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if examples.is_empty() {
+        bail!("no usable utterance in {}", split.display());
+    }
+    Ok(examples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"
+freq_bins = 161
+num_classes = 29
+clip = 20.0
+[[conv]]
+channels = 2
+kernel = [11, 5]
+stride = [4, 2]
+padding = [5, 2]
+[rnn]
+cell = "gru"
+layers = 1
+hidden = 8
+merge = "sum"
+"#;
+
+    fn fixture_split() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/speech/tests/fixtures/librispeech/mini")
+    }
+
+    #[test]
+    fn partitions_cover_the_split_and_a_pass_yields_gradients() {
+        let source = SpeechSource {
+            split: fixture_split(),
+            max_seconds: 60.0,
+        };
+        let all = read_speech_partition(&source, 0, 1).unwrap();
+        assert_eq!(all.len(), 2);
+        let a = read_speech_partition(&source, 0, 2).unwrap();
+        let b = read_speech_partition(&source, 1, 2).unwrap();
+        assert_eq!([a, b].concat(), all);
+
+        let config = Ds2Config::from_toml_str(TINY).unwrap();
+        let mut w = Ds2Worker::new(&config).unwrap();
+        let init = config.init::<f32>(&mut StdRng::seed_from_u64(3)).unwrap();
+        let params = init.flat_params();
+        let refs: Vec<&Example> = all.iter().collect();
+        w.set_buffers(&init.flat_buffers()).unwrap();
+        let mut g = vec![0.0; w.num_params()];
+        let s = w.gradients(&params, &refs, 0, &mut g).unwrap();
+        assert_eq!(s.samples, 2);
+        assert!(s.loss_sum > 0.0);
+        assert!(g.iter().any(|x| *x != 0.0));
+        // Training updated the running statistics.
+        assert_ne!(w.buffers(), init.flat_buffers());
+        assert!(w.set_buffers(&[1.0]).is_err());
+    }
+}
