@@ -101,20 +101,27 @@ impl ShardState {
         self.acc.iter_mut().for_each(|g| *g = 0.0);
         result.map(|()| self.params.clone())
     }
+}
 
-    fn snapshot(&self, dir: &Path, id: u64) -> std::result::Result<Vec<BlobRef>, String> {
-        let state = self.optimizer.state()?;
-        let p = write_blob(
-            dir,
-            id,
-            &format!("params.shard.{}", self.index),
-            &f32_to_bytes(&self.params),
-        )
-        .map_err(|e| e.to_string())?;
-        let o = write_blob(dir, id, &format!("optim.shard.{}", self.index), &state)
-            .map_err(|e| e.to_string())?;
-        Ok(vec![p, o])
-    }
+/// Writes one shard's weight and optimizer-state blobs (blocking: temp
+/// file, fsync, rename).
+fn write_shard_blobs(
+    dir: &Path,
+    id: u64,
+    index: usize,
+    params: &[f32],
+    state: &[u8],
+) -> std::result::Result<Vec<BlobRef>, String> {
+    let p = write_blob(
+        dir,
+        id,
+        &format!("params.shard.{index}"),
+        &f32_to_bytes(params),
+    )
+    .map_err(|e| e.to_string())?;
+    let o =
+        write_blob(dir, id, &format!("optim.shard.{index}"), state).map_err(|e| e.to_string())?;
+    Ok(vec![p, o])
 }
 
 impl Actor for ShardActor {
@@ -148,9 +155,20 @@ impl Actor for ShardActor {
                 let _ = reply.send(st.step(scale, lr));
             }
             ShardMsg::Discard => st.acc.iter_mut().for_each(|g| *g = 0.0),
-            ShardMsg::Snapshot { dir, id, reply } => {
-                let _ = reply.send(st.snapshot(&dir, id));
-            }
+            ShardMsg::Snapshot { dir, id, reply } => match st.optimizer.state() {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(state) => {
+                    // The file I/O (fsync) runs off the actor's thread; the
+                    // snapshot holds this version of the weights (a later
+                    // step copies on write).
+                    let (index, params) = (st.index, st.params.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _ = reply.send(write_shard_blobs(&dir, id, index, &params, &state));
+                    });
+                }
+            },
             ShardMsg::Restore {
                 params,
                 state,
