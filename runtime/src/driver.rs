@@ -479,6 +479,7 @@ impl DriverState {
             pending_tasks: self.pending.len() as u64,
             jobs_finished: self.jobs_finished,
             refused_connections: self.refused,
+            live_shuffles: self.map_outputs.len() as u64,
         }
     }
 

@@ -254,4 +254,8 @@ pub struct ClusterStatus {
     pub jobs_finished: u64,
     /// Connections refused at the handshake.
     pub refused_connections: u64,
+    /// Shuffles whose map-output locations the driver tracks (freed when
+    /// no dataset reads them any more).
+    #[serde(default)]
+    pub live_shuffles: u64,
 }

@@ -462,7 +462,14 @@ async fn an_executor_lost_between_map_and_reduce_stages_changes_nothing() {
         // And once more, from the recomputed outputs.
         let again: HashMap<String, u64> = counts.collect().await.unwrap().into_iter().collect();
         assert_eq!(again, expected);
+        // The last handle reading the shuffle gone, the driver frees it.
+        assert_eq!(d.status().await.unwrap().live_shuffles, 1);
         drop(counts);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while d.status().await.unwrap().live_shuffles != 0 {
+            assert!(std::time::Instant::now() < deadline, "shuffle never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         cluster.shutdown().await;
     })
     .await

@@ -337,3 +337,105 @@ fn lost_block(shuffle: u64, loc: &MapLoc) -> LostBlock {
         executor: loc.executor,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PeerAddr;
+
+    fn loc(map: u32, executor: u64, peer: PeerAddr, size: u64) -> MapLoc {
+        MapLoc {
+            map,
+            executor,
+            peer,
+            size,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_come_from_peers_and_the_local_store_and_losses_are_named() {
+        let secret = [5u8; 32];
+        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // Executor 1 serves map 0 of shuffle 1.
+        let id_a = PeerIdentity::generate().unwrap();
+        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        let store_a = ShuffleStore::default();
+        store_a
+            .put(1, 0, vec![b"abc".to_vec(), b"de".to_vec()])
+            .unwrap();
+        let server = tokio::spawn(serve_peers(ep_a.clone(), store_a.clone(), secret, 1 << 20));
+        let a = PeerAddr {
+            addr: addr_a,
+            fingerprint: id_a.fingerprint(),
+        };
+        // Executor 2 holds map 1 itself and fetches map 0.
+        let id_b = PeerIdentity::generate().unwrap();
+        let (ep_b, addr_b) = bind_peer_endpoint(&id_b, towards).unwrap();
+        let b = PeerAddr {
+            addr: addr_b,
+            fingerprint: id_b.fingerprint(),
+        };
+        let store_b = ShuffleStore::default();
+        store_b
+            .put(1, 1, vec![b"x".to_vec(), b"yz".to_vec()])
+            .unwrap();
+        let fetcher = Arc::new(PeerFetcher::new(ep_b.clone(), secret, 1 << 20, 2, store_b));
+        let fetch = |maps| {
+            vec![ShuffleFetch {
+                shuffle: 1,
+                reduce: 1,
+                maps,
+            }]
+        };
+        let got = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2), loc(1, 2, b, 2)]))
+            .await
+            .unwrap();
+        assert_eq!(got[&(1, 1)], vec![b"de".to_vec(), b"yz".to_vec()]);
+        // A block of another size than reported is not trusted.
+        let (lost, reason) = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 3), loc(1, 2, b, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            lost,
+            vec![LostBlock {
+                shuffle: 1,
+                map: 0,
+                executor: 1
+            }]
+        );
+        assert!(reason.contains("bytes"), "{reason}");
+        // The peer dropped the shuffle: a fetch failure naming it.
+        store_a.free(1).unwrap();
+        let (lost, reason) = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2), loc(1, 2, b, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.len(), 1);
+        assert!(reason.contains("does not hold"), "{reason}");
+        // A fetcher without the cluster secret is refused.
+        let (ep_c, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let outsider = Arc::new(PeerFetcher::new(
+            ep_c,
+            [6u8; 32],
+            1 << 20,
+            3,
+            ShuffleStore::default(),
+        ));
+        let (lost, reason) = outsider
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.len(), 1);
+        assert!(reason.contains("invalid join token"), "{reason}");
+        // A peer gone: a fetch failure too, not a hang.
+        ep_a.close(0u32.into(), b"gone");
+        server.abort();
+        let (lost, _) = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2), loc(1, 2, b, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.len(), 1);
+    }
+}

@@ -200,6 +200,11 @@ impl MapOutputs {
             .collect()
     }
 
+    /// Number of shuffles tracked.
+    pub(crate) fn len(&self) -> usize {
+        self.shuffles.len()
+    }
+
     /// Forget a shuffle no dataset reads any more. False if unknown.
     pub(crate) fn free(&mut self, shuffle: u64) -> bool {
         self.shuffles.remove(&shuffle).is_some()
