@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::driver::{Driver, DriverShared, StageTask};
+use crate::driver::{Driver, DriverMsg, DriverShared, StageTask};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::protocol::{Action, Inputs, TaskOutput};
@@ -26,6 +26,8 @@ pub struct Dataset<T> {
     driver: Arc<DriverShared>,
     plan: Plan,
     parallel: HashMap<u64, Arc<Vec<Vec<u8>>>>,
+    /// The shuffles this lineage reads; the last handle dropped frees one.
+    shuffles: HashMap<u64, Arc<ShuffleHandle>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -35,8 +37,24 @@ impl<T> Clone for Dataset<T> {
             driver: self.driver.clone(),
             plan: self.plan.clone(),
             parallel: self.parallel.clone(),
+            shuffles: self.shuffles.clone(),
             _t: PhantomData,
         }
+    }
+}
+
+/// Keeps a shuffle's map outputs alive. When no dataset reads the shuffle
+/// any more, the driver forgets its map-output locations and tells the
+/// executors to drop the blocks (as Spark's context cleaner does).
+struct ShuffleHandle {
+    id: u64,
+    actor: ractor::ActorRef<DriverMsg>,
+}
+
+impl Drop for ShuffleHandle {
+    fn drop(&mut self) {
+        // A stopped driver has nothing left to free.
+        let _ = self.actor.cast(DriverMsg::FreeShuffle(self.id));
     }
 }
 
@@ -62,6 +80,7 @@ impl Driver {
                 elem: type_name::<T>().to_owned(),
             },
             parallel,
+            shuffles: HashMap::new(),
             _t: PhantomData,
         })
     }
@@ -84,6 +103,7 @@ impl Driver {
                 partitions: partitions.max(1),
             },
             parallel: HashMap::new(),
+            shuffles: HashMap::new(),
             _t: PhantomData,
         })
     }
@@ -128,8 +148,17 @@ impl<T: Data> Dataset<T> {
             driver: self.driver.clone(),
             plan,
             parallel: self.parallel.clone(),
+            shuffles: self.shuffles.clone(),
             _t: PhantomData,
         }
+    }
+
+    /// Take over the inputs and shuffle handles of `other`'s lineage.
+    fn adopt<U>(&mut self, other: &Dataset<U>) {
+        self.parallel
+            .extend(other.parallel.iter().map(|(k, v)| (*k, v.clone())));
+        self.shuffles
+            .extend(other.shuffles.iter().map(|(k, v)| (*k, v.clone())));
     }
 
     fn registry(&self) -> &Registry {
@@ -197,9 +226,30 @@ impl<T: Data> Dataset<T> {
         let mut d: Dataset<T> = self.derive(Plan::Union {
             parents: vec![self.plan.clone(), other.plan.clone()],
         });
-        d.parallel
-            .extend(other.parallel.iter().map(|(k, v)| (*k, v.clone())));
+        d.adopt(other);
         d
+    }
+
+    /// Pair the `i`-th element of each partition with the `i`-th element
+    /// of the same partition of `other` (Spark's `zip`). Both must have
+    /// the same number of partitions (checked here) and the same number of
+    /// elements in each partition (checked when computed: a mismatch fails
+    /// the job with [`Error::ZipMismatch`] naming the partition and both
+    /// counts). `(T, U)` must be registered with [`Registry::register_zip`].
+    pub fn zip<U: Data>(&self, other: &Dataset<U>) -> Result<Dataset<(T, U)>> {
+        let pair = type_name::<(T, U)>();
+        self.registry().zipper(pair)?;
+        let (left, right) = (self.partitions(), other.partitions());
+        if left != right {
+            return Err(Error::ZipPartitions { left, right });
+        }
+        let mut d: Dataset<(T, U)> = self.derive(Plan::Zip {
+            left: Box::new(self.plan.clone()),
+            right: Box::new(other.plan.clone()),
+            elem: pair.to_owned(),
+        });
+        d.adopt(other);
+        Ok(d)
     }
 
     /// Keep computed partitions in executor memory. A partition lost with
@@ -227,12 +277,21 @@ impl<T: Data> Dataset<T> {
         let s = self.registry().shuffle(name)?;
         check_type(name, s.input, type_name::<T>())?;
         check_type(name, s.output, type_name::<U>())?;
-        Ok(self.derive(Plan::ShuffleRead {
-            id: self.driver.fresh_id(),
+        let id = self.driver.fresh_id();
+        let mut d: Dataset<U> = self.derive(Plan::ShuffleRead {
+            id,
             parent: Box::new(self.plan.clone()),
             name: name.into(),
             partitions: partitions.max(1),
-        }))
+        });
+        d.shuffles.insert(
+            id,
+            Arc::new(ShuffleHandle {
+                id,
+                actor: self.driver.actor.clone(),
+            }),
+        );
+        Ok(d)
     }
 
     async fn run(&self, action: Action) -> Result<Vec<TaskOutput>> {
@@ -375,45 +434,43 @@ impl<K: Data + Hash + Eq, V: Data> Dataset<(K, V)> {
     }
 }
 
-/// Gather the inputs task `p` needs and the cache keys it would like to be
-/// near.
-fn task_inputs(
-    driver: &DriverShared,
+/// The task for partition `p` of `plan`: parallelize inputs it needs,
+/// cache keys it would like to be near and shuffle blocks it reads.
+fn stage_task(
     plan: &Plan,
     p: u32,
+    action: Action,
     parallel: &HashMap<u64, Arc<Vec<Vec<u8>>>>,
-) -> Result<(Inputs, Vec<(u64, u32)>)> {
-    let mut inputs = HashMap::new();
+) -> Result<StageTask> {
+    let mut inputs: Inputs = HashMap::new();
     let mut prefer = Vec::new();
     let mut missing = None;
-    let shuffles = driver
-        .shuffles
-        .lock()
-        .map_err(|_| Error::Invalid("shuffle table lock poisoned".into()))?;
     plan.visit(p, &mut |node, q| match node {
         Plan::Parallelize { id, .. } => match parallel.get(id).and_then(|d| d.get(q as usize)) {
             Some(bytes) => {
-                inputs.insert(*id, vec![bytes.clone()]);
+                inputs.insert((*id, q), vec![bytes.clone()]);
             }
             None => missing = Some(format!("parallelize data {id} partition {q}")),
-        },
-        Plan::ShuffleRead { id, .. } => match shuffles.get(id).and_then(|s| s.get(q as usize)) {
-            Some(blobs) => {
-                inputs.insert(*id, blobs.clone());
-            }
-            None => missing = Some(format!("shuffle {id} partition {q}")),
         },
         Plan::Cache { id, .. } => prefer.push((*id, q)),
         _ => {}
     });
-    match missing {
-        Some(m) => Err(Error::Invalid(format!("driver lost input: {m}"))),
-        None => Ok((inputs, prefer)),
+    if let Some(m) = missing {
+        return Err(Error::Invalid(format!("driver lost input: {m}")));
     }
+    Ok(StageTask {
+        partition: p,
+        plan: plan.clone(),
+        action,
+        inputs,
+        prefer,
+        reads: plan.reads(p),
+    })
 }
 
-/// Run a job: first every shuffle the plan reads that is not yet
-/// materialized (parents first), then one task per listed partition.
+/// Run a job: first the map stage of every shuffle the plan reads (parents
+/// first; map outputs that still exist on executors are not recomputed),
+/// then one task per listed partition.
 async fn run_job(
     driver: &Arc<DriverShared>,
     plan: &Plan,
@@ -434,45 +491,16 @@ async fn run_job(
         else {
             continue;
         };
-        let done = driver
-            .shuffles
-            .lock()
-            .map_err(|_| Error::Invalid("shuffle table lock poisoned".into()))?
-            .contains_key(&id);
-        if done {
-            continue;
-        }
-        let mut tasks = Vec::new();
-        for p in 0..parent.partitions() {
-            let (inputs, prefer) = task_inputs(driver, &parent, p, parallel)?;
-            tasks.push(StageTask {
-                partition: p,
-                plan: (*parent).clone(),
-                action: Action::ShuffleWrite {
-                    name: name.clone(),
-                    partitions,
-                },
-                inputs,
-                prefer,
-            });
-        }
-        let outs = driver.run_stage(job, stage, tasks).await?;
+        let action = Action::ShuffleWrite {
+            shuffle: id,
+            name,
+            partitions,
+        };
+        let tasks = (0..parent.partitions())
+            .map(|p| stage_task(&parent, p, action.clone(), parallel))
+            .collect::<Result<Vec<_>>>()?;
+        driver.run_map_stage(job, stage, id, tasks).await?;
         stage += 1;
-        let mut by_reducer: Vec<Vec<Vec<u8>>> = vec![Vec::new(); partitions as usize];
-        for o in outs {
-            if let TaskOutput::Shuffle(buckets) = o {
-                for (r, b) in buckets.into_iter().enumerate() {
-                    if let Some(slot) = by_reducer.get_mut(r) {
-                        slot.push(b);
-                    }
-                }
-            }
-        }
-        driver
-            .shuffles
-            .lock()
-            .map_err(|_| Error::Invalid("shuffle table lock poisoned".into()))?
-            .insert(id, Arc::new(by_reducer));
     }
     let mut tasks = Vec::with_capacity(actions.len());
     for (p, action) in actions {
@@ -482,14 +510,7 @@ async fn run_job(
                 plan.partitions()
             )));
         }
-        let (inputs, prefer) = task_inputs(driver, plan, p, parallel)?;
-        tasks.push(StageTask {
-            partition: p,
-            plan: plan.clone(),
-            action,
-            inputs,
-            prefer,
-        });
+        tasks.push(stage_task(plan, p, action, parallel)?);
     }
     driver.run_stage(job, stage, tasks).await
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -18,10 +18,11 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::protocol::{
-    Action, ClientRequest, ClusterStatus, ExecutorStatus, Task, TaskKey, TaskOutput, TaskReport,
-    ToDriver, ToExecutor,
+    Action, ClientRequest, ClusterStatus, ExecutorStatus, MapLoc, PeerAddr, ShuffleFetch, Task,
+    TaskFailure, TaskKey, TaskOutput, TaskReport, ToDriver, ToExecutor,
 };
 use crate::registry::Registry;
+use crate::shuffle::{MapOutputs, Readiness};
 use crate::transport::{
     self, check_preamble, read_frame, send_bulk, with_timeout, write_frame, ClusterIdentity,
     JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
@@ -29,6 +30,10 @@ use crate::transport::{
 
 /// The reason recorded for an executor that sent `Leave`.
 const LEFT_GRACEFULLY: &str = "left gracefully";
+
+/// Job ids with this bit set are stages the driver started itself to
+/// recompute lost map outputs of shuffle `job & !RECOVERY_JOB`.
+const RECOVERY_JOB: u64 = 1 << 63;
 
 /// Driver settings.
 #[derive(Debug, Clone)]
@@ -57,6 +62,10 @@ pub struct DriverConfig {
     pub max_bulk_frame: u64,
     /// Time allowed for the TLS handshake and the preamble.
     pub handshake_timeout: Duration,
+    /// Shuffle fetch failures (a peer gone or missing a block) tolerated
+    /// per task; each one recomputes the lost map outputs and reruns the
+    /// task, without counting against `max_task_attempts`.
+    pub max_fetch_failures: u32,
 }
 
 impl Default for DriverConfig {
@@ -72,17 +81,22 @@ impl Default for DriverConfig {
             max_control_frame: transport::DEFAULT_MAX_CONTROL_FRAME,
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
             handshake_timeout: Duration::from_secs(5),
+            max_fetch_failures: 4,
         }
     }
 }
 
 /// One task of a stage as the job planner hands it to the actor.
+#[derive(Clone)]
 pub(crate) struct StageTask {
     pub(crate) partition: u32,
     pub(crate) plan: Plan,
     pub(crate) action: Action,
     pub(crate) inputs: crate::protocol::Inputs,
     pub(crate) prefer: Vec<(u64, u32)>,
+    /// `(shuffle, reduce partition)` blocks it reads: it runs once they
+    /// all have a location, and is told where they are.
+    pub(crate) reads: Vec<(u64, u32)>,
 }
 
 type StageReply = oneshot::Sender<Result<Vec<TaskOutput>>>;
@@ -93,6 +107,7 @@ pub(crate) enum DriverMsg {
         name: String,
         cores: u32,
         pid: u32,
+        peer: PeerAddr,
         conn: quinn::Connection,
         ctl: mpsc::UnboundedSender<ToExecutor>,
         reply: oneshot::Sender<u64>,
@@ -106,6 +121,17 @@ pub(crate) enum DriverMsg {
         tasks: Vec<StageTask>,
         reply: StageReply,
     },
+    /// The map stage of `shuffle`: one task per map partition; only those
+    /// without an output (and not being recomputed) run.
+    RunMapStage {
+        job: u64,
+        stage: u32,
+        shuffle: u64,
+        tasks: Vec<StageTask>,
+        reply: StageReply,
+    },
+    /// No dataset reads `shuffle` any more: forget it, executors drop it.
+    FreeShuffle(u64),
     Status(oneshot::Sender<ClusterStatus>),
     Refused,
     Tick,
@@ -114,6 +140,7 @@ pub(crate) enum DriverMsg {
 
 struct Exec {
     name: String,
+    peer: PeerAddr,
     conn: quinn::Connection,
     ctl: mpsc::UnboundedSender<ToExecutor>,
     cores: u32,
@@ -130,6 +157,7 @@ struct TaskState {
     task: StageTask,
     dispatches: u32,
     failures: u32,
+    fetch_failures: u32,
     failed_on: HashSet<u64>,
     last_error: String,
     running: Option<(u64, u32)>,
@@ -150,6 +178,9 @@ pub(crate) struct DriverState {
     stages: HashMap<(u64, u32), StageState>,
     pending: VecDeque<(u64, u32, u32)>,
     cache_locs: HashMap<(u64, u32), u64>,
+    /// Where each live shuffle's map outputs are (no block data).
+    map_outputs: MapOutputs,
+    next_recovery: u32,
     lost: u64,
     left: u64,
     jobs_finished: u64,
@@ -186,6 +217,8 @@ impl Actor for DriverActor {
             stages: HashMap::new(),
             pending: VecDeque::new(),
             cache_locs: HashMap::new(),
+            map_outputs: MapOutputs::default(),
+            next_recovery: 0,
             lost: 0,
             left: 0,
             jobs_finished: 0,
@@ -205,17 +238,19 @@ impl Actor for DriverActor {
                 name,
                 cores,
                 pid,
+                peer,
                 conn,
                 ctl,
                 reply,
             } => {
                 let id = st.next_exec;
                 st.next_exec += 1;
-                info!(executor = id, %name, pid, cores, peer = %conn.remote_address(), "executor registered");
+                info!(executor = id, %name, pid, cores, peer = %conn.remote_address(), shuffle_endpoint = %peer.addr, "executor registered");
                 st.executors.insert(
                     id,
                     Exec {
                         name,
+                        peer,
                         conn,
                         ctl,
                         cores: cores.max(1),
@@ -250,34 +285,34 @@ impl Actor for DriverActor {
                 tasks,
                 reply,
             } => {
-                if tasks.is_empty() {
-                    let _ = reply.send(Ok(Vec::new()));
-                    return Ok(());
-                }
-                let n = tasks.len();
-                for p in 0..n as u32 {
-                    st.pending.push_back((job, stage, p));
-                }
-                st.stages.insert(
-                    (job, stage),
-                    StageState {
-                        tasks: tasks
-                            .into_iter()
-                            .map(|task| TaskState {
-                                task,
-                                dispatches: 0,
-                                failures: 0,
-                                failed_on: HashSet::new(),
-                                last_error: String::new(),
-                                running: None,
-                                output: None,
-                            })
-                            .collect(),
-                        remaining: n,
-                        reply: Some(reply),
-                    },
-                );
+                st.add_stage(job, stage, tasks, Some(reply));
                 st.schedule(&myself);
+            }
+            DriverMsg::RunMapStage {
+                job,
+                stage,
+                shuffle,
+                tasks,
+                reply,
+            } => {
+                st.map_outputs.register(shuffle, tasks);
+                let todo: Vec<StageTask> = st
+                    .map_outputs
+                    .unfinished(shuffle)
+                    .into_iter()
+                    .filter_map(|m| st.map_outputs.template(shuffle, m))
+                    .collect();
+                debug!(shuffle, job, maps = todo.len(), "map stage");
+                st.add_stage(job, stage, todo, Some(reply));
+                st.schedule(&myself);
+            }
+            DriverMsg::FreeShuffle(shuffle) => {
+                if st.map_outputs.free(shuffle) {
+                    debug!(shuffle, "shuffle freed");
+                    for e in st.executors.values() {
+                        let _ = e.ctl.send(ToExecutor::FreeShuffle { shuffle });
+                    }
+                }
             }
             DriverMsg::Status(reply) => {
                 let _ = reply.send(st.status());
@@ -314,6 +349,106 @@ impl Actor for DriverActor {
 }
 
 impl DriverState {
+    /// Queue a stage; an empty one is answered at once.
+    fn add_stage(
+        &mut self,
+        job: u64,
+        stage: u32,
+        tasks: Vec<StageTask>,
+        reply: Option<StageReply>,
+    ) {
+        if tasks.is_empty() {
+            if let Some(r) = reply {
+                let _ = r.send(Ok(Vec::new()));
+            }
+            return;
+        }
+        let n = tasks.len();
+        for p in 0..n as u32 {
+            self.pending.push_back((job, stage, p));
+        }
+        self.stages.insert(
+            (job, stage),
+            StageState {
+                tasks: tasks
+                    .into_iter()
+                    .map(|task| TaskState {
+                        task,
+                        dispatches: 0,
+                        failures: 0,
+                        fetch_failures: 0,
+                        failed_on: HashSet::new(),
+                        last_error: String::new(),
+                        running: None,
+                        output: None,
+                    })
+                    .collect(),
+                remaining: n,
+                reply,
+            },
+        );
+    }
+
+    /// Recompute lost map outputs of `shuffle` from lineage, in a stage of
+    /// the driver's own (maps already being recomputed are skipped).
+    fn recover(&mut self, shuffle: u64, maps: &[u32]) {
+        let tasks = self.map_outputs.start_recovery(shuffle, maps);
+        if tasks.is_empty() {
+            return;
+        }
+        let stage = self.next_recovery;
+        self.next_recovery = self.next_recovery.wrapping_add(1);
+        info!(shuffle, maps = ?tasks.iter().map(|t| t.partition).collect::<Vec<_>>(), "recomputing lost map outputs");
+        self.add_stage(RECOVERY_JOB | shuffle, stage, tasks, None);
+    }
+
+    /// Fail a stage: its waiter gets `err`, its queued tasks go. A failed
+    /// recovery stage fails every stage waiting for that shuffle.
+    fn fail_stage(&mut self, job: u64, stage: u32, err: Error) {
+        let mut blamed = HashSet::new();
+        if let Some(mut st) = self.stages.remove(&(job, stage)) {
+            for t in &st.tasks {
+                blamed.extend(t.failed_on.iter().copied());
+            }
+            if job & RECOVERY_JOB != 0 {
+                self.map_outputs
+                    .recovery_failed(job & !RECOVERY_JOB, err.to_string());
+            }
+            if let Some(r) = st.reply.take() {
+                let _ = r.send(Err(err));
+            }
+        }
+        self.forgive(&blamed);
+        self.pending.retain(|(j, s, _)| !(*j == job && *s == stage));
+    }
+
+    /// Where the blocks of `reads` are, or `None` while any is missing.
+    fn fetches_for(&self, reads: &[(u64, u32)]) -> Option<Vec<ShuffleFetch>> {
+        reads
+            .iter()
+            .map(|&(shuffle, reduce)| {
+                let maps = self
+                    .map_outputs
+                    .locations(shuffle, reduce)?
+                    .into_iter()
+                    .map(|(map, executor, size)| {
+                        Some(MapLoc {
+                            map,
+                            executor,
+                            peer: self.executors.get(&executor)?.peer,
+                            size,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(ShuffleFetch {
+                    shuffle,
+                    reduce,
+                    maps,
+                })
+            })
+            .collect()
+    }
+
     fn status(&self) -> ClusterStatus {
         let now = Instant::now();
         ClusterStatus {
@@ -330,6 +465,13 @@ impl DriverState {
                     failed: e.failed,
                     excluded: e.excluded,
                     last_heartbeat_ms: now.duration_since(e.last_hb).as_millis() as u64,
+                    peer_addr: e.peer.addr.to_string(),
+                    peer_fingerprint: e
+                        .peer
+                        .fingerprint
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
                 })
                 .collect(),
             lost: self.lost,
@@ -337,6 +479,7 @@ impl DriverState {
             pending_tasks: self.pending.len() as u64,
             jobs_finished: self.jobs_finished,
             refused_connections: self.refused,
+            live_shuffles: self.map_outputs.len() as u64,
         }
     }
 
@@ -354,6 +497,13 @@ impl DriverState {
         e.conn
             .close(transport::CLOSE_NORMAL.into(), b"declared lost by driver");
         self.cache_locs.retain(|_, exec| *exec != id);
+        let outputs = self.map_outputs.lose_executor(id);
+        if outputs > 0 {
+            info!(
+                executor = id,
+                outputs, "forgot the map outputs it held; they are recomputed when needed"
+            );
+        }
         for key in e.running {
             if let Some(stage) = self.stages.get_mut(&(key.job, key.stage)) {
                 if let Some(t) = stage.tasks.get_mut(key.partition as usize) {
@@ -381,7 +531,9 @@ impl DriverState {
                     e.completed += 1;
                     e.consecutive_failures = 0;
                 }
-                Err(_) => {
+                // A peer lost blocks: not this executor's fault.
+                Err(TaskFailure::FetchFailed { .. }) => {}
+                Err(TaskFailure::Failed(_)) => {
                     e.failed += 1;
                     e.consecutive_failures += 1;
                     if e.consecutive_failures >= max_exec_failures && !e.excluded {
@@ -414,6 +566,16 @@ impl DriverState {
         t.running = None;
         match report.result {
             Ok(out) => {
+                if let (
+                    Action::ShuffleWrite { shuffle, .. },
+                    TaskOutput::ShuffleWritten { sizes },
+                ) = (&t.task.action, &out)
+                {
+                    if self.executors.contains_key(&exec_id) {
+                        self.map_outputs
+                            .record(*shuffle, t.task.partition, exec_id, sizes.clone());
+                    }
+                }
                 t.output = Some(out);
                 stage.remaining -= 1;
                 if stage.remaining == 0 {
@@ -429,35 +591,46 @@ impl DriverState {
                     }
                 }
             }
-            Err(cause) => {
+            Err(TaskFailure::FetchFailed { lost, reason }) => {
+                t.fetch_failures += 1;
+                let (fetch_failures, partition, failures) =
+                    (t.fetch_failures, t.task.partition, t.failures);
+                let forgotten = self.map_outputs.lose_blocks(&lost);
+                warn!(task = %key, executor = exec_id, %reason, blocks = lost.len(), forgotten, "shuffle fetch failed; recomputing the lost map outputs");
+                if fetch_failures > self.config.max_fetch_failures {
+                    let err = Error::JobFailed {
+                        job: key.job,
+                        task: format!("stage {} partition {partition}", key.stage),
+                        attempts: failures + fetch_failures,
+                        last_cause: format!(
+                            "on executor {exec_id}: shuffle fetch failed {fetch_failures} times: {reason}"
+                        ),
+                    };
+                    self.fail_stage(key.job, key.stage, err);
+                } else {
+                    // Waits in the queue until the lost outputs are back.
+                    self.pending.push_back((key.job, key.stage, key.partition));
+                }
+            }
+            Err(TaskFailure::Failed(cause)) => {
                 t.failures += 1;
                 t.failed_on.insert(exec_id);
                 t.last_error = cause.clone();
+                let (failures, partition) = (t.failures, t.task.partition);
                 let name = self
                     .executors
                     .get(&exec_id)
                     .map(|e| e.name.clone())
                     .unwrap_or_default();
                 warn!(task = %key, executor = exec_id, %name, %cause, "task failed");
-                if t.failures >= max_attempts {
+                if failures >= max_attempts {
                     let err = Error::JobFailed {
                         job: key.job,
-                        task: format!("stage {} partition {}", key.stage, t.task.partition),
-                        attempts: t.failures,
+                        task: format!("stage {} partition {partition}", key.stage),
+                        attempts: failures,
                         last_cause: format!("on executor {exec_id} ({name}): {cause}"),
                     };
-                    let mut blamed = HashSet::new();
-                    if let Some(mut stage) = self.stages.remove(&(key.job, key.stage)) {
-                        for t in &stage.tasks {
-                            blamed.extend(t.failed_on.iter().copied());
-                        }
-                        if let Some(r) = stage.reply.take() {
-                            let _ = r.send(Err(err));
-                        }
-                    }
-                    self.forgive(&blamed);
-                    self.pending
-                        .retain(|(j, s, _)| !(*j == key.job && *s == key.stage));
+                    self.fail_stage(key.job, key.stage, err);
                 } else {
                     self.pending.push_front((key.job, key.stage, key.partition));
                 }
@@ -483,6 +656,7 @@ impl DriverState {
             stages = self.stages.len(),
             "no executors: failing waiting stages"
         );
+        self.map_outputs.clear_recovering();
         for ((job, stage), mut st) in self.stages.drain() {
             if let Some(r) = st.reply.take() {
                 let _ = r.send(Err(Error::Invalid(format!(
@@ -569,6 +743,43 @@ impl DriverState {
             if t.output.is_some() || t.running.is_some() {
                 continue;
             }
+            let reads = t.task.reads.clone();
+            let mut fetches = Vec::new();
+            if !reads.is_empty() {
+                match self.map_outputs.readiness(&reads) {
+                    Readiness::Ready => {}
+                    Readiness::Missing(missing) => {
+                        for (shuffle, maps) in missing {
+                            self.recover(shuffle, &maps);
+                        }
+                        deferred.push_back((job, stage_id, p));
+                        continue;
+                    }
+                    Readiness::Failed(cause) => {
+                        let err = Error::JobFailed {
+                            job,
+                            task: format!("stage {stage_id} partition {p}"),
+                            attempts: 0,
+                            last_cause: format!("its shuffle input cannot be recomputed: {cause}"),
+                        };
+                        self.fail_stage(job, stage_id, err);
+                        continue;
+                    }
+                }
+                match self.fetches_for(&reads) {
+                    Some(f) => fetches = f,
+                    None => {
+                        deferred.push_back((job, stage_id, p));
+                        continue;
+                    }
+                }
+            }
+            let Some(stage) = self.stages.get(&(job, stage_id)) else {
+                continue;
+            };
+            let Some(t) = stage.tasks.get(p as usize) else {
+                continue;
+            };
             let Some(exec_id) = self.pick(t) else {
                 deferred.push_back((job, stage_id, p));
                 // No free slot for this one; others may prefer other executors.
@@ -601,6 +812,7 @@ impl DriverState {
                 partition: t.task.partition,
                 action: t.task.action.clone(),
                 inputs: t.task.inputs.clone(),
+                fetches,
             };
             let Some(e) = self.executors.get_mut(&exec_id) else {
                 continue;
@@ -621,16 +833,11 @@ impl DriverState {
     }
 }
 
-/// Materialized shuffle outputs: `id -> [reduce partition][map partition]`.
-pub(crate) type ShuffleTable = HashMap<u64, Arc<Vec<Vec<Vec<u8>>>>>;
-
 /// Shared state of a running driver, reachable from [`crate::Dataset`]s.
 pub(crate) struct DriverShared {
     pub(crate) actor: ActorRef<DriverMsg>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) next_id: AtomicU64,
-    /// Materialized shuffles: `id -> [reduce partition][map partition] blob`.
-    pub(crate) shuffles: Mutex<ShuffleTable>,
 }
 
 impl DriverShared {
@@ -655,6 +862,30 @@ impl DriverShared {
             .map_err(|e| Error::DriverGone(e.to_string()))?;
         rx.await
             .map_err(|_| Error::DriverGone("driver actor stopped during a stage".into()))?
+    }
+
+    /// Run the map stage of `shuffle` (only map partitions without an
+    /// output run); the outputs stay on the executors.
+    pub(crate) async fn run_map_stage(
+        &self,
+        job: u64,
+        stage: u32,
+        shuffle: u64,
+        tasks: Vec<StageTask>,
+    ) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.actor
+            .cast(DriverMsg::RunMapStage {
+                job,
+                stage,
+                shuffle,
+                tasks,
+                reply: tx,
+            })
+            .map_err(|e| Error::DriverGone(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::DriverGone("driver actor stopped during a stage".into()))?
+            .map(|_| ())
     }
 }
 
@@ -685,7 +916,6 @@ impl Driver {
             actor: actor.clone(),
             registry,
             next_id: AtomicU64::new(1),
-            shuffles: Mutex::new(HashMap::new()),
         });
         let ep = endpoint.clone();
         let secret = token.secret;
@@ -879,7 +1109,13 @@ async fn serve_executor(
     })
     .await
     .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL.into(), b"bad register"))?;
-    let Some(ToDriver::Register { name, cores, pid }) = first else {
+    let Some(ToDriver::Register {
+        name,
+        cores,
+        pid,
+        peer: peer_addr,
+    }) = first
+    else {
         conn.close(transport::CLOSE_PROTOCOL.into(), b"expected register");
         return Err(Error::Invalid(format!(
             "{peer}: first frame was not Register"
@@ -892,6 +1128,7 @@ async fn serve_executor(
             name,
             cores,
             pid,
+            peer: peer_addr,
             conn: conn.clone(),
             ctl: ctl_tx.clone(),
             reply: id_tx,

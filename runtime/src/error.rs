@@ -107,6 +107,36 @@ pub enum Error {
         /// The last failure.
         last_cause: String,
     },
+    /// `zip` of datasets with different partition counts.
+    #[error("zip needs the same number of partitions: {left} vs {right}")]
+    ZipPartitions {
+        /// Partitions of the left dataset.
+        left: u32,
+        /// Partitions of the right dataset.
+        right: u32,
+    },
+    /// `zip` of partitions with different element counts.
+    #[error("zip: partition {partition} has {left} elements on the left but {right} on the right")]
+    ZipMismatch {
+        /// The partition index.
+        partition: u32,
+        /// Elements on the left.
+        left: u64,
+        /// Elements on the right.
+        right: u64,
+    },
+    /// Shuffle blocks could not be fetched from a peer executor.
+    #[error("shuffle {shuffle}: fetching map {map} from executor {executor} failed: {reason}")]
+    FetchFailed {
+        /// The shuffle id.
+        shuffle: u64,
+        /// The map partition.
+        map: u32,
+        /// The executor that should hold it.
+        executor: u64,
+        /// What went wrong.
+        reason: String,
+    },
     /// The driver's actor is gone or refused the request.
     #[error("driver unavailable: {0}")]
     DriverGone(String),

@@ -4,6 +4,10 @@
 //! An executor exits when the driver says so, when its connection closes,
 //! or when the driver's heartbeats stop for the configured timeout: it never
 //! outlives its driver.
+//!
+//! It also holds the map outputs of the shuffles it ran and serves them to
+//! the other executors on a peer endpoint of its own (see
+//! [`crate::shuffle`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,13 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::plan::{Cache, EvalCtx};
-use crate::protocol::{Action, Task, TaskOutput, TaskReport, ToDriver, ToExecutor};
+use crate::protocol::{
+    Action, PeerAddr, Task, TaskFailure, TaskOutput, TaskReport, ToDriver, ToExecutor,
+};
 use crate::registry::Registry;
-use crate::transport::{self, read_frame, send_bulk, with_timeout, write_frame, JoinToken, Role};
+use crate::shuffle::{bind_peer_endpoint, serve_peers, PeerFetcher, ShuffleStore};
+use crate::transport::{
+    self, read_frame, send_bulk, with_timeout, write_frame, JoinToken, PeerIdentity, Role,
+};
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -65,30 +74,44 @@ pub(crate) enum ExecMsg {
 
 pub(crate) struct ExecutorActor;
 
+/// What the executor actor is started with.
+pub(crate) struct ExecArgs {
+    registry: Arc<Registry>,
+    conn: quinn::Connection,
+    max_bulk: u64,
+    running: Arc<AtomicUsize>,
+    store: ShuffleStore,
+    fetcher: Arc<PeerFetcher>,
+}
+
 pub(crate) struct ExecState {
     registry: Arc<Registry>,
     cache: Cache,
     conn: quinn::Connection,
     max_bulk: u64,
     running: Arc<AtomicUsize>,
+    store: ShuffleStore,
+    fetcher: Arc<PeerFetcher>,
 }
 
 impl Actor for ExecutorActor {
     type Msg = ExecMsg;
     type State = ExecState;
-    type Arguments = (Arc<Registry>, quinn::Connection, u64, Arc<AtomicUsize>);
+    type Arguments = ExecArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<ExecMsg>,
-        (registry, conn, max_bulk, running): Self::Arguments,
+        a: ExecArgs,
     ) -> std::result::Result<ExecState, ActorProcessingErr> {
         Ok(ExecState {
-            registry,
+            registry: a.registry,
             cache: Arc::new(Mutex::new(HashMap::new())),
-            conn,
-            max_bulk,
-            running,
+            conn: a.conn,
+            max_bulk: a.max_bulk,
+            running: a.running,
+            store: a.store,
+            fetcher: a.fetcher,
         })
     }
 
@@ -105,20 +128,37 @@ impl Actor for ExecutorActor {
                 let conn = st.conn.clone();
                 let max = st.max_bulk;
                 let running = st.running.clone();
+                let (store, fetcher) = (st.store.clone(), st.fetcher.clone());
                 running.fetch_add(1, Ordering::SeqCst);
-                // The actor never blocks: compute goes to the blocking pool.
+                // The actor never blocks: fetches are async, compute goes
+                // to the blocking pool.
                 tokio::spawn(async move {
                     let key = task.key;
-                    let joined =
-                        tokio::task::spawn_blocking(move || run_task(&registry, &cache, *task))
+                    let mut task = *task;
+                    let report = match fetcher.fetch_all(&task.fetches).await {
+                        Err((lost, reason)) => {
+                            warn!(task = %key, blocks = lost.len(), %reason, "shuffle fetch failed");
+                            TaskReport {
+                                key,
+                                result: Err(TaskFailure::FetchFailed { lost, reason }),
+                                cached: Vec::new(),
+                            }
+                        }
+                        Ok(blocks) => {
+                            task.inputs.extend(blocks);
+                            let joined = tokio::task::spawn_blocking(move || {
+                                run_task(&registry, &cache, &store, task)
+                            })
                             .await;
-                    let report = match joined {
-                        Ok(r) => r,
-                        Err(e) => TaskReport {
-                            key,
-                            result: Err(panic_message(e)),
-                            cached: Vec::new(),
-                        },
+                            match joined {
+                                Ok(r) => r,
+                                Err(e) => TaskReport {
+                                    key,
+                                    result: Err(TaskFailure::Failed(panic_message(e))),
+                                    cached: Vec::new(),
+                                },
+                            }
+                        }
                     };
                     if let Err(e) = send_bulk(&conn, &report, max, Duration::from_secs(120)).await {
                         warn!(task = %key, error = %e, "could not send task report");
@@ -145,18 +185,25 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-/// Compute one task. Runs on a blocking thread.
-pub(crate) fn run_task(registry: &Registry, cache: &Cache, task: Task) -> TaskReport {
+/// Compute one task whose shuffle blocks are already in its inputs. Runs
+/// on a blocking thread.
+pub(crate) fn run_task(
+    registry: &Registry,
+    cache: &Cache,
+    store: &ShuffleStore,
+    task: Task,
+) -> TaskReport {
     let Task {
         key,
         plan,
         partition,
         action,
-        mut inputs,
+        inputs,
+        fetches: _,
     } = task;
     let mut ctx = EvalCtx {
         registry,
-        inputs: &mut inputs,
+        inputs: &inputs,
         cache,
         newly_cached: Vec::new(),
     };
@@ -166,17 +213,19 @@ pub(crate) fn run_task(registry: &Registry, cache: &Cache, task: Task) -> TaskRe
             .and_then(|part| crate::train::run_request(registry, request, part.as_ref())),
         _ => ctx
             .eval(&plan, partition)
-            .and_then(|part| apply_action(registry, &action, part)),
+            .and_then(|part| apply_action(registry, store, partition, &action, part)),
     };
     TaskReport {
         key,
-        result: result.map_err(|e| e.to_string()),
+        result: result.map_err(|e| TaskFailure::Failed(e.to_string())),
         cached: ctx.newly_cached,
     }
 }
 
 fn apply_action(
     registry: &Registry,
+    store: &ShuffleStore,
+    partition: u32,
     action: &Action,
     part: Box<dyn crate::registry::Part>,
 ) -> Result<TaskOutput> {
@@ -195,10 +244,17 @@ fn apply_action(
             (f.f)(args, part)?;
             TaskOutput::Done
         }
-        Action::ShuffleWrite { name, partitions } => {
+        Action::ShuffleWrite {
+            shuffle,
+            name,
+            partitions,
+        } => {
             let s = registry.shuffle(name)?;
             crate::registry::check_type(name, s.input, part.elem_type())?;
-            TaskOutput::Shuffle((s.write)(part, *partitions)?)
+            let buckets = (s.write)(part, *partitions)?;
+            let sizes = buckets.iter().map(|b| b.len() as u64).collect();
+            store.put(*shuffle, partition, buckets)?;
+            TaskOutput::ShuffleWritten { sizes }
         }
         Action::Train(request) => crate::train::run_request(registry, request, part.as_ref())?,
     })
@@ -208,6 +264,10 @@ fn apply_action(
 /// Returns `Ok(())` on an orderly shutdown.
 pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Result<()> {
     let peer = config.driver;
+    // The peer endpoint first: the driver learns its address and
+    // certificate fingerprint at registration.
+    let identity = PeerIdentity::generate()?;
+    let (peer_ep, peer_addr) = bind_peer_endpoint(&identity, peer)?;
     let (conn, mut send, mut recv) = transport::connect_and_handshake(
         peer,
         &config.token,
@@ -228,6 +288,10 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
                 name: name.clone(),
                 cores: config.cores,
                 pid: std::process::id(),
+                peer: PeerAddr {
+                    addr: peer_addr,
+                    fingerprint: identity.fingerprint(),
+                },
             },
             ctl_max,
         )
@@ -249,21 +313,39 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
             "{peer}: driver did not confirm registration"
         )));
     };
-    info!(executor = executor_id, %name, driver = %peer, "registered");
+    info!(executor = executor_id, %name, driver = %peer, shuffle_endpoint = %peer_addr, "registered");
     let running = Arc::new(AtomicUsize::new(0));
     let draining = Arc::new(AtomicBool::new(false));
+    let store = ShuffleStore::default();
+    let secret = config.token.secret;
+    let fetcher = Arc::new(PeerFetcher::new(
+        peer_ep.clone(),
+        secret,
+        config.max_bulk_frame,
+        executor_id,
+        store.clone(),
+    ));
     let (actor, actor_handle) = Actor::spawn(
         None,
         ExecutorActor,
-        (
+        ExecArgs {
             registry,
-            conn.clone(),
-            config.max_bulk_frame,
-            running.clone(),
-        ),
+            conn: conn.clone(),
+            max_bulk: config.max_bulk_frame,
+            running: running.clone(),
+            store: store.clone(),
+            fetcher,
+        },
     )
     .await
     .map_err(|e| Error::Invalid(format!("executor actor failed to start: {e}")))?;
+    // Closes both endpoints and stops the actor however this function ends,
+    // including when its task is aborted (a crash, for in-process tests).
+    let _guard = ExitGuard {
+        conn: conn.clone(),
+        peer_ep: peer_ep.clone(),
+        actor: actor.clone(),
+    };
 
     // Heartbeats on the control stream.
     let hb = Duration::from_millis(heartbeat_ms.max(10));
@@ -317,6 +399,10 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
             match r {
                 Some(ToExecutor::Heartbeat) | Some(ToExecutor::Registered { .. }) => {}
                 Some(ToExecutor::Shutdown) => return Ok::<(), Error>(()),
+                Some(ToExecutor::FreeShuffle { shuffle }) => {
+                    let freed = store.free(shuffle)?;
+                    debug!(shuffle, freed, "shuffle blocks dropped");
+                }
                 None => {
                     return Err(Error::Connection {
                         peer,
@@ -361,10 +447,12 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         }
         r = control => r,
         r = tasks => r,
+        r = serve_peers(peer_ep.clone(), store.clone(), secret, config.max_bulk_frame) => r,
     };
     actor.stop(None);
     let _ = tokio::time::timeout(Duration::from_secs(2), actor_handle).await;
     conn.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+    peer_ep.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
     match &result {
         Ok(()) => info!(
             executor = executor_id,
@@ -373,6 +461,25 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         Err(e) => warn!(executor = executor_id, error = %e, "lost the driver; exiting"),
     }
     result
+}
+
+/// Closes an executor's connections when [`run_executor`] ends or is
+/// dropped: peers then see it gone at once instead of after an idle
+/// timeout.
+struct ExitGuard {
+    conn: quinn::Connection,
+    peer_ep: quinn::Endpoint,
+    actor: ActorRef<ExecMsg>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.actor.stop(None);
+        self.conn
+            .close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+        self.peer_ep
+            .close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+    }
 }
 
 /// Resolves when `leave` is notified; never without one.

@@ -8,7 +8,7 @@
 //!   cluster; [`LocalCluster::start`] for one machine (in-process executors
 //!   or child processes).
 //! * [`Dataset`]: transformations (`map`, `filter`, `flat_map`,
-//!   `map_partitions`, `sample`, `union`, `cache`, `repartition`,
+//!   `map_partitions`, `sample`, `union`, `zip`, `cache`, `repartition`,
 //!   `reduce_by_key`, `group_by_key`) and async actions (`count`,
 //!   `collect`, `take`, `reduce`, `fold`, `foreach`).
 //! * [`train`]: data-parallel training (parameter actors, checkpoints,
@@ -32,6 +32,7 @@ mod local;
 mod plan;
 mod protocol;
 mod registry;
+mod shuffle;
 pub mod train;
 pub mod transport;
 

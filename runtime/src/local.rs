@@ -139,6 +139,26 @@ impl LocalCluster {
         self.children.iter().map(Child::id).collect()
     }
 
+    /// Stop executor `i` abruptly, as a crash would: no `Leave`, its
+    /// cached partitions and shuffle blocks are gone. In-process its task
+    /// is aborted (its connections close at once); a child is killed.
+    pub fn kill_executor(&mut self, i: usize) -> Result<()> {
+        if let Some(t) = self.tasks.get(i) {
+            t.abort();
+            return Ok(());
+        }
+        let c = self
+            .children
+            .get_mut(i)
+            .ok_or_else(|| Error::Invalid(format!("no executor {i} to kill")))?;
+        c.kill().map_err(|e| Error::Io {
+            path: format!("executor process {}", c.id()),
+            source: e,
+        })?;
+        let _ = c.wait();
+        Ok(())
+    }
+
     /// Shut down the driver, let executors exit, reap children.
     pub async fn shutdown(mut self) {
         if let Some(d) = self.driver.take() {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::protocol::Inputs;
 use crate::registry::{Part, Registry};
 
 /// How a dataset's partitions are computed. Sent with every task.
@@ -38,7 +39,8 @@ pub(crate) enum Plan {
     },
     /// Concatenation of the parents' partitions.
     Union { parents: Vec<Plan> },
-    /// Output of a hash shuffle; the task carries the blobs as input `id`.
+    /// Output of a hash shuffle; the executor fetches the blocks of the
+    /// task's partition before computing and adds them as input `id`.
     ShuffleRead {
         id: u64,
         parent: Box<Plan>,
@@ -47,6 +49,13 @@ pub(crate) enum Plan {
     },
     /// Cached on the executor that computes it.
     Cache { id: u64, parent: Box<Plan> },
+    /// Element-wise pairs of two plans with the same partitioning; `elem`
+    /// is the pair type the registered zipper builds.
+    Zip {
+        left: Box<Plan>,
+        right: Box<Plan>,
+        elem: String,
+    },
 }
 
 impl Plan {
@@ -59,6 +68,7 @@ impl Plan {
             | Plan::Sample { parent, .. }
             | Plan::Cache { parent, .. } => parent.partitions(),
             Plan::Union { parents } => parents.iter().map(Plan::partitions).sum(),
+            Plan::Zip { left, .. } => left.partitions(),
         }
     }
 
@@ -81,8 +91,25 @@ impl Plan {
                     q -= n;
                 }
             }
+            Plan::Zip { left, right, .. } => {
+                left.visit(p, f);
+                right.visit(p, f);
+            }
             _ => {}
         }
+    }
+
+    /// The `(shuffle id, reduce partition)` blocks partition `p` reads.
+    pub(crate) fn reads(&self, p: u32) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        self.visit(p, &mut |node, q| {
+            if let Plan::ShuffleRead { id, .. } = node {
+                if !out.contains(&(*id, q)) {
+                    out.push((*id, q));
+                }
+            }
+        });
+        out
     }
 
     /// Shuffles this plan reads from, outermost last (parents first).
@@ -96,6 +123,10 @@ impl Plan {
             | Plan::Sample { parent, .. }
             | Plan::Cache { parent, .. } => parent.shuffles(out),
             Plan::Union { parents } => parents.iter().for_each(|p| p.shuffles(out)),
+            Plan::Zip { left, right, .. } => {
+                left.shuffles(out);
+                right.shuffles(out);
+            }
             _ => {}
         }
     }
@@ -107,7 +138,7 @@ pub(crate) type Cache = Arc<Mutex<HashMap<(u64, u32), Arc<dyn Part>>>>;
 /// Evaluation context of one task.
 pub(crate) struct EvalCtx<'a> {
     pub(crate) registry: &'a Registry,
-    pub(crate) inputs: &'a mut HashMap<u64, Vec<Vec<u8>>>,
+    pub(crate) inputs: &'a Inputs,
     pub(crate) cache: &'a Cache,
     pub(crate) newly_cached: Vec<(u64, u32)>,
 }
@@ -137,14 +168,14 @@ impl EvalCtx<'_> {
             Plan::Parallelize { id, elem, .. } => {
                 let bytes = self
                     .inputs
-                    .remove(id)
-                    .and_then(|mut v| v.pop())
+                    .get(&(*id, p))
+                    .and_then(|v| v.first())
                     .ok_or_else(|| {
                         Error::Invalid(format!(
                             "parallelize input {id} not shipped with task for partition {p}"
                         ))
                     })?;
-                (self.registry.decoder(elem)?)(&bytes)
+                (self.registry.decoder(elem)?)(bytes)
             }
             Plan::Source {
                 name,
@@ -180,8 +211,8 @@ impl EvalCtx<'_> {
             }
             Plan::ShuffleRead { id, name, .. } => {
                 let s = self.registry.shuffle(name)?;
-                let blobs = self.inputs.remove(id).ok_or_else(|| {
-                    Error::Invalid(format!("shuffle {id} input not shipped for partition {p}"))
+                let blobs = self.inputs.get(&(*id, p)).ok_or_else(|| {
+                    Error::Invalid(format!("shuffle {id} blocks not fetched for partition {p}"))
                 })?;
                 (s.read)(blobs)
             }
@@ -203,6 +234,12 @@ impl EvalCtx<'_> {
                     .insert((*id, p), shared);
                 self.newly_cached.push((*id, p));
                 Ok(part)
+            }
+            Plan::Zip { left, right, elem } => {
+                let zip = self.registry.zipper(elem)?.clone();
+                let l = self.eval(left, p)?;
+                let r = self.eval(right, p)?;
+                zip(l, r, p)
             }
         }
     }

@@ -1,14 +1,16 @@
 //! Messages exchanged between driver, executors and clients.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
 
-/// Inputs shipped with a task: parallelize data and shuffle blobs, by plan
-/// node id.
-pub(crate) type Inputs = HashMap<u64, Vec<Vec<u8>>>;
+/// Inputs of a task by `(plan node id, partition of that node)`: the
+/// driver ships parallelize data; the executor adds the shuffle blocks it
+/// fetched (one blob per map partition, in map order).
+pub(crate) type Inputs = HashMap<(u64, u32), Vec<Vec<u8>>>;
 
 /// Identifies one attempt of one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,7 +45,10 @@ pub(crate) enum Action {
         name: String,
         args: Vec<u8>,
     },
+    /// Bucket the partition for shuffle `shuffle` into `partitions`
+    /// reduce partitions and keep the buckets in the executor's store.
     ShuffleWrite {
+        shuffle: u64,
         name: String,
         partitions: u32,
     },
@@ -59,8 +64,85 @@ pub(crate) struct Task {
     pub(crate) plan: Plan,
     pub(crate) partition: u32,
     pub(crate) action: Action,
-    /// Shipped inputs: parallelize data and shuffle blobs, by plan node id.
+    /// Shipped inputs: parallelize data.
     pub(crate) inputs: Inputs,
+    /// Shuffle blocks to fetch (from peers or the local store) before
+    /// computing.
+    pub(crate) fetches: Vec<ShuffleFetch>,
+}
+
+/// The blocks of one reduce partition of one shuffle, and where they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ShuffleFetch {
+    pub(crate) shuffle: u64,
+    pub(crate) reduce: u32,
+    /// One entry per map partition, in map order.
+    pub(crate) maps: Vec<MapLoc>,
+}
+
+/// Where map partition `map`'s output lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MapLoc {
+    pub(crate) map: u32,
+    pub(crate) executor: u64,
+    pub(crate) peer: PeerAddr,
+    /// Size in bytes of the block for the fetch's reduce partition.
+    pub(crate) size: u64,
+}
+
+/// How to reach an executor's peer endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerAddr {
+    pub(crate) addr: SocketAddr,
+    /// SHA-256 of the executor's self-signed peer certificate.
+    pub(crate) fingerprint: [u8; 32],
+}
+
+/// A shuffle block a reduce task could not get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LostBlock {
+    pub(crate) shuffle: u64,
+    pub(crate) map: u32,
+    pub(crate) executor: u64,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum TaskFailure {
+    /// The task's own error or panic: counts against its attempts.
+    Failed(String),
+    /// Shuffle blocks could not be fetched (peer gone, unreachable, block
+    /// missing): the map outputs are recomputed and the task rerun.
+    FetchFailed {
+        lost: Vec<LostBlock>,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskFailure::Failed(m) => f.write_str(m),
+            TaskFailure::FetchFailed { lost, reason } => {
+                write!(f, "fetch failed ({} blocks): {reason}", lost.len())
+            }
+        }
+    }
+}
+
+/// Peer → peer: one shuffle block, on its own bidirectional stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct FetchRequest {
+    pub(crate) shuffle: u64,
+    pub(crate) map: u32,
+    pub(crate) reduce: u32,
+}
+
+/// The answer to a [`FetchRequest`], on the same stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FetchReply {
+    Block(#[serde(with = "serde_bytes")] Vec<u8>),
+    Missing,
 }
 
 /// A task's result.
@@ -70,7 +152,11 @@ pub(crate) enum TaskOutput {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Folded(Option<Vec<u8>>),
     Done,
-    Shuffle(Vec<Vec<u8>>),
+    /// Map side of a shuffle: the buckets stay on the executor; only their
+    /// sizes (by reduce partition) are reported.
+    ShuffleWritten {
+        sizes: Vec<u64>,
+    },
     /// Summed gradients (little-endian f32 bytes, empty for an
     /// evaluation), batch statistics and the model's buffers.
     Train {
@@ -87,7 +173,12 @@ pub(crate) enum TaskOutput {
 /// Executor → driver, on the control stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToDriver {
-    Register { name: String, cores: u32, pid: u32 },
+    Register {
+        name: String,
+        cores: u32,
+        pid: u32,
+        peer: PeerAddr,
+    },
     Heartbeat,
     Leave,
 }
@@ -96,7 +187,7 @@ pub(crate) enum ToDriver {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TaskReport {
     pub(crate) key: TaskKey,
-    pub(crate) result: Result<TaskOutput, String>,
+    pub(crate) result: Result<TaskOutput, TaskFailure>,
     pub(crate) cached: Vec<(u64, u32)>,
 }
 
@@ -110,6 +201,10 @@ pub(crate) enum ToExecutor {
     },
     Heartbeat,
     Shutdown,
+    /// Drop the blocks of a shuffle no dataset reads any more.
+    FreeShuffle {
+        shuffle: u64,
+    },
 }
 
 /// Client → driver.
@@ -139,6 +234,12 @@ pub struct ExecutorStatus {
     pub excluded: bool,
     /// Milliseconds since the last heartbeat.
     pub last_heartbeat_ms: u64,
+    /// Its peer (shuffle) endpoint.
+    #[serde(default)]
+    pub peer_addr: String,
+    /// Hex SHA-256 of its peer certificate.
+    #[serde(default)]
+    pub peer_fingerprint: String,
 }
 
 /// The cluster as the driver sees it (`kiln status`).
@@ -157,4 +258,8 @@ pub struct ClusterStatus {
     pub jobs_finished: u64,
     /// Connections refused at the handshake.
     pub refused_connections: u64,
+    /// Shuffles whose map-output locations the driver tracks (freed when
+    /// no dataset reads them any more).
+    #[serde(default)]
+    pub live_shuffles: u64,
 }

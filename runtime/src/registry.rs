@@ -112,7 +112,11 @@ type FoldFn = dyn Fn(Option<&[u8]>, Box<dyn Part>) -> Result<Option<Vec<u8>>> + 
 type CombineFn = dyn Fn(Vec<Vec<u8>>) -> Result<Option<Vec<u8>>> + Send + Sync;
 type ForeachFn = dyn Fn(&[u8], Box<dyn Part>) -> Result<()> + Send + Sync;
 type ShuffleWriteFn = dyn Fn(Box<dyn Part>, u32) -> Result<Vec<Vec<u8>>> + Send + Sync;
-type ShuffleReadFn = dyn Fn(Vec<Vec<u8>>) -> Result<Box<dyn Part>> + Send + Sync;
+type ShuffleReadFn = dyn Fn(&[Vec<u8>]) -> Result<Box<dyn Part>> + Send + Sync;
+/// Pairs two partitions element-wise; the `u32` is the partition index
+/// (for the mismatch error).
+pub(crate) type ZipFn =
+    dyn Fn(Box<dyn Part>, Box<dyn Part>, u32) -> Result<Box<dyn Part>> + Send + Sync;
 
 pub(crate) struct Narrow {
     pub(crate) input: &'static str,
@@ -149,6 +153,7 @@ pub struct Registry {
     foreach: HashMap<String, Foreach>,
     shuffles: HashMap<String, Shuffle>,
     decoders: HashMap<&'static str, Arc<DecodeFn>>,
+    zippers: HashMap<&'static str, Arc<ZipFn>>,
     pub(crate) trainers: HashMap<String, crate::train::TrainerEntry>,
 }
 
@@ -446,7 +451,7 @@ impl Registry {
                 read: Arc::new(move |blobs| {
                     let mut m: HashMap<K, V> = HashMap::new();
                     for blob in blobs {
-                        let v: Vec<(K, V)> = decode_vec(&blob)?;
+                        let v: Vec<(K, V)> = decode_vec(blob)?;
                         for (k, x) in v {
                             match m.remove(&k) {
                                 Some(old) => m.insert(k, f2(old, x)),
@@ -487,7 +492,7 @@ impl Registry {
                 read: Arc::new(move |blobs| {
                     let mut m: HashMap<K, Vec<V>> = HashMap::new();
                     for blob in blobs {
-                        for (k, x) in decode_vec::<(K, V)>(&blob)? {
+                        for (k, x) in decode_vec::<(K, V)>(blob)? {
                             m.entry(k).or_default().push(x);
                         }
                     }
@@ -519,13 +524,46 @@ impl Registry {
                 read: Arc::new(move |blobs| {
                     let mut out: Vec<T> = Vec::new();
                     for blob in blobs {
-                        out.extend(decode_vec::<T>(&blob)?);
+                        out.extend(decode_vec::<T>(blob)?);
                     }
                     Ok(Box::new(out))
                 }),
             },
         );
         self
+    }
+
+    /// Make `(A, B)` datasets buildable with [`crate::Dataset::zip`].
+    pub fn register_zip<A: Data, B: Data>(&mut self) -> &mut Self {
+        self.register_type::<A>()
+            .register_type::<B>()
+            .register_type::<(A, B)>();
+        self.zippers.insert(
+            type_name::<(A, B)>(),
+            Arc::new(|left, right, partition| {
+                let (l, r) = (left.len(), right.len());
+                if l != r {
+                    return Err(Error::ZipMismatch {
+                        partition,
+                        left: l as u64,
+                        right: r as u64,
+                    });
+                }
+                let a: Vec<A> = downcast(left, "zip")?;
+                let b: Vec<B> = downcast(right, "zip")?;
+                Ok(Box::new(a.into_iter().zip(b).collect::<Vec<(A, B)>>()))
+            }),
+        );
+        self
+    }
+
+    pub(crate) fn zipper(&self, pair: &str) -> Result<&Arc<ZipFn>> {
+        self.zippers
+            .get(pair)
+            .ok_or_else(|| Error::UnknownFunction {
+                kind: "zip (call Registry::register_zip::<A, B>)",
+                name: pair.into(),
+            })
     }
 
     pub(crate) fn narrow(&self, name: &str) -> Result<&Narrow> {

@@ -26,8 +26,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Protocol version sent in the preamble; a mismatch is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version sent in the preamble; a mismatch is refused. Version 2:
+/// executor-to-executor shuffle (peer address in `Register`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.
@@ -589,6 +590,271 @@ pub async fn send_bulk<T: Serialize + ?Sized>(
         Ok(())
     })
     .await
+}
+
+// ---------------------------------------------------------------------------
+// Executor-to-executor (peer) links, used by the shuffle. Additive: the
+// driver's CA and the functions above are untouched.
+// ---------------------------------------------------------------------------
+
+/// TLS server name an executor's peer certificate carries.
+pub const PEER_SERVER_NAME: &str = "kiln-peer";
+
+/// An executor's own TLS identity for peer links: a fresh self-signed
+/// certificate. Its SHA-256 fingerprint travels to the driver over the
+/// executor's authenticated control stream, and the driver hands it to the
+/// peers that fetch from this executor, which pin it.
+pub struct PeerIdentity {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    fingerprint: [u8; 32],
+}
+
+impl PeerIdentity {
+    /// Create a fresh key pair and self-signed certificate.
+    pub fn generate() -> Result<Self> {
+        let tls = |e: rcgen::Error| Error::Tls(e.to_string());
+        let certified =
+            rcgen::generate_simple_self_signed(vec![PEER_SERVER_NAME.to_string()]).map_err(tls)?;
+        let cert = certified.cert.der().clone();
+        Ok(PeerIdentity {
+            fingerprint: fingerprint(&cert),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                certified.signing_key.serialize_der(),
+            )),
+            cert,
+        })
+    }
+
+    /// SHA-256 of the certificate (DER), what peers pin.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// A quinn server configuration presenting this certificate.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        cfg.transport_config(Arc::new(transport_config()));
+        Ok(cfg)
+    }
+}
+
+/// Accepts a peer only if its leaf certificate has exactly the pinned
+/// SHA-256 fingerprint (and the handshake signature verifies with it).
+#[derive(Debug)]
+struct PinnedCertVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if secrets_equal(&fingerprint(end_entity), &self.fingerprint) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "peer certificate does not match the fingerprint the driver announced".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Idle timeout of executor-to-executor links (keep-alives every second
+/// keep a healthy one open): a peer killed without closing its connections
+/// is noticed this fast by the executors fetching from it.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A quinn client configuration that trusts exactly one peer certificate.
+pub fn peer_client_config(fingerprint: &[u8; 32]) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
+            fingerprint: *fingerprint,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut t = transport_config();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(PEER_IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
+/// Bind an executor's peer endpoint: it serves with `identity` and also
+/// connects out to other peers.
+pub fn peer_endpoint(identity: &PeerIdentity, addr: SocketAddr) -> Result<quinn::Endpoint> {
+    endpoint(addr, Some(identity.server_config()?))
+}
+
+/// Connect to a peer from `ep`, pinning its certificate `fingerprint`, and
+/// present the cluster `secret` in the preamble (role executor). Returns
+/// the connection once the peer accepted the handshake.
+pub async fn connect_peer_on(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    fingerprint: &[u8; 32],
+    secret: &[u8; 32],
+    timeout: Duration,
+) -> Result<quinn::Connection> {
+    let connecting = ep
+        .connect_with(peer_client_config(fingerprint)?, addr, PEER_SERVER_NAME)
+        .map_err(|e| conn_err(addr, e))?;
+    let conn = with_timeout(addr, "peer TLS handshake", timeout, async {
+        connecting.await.map_err(|e| conn_err(addr, e))
+    })
+    .await?;
+    let (mut send, mut recv) = with_timeout(addr, "peer handshake stream", timeout, async {
+        conn.open_bi().await.map_err(|e| conn_err(addr, e))
+    })
+    .await?;
+    let p = preamble(PROTOCOL_VERSION, secret, Role::Executor);
+    let mut status = [0u8; 1];
+    with_timeout(addr, "peer handshake", timeout, async {
+        send.write_all(&p).await.map_err(|e| conn_err(addr, e))?;
+        recv.read_exact(&mut status)
+            .await
+            .map_err(|e| Error::Refused {
+                peer: addr,
+                reason: format!("connection closed during handshake: {e}"),
+            })
+    })
+    .await?;
+    if status[0] != STATUS_OK {
+        return Err(Error::Refused {
+            peer: addr,
+            reason: status_reason(status[0]).into(),
+        });
+    }
+    let _ = send.finish();
+    Ok(conn)
+}
+
+/// [`connect_peer_on`] from a fresh client-only endpoint (tools, tests).
+pub async fn connect_peer(
+    addr: SocketAddr,
+    fingerprint: &[u8; 32],
+    secret: &[u8; 32],
+    timeout: Duration,
+) -> Result<quinn::Connection> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let ep = endpoint(bind, None)?;
+    connect_peer_on(&ep, addr, fingerprint, secret, timeout).await
+}
+
+/// Server side of the handshake on a fresh incoming connection: TLS, the
+/// first bidirectional stream, the 39-byte preamble checked against
+/// `secret` before anything is decoded. A refused peer gets the status
+/// byte, the connection is closed with [`CLOSE_REFUSED`] and the result is
+/// [`Error::Refused`].
+pub async fn accept_handshake(
+    incoming: quinn::Incoming,
+    secret: &[u8; 32],
+    timeout: Duration,
+) -> Result<(quinn::Connection, Role)> {
+    let peer = incoming.remote_address();
+    let conn = with_timeout(peer, "TLS handshake", timeout, async {
+        incoming.await.map_err(|e| conn_err(peer, e))
+    })
+    .await?;
+    let (mut send, mut recv) = with_timeout(peer, "handshake stream", timeout, async {
+        conn.accept_bi().await.map_err(|e| conn_err(peer, e))
+    })
+    .await?;
+    let mut pre = [0u8; PREAMBLE_LEN];
+    let read = with_timeout(peer, "preamble", timeout, async {
+        recv.read_exact(&mut pre)
+            .await
+            .map_err(|e| conn_err(peer, e))
+    })
+    .await;
+    if let Err(e) = read {
+        conn.close(CLOSE_REFUSED.into(), b"no valid preamble");
+        return Err(e);
+    }
+    match check_preamble(&pre, secret) {
+        Ok(role) => {
+            with_timeout(peer, "handshake status", timeout, async {
+                send.write_all(&[STATUS_OK])
+                    .await
+                    .map_err(|e| conn_err(peer, e))
+            })
+            .await?;
+            let _ = send.finish();
+            Ok((conn, role))
+        }
+        Err(status) => {
+            let reason = status_reason(status);
+            let _ = send.write_all(&[status]).await;
+            let _ = send.finish();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+            Err(Error::Refused {
+                peer,
+                reason: reason.into(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,441 @@
+//! Peer links between executors: the block server and the fetcher.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::ShuffleStore;
+use crate::error::{Error, Result};
+use crate::protocol::{FetchReply, FetchRequest, Inputs, LostBlock, MapLoc, ShuffleFetch};
+use crate::transport::{
+    self, read_frame, with_timeout, write_frame, PeerIdentity, Role, DEFAULT_MAX_CONTROL_FRAME,
+};
+
+/// Time allowed for a peer's TLS handshake and preamble.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for one block to arrive once requested.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
+/// Block fetches in flight per executor, over all its tasks.
+pub(crate) const MAX_CONCURRENT_FETCHES: usize = 16;
+
+/// The local address this host uses to reach `driver`: peers listen on the
+/// interface the driver link uses. No packet is sent.
+fn local_ip_towards(driver: SocketAddr) -> Result<IpAddr> {
+    let bind: SocketAddr = if driver.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let err = |e: std::io::Error| Error::Endpoint {
+        addr: driver,
+        reason: format!("finding the local interface towards the driver: {e}"),
+    };
+    let probe = std::net::UdpSocket::bind(bind).map_err(err)?;
+    probe.connect(driver).map_err(err)?;
+    Ok(probe.local_addr().map_err(err)?.ip())
+}
+
+/// Bind an executor's peer endpoint (port 0) on the interface it uses to
+/// reach `driver`; returns it with its address.
+pub(crate) fn bind_peer_endpoint(
+    identity: &PeerIdentity,
+    driver: SocketAddr,
+) -> Result<(quinn::Endpoint, SocketAddr)> {
+    let ip = local_ip_towards(driver)?;
+    let ep = transport::peer_endpoint(identity, SocketAddr::new(ip, 0))?;
+    let addr = ep.local_addr().map_err(|e| Error::Endpoint {
+        addr: SocketAddr::new(ip, 0),
+        reason: e.to_string(),
+    })?;
+    Ok((ep, addr))
+}
+
+/// Serve `store` to authenticated peers until the endpoint closes. Every
+/// connection task lives in this future's [`JoinSet`], so dropping the
+/// future (executor exit or abort) ends them all.
+pub(crate) async fn serve_peers(
+    endpoint: quinn::Endpoint,
+    store: ShuffleStore,
+    secret: [u8; 32],
+    max_bulk: u64,
+) -> Result<()> {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                conns.spawn(serve_peer(incoming, store.clone(), secret, max_bulk));
+            }
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Ok(Err(e)) = done {
+                    debug!(error = %e, "peer connection ended");
+                }
+            }
+        }
+    }
+    Err(Error::Invalid("peer endpoint closed".into()))
+}
+
+async fn serve_peer(
+    incoming: quinn::Incoming,
+    store: ShuffleStore,
+    secret: [u8; 32],
+    max_bulk: u64,
+) -> Result<()> {
+    let peer = incoming.remote_address();
+    let conn = match transport::accept_handshake(incoming, &secret, HANDSHAKE_TIMEOUT).await {
+        Ok((conn, Role::Executor)) => conn,
+        Ok((conn, role)) => {
+            conn.close(
+                transport::CLOSE_REFUSED.into(),
+                b"only executors fetch blocks",
+            );
+            warn!(%peer, ?role, "peer link refused: not an executor");
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "peer link refused");
+            return Err(e);
+        }
+    };
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            s = conn.accept_bi() => {
+                let Ok((send, recv)) = s else { break };
+                streams.spawn(serve_block(peer, send, recv, store.clone(), max_bulk));
+            }
+            Some(done) = streams.join_next(), if !streams.is_empty() => {
+                if let Ok(Err(e)) = done {
+                    warn!(%peer, error = %e, "serving a shuffle block failed");
+                    conn.close(transport::CLOSE_PROTOCOL.into(), b"bad block request");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn serve_block(
+    peer: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: ShuffleStore,
+    max_bulk: u64,
+) -> Result<()> {
+    let req: Option<FetchRequest> = with_timeout(peer, "block request", HANDSHAKE_TIMEOUT, async {
+        read_frame(&mut recv, peer, DEFAULT_MAX_CONTROL_FRAME).await
+    })
+    .await?;
+    let Some(req) = req else { return Ok(()) };
+    let reply = match store.block(req.shuffle, req.map, req.reduce)? {
+        Some(b) => FetchReply::Block(b),
+        None => FetchReply::Missing,
+    };
+    with_timeout(peer, "block reply", BLOCK_TIMEOUT, async {
+        write_frame(&mut send, peer, &reply, max_bulk).await
+    })
+    .await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// Fetches shuffle blocks for this executor's tasks: one reused
+/// connection per peer, at most [`MAX_CONCURRENT_FETCHES`] blocks in
+/// flight, blocks held here read from the local store.
+pub(crate) struct PeerFetcher {
+    endpoint: quinn::Endpoint,
+    secret: [u8; 32],
+    max_bulk: u64,
+    me: u64,
+    store: ShuffleStore,
+    conns: Mutex<HashMap<(SocketAddr, [u8; 32]), Slot>>,
+    limit: Semaphore,
+}
+
+impl PeerFetcher {
+    /// A fetcher for executor `me`, connecting out from `endpoint`.
+    pub(crate) fn new(
+        endpoint: quinn::Endpoint,
+        secret: [u8; 32],
+        max_bulk: u64,
+        me: u64,
+        store: ShuffleStore,
+    ) -> Self {
+        PeerFetcher {
+            endpoint,
+            secret,
+            max_bulk,
+            me,
+            store,
+            conns: Mutex::new(HashMap::new()),
+            limit: Semaphore::new(MAX_CONCURRENT_FETCHES),
+        }
+    }
+
+    /// Get every block of `fetches` as task inputs keyed by
+    /// `(shuffle, reduce)`, blobs in map order. On failure, every block
+    /// that could not be had and the first reason.
+    pub(crate) async fn fetch_all(
+        self: &Arc<Self>,
+        fetches: &[ShuffleFetch],
+    ) -> std::result::Result<Inputs, (Vec<LostBlock>, String)> {
+        let mut out: Inputs = HashMap::new();
+        let mut lost = Vec::new();
+        let mut first_error = None;
+        let mut remote = JoinSet::new();
+        for f in fetches {
+            let mut blobs = vec![Vec::new(); f.maps.len()];
+            for (i, loc) in f.maps.iter().enumerate() {
+                if loc.executor == self.me {
+                    match self.store.block(f.shuffle, loc.map, f.reduce) {
+                        Ok(Some(b)) => blobs[i] = b,
+                        Ok(None) => {
+                            first_error.get_or_insert_with(|| {
+                                format!(
+                                    "map {} of shuffle {} is not in the local store",
+                                    loc.map, f.shuffle
+                                )
+                            });
+                            lost.push(lost_block(f.shuffle, loc));
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert_with(|| e.to_string());
+                            lost.push(lost_block(f.shuffle, loc));
+                        }
+                    }
+                } else {
+                    let me = self.clone();
+                    let (shuffle, reduce, loc, slot) = (f.shuffle, f.reduce, loc.clone(), i);
+                    remote.spawn(async move {
+                        let r = me.fetch_remote(shuffle, reduce, &loc).await;
+                        (shuffle, reduce, slot, loc, r)
+                    });
+                }
+            }
+            out.insert((f.shuffle, f.reduce), blobs);
+        }
+        while let Some(done) = remote.join_next().await {
+            let (shuffle, reduce, slot, loc, r) = match done {
+                Ok(x) => x,
+                Err(e) => return Err((Vec::new(), format!("block fetch task failed: {e}"))),
+            };
+            match r {
+                Ok(b) => {
+                    if let Some(s) = out
+                        .get_mut(&(shuffle, reduce))
+                        .and_then(|v| v.get_mut(slot))
+                    {
+                        *s = b;
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.to_string());
+                    lost.push(lost_block(shuffle, &loc));
+                }
+            }
+        }
+        match first_error {
+            None => Ok(out),
+            Some(reason) => Err((lost, reason)),
+        }
+    }
+
+    async fn fetch_remote(&self, shuffle: u64, reduce: u32, loc: &MapLoc) -> Result<Vec<u8>> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| Error::Invalid("fetch limiter closed".into()))?;
+        let addr = loc.peer.addr;
+        let fail = |reason: String| Error::FetchFailed {
+            shuffle,
+            map: loc.map,
+            executor: loc.executor,
+            reason,
+        };
+        let conn = self
+            .connection(addr, &loc.peer.fingerprint)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let req = FetchRequest {
+            shuffle,
+            map: loc.map,
+            reduce,
+        };
+        let max = self.max_bulk;
+        let reply = with_timeout(addr, "shuffle block", BLOCK_TIMEOUT, async {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| transport::conn_err(addr, e))?;
+            write_frame(&mut send, addr, &req, DEFAULT_MAX_CONTROL_FRAME).await?;
+            let _ = send.finish();
+            read_frame::<FetchReply>(&mut recv, addr, max).await
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        match reply {
+            Some(FetchReply::Block(b)) if b.len() as u64 == loc.size => Ok(b),
+            Some(FetchReply::Block(b)) => Err(fail(format!(
+                "block is {} bytes, the map task reported {}",
+                b.len(),
+                loc.size
+            ))),
+            Some(FetchReply::Missing) => Err(fail(format!("peer {addr} does not hold the block"))),
+            None => Err(fail(format!(
+                "peer {addr} closed the stream without a reply"
+            ))),
+        }
+    }
+
+    /// The cached connection to a peer, or a new one (TLS pinned to
+    /// `fingerprint`, cluster secret in the preamble).
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        fingerprint: &[u8; 32],
+    ) -> Result<quinn::Connection> {
+        let slot = {
+            let mut conns = self
+                .conns
+                .lock()
+                .map_err(|_| Error::Invalid("peer connection table poisoned".into()))?;
+            conns.entry((addr, *fingerprint)).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = transport::connect_peer_on(
+            &self.endpoint,
+            addr,
+            fingerprint,
+            &self.secret,
+            HANDSHAKE_TIMEOUT,
+        )
+        .await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+}
+
+fn lost_block(shuffle: u64, loc: &MapLoc) -> LostBlock {
+    LostBlock {
+        shuffle,
+        map: loc.map,
+        executor: loc.executor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PeerAddr;
+
+    fn loc(map: u32, executor: u64, peer: PeerAddr, size: u64) -> MapLoc {
+        MapLoc {
+            map,
+            executor,
+            peer,
+            size,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_come_from_peers_and_the_local_store_and_losses_are_named() {
+        let secret = [5u8; 32];
+        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // Executor 1 serves map 0 of shuffle 1.
+        let id_a = PeerIdentity::generate().unwrap();
+        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        let store_a = ShuffleStore::default();
+        store_a
+            .put(1, 0, vec![b"abc".to_vec(), b"de".to_vec()])
+            .unwrap();
+        let server = tokio::spawn(serve_peers(ep_a.clone(), store_a.clone(), secret, 1 << 20));
+        let a = PeerAddr {
+            addr: addr_a,
+            fingerprint: id_a.fingerprint(),
+        };
+        // Executor 2 holds map 1 itself and fetches map 0.
+        let id_b = PeerIdentity::generate().unwrap();
+        let (ep_b, addr_b) = bind_peer_endpoint(&id_b, towards).unwrap();
+        let b = PeerAddr {
+            addr: addr_b,
+            fingerprint: id_b.fingerprint(),
+        };
+        let store_b = ShuffleStore::default();
+        store_b
+            .put(1, 1, vec![b"x".to_vec(), b"yz".to_vec()])
+            .unwrap();
+        let fetcher = Arc::new(PeerFetcher::new(ep_b.clone(), secret, 1 << 20, 2, store_b));
+        let fetch = |maps| {
+            vec![ShuffleFetch {
+                shuffle: 1,
+                reduce: 1,
+                maps,
+            }]
+        };
+        let got = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2), loc(1, 2, b, 2)]))
+            .await
+            .unwrap();
+        assert_eq!(got[&(1, 1)], vec![b"de".to_vec(), b"yz".to_vec()]);
+        // A block of another size than reported is not trusted.
+        let (lost, reason) = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 3), loc(1, 2, b, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            lost,
+            vec![LostBlock {
+                shuffle: 1,
+                map: 0,
+                executor: 1
+            }]
+        );
+        assert!(reason.contains("bytes"), "{reason}");
+        // The peer dropped the shuffle: a fetch failure naming it.
+        store_a.free(1).unwrap();
+        let (lost, reason) = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2), loc(1, 2, b, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.len(), 1);
+        assert!(reason.contains("does not hold"), "{reason}");
+        // A fetcher without the cluster secret is refused.
+        let (ep_c, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let outsider = Arc::new(PeerFetcher::new(
+            ep_c,
+            [6u8; 32],
+            1 << 20,
+            3,
+            ShuffleStore::default(),
+        ));
+        let (lost, reason) = outsider
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.len(), 1);
+        assert!(reason.contains("invalid join token"), "{reason}");
+        // A peer gone: a fetch failure too, not a hang.
+        ep_a.close(0u32.into(), b"gone");
+        server.abort();
+        let (lost, _) = fetcher
+            .fetch_all(&fetch(vec![loc(0, 1, a, 2), loc(1, 2, b, 2)]))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.len(), 1);
+    }
+}
