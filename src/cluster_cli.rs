@@ -13,8 +13,8 @@ use clap::Args;
 use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
 use kiln_runtime::{
-    query_status, run_executor, transport, ClusterStatus, Driver, DriverConfig, ExecutorConfig,
-    ExecutorMode, LocalCluster, LocalConfig, Registry,
+    query_status, run_executor, transport, CertificateFiles, ClusterStatus, Driver, DriverConfig,
+    ExecutorConfig, ExecutorMode, LocalCluster, LocalConfig, Registry,
 };
 use std::path::PathBuf;
 
@@ -167,10 +167,35 @@ impl DigitsArgs {
     }
 }
 
+/// The driver's TLS identity: generated (default) or the user's own.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TlsArgs {
+    /// PEM certificate chain (leaf first) for the driver instead of a
+    /// generated cluster CA; the join token then pins this leaf.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --cert's leaf.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<CertificateFiles> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl JobArgs {
-    fn driver_config(&self, listen: SocketAddr) -> DriverConfig {
+    fn driver_config(&self, listen: SocketAddr, tls: &TlsArgs) -> DriverConfig {
         DriverConfig {
             listen,
+            tls: tls.files(),
             heartbeat: Duration::from_millis(self.heartbeat_ms.max(10)),
             executor_timeout: Duration::from_millis(self.executor_timeout_ms.max(100)),
             max_task_attempts: self.max_attempts.max(1),
@@ -192,6 +217,8 @@ pub(crate) struct LocalArgs {
     #[arg(long)]
     in_process: bool,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     job: JobArgs,
 }
 
@@ -204,6 +231,8 @@ pub(crate) struct DriverArgs {
     /// Wait for this many executors before running --job.
     #[arg(long, default_value_t = 1)]
     expect_executors: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -465,7 +494,7 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
             mode,
             driver: args
                 .job
-                .driver_config(SocketAddr::from(([127, 0, 0, 1], 0))),
+                .driver_config(SocketAddr::from(([127, 0, 0, 1], 0)), &args.tls),
             startup_timeout: Duration::from_secs(30),
         };
         let cluster = LocalCluster::start(config, registry()).await?;
@@ -481,7 +510,8 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
 pub(crate) fn driver(args: DriverArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let driver = Driver::start(args.job.driver_config(args.listen), registry()).await?;
+        let driver =
+            Driver::start(args.job.driver_config(args.listen, &args.tls), registry()).await?;
         print_join(&driver)?;
         if args.job.job.is_some() {
             driver

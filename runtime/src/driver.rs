@@ -23,8 +23,8 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::transport::{
-    self, check_preamble, read_frame, send_bulk, with_timeout, write_frame, ClusterIdentity,
-    JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
+    self, check_preamble, read_frame, send_bulk, with_timeout, write_frame, CertificateFiles,
+    ClusterIdentity, JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
 };
 
 /// The reason recorded for an executor that sent `Leave`.
@@ -57,6 +57,9 @@ pub struct DriverConfig {
     pub max_bulk_frame: u64,
     /// Time allowed for the TLS handshake and the preamble.
     pub handshake_timeout: Duration,
+    /// A user-supplied certificate chain and key (PEM) instead of a
+    /// generated cluster CA; the join token then pins that leaf.
+    pub tls: Option<CertificateFiles>,
 }
 
 impl Default for DriverConfig {
@@ -72,6 +75,7 @@ impl Default for DriverConfig {
             max_control_frame: transport::DEFAULT_MAX_CONTROL_FRAME,
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
             handshake_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -668,10 +672,11 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Bind, create the cluster CA and join token, start the actor and the
-    /// accept loop. Must be called inside a tokio runtime.
+    /// Bind, create the cluster CA (or load `config.tls`) and the join
+    /// token, start the actor and the accept loop. Must be called inside a
+    /// tokio runtime.
     pub async fn start(config: DriverConfig, registry: Arc<Registry>) -> Result<Driver> {
-        let identity = ClusterIdentity::generate()?;
+        let identity = ClusterIdentity::load_or_generate(config.tls.as_ref())?;
         let endpoint = transport::server_endpoint(&identity, config.listen)?;
         let addr = endpoint.local_addr().map_err(|e| Error::Endpoint {
             addr: config.listen,

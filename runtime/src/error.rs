@@ -9,6 +9,15 @@ pub enum Error {
     /// Creating or loading certificates failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// A user-supplied certificate or key file is unusable (not PEM, an
+    /// empty chain, a key that does not match the certificate).
+    #[error("certificate setup failed for {path}: {reason}")]
+    Certificate {
+        /// The file at fault.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A join token could not be parsed.
     #[error("malformed join token: {0}")]
     BadToken(String),

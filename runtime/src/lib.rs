@@ -43,4 +43,4 @@ pub use local::{ExecutorMode, LocalCluster, LocalConfig};
 pub use protocol::{ClusterStatus, ExecutorStatus};
 pub use registry::{decode_vec, Data, Part, Registry};
 pub use train::{DistributedTrainer, GradientWorker, ShardOptimizer, TrainSpec};
-pub use transport::JoinToken;
+pub use transport::{CertificateFiles, JoinToken};
