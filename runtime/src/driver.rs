@@ -2,8 +2,15 @@
 //! heartbeats, and schedules stages of tasks with retry and exclusion.
 //!
 //! One ractor actor ([`DriverActor`]) owns all scheduling state, so there
-//! are no locks around it; connection tasks translate network frames into
-//! actor messages and never decode anything before the preamble passed.
+//! are no locks around it. It supervises one child actor per registered
+//! executor ([`executor_link::ExecutorLink`], spawned linked to it), which
+//! owns that executor's connection; a link that stops or fails is reported
+//! to the driver as a supervision event and the executor is declared lost
+//! (or left), its tasks re-queued. Before registration, a plain task per
+//! incoming connection runs the handshake and never decodes anything
+//! before the preamble passed.
+
+mod executor_link;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -11,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{mpsc, oneshot};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -23,9 +30,10 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::transport::{
-    self, check_preamble, read_frame, send_bulk, with_timeout, write_frame, CertificateFiles,
-    ClusterIdentity, JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
+    self, check_preamble, read_frame, with_timeout, write_frame, CertificateFiles, ClusterIdentity,
+    JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
 };
+use executor_link::{ExecutorLink, LinkArgs, LinkMsg};
 
 /// The reason recorded for an executor that sent `Leave`.
 const LEFT_GRACEFULLY: &str = "left gracefully";
@@ -93,17 +101,18 @@ type StageReply = oneshot::Sender<Result<Vec<TaskOutput>>>;
 
 /// Messages of the driver actor.
 pub(crate) enum DriverMsg {
+    /// An executor passed the handshake and sent `Register`: give it an id
+    /// and a link actor.
     Joined {
         name: String,
         cores: u32,
         pid: u32,
         conn: quinn::Connection,
-        ctl: mpsc::UnboundedSender<ToExecutor>,
-        reply: oneshot::Sender<u64>,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
     },
     Heartbeat(u64),
     Report(u64, TaskReport),
-    Gone(u64, String),
     RunStage {
         job: u64,
         stage: u32,
@@ -114,12 +123,15 @@ pub(crate) enum DriverMsg {
     Refused,
     Tick,
     Shutdown,
+    /// Test hook: make an executor's link actor panic.
+    #[cfg(test)]
+    CrashLink(u64),
 }
 
 struct Exec {
     name: String,
     conn: quinn::Connection,
-    ctl: mpsc::UnboundedSender<ToExecutor>,
+    link: ActorRef<LinkMsg>,
     cores: u32,
     last_hb: Instant,
     running: HashSet<TaskKey>,
@@ -151,6 +163,8 @@ pub(crate) struct DriverState {
     config: DriverConfig,
     next_exec: u64,
     executors: BTreeMap<u64, Exec>,
+    /// Link actor -> executor id, to map supervision events.
+    links: HashMap<ActorId, u64>,
     stages: HashMap<(u64, u32), StageState>,
     pending: VecDeque<(u64, u32, u32)>,
     cache_locs: HashMap<(u64, u32), u64>,
@@ -187,6 +201,7 @@ impl Actor for DriverActor {
             config,
             next_exec: 1,
             executors: BTreeMap::new(),
+            links: HashMap::new(),
             stages: HashMap::new(),
             pending: VecDeque::new(),
             cache_locs: HashMap::new(),
@@ -210,18 +225,46 @@ impl Actor for DriverActor {
                 cores,
                 pid,
                 conn,
-                ctl,
-                reply,
+                send,
+                recv,
             } => {
                 let id = st.next_exec;
                 st.next_exec += 1;
-                info!(executor = id, %name, pid, cores, peer = %conn.remote_address(), "executor registered");
+                let peer = conn.remote_address();
+                let args = LinkArgs {
+                    id,
+                    conn: conn.clone(),
+                    send,
+                    recv,
+                    driver: myself.clone(),
+                    max_control: st.config.max_control_frame,
+                    max_bulk: st.config.max_bulk_frame,
+                    executor_timeout: st.config.executor_timeout,
+                };
+                let link = match Actor::spawn_linked(None, ExecutorLink, args, myself.get_cell())
+                    .await
+                {
+                    Ok((link, _)) => link,
+                    Err(e) => {
+                        warn!(%peer, %name, error = %e, "could not start the executor's link; dropping it");
+                        conn.close(transport::CLOSE_NORMAL.into(), b"driver could not serve");
+                        return Ok(());
+                    }
+                };
+                info!(executor = id, %name, pid, cores, %peer, "executor registered");
+                // First on the control stream: the link's mailbox is ordered.
+                let _ = link.cast(LinkMsg::Control(ToExecutor::Registered {
+                    executor_id: id,
+                    heartbeat_ms: st.config.heartbeat.as_millis() as u64,
+                    timeout_ms: st.config.executor_timeout.as_millis() as u64,
+                }));
+                st.links.insert(link.get_id(), id);
                 st.executors.insert(
                     id,
                     Exec {
                         name,
                         conn,
-                        ctl,
+                        link,
                         cores: cores.max(1),
                         last_hb: Instant::now(),
                         running: HashSet::new(),
@@ -232,8 +275,7 @@ impl Actor for DriverActor {
                         excluded_at: None,
                     },
                 );
-                let _ = reply.send(id);
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::Heartbeat(id) => {
                 if let Some(e) = st.executors.get_mut(&id) {
@@ -242,11 +284,7 @@ impl Actor for DriverActor {
             }
             DriverMsg::Report(id, report) => {
                 st.on_report(id, report);
-                st.schedule(&myself);
-            }
-            DriverMsg::Gone(id, reason) => {
-                st.remove_executor(id, &reason);
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::RunStage {
                 job,
@@ -281,7 +319,7 @@ impl Actor for DriverActor {
                         reply: Some(reply),
                     },
                 );
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::Status(reply) => {
                 let _ = reply.send(st.status());
@@ -302,16 +340,57 @@ impl Actor for DriverActor {
                 st.expire_exclusions(now);
                 st.fail_if_starved(now);
                 for e in st.executors.values() {
-                    let _ = e.ctl.send(ToExecutor::Heartbeat);
+                    let _ = e.link.cast(LinkMsg::Control(ToExecutor::Heartbeat));
                 }
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::Shutdown => {
+                // Links are children: stopping the driver kills them, so
+                // first let each deliver its Shutdown frame.
+                let mut done = Vec::new();
                 for e in st.executors.values() {
-                    let _ = e.ctl.send(ToExecutor::Shutdown);
+                    let (tx, rx) = oneshot::channel();
+                    if e.link.cast(LinkMsg::Shutdown(tx)).is_ok() {
+                        done.push(rx);
+                    }
+                }
+                for rx in done {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
                 }
                 myself.stop(None);
             }
+            #[cfg(test)]
+            DriverMsg::CrashLink(id) => {
+                if let Some(e) = st.executors.get(&id) {
+                    let _ = e.link.cast(LinkMsg::Crash);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A link actor ended: its executor is lost (or left, if it said so);
+    /// the driver itself keeps serving. Events of links the driver already
+    /// removed (heartbeat timeout, task send failure) are ignored.
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<DriverMsg>,
+        event: SupervisionEvent,
+        st: &mut DriverState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let (who, reason) = match event {
+            SupervisionEvent::ActorTerminated(who, _, reason) => (
+                who,
+                reason.unwrap_or_else(|| "executor link stopped".into()),
+            ),
+            SupervisionEvent::ActorFailed(who, err) => {
+                (who, format!("executor link failed: {err}"))
+            }
+            _ => return Ok(()),
+        };
+        if let Some(id) = st.links.remove(&who.get_id()) {
+            st.remove_executor(id, &reason);
+            st.schedule();
         }
         Ok(())
     }
@@ -348,6 +427,8 @@ impl DriverState {
         let Some(e) = self.executors.remove(&id) else {
             return;
         };
+        self.links.remove(&e.link.get_id());
+        e.link.stop(Some(reason.to_string()));
         if reason == LEFT_GRACEFULLY {
             info!(executor = id, name = %e.name, requeued = e.running.len(), "executor left; its partitions go to the others");
             self.left += 1;
@@ -561,7 +642,7 @@ impl DriverState {
             .map(|(id, _)| **id)
     }
 
-    fn schedule(&mut self, myself: &ActorRef<DriverMsg>) {
+    fn schedule(&mut self) {
         let mut deferred = VecDeque::new();
         while let Some((job, stage_id, p)) = self.pending.pop_front() {
             let Some(stage) = self.stages.get(&(job, stage_id)) else {
@@ -610,15 +691,8 @@ impl DriverState {
                 continue;
             };
             e.running.insert(key);
-            let conn = e.conn.clone();
-            let max = self.config.max_bulk_frame;
-            let me = myself.clone();
-            tokio::spawn(async move {
-                if let Err(err) = send_bulk(&conn, &task, max, Duration::from_secs(60)).await {
-                    warn!(task = %key, executor = exec_id, %err, "sending task failed");
-                    let _ = me.cast(DriverMsg::Gone(exec_id, format!("task send failed: {err}")));
-                }
-            });
+            // A failed send fails the link, which loses the executor.
+            let _ = e.link.cast(LinkMsg::Task(Box::new(task)));
         }
         deferred.extend(self.pending.drain(..));
         self.pending = deferred;
@@ -872,7 +946,7 @@ async fn serve_client(
 
 async fn serve_executor(
     conn: quinn::Connection,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
@@ -890,100 +964,17 @@ async fn serve_executor(
             "{peer}: first frame was not Register"
         )));
     };
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<ToExecutor>();
-    let (id_tx, id_rx) = oneshot::channel();
+    // From here on the driver's link actor owns the connection.
     actor
         .cast(DriverMsg::Joined {
             name,
             cores,
             pid,
-            conn: conn.clone(),
-            ctl: ctl_tx.clone(),
-            reply: id_tx,
+            conn,
+            send,
+            recv,
         })
-        .map_err(|e| Error::DriverGone(e.to_string()))?;
-    let id = id_rx
-        .await
-        .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
-    let _ = ctl_tx.send(ToExecutor::Registered {
-        executor_id: id,
-        heartbeat_ms: config.heartbeat.as_millis() as u64,
-        timeout_ms: config.executor_timeout.as_millis() as u64,
-    });
-    // Writer: control frames to the executor, in order.
-    let wconn = conn.clone();
-    let wa = actor.clone();
-    tokio::spawn(async move {
-        while let Some(msg) = ctl_rx.recv().await {
-            let r = with_timeout(peer, "control write", Duration::from_secs(10), async {
-                write_frame(&mut send, peer, &msg, max).await
-            })
-            .await;
-            if let Err(e) = r {
-                let _ = wa.cast(DriverMsg::Gone(id, format!("control write failed: {e}")));
-                break;
-            }
-        }
-        let _ = send.finish();
-        drop(wconn);
-    });
-    // Bulk: task reports, one per unidirectional stream.
-    let rconn = conn.clone();
-    let ra = actor.clone();
-    let bulk_max = config.max_bulk_frame;
-    tokio::spawn(async move {
-        loop {
-            let mut s = match rconn.accept_uni().await {
-                Ok(s) => s,
-                Err(_) => break,
-            };
-            let ra = ra.clone();
-            let rc = rconn.clone();
-            tokio::spawn(async move {
-                let r: Result<Option<TaskReport>> =
-                    with_timeout(peer, "task report", Duration::from_secs(300), async {
-                        read_frame(&mut s, peer, bulk_max).await
-                    })
-                    .await;
-                match r {
-                    Ok(Some(report)) => {
-                        let _ = ra.cast(DriverMsg::Report(id, report));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        warn!(executor = id, %peer, error = %e, "bad task report; dropping executor");
-                        rc.close(transport::CLOSE_PROTOCOL.into(), b"bad task report");
-                        let _ = ra.cast(DriverMsg::Gone(id, format!("bad task report: {e}")));
-                    }
-                }
-            });
-        }
-    });
-    // Control reader: heartbeats and leave.
-    let reason = loop {
-        let r: Result<Option<ToDriver>> =
-            with_timeout(peer, "heartbeat", config.executor_timeout, async {
-                read_frame(&mut recv, peer, max).await
-            })
-            .await;
-        match r {
-            Ok(Some(ToDriver::Heartbeat)) => {
-                let _ = actor.cast(DriverMsg::Heartbeat(id));
-            }
-            Ok(Some(ToDriver::Leave)) => break LEFT_GRACEFULLY.to_string(),
-            Ok(Some(ToDriver::Register { .. })) => {
-                warn!(executor = id, %peer, "duplicate Register ignored");
-            }
-            Ok(None) => break "control stream closed".to_string(),
-            Err(e) => {
-                warn!(executor = id, %peer, error = %e, "control stream error");
-                conn.close(transport::CLOSE_PROTOCOL.into(), b"protocol error");
-                break e.to_string();
-            }
-        }
-    };
-    let _ = actor.cast(DriverMsg::Gone(id, reason));
-    Ok(())
+        .map_err(|e| Error::DriverGone(e.to_string()))
 }
 
 /// Ask a driver for its [`ClusterStatus`] (what `kiln status` prints).

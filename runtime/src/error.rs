@@ -116,6 +116,15 @@ pub enum Error {
         /// The last failure.
         last_cause: String,
     },
+    /// A supervised actor failed or stopped while it was still needed
+    /// (e.g. an executor's task runner); the node exits with this.
+    #[error("{actor} failed: {reason}")]
+    ActorFailed {
+        /// Which actor.
+        actor: String,
+        /// Its failure or stop reason.
+        reason: String,
+    },
     /// The driver's actor is gone or refused the request.
     #[error("driver unavailable: {0}")]
     DriverGone(String),

@@ -3,7 +3,13 @@
 //!
 //! An executor exits when the driver says so, when its connection closes,
 //! or when the driver's heartbeats stop for the configured timeout: it never
-//! outlives its driver.
+//! outlives its driver. Its task runner ([`ExecutorActor`]) is a child of
+//! an [`supervisor::ExecutorSupervisor`]; when the runner fails (a panic in
+//! its handler, a task report that cannot be sent) the executor exits with
+//! [`Error::ActorFailed`] instead of running on without it. It does not
+//! reconnect (see the supervisor's docs for why).
+
+mod supervisor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,12 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::plan::{Cache, EvalCtx};
 use crate::protocol::{Action, Task, TaskOutput, TaskReport, ToDriver, ToExecutor};
 use crate::registry::Registry;
+use crate::supervise::{panic_message, spawn_watched};
 use crate::transport::{self, read_frame, send_bulk, with_timeout, write_frame, JoinToken, Role};
 
 /// Executor settings.
@@ -61,6 +69,10 @@ impl ExecutorConfig {
 /// Messages of the executor actor.
 pub(crate) enum ExecMsg {
     Run(Box<Task>),
+    /// A task's report could not be sent (or its runner task panicked):
+    /// the connection is broken, so the runner fails and the executor
+    /// exits.
+    Failed(String),
 }
 
 pub(crate) struct ExecutorActor;
@@ -94,7 +106,7 @@ impl Actor for ExecutorActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<ExecMsg>,
+        myself: ActorRef<ExecMsg>,
         msg: ExecMsg,
         st: &mut ExecState,
     ) -> std::result::Result<(), ActorProcessingErr> {
@@ -106,42 +118,39 @@ impl Actor for ExecutorActor {
                 let max = st.max_bulk;
                 let running = st.running.clone();
                 running.fetch_add(1, Ordering::SeqCst);
+                let (me, on_panic) = (myself.clone(), myself.clone());
                 // The actor never blocks: compute goes to the blocking pool.
-                tokio::spawn(async move {
-                    let key = task.key;
-                    let joined =
-                        tokio::task::spawn_blocking(move || run_task(&registry, &cache, *task))
-                            .await;
-                    let report = match joined {
-                        Ok(r) => r,
-                        Err(e) => TaskReport {
-                            key,
-                            result: Err(panic_message(e)),
-                            cached: Vec::new(),
-                        },
-                    };
-                    if let Err(e) = send_bulk(&conn, &report, max, Duration::from_secs(120)).await {
-                        warn!(task = %key, error = %e, "could not send task report");
-                    }
-                    running.fetch_sub(1, Ordering::SeqCst);
-                });
+                spawn_watched(
+                    "task report sender",
+                    async move {
+                        let key = task.key;
+                        let joined =
+                            tokio::task::spawn_blocking(move || run_task(&registry, &cache, *task))
+                                .await;
+                        let report = match joined {
+                            Ok(r) => r,
+                            Err(e) => TaskReport {
+                                key,
+                                result: Err(format!("task {}", panic_message(e))),
+                                cached: Vec::new(),
+                            },
+                        };
+                        let sent = send_bulk(&conn, &report, max, Duration::from_secs(120)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        if let Err(e) = sent {
+                            let _ = me.cast(ExecMsg::Failed(format!(
+                                "could not send the report of task {key}: {e}"
+                            )));
+                        }
+                    },
+                    move |m| {
+                        let _ = on_panic.cast(ExecMsg::Failed(m));
+                    },
+                );
             }
+            ExecMsg::Failed(reason) => return Err(reason.into()),
         }
         Ok(())
-    }
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if e.is_panic() {
-        let p = e.into_panic();
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into());
-        format!("task panicked: {msg}")
-    } else {
-        format!("task cancelled: {e}")
     }
 }
 
@@ -252,7 +261,13 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
     info!(executor = executor_id, %name, driver = %peer, "registered");
     let running = Arc::new(AtomicUsize::new(0));
     let draining = Arc::new(AtomicBool::new(false));
-    let (actor, actor_handle) = Actor::spawn(
+    // The supervision tree: the task runner, linked under a supervisor
+    // that reports its failure here.
+    let (failed_tx, failed_rx) = oneshot::channel();
+    let (supervisor, _) = Actor::spawn(None, supervisor::ExecutorSupervisor, failed_tx)
+        .await
+        .map_err(|e| Error::Invalid(format!("executor supervisor failed to start: {e}")))?;
+    let (actor, actor_handle) = Actor::spawn_linked(
         None,
         ExecutorActor,
         (
@@ -261,9 +276,20 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
             config.max_bulk_frame,
             running.clone(),
         ),
+        supervisor.get_cell(),
     )
     .await
     .map_err(|e| Error::Invalid(format!("executor actor failed to start: {e}")))?;
+    let runner_failed = async {
+        match failed_rx.await {
+            Ok(reason) => Err(Error::ActorFailed {
+                actor: "task runner".into(),
+                reason,
+            }),
+            // The supervisor stopped without a failure: keep serving.
+            Err(_) => std::future::pending().await,
+        }
+    };
 
     // Heartbeats on the control stream.
     let hb = Duration::from_millis(heartbeat_ms.max(10));
@@ -361,7 +387,11 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         }
         r = control => r,
         r = tasks => r,
+        r = runner_failed => r,
     };
+    // Unlink first so stopping the runner is not reported as a failure.
+    actor.unlink(supervisor.get_cell());
+    supervisor.stop(None);
     actor.stop(None);
     let _ = tokio::time::timeout(Duration::from_secs(2), actor_handle).await;
     conn.close(transport::CLOSE_NORMAL.into(), b"executor exiting");

@@ -32,6 +32,7 @@ mod local;
 mod plan;
 mod protocol;
 mod registry;
+mod supervise;
 pub mod train;
 pub mod transport;
 
