@@ -216,6 +216,10 @@ pub(crate) struct LocalArgs {
     /// Run executors as tasks of this process instead of child processes.
     #[arg(long)]
     in_process: bool,
+    /// With --in-process: connect the executors to the driver in memory
+    /// instead of over QUIC on loopback.
+    #[arg(long, requires = "in_process")]
+    in_memory: bool,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -480,7 +484,9 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
 pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mode = if args.in_process {
+        let mode = if args.in_memory {
+            ExecutorMode::InProcessDirect
+        } else if args.in_process {
             ExecutorMode::InProcess
         } else {
             ExecutorMode::Processes {

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::connection::{memory_pair, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::protocol::{
@@ -107,9 +108,9 @@ pub(crate) enum DriverMsg {
         name: String,
         cores: u32,
         pid: u32,
-        conn: quinn::Connection,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
+        conn: Connection,
+        send: SendHalf,
+        recv: RecvHalf,
     },
     Heartbeat(u64),
     Report(u64, TaskReport),
@@ -130,7 +131,7 @@ pub(crate) enum DriverMsg {
 
 struct Exec {
     name: String,
-    conn: quinn::Connection,
+    conn: Connection,
     link: ActorRef<LinkMsg>,
     cores: u32,
     last_hb: Instant,
@@ -230,7 +231,7 @@ impl Actor for DriverActor {
             } => {
                 let id = st.next_exec;
                 st.next_exec += 1;
-                let peer = conn.remote_address();
+                let peer = conn.peer();
                 let args = LinkArgs {
                     id,
                     conn: conn.clone(),
@@ -247,7 +248,7 @@ impl Actor for DriverActor {
                     Ok((link, _)) => link,
                     Err(e) => {
                         warn!(%peer, %name, error = %e, "could not start the executor's link; dropping it");
-                        conn.close(transport::CLOSE_NORMAL.into(), b"driver could not serve");
+                        conn.close(transport::CLOSE_NORMAL, b"driver could not serve");
                         return Ok(());
                     }
                 };
@@ -406,7 +407,7 @@ impl DriverState {
                 .map(|(id, e)| ExecutorStatus {
                     id: *id,
                     name: e.name.clone(),
-                    addr: e.conn.remote_address().to_string(),
+                    addr: e.conn.describe(),
                     cores: e.cores,
                     running: e.running.len() as u32,
                     completed: e.completed,
@@ -437,7 +438,7 @@ impl DriverState {
             self.lost += 1;
         }
         e.conn
-            .close(transport::CLOSE_NORMAL.into(), b"declared lost by driver");
+            .close(transport::CLOSE_NORMAL, b"declared lost by driver");
         self.cache_locs.retain(|_, exec| *exec != id);
         for key in e.running {
             if let Some(stage) = self.stages.get_mut(&(key.job, key.stage)) {
@@ -740,6 +741,8 @@ impl DriverShared {
 pub struct Driver {
     pub(crate) shared: Arc<DriverShared>,
     endpoint: quinn::Endpoint,
+    /// Accepts in-memory connections of in-process executors.
+    memory: mpsc::UnboundedSender<ServerEnd>,
     addr: SocketAddr,
     token: JoinToken,
     actor_handle: Option<tokio::task::JoinHandle<()>>,
@@ -768,15 +771,31 @@ impl Driver {
         });
         let ep = endpoint.clone();
         let secret = token.secret;
+        let (quic_actor, quic_config) = (actor.clone(), config.clone());
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
+                let actor = quic_actor.clone();
+                let config = quic_config.clone();
+                tokio::spawn(async move {
+                    let peer = incoming.remote_address();
+                    if let Err(e) = serve_quic(incoming, actor, config, secret).await {
+                        warn!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        });
+        // The in-process path: the same handshake and link code, with no
+        // socket underneath. It ends when the driver is dropped.
+        let (memory, mut incoming) = mpsc::unbounded_channel::<ServerEnd>();
+        tokio::spawn(async move {
+            while let Some((conn, send, recv)) = incoming.recv().await {
                 let actor = actor.clone();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    let peer = incoming.remote_address();
-                    if let Err(e) = serve_connection(incoming, actor.clone(), config, secret).await
+                    let peer = conn.peer();
+                    if let Err(e) = serve_connection(conn, send, recv, actor, config, secret).await
                     {
-                        warn!(%peer, error = %e, "connection ended with an error");
+                        warn!(%peer, error = %e, "in-process connection ended with an error");
                     }
                 });
             }
@@ -785,10 +804,22 @@ impl Driver {
         Ok(Driver {
             shared,
             endpoint,
+            memory,
             addr,
             token,
             actor_handle: Some(handle),
         })
+    }
+
+    /// Open an in-memory connection to this driver (for an executor in
+    /// this process): the client end and its control stream, before the
+    /// preamble.
+    pub(crate) fn connect_in_memory(&self) -> Result<(Connection, SendHalf, RecvHalf)> {
+        let (client, server) = memory_pair();
+        self.memory
+            .send(server)
+            .map_err(|_| Error::DriverGone("driver no longer accepts connections".into()))?;
+        Ok(client)
     }
 
     /// The bound address.
@@ -855,7 +886,13 @@ impl Driver {
     }
 }
 
-async fn serve_connection(
+/// The server end of a connection, after TLS: the connection and its
+/// control stream.
+type ServerEnd = (Connection, SendHalf, RecvHalf);
+
+/// TLS handshake and control stream of a QUIC connection, then
+/// [`serve_connection`].
+async fn serve_quic(
     incoming: quinn::Incoming,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
@@ -867,16 +904,41 @@ async fn serve_connection(
         incoming.await.map_err(|e| transport::conn_err(peer, e))
     })
     .await?;
-    let (mut send, mut recv) = with_timeout(peer, "control stream", hs, async {
+    let (send, recv) = with_timeout(peer, "control stream", hs, async {
         conn.accept_bi()
             .await
             .map_err(|e| transport::conn_err(peer, e))
     })
     .await?;
+    serve_connection(
+        Connection::Quic(conn),
+        Box::pin(send),
+        Box::pin(recv),
+        actor,
+        config,
+        secret,
+    )
+    .await
+}
+
+/// The preamble check, then the client or executor protocol; the same for
+/// QUIC and in-memory connections.
+async fn serve_connection(
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let peer = conn.peer();
+    let hs = config.handshake_timeout;
     let mut pre = [0u8; PREAMBLE_LEN];
     let read = with_timeout(peer, "preamble", hs, async {
         recv.read_exact(&mut pre)
             .await
+            .map(|_| ())
             .map_err(|e| transport::conn_err(peer, e))
     })
     .await;
@@ -887,14 +949,14 @@ async fn serve_connection(
             let reason = transport::status_reason(status);
             warn!(%peer, reason, "handshake refused");
             let _ = send.write_all(&[status]).await;
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            conn.close(transport::CLOSE_REFUSED.into(), reason.as_bytes());
+            conn.close(transport::CLOSE_REFUSED, reason.as_bytes());
             return Ok(());
         }
         Err(e) => {
             let _ = actor.cast(DriverMsg::Refused);
-            conn.close(transport::CLOSE_REFUSED.into(), b"no valid preamble");
+            conn.close(transport::CLOSE_REFUSED, b"no valid preamble");
             return Err(e);
         }
     };
@@ -911,13 +973,14 @@ async fn serve_connection(
 }
 
 async fn serve_client(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
 ) -> Result<()> {
-    let peer = conn.remote_address();
+    use tokio::io::AsyncWriteExt;
+    let peer = conn.peer();
     let t = config.handshake_timeout;
     let req: Option<ClientRequest> = with_timeout(peer, "client request", t, async {
         read_frame(&mut recv, peer, config.max_control_frame).await
@@ -936,7 +999,7 @@ async fn serve_client(
                 write_frame(&mut send, peer, &status, config.max_bulk_frame).await
             })
             .await?;
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             let _ = tokio::time::timeout(t, conn.closed()).await;
         }
         None => {}
@@ -945,21 +1008,21 @@ async fn serve_client(
 }
 
 async fn serve_executor(
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    conn: Connection,
+    send: SendHalf,
+    mut recv: RecvHalf,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
 ) -> Result<()> {
-    let peer = conn.remote_address();
+    let peer = conn.peer();
     let max = config.max_control_frame;
     let first: Option<ToDriver> = with_timeout(peer, "register", config.handshake_timeout, async {
         read_frame(&mut recv, peer, max).await
     })
     .await
-    .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL.into(), b"bad register"))?;
+    .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL, b"bad register"))?;
     let Some(ToDriver::Register { name, cores, pid }) = first else {
-        conn.close(transport::CLOSE_PROTOCOL.into(), b"expected register");
+        conn.close(transport::CLOSE_PROTOCOL, b"expected register");
         return Err(Error::Invalid(format!(
             "{peer}: first frame was not Register"
         )));

@@ -21,12 +21,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::connection::{client_handshake, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::plan::{Cache, EvalCtx};
 use crate::protocol::{Action, Task, TaskOutput, TaskReport, ToDriver, ToExecutor};
 use crate::registry::Registry;
 use crate::supervise::{panic_message, spawn_watched};
-use crate::transport::{self, read_frame, send_bulk, with_timeout, write_frame, JoinToken, Role};
+use crate::transport::{self, read_frame, with_timeout, write_frame, JoinToken, Role};
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -80,7 +81,7 @@ pub(crate) struct ExecutorActor;
 pub(crate) struct ExecState {
     registry: Arc<Registry>,
     cache: Cache,
-    conn: quinn::Connection,
+    conn: Connection,
     max_bulk: u64,
     running: Arc<AtomicUsize>,
 }
@@ -88,7 +89,7 @@ pub(crate) struct ExecState {
 impl Actor for ExecutorActor {
     type Msg = ExecMsg;
     type State = ExecState;
-    type Arguments = (Arc<Registry>, quinn::Connection, u64, Arc<AtomicUsize>);
+    type Arguments = (Arc<Registry>, Connection, u64, Arc<AtomicUsize>);
 
     async fn pre_start(
         &self,
@@ -135,7 +136,7 @@ impl Actor for ExecutorActor {
                                 cached: Vec::new(),
                             },
                         };
-                        let sent = send_bulk(&conn, &report, max, Duration::from_secs(120)).await;
+                        let sent = conn.send_bulk(&report, max, Duration::from_secs(120)).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         if let Err(e) = sent {
                             let _ = me.cast(ExecMsg::Failed(format!(
@@ -216,14 +217,52 @@ fn apply_action(
 /// Run an executor until the driver shuts it down or is lost.
 /// Returns `Ok(())` on an orderly shutdown.
 pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Result<()> {
-    let peer = config.driver;
-    let (conn, mut send, mut recv) = transport::connect_and_handshake(
-        peer,
+    let (conn, send, recv) = transport::connect_and_handshake(
+        config.driver,
         &config.token,
         Role::Executor,
         config.connect_timeout,
     )
     .await?;
+    serve(
+        Connection::Quic(conn),
+        Box::pin(send),
+        Box::pin(recv),
+        config,
+        registry,
+    )
+    .await
+}
+
+/// Run an executor over an in-memory connection to a driver in this
+/// process ([`crate::Driver::connect_in_memory`]): the same preamble,
+/// registration and protocol as [`run_executor`], without a socket.
+pub(crate) async fn run_executor_in_memory(
+    (conn, mut send, mut recv): (Connection, SendHalf, RecvHalf),
+    config: ExecutorConfig,
+    registry: Arc<Registry>,
+) -> Result<()> {
+    client_handshake(
+        &conn,
+        &mut send,
+        &mut recv,
+        &config.token,
+        Role::Executor,
+        config.connect_timeout,
+    )
+    .await?;
+    serve(conn, send, recv, config, registry).await
+}
+
+/// Register on an accepted connection and serve until shut down or lost.
+async fn serve(
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    config: ExecutorConfig,
+    registry: Arc<Registry>,
+) -> Result<()> {
+    let peer = conn.peer();
     let name = config
         .name
         .clone()
@@ -321,7 +360,7 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
                     write_frame(&mut send, peer, &ToDriver::Leave, ctl_max).await
                 })
                 .await?;
-                let _ = send.finish();
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut send).await;
                 return Ok::<(), Error>(());
             }
             with_timeout(peer, "heartbeat write", write_timeout, async {
@@ -337,7 +376,7 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
                 peer,
                 "driver heartbeat",
                 Duration::from_millis(timeout_ms.max(100)),
-                async { read_frame(&mut recv, peer, ctl_max).await },
+                conn.until_closed("driver heartbeat", read_frame(&mut recv, peer, ctl_max)),
             )
             .await?;
             match r {
@@ -356,9 +395,9 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
     let tasks = async {
         loop {
             let mut s = conn
-                .accept_uni()
+                .accept_bulk()
                 .await
-                .map_err(|e| transport::conn_err(peer, e))?;
+                .ok_or_else(|| transport::conn_err(peer, "connection closed"))?;
             let task: Option<Task> =
                 with_timeout(peer, "task body", Duration::from_secs(120), async {
                     read_frame(&mut s, peer, config.max_bulk_frame).await
@@ -394,7 +433,7 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
     supervisor.stop(None);
     actor.stop(None);
     let _ = tokio::time::timeout(Duration::from_secs(2), actor_handle).await;
-    conn.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+    conn.close(transport::CLOSE_NORMAL, b"executor exiting");
     match &result {
         Ok(()) => info!(
             executor = executor_id,

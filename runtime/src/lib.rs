@@ -6,7 +6,7 @@
 //!   every process (same binary everywhere).
 //! * [`Driver::start`] / [`run_executor`]: the two roles of a multi-host
 //!   cluster; [`LocalCluster::start`] for one machine (in-process executors
-//!   or child processes).
+//!   over QUIC loopback or in memory, or child processes).
 //! * [`Dataset`]: transformations (`map`, `filter`, `flat_map`,
 //!   `map_partitions`, `sample`, `union`, `cache`, `repartition`,
 //!   `reduce_by_key`, `group_by_key`) and async actions (`count`,
@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+mod connection;
 mod dataset;
 mod driver;
 mod error;

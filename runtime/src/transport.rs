@@ -27,6 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
@@ -618,9 +619,10 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec(value).map_err(|e| Error::Encode(e.to_string()))
 }
 
-/// Write one frame: u32 BE length, then the body.
+/// Write one frame: u32 BE length, then the body. `send` is any byte
+/// stream: a QUIC stream, or an in-memory one for in-process executors.
 pub async fn write_frame<T: Serialize + ?Sized>(
-    send: &mut quinn::SendStream,
+    send: &mut (impl AsyncWrite + Unpin + ?Sized),
     peer: SocketAddr,
     value: &T,
     max: u64,
@@ -631,7 +633,7 @@ pub async fn write_frame<T: Serialize + ?Sized>(
 
 /// Write one already-encoded frame body.
 pub async fn write_raw_frame(
-    send: &mut quinn::SendStream,
+    send: &mut (impl AsyncWrite + Unpin + ?Sized),
     peer: SocketAddr,
     body: &[u8],
     max: u64,
@@ -647,16 +649,29 @@ pub async fn write_raw_frame(
 }
 
 /// Read one frame. `Ok(None)` on a clean end of stream before a header.
+/// `recv` is any byte stream, like `send` of [`write_frame`].
 pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
+    recv: &mut (impl AsyncRead + Unpin + ?Sized),
     peer: SocketAddr,
     max: u64,
 ) -> Result<Option<T>> {
     let mut header = [0u8; 4];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(conn_err(peer, e)),
+    let mut got = 0;
+    while got < header.len() {
+        let n = recv
+            .read(&mut header[got..])
+            .await
+            .map_err(|e| conn_err(peer, e))?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(conn_err(
+                peer,
+                format!("stream finished early ({got} bytes of a frame header read)"),
+            ));
+        }
+        got += n;
     }
     let len = u32::from_be_bytes(header) as u64;
     if len > max {

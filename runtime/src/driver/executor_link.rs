@@ -25,10 +25,11 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::{DriverMsg, LEFT_GRACEFULLY};
+use crate::connection::{Connection, RecvHalf, SendHalf};
 use crate::error::Result;
 use crate::protocol::{Task, TaskReport, ToDriver, ToExecutor};
 use crate::supervise::{panic_message, spawn_watched, TaskSet};
-use crate::transport::{self, read_frame, send_bulk, with_timeout, write_frame};
+use crate::transport::{self, read_frame, with_timeout, write_frame};
 
 /// How long one control frame may take to write.
 const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,9 +64,9 @@ pub(crate) enum LinkMsg {
 /// stream (after a successful handshake and `Register`), the driver.
 pub(crate) struct LinkArgs {
     pub(crate) id: u64,
-    pub(crate) conn: quinn::Connection,
-    pub(crate) send: quinn::SendStream,
-    pub(crate) recv: quinn::RecvStream,
+    pub(crate) conn: Connection,
+    pub(crate) send: SendHalf,
+    pub(crate) recv: RecvHalf,
     pub(crate) driver: ActorRef<DriverMsg>,
     pub(crate) max_control: u64,
     pub(crate) max_bulk: u64,
@@ -78,8 +79,8 @@ pub(crate) struct LinkArgs {
 pub(crate) struct LinkState {
     id: u64,
     peer: SocketAddr,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
+    conn: Connection,
+    send: SendHalf,
     max_control: u64,
     max_bulk: u64,
     tasks: TaskSet,
@@ -89,7 +90,7 @@ impl Drop for LinkState {
     fn drop(&mut self) {
         // A no-op if a reader already closed it with a protocol error.
         self.conn
-            .close(transport::CLOSE_NORMAL.into(), b"executor link stopped");
+            .close(transport::CLOSE_NORMAL, b"executor link stopped");
     }
 }
 
@@ -116,7 +117,7 @@ impl Actor for ExecutorLink {
             max_bulk,
             executor_timeout,
         } = args;
-        let peer = conn.remote_address();
+        let peer = conn.peer();
         let mut tasks = TaskSet::default();
         let me = myself.clone();
         tasks.push(spawn_watched(
@@ -165,7 +166,7 @@ impl Actor for ExecutorLink {
                 if let Err(e) = st.write_control(&ToExecutor::Shutdown).await {
                     debug!(executor = st.id, error = %e, "could not send shutdown");
                 }
-                let _ = st.send.finish();
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut st.send).await;
                 // Let the frame arrive: the executor closes on reading it
                 // (closing here first could discard it in flight).
                 let _ = tokio::time::timeout(SHUTDOWN_GRACE, st.conn.closed()).await;
@@ -178,7 +179,7 @@ impl Actor for ExecutorLink {
                 st.tasks.push(spawn_watched(
                     "task sender",
                     async move {
-                        if let Err(e) = send_bulk(&conn, &*task, max, TASK_SEND_TIMEOUT).await {
+                        if let Err(e) = conn.send_bulk(&*task, max, TASK_SEND_TIMEOUT).await {
                             let _ = me.cast(LinkMsg::Failed(format!("sending task {key}: {e}")));
                         }
                     },
@@ -213,17 +214,18 @@ impl LinkState {
 /// or the end of the stream stop the link; anything undecodable fails it.
 async fn read_control(
     id: u64,
-    conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
+    conn: Connection,
+    mut recv: RecvHalf,
     driver: ActorRef<DriverMsg>,
     link: ActorRef<LinkMsg>,
     max: u64,
     timeout: Duration,
 ) {
-    let peer = conn.remote_address();
+    let peer = conn.peer();
     let end = loop {
         let r: Result<Option<ToDriver>> = with_timeout(peer, "heartbeat", timeout, async {
-            read_frame(&mut recv, peer, max).await
+            conn.until_closed("control frames", read_frame(&mut recv, peer, max))
+                .await
         })
         .await;
         match r {
@@ -235,9 +237,13 @@ async fn read_control(
                 warn!(executor = id, %peer, "duplicate Register ignored");
             }
             Ok(None) => break LinkMsg::Ended("control stream closed".to_string()),
+            Err(e) if conn.closed_normally() => {
+                debug!(executor = id, %peer, "connection closed");
+                break LinkMsg::Ended(format!("connection closed: {e}"));
+            }
             Err(e) => {
                 warn!(executor = id, %peer, error = %e, "control stream error; closing the connection");
-                conn.close(transport::CLOSE_PROTOCOL.into(), b"protocol error");
+                conn.close(transport::CLOSE_PROTOCOL, b"protocol error");
                 break LinkMsg::Failed(format!("control stream: {e}"));
             }
         }
@@ -250,18 +256,18 @@ async fn read_control(
 /// the link; per-stream readers live in a `JoinSet` and die with this task.
 async fn read_reports(
     id: u64,
-    conn: quinn::Connection,
+    conn: Connection,
     driver: ActorRef<DriverMsg>,
     link: ActorRef<LinkMsg>,
     max: u64,
 ) {
-    let peer = conn.remote_address();
+    let peer = conn.peer();
     let mut readers: JoinSet<std::result::Result<(), String>> = JoinSet::new();
     loop {
         tokio::select! {
-            s = conn.accept_uni() => {
+            s = conn.accept_bulk() => {
                 // The connection ended: the control reader reports why.
-                let Ok(mut s) = s else { return };
+                let Some(mut s) = s else { return };
                 let driver = driver.clone();
                 readers.spawn(async move {
                     let r: Result<Option<TaskReport>> =
@@ -286,7 +292,7 @@ async fn read_reports(
                     Err(e) => format!("task report reader {}", panic_message(e)),
                 };
                 warn!(executor = id, %peer, error = %failure, "closing the connection");
-                conn.close(transport::CLOSE_PROTOCOL.into(), b"bad task report");
+                conn.close(transport::CLOSE_PROTOCOL, b"bad task report");
                 let _ = link.cast(LinkMsg::Failed(failure));
                 return;
             }
