@@ -13,8 +13,8 @@ use clap::Args;
 use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
 use kiln_runtime::{
-    query_status, run_executor, transport, ClusterStatus, Driver, DriverConfig, ExecutorConfig,
-    ExecutorMode, LocalCluster, LocalConfig, Registry,
+    query_status, run_executor, transport, CertificateFiles, ClusterStatus, Driver, DriverConfig,
+    ExecutorConfig, ExecutorMode, LocalCluster, LocalConfig, Registry,
 };
 use std::path::PathBuf;
 
@@ -168,10 +168,35 @@ impl DigitsArgs {
     }
 }
 
+/// The driver's TLS identity: generated (default) or the user's own.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TlsArgs {
+    /// PEM certificate chain (leaf first) for the driver instead of a
+    /// generated cluster CA; the join token then pins this leaf.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --cert's leaf.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<CertificateFiles> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl JobArgs {
-    fn driver_config(&self, listen: SocketAddr) -> DriverConfig {
+    fn driver_config(&self, listen: SocketAddr, tls: &TlsArgs) -> DriverConfig {
         DriverConfig {
             listen,
+            tls: tls.files(),
             heartbeat: Duration::from_millis(self.heartbeat_ms.max(10)),
             executor_timeout: Duration::from_millis(self.executor_timeout_ms.max(100)),
             max_task_attempts: self.max_attempts.max(1),
@@ -192,6 +217,12 @@ pub(crate) struct LocalArgs {
     /// Run executors as tasks of this process instead of child processes.
     #[arg(long)]
     in_process: bool,
+    /// With --in-process: connect the executors to the driver in memory
+    /// instead of over QUIC on loopback.
+    #[arg(long, requires = "in_process")]
+    in_memory: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -205,6 +236,8 @@ pub(crate) struct DriverArgs {
     /// Wait for this many executors before running --job.
     #[arg(long, default_value_t = 1)]
     expect_executors: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -452,7 +485,9 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
 pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mode = if args.in_process {
+        let mode = if args.in_memory {
+            ExecutorMode::InProcessDirect
+        } else if args.in_process {
             ExecutorMode::InProcess
         } else {
             ExecutorMode::Processes {
@@ -466,7 +501,7 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
             mode,
             driver: args
                 .job
-                .driver_config(SocketAddr::from(([127, 0, 0, 1], 0))),
+                .driver_config(SocketAddr::from(([127, 0, 0, 1], 0)), &args.tls),
             startup_timeout: Duration::from_secs(30),
         };
         let cluster = LocalCluster::start(config, registry()).await?;
@@ -482,7 +517,8 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
 pub(crate) fn driver(args: DriverArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let driver = Driver::start(args.job.driver_config(args.listen), registry()).await?;
+        let driver =
+            Driver::start(args.job.driver_config(args.listen, &args.tls), registry()).await?;
         print_join(&driver)?;
         if args.job.job.is_some() {
             driver

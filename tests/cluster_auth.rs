@@ -121,3 +121,68 @@ async fn bad_connections_are_refused_while_the_driver_keeps_serving() {
     assert!(refused >= 4, "refused {refused}");
     assert_eq!(read_counts(&out), expected);
 }
+
+#[test]
+fn a_driver_with_user_certificates_runs_a_job_and_names_a_bad_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["driver.example".to_string()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
+    let cert = dir.path().join("driver.crt");
+    let key = dir.path().join("driver.key");
+    let wrong_key = dir.path().join("other.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&wrong_key, other.signing_key.serialize_pem()).unwrap();
+    let (cert, key, wrong_key) = (
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        wrong_key.to_str().unwrap(),
+    );
+
+    // A key of another certificate: the driver exits at once naming the file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "driver",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert,
+            "--key",
+            wrong_key,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running kiln driver");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other.key") && err.contains("does not match"),
+        "{err}"
+    );
+
+    // The right pair: the token pins the user's certificate and a job runs.
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let expected = corpus(&input, 4, 50);
+    let counts = dir.path().join("counts.tsv");
+    let (mut d, join) = driver(&[
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "--job",
+        "word-count",
+        "--input",
+        input.to_str().unwrap(),
+        "--partitions",
+        "4",
+        "--output",
+        counts.to_str().unwrap(),
+    ]);
+    let (token, _) = transport::parse_join(&join).unwrap();
+    assert_eq!(token.ca_fingerprint, transport::fingerprint(ck.cert.der()));
+    let _e = executor(&join, "a");
+    let lines = d.rest(Duration::from_secs(60));
+    assert!(lines.iter().any(|l| l.starts_with("DONE")), "{lines:?}");
+    assert_eq!(read_counts(&counts), expected);
+}

@@ -43,6 +43,37 @@ fn local_word_count_with_three_executors_matches_single_threaded() {
 }
 
 #[test]
+fn local_in_memory_word_count_matches_single_threaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let expected = corpus(&input, 6, 200);
+    let out = dir.path().join("counts.tsv");
+    let mut local = kiln(&[
+        "local",
+        "--executors",
+        "2",
+        "--in-process",
+        "--in-memory",
+        "--job",
+        "word-count",
+        "--input",
+        input.to_str().unwrap(),
+        "--partitions",
+        "4",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let lines = local.rest(Duration::from_secs(60));
+    let status = local
+        .wait_exit(Duration::from_secs(20))
+        .expect("kiln local exits");
+    assert!(status.success(), "kiln local failed: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("DONE")), "{lines:?}");
+    assert_eq!(read_counts(&out), expected);
+}
+
+#[test]
 fn status_lists_executors_and_executors_die_with_their_driver() {
     let (mut d, join) = driver(&["--heartbeat-ms", "100", "--executor-timeout-ms", "1500"]);
     let mut e1 = executor(&join, "alpha");

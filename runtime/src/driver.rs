@@ -2,8 +2,15 @@
 //! heartbeats, and schedules stages of tasks with retry and exclusion.
 //!
 //! One ractor actor ([`DriverActor`]) owns all scheduling state, so there
-//! are no locks around it; connection tasks translate network frames into
-//! actor messages and never decode anything before the preamble passed.
+//! are no locks around it. It supervises one child actor per registered
+//! executor ([`executor_link::ExecutorLink`], spawned linked to it), which
+//! owns that executor's connection; a link that stops or fails is reported
+//! to the driver as a supervision event and the executor is declared lost
+//! (or left), its tasks re-queued. Before registration, a plain task per
+//! incoming connection runs the handshake and never decodes anything
+//! before the preamble passed.
+
+mod executor_link;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -11,10 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::connection::{memory_pair, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::protocol::{
@@ -24,9 +32,10 @@ use crate::protocol::{
 use crate::registry::Registry;
 use crate::shuffle::{MapOutputs, Readiness};
 use crate::transport::{
-    self, check_preamble, read_frame, send_bulk, with_timeout, write_frame, ClusterIdentity,
+    self, check_preamble, read_frame, with_timeout, write_frame, CertificateFiles, ClusterIdentity,
     JoinToken, Role, PREAMBLE_LEN, STATUS_OK,
 };
+use executor_link::{ExecutorLink, LinkArgs, LinkMsg};
 
 /// The reason recorded for an executor that sent `Leave`.
 const LEFT_GRACEFULLY: &str = "left gracefully";
@@ -66,6 +75,9 @@ pub struct DriverConfig {
     /// per task; each one recomputes the lost map outputs and reruns the
     /// task, without counting against `max_task_attempts`.
     pub max_fetch_failures: u32,
+    /// A user-supplied certificate chain and key (PEM) instead of a
+    /// generated cluster CA; the join token then pins that leaf.
+    pub tls: Option<CertificateFiles>,
 }
 
 impl Default for DriverConfig {
@@ -82,6 +94,7 @@ impl Default for DriverConfig {
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
             handshake_timeout: Duration::from_secs(5),
             max_fetch_failures: 4,
+            tls: None,
         }
     }
 }
@@ -103,18 +116,19 @@ type StageReply = oneshot::Sender<Result<Vec<TaskOutput>>>;
 
 /// Messages of the driver actor.
 pub(crate) enum DriverMsg {
+    /// An executor passed the handshake and sent `Register`: give it an id
+    /// and a link actor.
     Joined {
         name: String,
         cores: u32,
         pid: u32,
         peer: PeerAddr,
-        conn: quinn::Connection,
-        ctl: mpsc::UnboundedSender<ToExecutor>,
-        reply: oneshot::Sender<u64>,
+        conn: Connection,
+        send: SendHalf,
+        recv: RecvHalf,
     },
     Heartbeat(u64),
     Report(u64, TaskReport),
-    Gone(u64, String),
     RunStage {
         job: u64,
         stage: u32,
@@ -136,13 +150,17 @@ pub(crate) enum DriverMsg {
     Refused,
     Tick,
     Shutdown,
+    /// Test hook: make an executor's link actor panic.
+    #[cfg(test)]
+    CrashLink(u64),
 }
 
 struct Exec {
     name: String,
+    /// The executor's shuffle peer endpoint (address, certificate).
     peer: PeerAddr,
-    conn: quinn::Connection,
-    ctl: mpsc::UnboundedSender<ToExecutor>,
+    conn: Connection,
+    link: ActorRef<LinkMsg>,
     cores: u32,
     last_hb: Instant,
     running: HashSet<TaskKey>,
@@ -175,6 +193,8 @@ pub(crate) struct DriverState {
     config: DriverConfig,
     next_exec: u64,
     executors: BTreeMap<u64, Exec>,
+    /// Link actor -> executor id, to map supervision events.
+    links: HashMap<ActorId, u64>,
     stages: HashMap<(u64, u32), StageState>,
     pending: VecDeque<(u64, u32, u32)>,
     cache_locs: HashMap<(u64, u32), u64>,
@@ -214,6 +234,7 @@ impl Actor for DriverActor {
             config,
             next_exec: 1,
             executors: BTreeMap::new(),
+            links: HashMap::new(),
             stages: HashMap::new(),
             pending: VecDeque::new(),
             cache_locs: HashMap::new(),
@@ -240,19 +261,47 @@ impl Actor for DriverActor {
                 pid,
                 peer,
                 conn,
-                ctl,
-                reply,
+                send,
+                recv,
             } => {
                 let id = st.next_exec;
                 st.next_exec += 1;
-                info!(executor = id, %name, pid, cores, peer = %conn.remote_address(), shuffle_endpoint = %peer.addr, "executor registered");
+                let remote = conn.peer();
+                let args = LinkArgs {
+                    id,
+                    conn: conn.clone(),
+                    send,
+                    recv,
+                    driver: myself.clone(),
+                    max_control: st.config.max_control_frame,
+                    max_bulk: st.config.max_bulk_frame,
+                    executor_timeout: st.config.executor_timeout,
+                };
+                let link = match Actor::spawn_linked(None, ExecutorLink, args, myself.get_cell())
+                    .await
+                {
+                    Ok((link, _)) => link,
+                    Err(e) => {
+                        warn!(peer = %remote, %name, error = %e, "could not start the executor's link; dropping it");
+                        conn.close(transport::CLOSE_NORMAL, b"driver could not serve");
+                        return Ok(());
+                    }
+                };
+                info!(executor = id, %name, pid, cores, peer = %remote, shuffle_endpoint = %peer.addr, "executor registered");
+                // First on the control stream: the link's mailbox is ordered.
+                let _ = link.cast(LinkMsg::Control(ToExecutor::Registered {
+                    executor_id: id,
+                    heartbeat_ms: st.config.heartbeat.as_millis() as u64,
+                    timeout_ms: st.config.executor_timeout.as_millis() as u64,
+                }));
+                st.links.insert(link.get_id(), id);
                 st.executors.insert(
                     id,
                     Exec {
                         name,
                         peer,
                         conn,
-                        ctl,
+                        link,
                         cores: cores.max(1),
                         last_hb: Instant::now(),
                         running: HashSet::new(),
@@ -263,8 +312,7 @@ impl Actor for DriverActor {
                         excluded_at: None,
                     },
                 );
-                let _ = reply.send(id);
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::Heartbeat(id) => {
                 if let Some(e) = st.executors.get_mut(&id) {
@@ -273,11 +321,7 @@ impl Actor for DriverActor {
             }
             DriverMsg::Report(id, report) => {
                 st.on_report(id, report);
-                st.schedule(&myself);
-            }
-            DriverMsg::Gone(id, reason) => {
-                st.remove_executor(id, &reason);
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::RunStage {
                 job,
@@ -286,7 +330,7 @@ impl Actor for DriverActor {
                 reply,
             } => {
                 st.add_stage(job, stage, tasks, Some(reply));
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::RunMapStage {
                 job,
@@ -304,13 +348,15 @@ impl Actor for DriverActor {
                     .collect();
                 debug!(shuffle, job, maps = todo.len(), "map stage");
                 st.add_stage(job, stage, todo, Some(reply));
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::FreeShuffle(shuffle) => {
                 if st.map_outputs.free(shuffle) {
                     debug!(shuffle, "shuffle freed");
                     for e in st.executors.values() {
-                        let _ = e.ctl.send(ToExecutor::FreeShuffle { shuffle });
+                        let _ = e
+                            .link
+                            .cast(LinkMsg::Control(ToExecutor::FreeShuffle { shuffle }));
                     }
                 }
             }
@@ -333,16 +379,57 @@ impl Actor for DriverActor {
                 st.expire_exclusions(now);
                 st.fail_if_starved(now);
                 for e in st.executors.values() {
-                    let _ = e.ctl.send(ToExecutor::Heartbeat);
+                    let _ = e.link.cast(LinkMsg::Control(ToExecutor::Heartbeat));
                 }
-                st.schedule(&myself);
+                st.schedule();
             }
             DriverMsg::Shutdown => {
+                // Links are children: stopping the driver kills them, so
+                // first let each deliver its Shutdown frame.
+                let mut done = Vec::new();
                 for e in st.executors.values() {
-                    let _ = e.ctl.send(ToExecutor::Shutdown);
+                    let (tx, rx) = oneshot::channel();
+                    if e.link.cast(LinkMsg::Shutdown(tx)).is_ok() {
+                        done.push(rx);
+                    }
+                }
+                for rx in done {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
                 }
                 myself.stop(None);
             }
+            #[cfg(test)]
+            DriverMsg::CrashLink(id) => {
+                if let Some(e) = st.executors.get(&id) {
+                    let _ = e.link.cast(LinkMsg::Crash);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A link actor ended: its executor is lost (or left, if it said so);
+    /// the driver itself keeps serving. Events of links the driver already
+    /// removed (heartbeat timeout, task send failure) are ignored.
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<DriverMsg>,
+        event: SupervisionEvent,
+        st: &mut DriverState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let (who, reason) = match event {
+            SupervisionEvent::ActorTerminated(who, _, reason) => (
+                who,
+                reason.unwrap_or_else(|| "executor link stopped".into()),
+            ),
+            SupervisionEvent::ActorFailed(who, err) => {
+                (who, format!("executor link failed: {err}"))
+            }
+            _ => return Ok(()),
+        };
+        if let Some(id) = st.links.remove(&who.get_id()) {
+            st.remove_executor(id, &reason);
+            st.schedule();
         }
         Ok(())
     }
@@ -458,7 +545,7 @@ impl DriverState {
                 .map(|(id, e)| ExecutorStatus {
                     id: *id,
                     name: e.name.clone(),
-                    addr: e.conn.remote_address().to_string(),
+                    addr: e.conn.describe(),
                     cores: e.cores,
                     running: e.running.len() as u32,
                     completed: e.completed,
@@ -487,6 +574,8 @@ impl DriverState {
         let Some(e) = self.executors.remove(&id) else {
             return;
         };
+        self.links.remove(&e.link.get_id());
+        e.link.stop(Some(reason.to_string()));
         if reason == LEFT_GRACEFULLY {
             info!(executor = id, name = %e.name, requeued = e.running.len(), "executor left; its partitions go to the others");
             self.left += 1;
@@ -495,7 +584,7 @@ impl DriverState {
             self.lost += 1;
         }
         e.conn
-            .close(transport::CLOSE_NORMAL.into(), b"declared lost by driver");
+            .close(transport::CLOSE_NORMAL, b"declared lost by driver");
         self.cache_locs.retain(|_, exec| *exec != id);
         let outputs = self.map_outputs.lose_executor(id);
         if outputs > 0 {
@@ -731,7 +820,7 @@ impl DriverState {
             .map(|(id, _)| **id)
     }
 
-    fn schedule(&mut self, myself: &ActorRef<DriverMsg>) {
+    fn schedule(&mut self) {
         let mut deferred = VecDeque::new();
         while let Some((job, stage_id, p)) = self.pending.pop_front() {
             let Some(stage) = self.stages.get(&(job, stage_id)) else {
@@ -818,15 +907,8 @@ impl DriverState {
                 continue;
             };
             e.running.insert(key);
-            let conn = e.conn.clone();
-            let max = self.config.max_bulk_frame;
-            let me = myself.clone();
-            tokio::spawn(async move {
-                if let Err(err) = send_bulk(&conn, &task, max, Duration::from_secs(60)).await {
-                    warn!(task = %key, executor = exec_id, %err, "sending task failed");
-                    let _ = me.cast(DriverMsg::Gone(exec_id, format!("task send failed: {err}")));
-                }
-            });
+            // A failed send fails the link, which loses the executor.
+            let _ = e.link.cast(LinkMsg::Task(Box::new(task)));
         }
         deferred.extend(self.pending.drain(..));
         self.pending = deferred;
@@ -893,16 +975,19 @@ impl DriverShared {
 pub struct Driver {
     pub(crate) shared: Arc<DriverShared>,
     endpoint: quinn::Endpoint,
+    /// Accepts in-memory connections of in-process executors.
+    memory: mpsc::UnboundedSender<ServerEnd>,
     addr: SocketAddr,
     token: JoinToken,
     actor_handle: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Driver {
-    /// Bind, create the cluster CA and join token, start the actor and the
-    /// accept loop. Must be called inside a tokio runtime.
+    /// Bind, create the cluster CA (or load `config.tls`) and the join
+    /// token, start the actor and the accept loop. Must be called inside a
+    /// tokio runtime.
     pub async fn start(config: DriverConfig, registry: Arc<Registry>) -> Result<Driver> {
-        let identity = ClusterIdentity::generate()?;
+        let identity = ClusterIdentity::load_or_generate(config.tls.as_ref())?;
         let endpoint = transport::server_endpoint(&identity, config.listen)?;
         let addr = endpoint.local_addr().map_err(|e| Error::Endpoint {
             addr: config.listen,
@@ -919,15 +1004,31 @@ impl Driver {
         });
         let ep = endpoint.clone();
         let secret = token.secret;
+        let (quic_actor, quic_config) = (actor.clone(), config.clone());
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
+                let actor = quic_actor.clone();
+                let config = quic_config.clone();
+                tokio::spawn(async move {
+                    let peer = incoming.remote_address();
+                    if let Err(e) = serve_quic(incoming, actor, config, secret).await {
+                        warn!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        });
+        // The in-process path: the same handshake and link code, with no
+        // socket underneath. It ends when the driver is dropped.
+        let (memory, mut incoming) = mpsc::unbounded_channel::<ServerEnd>();
+        tokio::spawn(async move {
+            while let Some((conn, send, recv)) = incoming.recv().await {
                 let actor = actor.clone();
                 let config = config.clone();
                 tokio::spawn(async move {
-                    let peer = incoming.remote_address();
-                    if let Err(e) = serve_connection(incoming, actor.clone(), config, secret).await
+                    let peer = conn.peer();
+                    if let Err(e) = serve_connection(conn, send, recv, actor, config, secret).await
                     {
-                        warn!(%peer, error = %e, "connection ended with an error");
+                        warn!(%peer, error = %e, "in-process connection ended with an error");
                     }
                 });
             }
@@ -936,10 +1037,22 @@ impl Driver {
         Ok(Driver {
             shared,
             endpoint,
+            memory,
             addr,
             token,
             actor_handle: Some(handle),
         })
+    }
+
+    /// Open an in-memory connection to this driver (for an executor in
+    /// this process): the client end and its control stream, before the
+    /// preamble.
+    pub(crate) fn connect_in_memory(&self) -> Result<(Connection, SendHalf, RecvHalf)> {
+        let (client, server) = memory_pair();
+        self.memory
+            .send(server)
+            .map_err(|_| Error::DriverGone("driver no longer accepts connections".into()))?;
+        Ok(client)
     }
 
     /// The bound address.
@@ -1006,7 +1119,13 @@ impl Driver {
     }
 }
 
-async fn serve_connection(
+/// The server end of a connection, after TLS: the connection and its
+/// control stream.
+type ServerEnd = (Connection, SendHalf, RecvHalf);
+
+/// TLS handshake and control stream of a QUIC connection, then
+/// [`serve_connection`].
+async fn serve_quic(
     incoming: quinn::Incoming,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
@@ -1018,16 +1137,41 @@ async fn serve_connection(
         incoming.await.map_err(|e| transport::conn_err(peer, e))
     })
     .await?;
-    let (mut send, mut recv) = with_timeout(peer, "control stream", hs, async {
+    let (send, recv) = with_timeout(peer, "control stream", hs, async {
         conn.accept_bi()
             .await
             .map_err(|e| transport::conn_err(peer, e))
     })
     .await?;
+    serve_connection(
+        Connection::Quic(conn),
+        Box::pin(send),
+        Box::pin(recv),
+        actor,
+        config,
+        secret,
+    )
+    .await
+}
+
+/// The preamble check, then the client or executor protocol; the same for
+/// QUIC and in-memory connections.
+async fn serve_connection(
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let peer = conn.peer();
+    let hs = config.handshake_timeout;
     let mut pre = [0u8; PREAMBLE_LEN];
     let read = with_timeout(peer, "preamble", hs, async {
         recv.read_exact(&mut pre)
             .await
+            .map(|_| ())
             .map_err(|e| transport::conn_err(peer, e))
     })
     .await;
@@ -1038,14 +1182,14 @@ async fn serve_connection(
             let reason = transport::status_reason(status);
             warn!(%peer, reason, "handshake refused");
             let _ = send.write_all(&[status]).await;
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            conn.close(transport::CLOSE_REFUSED.into(), reason.as_bytes());
+            conn.close(transport::CLOSE_REFUSED, reason.as_bytes());
             return Ok(());
         }
         Err(e) => {
             let _ = actor.cast(DriverMsg::Refused);
-            conn.close(transport::CLOSE_REFUSED.into(), b"no valid preamble");
+            conn.close(transport::CLOSE_REFUSED, b"no valid preamble");
             return Err(e);
         }
     };
@@ -1062,13 +1206,14 @@ async fn serve_connection(
 }
 
 async fn serve_client(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
 ) -> Result<()> {
-    let peer = conn.remote_address();
+    use tokio::io::AsyncWriteExt;
+    let peer = conn.peer();
     let t = config.handshake_timeout;
     let req: Option<ClientRequest> = with_timeout(peer, "client request", t, async {
         read_frame(&mut recv, peer, config.max_control_frame).await
@@ -1087,7 +1232,7 @@ async fn serve_client(
                 write_frame(&mut send, peer, &status, config.max_bulk_frame).await
             })
             .await?;
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             let _ = tokio::time::timeout(t, conn.closed()).await;
         }
         None => {}
@@ -1096,19 +1241,19 @@ async fn serve_client(
 }
 
 async fn serve_executor(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    conn: Connection,
+    send: SendHalf,
+    mut recv: RecvHalf,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
 ) -> Result<()> {
-    let peer = conn.remote_address();
+    let peer = conn.peer();
     let max = config.max_control_frame;
     let first: Option<ToDriver> = with_timeout(peer, "register", config.handshake_timeout, async {
         read_frame(&mut recv, peer, max).await
     })
     .await
-    .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL.into(), b"bad register"))?;
+    .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL, b"bad register"))?;
     let Some(ToDriver::Register {
         name,
         cores,
@@ -1116,106 +1261,23 @@ async fn serve_executor(
         peer: peer_addr,
     }) = first
     else {
-        conn.close(transport::CLOSE_PROTOCOL.into(), b"expected register");
+        conn.close(transport::CLOSE_PROTOCOL, b"expected register");
         return Err(Error::Invalid(format!(
             "{peer}: first frame was not Register"
         )));
     };
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<ToExecutor>();
-    let (id_tx, id_rx) = oneshot::channel();
+    // From here on the driver's link actor owns the connection.
     actor
         .cast(DriverMsg::Joined {
             name,
             cores,
             pid,
             peer: peer_addr,
-            conn: conn.clone(),
-            ctl: ctl_tx.clone(),
-            reply: id_tx,
+            conn,
+            send,
+            recv,
         })
-        .map_err(|e| Error::DriverGone(e.to_string()))?;
-    let id = id_rx
-        .await
-        .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
-    let _ = ctl_tx.send(ToExecutor::Registered {
-        executor_id: id,
-        heartbeat_ms: config.heartbeat.as_millis() as u64,
-        timeout_ms: config.executor_timeout.as_millis() as u64,
-    });
-    // Writer: control frames to the executor, in order.
-    let wconn = conn.clone();
-    let wa = actor.clone();
-    tokio::spawn(async move {
-        while let Some(msg) = ctl_rx.recv().await {
-            let r = with_timeout(peer, "control write", Duration::from_secs(10), async {
-                write_frame(&mut send, peer, &msg, max).await
-            })
-            .await;
-            if let Err(e) = r {
-                let _ = wa.cast(DriverMsg::Gone(id, format!("control write failed: {e}")));
-                break;
-            }
-        }
-        let _ = send.finish();
-        drop(wconn);
-    });
-    // Bulk: task reports, one per unidirectional stream.
-    let rconn = conn.clone();
-    let ra = actor.clone();
-    let bulk_max = config.max_bulk_frame;
-    tokio::spawn(async move {
-        loop {
-            let mut s = match rconn.accept_uni().await {
-                Ok(s) => s,
-                Err(_) => break,
-            };
-            let ra = ra.clone();
-            let rc = rconn.clone();
-            tokio::spawn(async move {
-                let r: Result<Option<TaskReport>> =
-                    with_timeout(peer, "task report", Duration::from_secs(300), async {
-                        read_frame(&mut s, peer, bulk_max).await
-                    })
-                    .await;
-                match r {
-                    Ok(Some(report)) => {
-                        let _ = ra.cast(DriverMsg::Report(id, report));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        warn!(executor = id, %peer, error = %e, "bad task report; dropping executor");
-                        rc.close(transport::CLOSE_PROTOCOL.into(), b"bad task report");
-                        let _ = ra.cast(DriverMsg::Gone(id, format!("bad task report: {e}")));
-                    }
-                }
-            });
-        }
-    });
-    // Control reader: heartbeats and leave.
-    let reason = loop {
-        let r: Result<Option<ToDriver>> =
-            with_timeout(peer, "heartbeat", config.executor_timeout, async {
-                read_frame(&mut recv, peer, max).await
-            })
-            .await;
-        match r {
-            Ok(Some(ToDriver::Heartbeat)) => {
-                let _ = actor.cast(DriverMsg::Heartbeat(id));
-            }
-            Ok(Some(ToDriver::Leave)) => break LEFT_GRACEFULLY.to_string(),
-            Ok(Some(ToDriver::Register { .. })) => {
-                warn!(executor = id, %peer, "duplicate Register ignored");
-            }
-            Ok(None) => break "control stream closed".to_string(),
-            Err(e) => {
-                warn!(executor = id, %peer, error = %e, "control stream error");
-                conn.close(transport::CLOSE_PROTOCOL.into(), b"protocol error");
-                break e.to_string();
-            }
-        }
-    };
-    let _ = actor.cast(DriverMsg::Gone(id, reason));
-    Ok(())
+        .map_err(|e| Error::DriverGone(e.to_string()))
 }
 
 /// Ask a driver for its [`ClusterStatus`] (what `kiln status` prints).

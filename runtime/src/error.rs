@@ -9,6 +9,15 @@ pub enum Error {
     /// Creating or loading certificates failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// A user-supplied certificate or key file is unusable (not PEM, an
+    /// empty chain, a key that does not match the certificate).
+    #[error("certificate setup failed for {path}: {reason}")]
+    Certificate {
+        /// The file at fault.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A join token could not be parsed.
     #[error("malformed join token: {0}")]
     BadToken(String),
@@ -135,6 +144,15 @@ pub enum Error {
         /// The executor that should hold it.
         executor: u64,
         /// What went wrong.
+        reason: String,
+    },
+    /// A supervised actor failed or stopped while it was still needed
+    /// (e.g. an executor's task runner); the node exits with this.
+    #[error("{actor} failed: {reason}")]
+    ActorFailed {
+        /// Which actor.
+        actor: String,
+        /// Its failure or stop reason.
         reason: String,
     },
     /// The driver's actor is gone or refused the request.

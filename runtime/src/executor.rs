@@ -3,11 +3,19 @@
 //!
 //! An executor exits when the driver says so, when its connection closes,
 //! or when the driver's heartbeats stop for the configured timeout: it never
-//! outlives its driver.
+//! outlives its driver. Its task runner ([`ExecutorActor`]) is a child of
+//! an [`supervisor::ExecutorSupervisor`]; when the runner fails (a panic in
+//! its handler, a task report that cannot be sent) the executor exits with
+//! [`Error::ActorFailed`] instead of running on without it. It does not
+//! reconnect (see the supervisor's docs for why).
 //!
 //! It also holds the map outputs of the shuffles it ran and serves them to
 //! the other executors on a peer endpoint of its own (see
-//! [`crate::shuffle`]).
+//! [`crate::shuffle`]). That endpoint is always QUIC, also for an executor
+//! connected to its driver in memory: only driver traffic skips the
+//! network.
+
+mod supervisor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::connection::{client_handshake, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::plan::{Cache, EvalCtx};
 use crate::protocol::{
@@ -25,8 +35,9 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::shuffle::{bind_peer_endpoint, serve_peers, PeerFetcher, ShuffleStore};
+use crate::supervise::{panic_message, spawn_watched};
 use crate::transport::{
-    self, read_frame, send_bulk, with_timeout, write_frame, JoinToken, PeerIdentity, Role,
+    self, read_frame, with_timeout, write_frame, JoinToken, PeerIdentity, Role,
 };
 
 /// Executor settings.
@@ -70,6 +81,10 @@ impl ExecutorConfig {
 /// Messages of the executor actor.
 pub(crate) enum ExecMsg {
     Run(Box<Task>),
+    /// A task's report could not be sent (or its runner task panicked):
+    /// the connection is broken, so the runner fails and the executor
+    /// exits.
+    Failed(String),
 }
 
 pub(crate) struct ExecutorActor;
@@ -77,7 +92,7 @@ pub(crate) struct ExecutorActor;
 /// What the executor actor is started with.
 pub(crate) struct ExecArgs {
     registry: Arc<Registry>,
-    conn: quinn::Connection,
+    conn: Connection,
     max_bulk: u64,
     running: Arc<AtomicUsize>,
     store: ShuffleStore,
@@ -87,7 +102,7 @@ pub(crate) struct ExecArgs {
 pub(crate) struct ExecState {
     registry: Arc<Registry>,
     cache: Cache,
-    conn: quinn::Connection,
+    conn: Connection,
     max_bulk: u64,
     running: Arc<AtomicUsize>,
     store: ShuffleStore,
@@ -117,7 +132,7 @@ impl Actor for ExecutorActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<ExecMsg>,
+        myself: ActorRef<ExecMsg>,
         msg: ExecMsg,
         st: &mut ExecState,
     ) -> std::result::Result<(), ActorProcessingErr> {
@@ -130,58 +145,58 @@ impl Actor for ExecutorActor {
                 let running = st.running.clone();
                 let (store, fetcher) = (st.store.clone(), st.fetcher.clone());
                 running.fetch_add(1, Ordering::SeqCst);
+                let (me, on_panic) = (myself.clone(), myself.clone());
                 // The actor never blocks: fetches are async, compute goes
                 // to the blocking pool.
-                tokio::spawn(async move {
-                    let key = task.key;
-                    let mut task = *task;
-                    let report = match fetcher.fetch_all(&task.fetches).await {
-                        Err((lost, reason)) => {
-                            warn!(task = %key, blocks = lost.len(), %reason, "shuffle fetch failed");
-                            TaskReport {
-                                key,
-                                result: Err(TaskFailure::FetchFailed { lost, reason }),
-                                cached: Vec::new(),
-                            }
-                        }
-                        Ok(blocks) => {
-                            task.inputs.extend(blocks);
-                            let joined = tokio::task::spawn_blocking(move || {
-                                run_task(&registry, &cache, &store, task)
-                            })
-                            .await;
-                            match joined {
-                                Ok(r) => r,
-                                Err(e) => TaskReport {
+                spawn_watched(
+                    "task report sender",
+                    async move {
+                        let key = task.key;
+                        let mut task = *task;
+                        let report = match fetcher.fetch_all(&task.fetches).await {
+                            Err((lost, reason)) => {
+                                warn!(task = %key, blocks = lost.len(), %reason, "shuffle fetch failed");
+                                TaskReport {
                                     key,
-                                    result: Err(TaskFailure::Failed(panic_message(e))),
+                                    result: Err(TaskFailure::FetchFailed { lost, reason }),
                                     cached: Vec::new(),
-                                },
+                                }
                             }
+                            Ok(blocks) => {
+                                task.inputs.extend(blocks);
+                                let joined = tokio::task::spawn_blocking(move || {
+                                    run_task(&registry, &cache, &store, task)
+                                })
+                                .await;
+                                match joined {
+                                    Ok(r) => r,
+                                    Err(e) => TaskReport {
+                                        key,
+                                        result: Err(TaskFailure::Failed(format!(
+                                            "task {}",
+                                            panic_message(e)
+                                        ))),
+                                        cached: Vec::new(),
+                                    },
+                                }
+                            }
+                        };
+                        let sent = conn.send_bulk(&report, max, Duration::from_secs(120)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        if let Err(e) = sent {
+                            let _ = me.cast(ExecMsg::Failed(format!(
+                                "could not send the report of task {key}: {e}"
+                            )));
                         }
-                    };
-                    if let Err(e) = send_bulk(&conn, &report, max, Duration::from_secs(120)).await {
-                        warn!(task = %key, error = %e, "could not send task report");
-                    }
-                    running.fetch_sub(1, Ordering::SeqCst);
-                });
+                    },
+                    move |m| {
+                        let _ = on_panic.cast(ExecMsg::Failed(m));
+                    },
+                );
             }
+            ExecMsg::Failed(reason) => return Err(reason.into()),
         }
         Ok(())
-    }
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if e.is_panic() {
-        let p = e.into_panic();
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into());
-        format!("task panicked: {msg}")
-    } else {
-        format!("task cancelled: {e}")
     }
 }
 
@@ -263,18 +278,58 @@ fn apply_action(
 /// Run an executor until the driver shuts it down or is lost.
 /// Returns `Ok(())` on an orderly shutdown.
 pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Result<()> {
-    let peer = config.driver;
-    // The peer endpoint first: the driver learns its address and
-    // certificate fingerprint at registration.
-    let identity = PeerIdentity::generate()?;
-    let (peer_ep, peer_addr) = bind_peer_endpoint(&identity, peer)?;
-    let (conn, mut send, mut recv) = transport::connect_and_handshake(
-        peer,
+    let (conn, send, recv) = transport::connect_and_handshake(
+        config.driver,
         &config.token,
         Role::Executor,
         config.connect_timeout,
     )
     .await?;
+    serve(
+        Connection::Quic(conn),
+        Box::pin(send),
+        Box::pin(recv),
+        config,
+        registry,
+    )
+    .await
+}
+
+/// Run an executor over an in-memory connection to a driver in this
+/// process ([`crate::Driver::connect_in_memory`]): the same preamble,
+/// registration and protocol as [`run_executor`], without a socket.
+pub(crate) async fn run_executor_in_memory(
+    (conn, mut send, mut recv): (Connection, SendHalf, RecvHalf),
+    config: ExecutorConfig,
+    registry: Arc<Registry>,
+) -> Result<()> {
+    client_handshake(
+        &conn,
+        &mut send,
+        &mut recv,
+        &config.token,
+        Role::Executor,
+        config.connect_timeout,
+    )
+    .await?;
+    serve(conn, send, recv, config, registry).await
+}
+
+/// Register on an accepted connection and serve until shut down or lost.
+async fn serve(
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    config: ExecutorConfig,
+    registry: Arc<Registry>,
+) -> Result<()> {
+    let peer = conn.peer();
+    // The shuffle peer endpoint (always QUIC, also for an in-memory driver
+    // connection) before registering: the driver learns its address and
+    // certificate fingerprint from `Register`. It binds on the interface
+    // towards the driver's QUIC address.
+    let identity = PeerIdentity::generate()?;
+    let (peer_ep, peer_addr) = bind_peer_endpoint(&identity, config.driver)?;
     let name = config
         .name
         .clone()
@@ -325,7 +380,13 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         executor_id,
         store.clone(),
     ));
-    let (actor, actor_handle) = Actor::spawn(
+    // The supervision tree: the task runner, linked under a supervisor
+    // that reports its failure here.
+    let (failed_tx, failed_rx) = oneshot::channel();
+    let (supervisor, _) = Actor::spawn(None, supervisor::ExecutorSupervisor, failed_tx)
+        .await
+        .map_err(|e| Error::Invalid(format!("executor supervisor failed to start: {e}")))?;
+    let (actor, actor_handle) = Actor::spawn_linked(
         None,
         ExecutorActor,
         ExecArgs {
@@ -336,15 +397,28 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
             store: store.clone(),
             fetcher,
         },
+        supervisor.get_cell(),
     )
     .await
     .map_err(|e| Error::Invalid(format!("executor actor failed to start: {e}")))?;
-    // Closes both endpoints and stops the actor however this function ends,
-    // including when its task is aborted (a crash, for in-process tests).
+    // Closes both endpoints and stops the actors however this function
+    // ends, including when its task is aborted (a crash, for in-process
+    // tests).
     let _guard = ExitGuard {
         conn: conn.clone(),
         peer_ep: peer_ep.clone(),
         actor: actor.clone(),
+        supervisor: supervisor.clone(),
+    };
+    let runner_failed = async {
+        match failed_rx.await {
+            Ok(reason) => Err(Error::ActorFailed {
+                actor: "task runner".into(),
+                reason,
+            }),
+            // The supervisor stopped without a failure: keep serving.
+            Err(_) => std::future::pending().await,
+        }
     };
 
     // Heartbeats on the control stream.
@@ -377,7 +451,7 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
                     write_frame(&mut send, peer, &ToDriver::Leave, ctl_max).await
                 })
                 .await?;
-                let _ = send.finish();
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut send).await;
                 return Ok::<(), Error>(());
             }
             with_timeout(peer, "heartbeat write", write_timeout, async {
@@ -393,7 +467,7 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
                 peer,
                 "driver heartbeat",
                 Duration::from_millis(timeout_ms.max(100)),
-                async { read_frame(&mut recv, peer, ctl_max).await },
+                conn.until_closed("driver heartbeat", read_frame(&mut recv, peer, ctl_max)),
             )
             .await?;
             match r {
@@ -416,9 +490,9 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
     let tasks = async {
         loop {
             let mut s = conn
-                .accept_uni()
+                .accept_bulk()
                 .await
-                .map_err(|e| transport::conn_err(peer, e))?;
+                .ok_or_else(|| transport::conn_err(peer, "connection closed"))?;
             let task: Option<Task> =
                 with_timeout(peer, "task body", Duration::from_secs(120), async {
                     read_frame(&mut s, peer, config.max_bulk_frame).await
@@ -448,10 +522,14 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
         r = control => r,
         r = tasks => r,
         r = serve_peers(peer_ep.clone(), store.clone(), secret, config.max_bulk_frame) => r,
+        r = runner_failed => r,
     };
+    // Unlink first so stopping the runner is not reported as a failure.
+    actor.unlink(supervisor.get_cell());
+    supervisor.stop(None);
     actor.stop(None);
     let _ = tokio::time::timeout(Duration::from_secs(2), actor_handle).await;
-    conn.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+    conn.close(transport::CLOSE_NORMAL, b"executor exiting");
     peer_ep.close(transport::CLOSE_NORMAL.into(), b"executor exiting");
     match &result {
         Ok(()) => info!(
@@ -467,16 +545,20 @@ pub async fn run_executor(config: ExecutorConfig, registry: Arc<Registry>) -> Re
 /// dropped: peers then see it gone at once instead of after an idle
 /// timeout.
 struct ExitGuard {
-    conn: quinn::Connection,
+    conn: Connection,
     peer_ep: quinn::Endpoint,
     actor: ActorRef<ExecMsg>,
+    supervisor: ActorRef<()>,
 }
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        // Unlinked first: an exit is not a runner failure.
+        self.actor.unlink(self.supervisor.get_cell());
+        self.supervisor.stop(None);
         self.actor.stop(None);
         self.conn
-            .close(transport::CLOSE_NORMAL.into(), b"executor exiting");
+            .close(transport::CLOSE_NORMAL, b"executor exiting");
         self.peer_ep
             .close(transport::CLOSE_NORMAL.into(), b"executor exiting");
     }

@@ -6,7 +6,7 @@
 //!   every process (same binary everywhere).
 //! * [`Driver::start`] / [`run_executor`]: the two roles of a multi-host
 //!   cluster; [`LocalCluster::start`] for one machine (in-process executors
-//!   or child processes).
+//!   over QUIC loopback or in memory, or child processes).
 //! * [`Dataset`]: transformations (`map`, `filter`, `flat_map`,
 //!   `map_partitions`, `sample`, `union`, `zip`, `cache`, `repartition`,
 //!   `reduce_by_key`, `group_by_key`) and async actions (`count`,
@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+mod connection;
 mod dataset;
 mod driver;
 mod error;
@@ -33,6 +34,7 @@ mod plan;
 mod protocol;
 mod registry;
 mod shuffle;
+mod supervise;
 pub mod train;
 pub mod transport;
 
@@ -44,4 +46,4 @@ pub use local::{ExecutorMode, LocalCluster, LocalConfig};
 pub use protocol::{ClusterStatus, ExecutorStatus};
 pub use registry::{decode_vec, Data, Part, Registry};
 pub use train::{DistributedTrainer, GradientWorker, ShardOptimizer, TrainSpec};
-pub use transport::JoinToken;
+pub use transport::{CertificateFiles, JoinToken};

@@ -1,5 +1,6 @@
 //! `LocalCluster`: a driver plus N executors on this machine, either as
-//! tasks in this process (tests, embedding) or as child processes.
+//! tasks in this process (tests, embedding; over QUIC on loopback or over
+//! in-memory connections) or as child processes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,15 +12,19 @@ use tracing::warn;
 
 use crate::driver::{Driver, DriverConfig};
 use crate::error::{Error, Result};
-use crate::executor::{run_executor, ExecutorConfig};
+use crate::executor::{run_executor, run_executor_in_memory, ExecutorConfig};
 use crate::registry::Registry;
 
 /// Where the executors of a [`LocalCluster`] run.
 #[derive(Debug, Clone)]
 pub enum ExecutorMode {
-    /// As tokio tasks in this process (still over QUIC on loopback, so the
-    /// same code paths are exercised).
+    /// As tokio tasks in this process, still over QUIC on loopback (so the
+    /// network path is exercised).
     InProcess,
+    /// As tokio tasks in this process over in-memory connections: the same
+    /// preamble, frames, control and bulk streams and actors, without TLS,
+    /// UDP or encryption costs (the local path).
+    InProcessDirect,
     /// As child processes: `program args… --join TOKEN@ADDR`. The child's
     /// stdin is a pipe held here; `kiln executor --exit-on-stdin-eof`
     /// exits when it closes, so children die with their parent.
@@ -47,7 +52,16 @@ pub struct LocalConfig {
 }
 
 impl LocalConfig {
-    /// `n` in-process executors with one slot each.
+    /// `n` in-process executors with one slot each, over in-memory
+    /// connections.
+    pub fn in_process_direct(n: usize) -> Self {
+        LocalConfig {
+            mode: ExecutorMode::InProcessDirect,
+            ..Self::in_process(n)
+        }
+    }
+
+    /// `n` in-process executors with one slot each, over QUIC on loopback.
     pub fn in_process(n: usize) -> Self {
         LocalConfig {
             executors: n,
@@ -93,12 +107,18 @@ impl LocalCluster {
         i: usize,
     ) -> Result<()> {
         match &config.mode {
-            ExecutorMode::InProcess => {
+            ExecutorMode::InProcess | ExecutorMode::InProcessDirect => {
                 let mut ec = ExecutorConfig::new(driver.addr(), driver.token().clone());
                 ec.name = Some(format!("local-{i}"));
                 ec.cores = config.cores_per_executor;
                 let reg = registry.clone();
-                self.tasks.push(tokio::spawn(run_executor(ec, reg)));
+                let task = if matches!(config.mode, ExecutorMode::InProcessDirect) {
+                    let conn = driver.connect_in_memory()?;
+                    tokio::spawn(run_executor_in_memory(conn, ec, reg))
+                } else {
+                    tokio::spawn(run_executor(ec, reg))
+                };
+                self.tasks.push(task);
             }
             ExecutorMode::Processes { program, args } => {
                 let child = Command::new(program)
@@ -165,7 +185,12 @@ impl LocalCluster {
             d.shutdown().await;
         }
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            match tokio::time::timeout(Duration::from_secs(5), t).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(error = %e, "in-process executor ended with an error"),
+                Ok(Err(e)) => warn!(error = %e, "in-process executor task failed"),
+                Err(_) => warn!("in-process executor did not exit within 5 s"),
+            }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         for c in &mut self.children {

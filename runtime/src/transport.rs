@@ -2,9 +2,11 @@
 //! preamble and length-prefixed rmp-serde frames.
 //!
 //! Wire format (see `docs/runtime-protocol.md`):
-//! * TLS 1.3 only, ALPN `kiln/1`. The driver's chain is `[leaf, CA]`; a
-//!   client accepts it only if the CA's SHA-256 equals the fingerprint in its
-//!   join token and the leaf verifies against that CA.
+//! * TLS 1.3 only, ALPN `kiln/1`. A generated identity's chain is
+//!   `[leaf, CA]` and the token pins the CA: a client accepts the chain only
+//!   if it holds a certificate with the token's SHA-256 and the leaf
+//!   verifies against it. A user-supplied identity ([`ClusterIdentity::from_pem_files`])
+//!   pins its leaf certificate exactly.
 //! * The client opens the control stream and writes a fixed 39-byte
 //!   preamble: `b"KILN"`, protocol version (u16 BE), the 32-byte join secret,
 //!   a role byte. The driver checks it byte-wise before decoding any frame
@@ -13,16 +15,19 @@
 //!   maximum before any allocation.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use quinn;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
@@ -113,7 +118,8 @@ pub fn fingerprint(der: &[u8]) -> [u8; 32] {
 pub struct JoinToken {
     /// Shared secret an executor presents in the preamble.
     pub secret: [u8; 32],
-    /// SHA-256 of the cluster CA certificate (DER).
+    /// SHA-256 (of the DER) of the certificate executors pin: the generated
+    /// cluster CA, or the leaf of a user-supplied chain.
     pub ca_fingerprint: [u8; 32],
 }
 
@@ -162,7 +168,18 @@ pub fn parse_join(s: &str) -> Result<(JoinToken, SocketAddr)> {
     Ok((tok.parse()?, addr))
 }
 
-/// The driver's TLS identity: a cluster CA and a leaf certificate it signed.
+/// Paths of a user-supplied certificate chain and private key, both PEM
+/// (what `kiln driver --cert FILE --key FILE` takes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first (PEM `CERTIFICATE` blocks).
+    pub cert: PathBuf,
+    /// The leaf's private key (PEM PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The driver's TLS identity: a generated cluster CA and a leaf certificate
+/// it signed, or a user-supplied chain and key.
 pub struct ClusterIdentity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -198,6 +215,85 @@ impl ClusterIdentity {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
             token,
         })
+    }
+
+    /// Load a user-supplied identity: the certificate chain (leaf first) and
+    /// the leaf's private key, both PEM, with a fresh random join secret.
+    /// The join token pins the leaf exactly (its SHA-256), so the leaf's
+    /// names and issuer do not matter to executors. Errors name the file
+    /// and the problem: unreadable, no PEM certificate (empty chain), no
+    /// PEM private key, an unsupported key, or a key that does not match
+    /// the leaf.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| Error::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let cert_err = |reason: String| Error::Certificate {
+            path: cert.display().to_string(),
+            reason,
+        };
+        let key_err = |reason: String| Error::Certificate {
+            path: key.display().to_string(),
+            reason,
+        };
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| cert_err(format!("not valid PEM: {e}")))?;
+        let Some(leaf) = chain.first() else {
+            return Err(cert_err(
+                "no PEM CERTIFICATE block found (empty certificate chain)".into(),
+            ));
+        };
+        let fp = fingerprint(leaf);
+        let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(k) => k,
+            Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+                return Err(key_err(
+                    "no PEM private key found (expected PKCS#8, PKCS#1 or SEC1)".into(),
+                ))
+            }
+            Err(e) => return Err(key_err(format!("not valid PEM: {e}"))),
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(key_der.clone_key())
+            .map_err(|e| key_err(format!("unsupported private key: {e}")))?;
+        rustls::sign::CertifiedKey::new(chain.clone(), signing)
+            .keys_match()
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    key_err(format!(
+                        "the private key does not match the first certificate in {}",
+                        cert.display()
+                    ))
+                }
+                rustls::Error::InconsistentKeys(_) => key_err(format!(
+                    "cannot check that the key matches the certificate: {e}"
+                )),
+                other => cert_err(format!("the first certificate is not valid X.509: {other}")),
+            })?;
+        Ok(ClusterIdentity {
+            chain,
+            key: key_der,
+            token: JoinToken {
+                secret: rand::random(),
+                ca_fingerprint: fp,
+            },
+        })
+    }
+
+    /// Load the files of `files` ([`ClusterIdentity::from_pem_files`]), or
+    /// generate an identity when none are given.
+    pub fn load_or_generate(files: Option<&CertificateFiles>) -> Result<Self> {
+        match files {
+            Some(f) => Self::from_pem_files(&f.cert, &f.key),
+            None => Self::generate(),
+        }
     }
 
     /// The join token executors must present.
@@ -244,8 +340,11 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// Accepts the driver's chain only if it contains the CA pinned by the join
-/// token and the leaf verifies against that CA for [`SERVER_NAME`].
+/// Accepts the driver's certificate if it is exactly the one pinned by the
+/// join token (a user-supplied identity), or if the chain contains the CA
+/// pinned by the token and the leaf verifies against that CA for
+/// [`SERVER_NAME`] (a generated identity). Either way TLS 1.3 then checks
+/// that the driver holds the leaf's private key.
 #[derive(Debug)]
 struct PinnedCaVerifier {
     ca_fingerprint: [u8; 32],
@@ -261,12 +360,16 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.ca_fingerprint {
+            return Ok(ServerCertVerified::assertion());
+        }
         let ca = intermediates
             .iter()
             .find(|c| fingerprint(c) == self.ca_fingerprint)
             .ok_or_else(|| {
                 rustls::Error::General(
-                    "driver certificate is not from the pinned cluster CA".into(),
+                    "driver certificate is neither the pinned one nor from the pinned cluster CA"
+                        .into(),
                 )
             })?;
         let mut roots = rustls::RootCertStore::empty();
@@ -517,9 +620,10 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec(value).map_err(|e| Error::Encode(e.to_string()))
 }
 
-/// Write one frame: u32 BE length, then the body.
+/// Write one frame: u32 BE length, then the body. `send` is any byte
+/// stream: a QUIC stream, or an in-memory one for in-process executors.
 pub async fn write_frame<T: Serialize + ?Sized>(
-    send: &mut quinn::SendStream,
+    send: &mut (impl AsyncWrite + Unpin + ?Sized),
     peer: SocketAddr,
     value: &T,
     max: u64,
@@ -530,7 +634,7 @@ pub async fn write_frame<T: Serialize + ?Sized>(
 
 /// Write one already-encoded frame body.
 pub async fn write_raw_frame(
-    send: &mut quinn::SendStream,
+    send: &mut (impl AsyncWrite + Unpin + ?Sized),
     peer: SocketAddr,
     body: &[u8],
     max: u64,
@@ -546,16 +650,29 @@ pub async fn write_raw_frame(
 }
 
 /// Read one frame. `Ok(None)` on a clean end of stream before a header.
+/// `recv` is any byte stream, like `send` of [`write_frame`].
 pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
+    recv: &mut (impl AsyncRead + Unpin + ?Sized),
     peer: SocketAddr,
     max: u64,
 ) -> Result<Option<T>> {
     let mut header = [0u8; 4];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(conn_err(peer, e)),
+    let mut got = 0;
+    while got < header.len() {
+        let n = recv
+            .read(&mut header[got..])
+            .await
+            .map_err(|e| conn_err(peer, e))?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(conn_err(
+                peer,
+                format!("stream finished early ({got} bytes of a frame header read)"),
+            ));
+        }
+        got += n;
     }
     let len = u32::from_be_bytes(header) as u64;
     if len > max {
@@ -872,6 +989,105 @@ mod tests {
         let (t2, addr) = parse_join(&format!("{s}@127.0.0.1:7000")).unwrap();
         assert_eq!(t2, t);
         assert_eq!(addr.port(), 7000);
+    }
+
+    /// A self-signed certificate and its key, as PEM.
+    fn self_signed() -> (String, String) {
+        let ck = rcgen::generate_simple_self_signed(vec!["driver.example".to_string()]).unwrap();
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn cert_error(r: Result<ClusterIdentity>) -> (String, String) {
+        match r {
+            Err(Error::Certificate { path, reason }) => (path, reason),
+            Err(e) => panic!("expected a certificate error, got {e}"),
+            Ok(_) => panic!("expected a certificate error, got an identity"),
+        }
+    }
+
+    #[test]
+    fn user_certificate_is_loaded_and_its_leaf_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        // A chain: leaf signed by a CA, both in the file, leaf first.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["driver.example".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let cert = write(dir.path(), "chain.pem", &(leaf.pem() + &ca.pem()));
+        let key = write(dir.path(), "key.pem", &leaf_key.serialize_pem());
+        let id = ClusterIdentity::from_pem_files(&cert, &key).unwrap();
+        assert_eq!(id.chain.len(), 2);
+        assert_eq!(id.token().ca_fingerprint, fingerprint(leaf.der()));
+        id.server_config().unwrap();
+        // A fresh secret every time, the same pin.
+        let again = ClusterIdentity::from_pem_files(&cert, &key).unwrap();
+        assert_ne!(again.token().secret, id.token().secret);
+        assert_eq!(again.token().ca_fingerprint, id.token().ca_fingerprint);
+    }
+
+    #[test]
+    fn unusable_certificate_files_are_named_with_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_pem, key_pem) = self_signed();
+        let (_, other_key) = self_signed();
+        let cert = write(dir.path(), "cert.pem", &cert_pem);
+        let key = write(dir.path(), "key.pem", &key_pem);
+        let missing = dir.path().join("missing.pem");
+        // Missing files: an I/O error naming the path.
+        match ClusterIdentity::from_pem_files(&missing, &key) {
+            Err(Error::Io { path, .. }) => assert!(path.ends_with("missing.pem"), "{path}"),
+            other => panic!("{:?}", other.err()),
+        }
+        match ClusterIdentity::from_pem_files(&cert, &missing) {
+            Err(Error::Io { path, .. }) => assert!(path.ends_with("missing.pem"), "{path}"),
+            other => panic!("{:?}", other.err()),
+        }
+        // Not PEM at all, and an empty file: an empty chain.
+        let text = write(dir.path(), "text.pem", "just some text\n");
+        let (path, reason) = cert_error(ClusterIdentity::from_pem_files(&text, &key));
+        assert!(
+            path.ends_with("text.pem") && reason.contains("empty certificate chain"),
+            "{reason}"
+        );
+        let empty = write(dir.path(), "empty.pem", "");
+        let (path, reason) = cert_error(ClusterIdentity::from_pem_files(&empty, &key));
+        assert!(
+            path.ends_with("empty.pem") && reason.contains("no PEM CERTIFICATE"),
+            "{reason}"
+        );
+        // A truncated PEM block.
+        let cut = write(dir.path(), "cut.pem", &cert_pem[..cert_pem.len() / 2]);
+        let (path, reason) = cert_error(ClusterIdentity::from_pem_files(&cut, &key));
+        assert!(
+            path.ends_with("cut.pem") && reason.contains("not valid PEM"),
+            "{reason}"
+        );
+        // A certificate where the key should be.
+        let (path, reason) = cert_error(ClusterIdentity::from_pem_files(&cert, &cert));
+        assert!(
+            path.ends_with("cert.pem") && reason.contains("no PEM private key"),
+            "{reason}"
+        );
+        // A key of another certificate.
+        let wrong = write(dir.path(), "wrong.pem", &other_key);
+        let (path, reason) = cert_error(ClusterIdentity::from_pem_files(&cert, &wrong));
+        assert!(
+            path.ends_with("wrong.pem") && reason.contains("does not match"),
+            "{reason}"
+        );
+        // The right pair loads.
+        assert!(ClusterIdentity::from_pem_files(&cert, &key).is_ok());
     }
 
     #[test]
