@@ -50,6 +50,7 @@ pub(crate) fn registry() -> Arc<Registry> {
     kiln::cluster_train::register(&mut r);
     kiln::digits_cluster::register(&mut r);
     kiln::speech_cluster::register(&mut r);
+    kiln::detect_cluster::register(&mut r);
     Arc::new(r)
 }
 

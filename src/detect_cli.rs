@@ -1,7 +1,10 @@
-//! `kiln detect …`: SSD training, evaluation and prediction (single
-//! process), and scoring a detections file with the VOC devkit's rules.
+//! `kiln detect …`: SSD training (one process, or a local cluster with
+//! `--executors N`), evaluation and prediction, and scoring a detections
+//! file with the VOC devkit's rules.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -11,6 +14,7 @@ use kiln_detection::infer;
 use kiln_detection::model::Ssd;
 use kiln_detection::train::TrainConfig;
 use kiln_detection::voc::VocDataset;
+use kiln_runtime::{DriverConfig, ExecutorMode, LocalCluster, LocalConfig, Registry};
 
 /// `kiln detect` subcommands.
 #[derive(Debug, Subcommand)]
@@ -49,10 +53,14 @@ pub struct TrainArgs {
     /// Overrides the config's training split.
     #[arg(long)]
     pub split: Option<String>,
-    /// Cluster training is not wired to SSD yet: any value trains in this
-    /// process (with a warning).
+    /// Train on a local cluster of this many executor processes (on
+    /// 127.0.0.1; data-parallel, parameter actors on the driver); without
+    /// it, train in this process.
     #[arg(long)]
     pub executors: Option<usize>,
+    /// With `--executors`: executors as tasks in this process (tests).
+    #[arg(long)]
+    pub in_process: bool,
 }
 
 /// Arguments of `kiln detect eval`.
@@ -118,10 +126,11 @@ pub struct ScoreArgs {
     pub json: bool,
 }
 
-/// Runs a `kiln detect` subcommand.
-pub fn run(cmd: &DetectCommand) -> anyhow::Result<()> {
+/// Runs a `kiln detect` subcommand; `registry` gives the named functions
+/// every process of a cluster registers (the binary's).
+pub fn run(cmd: &DetectCommand, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
     match cmd {
-        DetectCommand::Train(a) => train(a),
+        DetectCommand::Train(a) => train(a, registry),
         DetectCommand::Eval(a) => {
             let report = evaluate(a)?;
             if a.json {
@@ -154,14 +163,7 @@ pub fn run(cmd: &DetectCommand) -> anyhow::Result<()> {
 }
 
 /// `kiln detect train`: trains and writes the model.
-pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
-    if let Some(n) = a.executors {
-        tracing::warn!(
-            executors = n,
-            "cluster training is not wired to SSD yet: training in this process"
-        );
-        eprintln!("warning: --executors {n}: cluster training is not wired to SSD yet; training single-process");
-    }
+pub fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
     let mut cfg = match &a.config {
         Some(p) => TrainConfig::from_file(p)?,
         None => TrainConfig::default(),
@@ -175,6 +177,9 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
     if let Some(s) = &a.split {
         cfg.split = s.clone();
     }
+    if let Some(n) = a.executors {
+        return train_on_local_cluster(a, &cfg, n, registry);
+    }
     let (_, summary) = kiln_detection::train::train(&a.voc, &cfg, &a.out)
         .with_context(|| format!("training on {}", a.voc.display()))?;
     println!(
@@ -186,6 +191,62 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+fn train_on_local_cluster(
+    a: &TrainArgs,
+    cfg: &TrainConfig,
+    executors: usize,
+    registry: fn() -> Arc<Registry>,
+) -> anyhow::Result<()> {
+    if executors == 0 {
+        anyhow::bail!("--executors must be at least 1");
+    }
+    let mode = if a.in_process {
+        ExecutorMode::InProcess
+    } else {
+        ExecutorMode::Processes {
+            program: std::env::current_exe().context("locating the kiln binary")?,
+            args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let config = LocalConfig {
+            executors,
+            cores_per_executor: 1,
+            mode,
+            driver: DriverConfig::default(),
+            startup_timeout: Duration::from_secs(30),
+        };
+        let cluster = LocalCluster::start(config, registry()).await?;
+        let result = async {
+            let (_, summary) = crate::detect_cluster::train_ssd_on_cluster(
+                cluster.driver()?,
+                &a.voc,
+                cfg,
+                executors as u32,
+                &a.out,
+            )
+            .await
+            .with_context(|| format!("training on {}", a.voc.display()))?;
+            println!(
+                "trained {} epochs ({} iterations) on {executors} executors in {:.1} s, last epoch loss {:.4}; model written to {}",
+                summary.epochs,
+                summary.iterations,
+                summary.seconds,
+                summary.last_epoch_loss,
+                a.out.display()
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        cluster.shutdown().await;
+        result
+    })
 }
 
 /// `kiln detect eval`: the model's per-class AP and mAP on a split.

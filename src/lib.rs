@@ -10,6 +10,7 @@ pub use kiln_speech as speech;
 pub mod checkpoint_cli;
 pub mod cluster_train;
 pub mod detect_cli;
+pub mod detect_cluster;
 pub mod digits_cluster;
 pub mod digits_job;
 pub mod speech_cli;

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Command::Train(args) => kiln::train_cli::train(&args),
         Command::Eval(args) => kiln::train_cli::eval(&args),
         Command::Speech { command } => kiln::speech_cli::run(&command, cluster_cli::registry),
-        Command::Detect { command } => kiln::detect_cli::run(&command),
+        Command::Detect { command } => kiln::detect_cli::run(&command, cluster_cli::registry),
         Command::Info => {
             kiln::print_info();
             Ok(())

@@ -71,8 +71,35 @@ fn train_eval_predict_score() {
         ],
         limit,
     ));
-    assert!(out.contains("trained 2 epochs (4 iterations)"), "{out}");
+    assert!(
+        out.contains("trained 2 epochs (4 iterations) on 2 executors"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("EPOCH ")).count(),
+        2,
+        "{out}"
+    );
     assert!(model.exists());
+    // The same in one process.
+    let single = dir.path().join("single.safetensors");
+    let out = ok(&kiln(
+        &[
+            "detect",
+            "train",
+            "--voc",
+            s(&voc),
+            "--config",
+            s(&config),
+            "--out",
+            s(&single),
+            "--epochs",
+            "1",
+        ],
+        limit,
+    ));
+    assert!(out.contains("trained 1 epochs (2 iterations) in"), "{out}");
+    assert!(single.exists());
 
     let out = ok(&kiln(
         &[

@@ -132,7 +132,8 @@ impl TrainConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings (batch size, epochs, rates, ratios).
+    pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 || self.epochs == 0 {
             return Err(Error::config(
                 "TrainConfig",

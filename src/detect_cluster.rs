@@ -1,0 +1,262 @@
+//! SSD on the cluster: the training split's image indices become a dataset
+//! (executors read and augment the images themselves, seeded per share so
+//! the batches do not depend on which executor runs them), a
+//! [`GradientWorker`] runs the MultiBox step, batch-norm statistics travel
+//! as buffers, and SGD with warm-up and multi-step decay runs in the
+//! parameter actors. Used by `kiln detect train --executors N`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use kiln_detection::augment::SsdAugment;
+use kiln_detection::model::{Ssd, SsdConfig};
+use kiln_detection::multibox::MultiBoxConfig;
+use kiln_detection::train::{augmented_batch, train_step, TrainConfig, TrainSummary};
+use kiln_detection::voc::VocDataset;
+use kiln_nn::optim::{OptimizerConfig, SgdConfig};
+use kiln_nn::ModuleExt;
+use kiln_runtime::train::{BatchStats, GradientWorker, META_JOB};
+use kiln_runtime::{Dataset, DistributedTrainer, Driver, Registry, TrainSpec};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster_train::optimizer_factory;
+
+/// Name of the VOC image-index source in the registry.
+pub const VOC_SOURCE: &str = "kiln.voc_indices";
+/// Name of the SSD trainer in the registry.
+pub const SSD_TRAINER: &str = "kiln.ssd";
+
+/// Arguments of the VOC source: which directory and image set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VocSource {
+    /// VOC-layout directory, readable by every executor.
+    pub voc: PathBuf,
+    /// Image set (`ImageSets/Main/<split>.txt`).
+    pub split: String,
+}
+
+/// Partition `p` of `n` of the split: a contiguous range of image indices.
+fn read_voc_partition(a: &VocSource, p: u32, n: u32) -> Result<Vec<u32>, String> {
+    let ds = VocDataset::open(&a.voc, &a.split, None).map_err(|e| e.to_string())?;
+    let (n, p) = (n.max(1) as usize, p as usize);
+    let (lo, hi) = (p * ds.len() / n, (p + 1) * ds.len() / n);
+    Ok((lo as u32..hi as u32).collect())
+}
+
+/// What an executor needs to build the SSD worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SsdWorkerConfig {
+    /// Where the images are.
+    pub source: VocSource,
+    /// The network.
+    pub model: SsdConfig,
+    /// Augmentation and loss settings.
+    pub train: TrainConfig,
+}
+
+/// SSD trained with the MultiBox loss on image indices.
+pub struct SsdWorker {
+    model: Ssd<f32>,
+    data: VocDataset,
+    augment: SsdAugment,
+    loss: MultiBoxConfig,
+    params: usize,
+}
+
+impl SsdWorker {
+    /// Opens the image set and builds the network (its weights and buffers
+    /// are replaced every task).
+    pub fn new(c: &SsdWorkerConfig) -> Result<Self, String> {
+        let data = VocDataset::open(
+            &c.source.voc,
+            &c.source.split,
+            Some(c.model.classes.clone()),
+        )
+        .map_err(|e| e.to_string())?;
+        let model = Ssd::<f32>::new(c.model.clone(), &mut StdRng::seed_from_u64(0))
+            .map_err(|e| e.to_string())?;
+        let params = model.graph().num_params();
+        Ok(SsdWorker {
+            augment: SsdAugment {
+                size: c.model.image_size(),
+                mean: c.model.mean,
+                max_expand: c.train.max_expand,
+                photometric: c.train.photometric,
+            },
+            loss: MultiBoxConfig {
+                num_classes: c.model.num_classes(),
+                overlap_threshold: c.train.overlap_threshold,
+                neg_pos_ratio: c.train.neg_pos_ratio,
+                variances: c.model.priors.variances,
+            },
+            model,
+            data,
+            params,
+        })
+    }
+}
+
+impl GradientWorker<u32> for SsdWorker {
+    fn num_params(&self) -> usize {
+        self.params
+    }
+
+    /// The MultiBox loss is normalised by the share's matched priors, so
+    /// the share's gradient is scaled by its image count: the driver's
+    /// division by the batch size then averages the shares' normalised
+    /// losses (what DDP does with a per-rank normalised loss).
+    fn gradients(
+        &mut self,
+        params: &[f32],
+        samples: &[&u32],
+        seed: u64,
+        grads: &mut [f32],
+    ) -> Result<BatchStats, String> {
+        let indices: Vec<usize> = samples.iter().map(|&&i| i as usize).collect();
+        let (images, gts) = augmented_batch(&self.data, &indices, &self.augment, seed, 0)
+            .map_err(|e| e.to_string())?;
+        self.model
+            .graph_mut()
+            .set_flat_params(params)
+            .map_err(|e| e.to_string())?;
+        self.model.set_training(true);
+        self.model.graph_mut().zero_grad();
+        let out =
+            train_step(&mut self.model, &images, &gts, &self.loss).map_err(|e| e.to_string())?;
+        let loss = f64::from(out.loss());
+        if !loss.is_finite() {
+            return Err(format!(
+                "the MultiBox loss became {loss}: lower the learning rate"
+            ));
+        }
+        let n = samples.len() as f32;
+        for (g, x) in grads.iter_mut().zip(self.model.graph().flat_grads()) {
+            *g = x * n;
+        }
+        Ok(BatchStats {
+            loss_sum: loss * samples.len() as f64,
+            samples: samples.len() as u64,
+            correct: 0,
+        })
+    }
+
+    fn evaluate(&mut self, _params: &[f32], _samples: &[&u32]) -> Result<BatchStats, String> {
+        Err("SSD is evaluated by mAP with `kiln detect eval`, not by a loss on the cluster".into())
+    }
+
+    fn num_buffers(&self) -> usize {
+        self.model.graph().num_buffers()
+    }
+
+    fn buffers(&self) -> Vec<f32> {
+        self.model.graph().flat_buffers()
+    }
+
+    fn set_buffers(&mut self, buffers: &[f32]) -> Result<(), String> {
+        self.model
+            .graph_mut()
+            .set_flat_buffers(buffers)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Registers the VOC source and the SSD trainer (every process of a
+/// cluster calls this).
+pub fn register(r: &mut Registry) {
+    r.register_source(VOC_SOURCE, read_voc_partition)
+        .register_trainer(SSD_TRAINER, SsdWorker::new);
+}
+
+/// Trains a fresh SSD of `cfg.preset` on the driver's executors
+/// (`partitions` partitions of the split, `shards` parameter actors) and
+/// writes the model to `out` after every epoch. Prints an `EPOCH` line per
+/// epoch.
+pub async fn train_ssd_on_cluster(
+    driver: &Driver,
+    voc: &Path,
+    cfg: &TrainConfig,
+    partitions: u32,
+    out: &Path,
+) -> anyhow::Result<(Ssd<f32>, TrainSummary)> {
+    cfg.validate()?;
+    let images = VocDataset::open(voc, &cfg.split, None)?;
+    let model_cfg = cfg.model_config(images.classes.clone())?;
+    let plan = cfg.lr_plan(images.len().div_ceil(cfg.batch_size.max(1)));
+    let mut model = Ssd::<f32>::new(model_cfg.clone(), &mut StdRng::seed_from_u64(cfg.seed))?;
+    let source = VocSource {
+        voc: voc.to_path_buf(),
+        split: cfg.split.clone(),
+    };
+    let data: Dataset<u32> = driver.source(VOC_SOURCE, &source, partitions.max(1))?;
+    let worker = SsdWorkerConfig {
+        source,
+        model: model_cfg,
+        train: cfg.clone(),
+    };
+    let mut spec = TrainSpec::new(
+        SSD_TRAINER,
+        &worker,
+        cfg.batch_size,
+        cfg.epochs as u64,
+        cfg.seed,
+        cfg.lr,
+    )?;
+    spec.learning_rate = std::sync::Arc::new(move |it, _| plan.lr_at(it as usize));
+    spec.shards = 2;
+    spec.init_buffers = model.graph().flat_buffers();
+    spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(cfg)?)]);
+    let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        ..SgdConfig::default()
+    }));
+    let mut trainer =
+        DistributedTrainer::start(&data, spec, model.graph().flat_params(), optimizer).await?;
+    let started = Instant::now();
+    let mut epoch_start = Instant::now();
+    let (mut sum, mut count, mut last_epoch_loss) = (0.0, 0u64, f64::NAN);
+    let mut iterations = 0;
+    while !trainer.is_done() {
+        let it = trainer.step().await?;
+        sum += it.stats.loss_sum;
+        count += it.stats.samples;
+        iterations += 1;
+        if it.epoch_ended {
+            last_epoch_loss = sum / count.max(1) as f64;
+            println!(
+                "EPOCH {} loss={last_epoch_loss:.4} lr={:.2e} images_per_s={:.1}",
+                it.position.epoch,
+                it.learning_rate,
+                count as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)
+            );
+            model.graph_mut().set_flat_params(trainer.params())?;
+            model.graph_mut().set_flat_buffers(trainer.buffers())?;
+            model
+                .save(out)
+                .with_context(|| format!("saving {}", out.display()))?;
+            (sum, count) = (0.0, 0);
+            epoch_start = Instant::now();
+        }
+    }
+    model.graph_mut().set_flat_params(trainer.params())?;
+    model.graph_mut().set_flat_buffers(trainer.buffers())?;
+    trainer.finish().await;
+    model.set_training(false);
+    model
+        .save(out)
+        .with_context(|| format!("saving {}", out.display()))?;
+    Ok((
+        model,
+        TrainSummary {
+            epochs: cfg.epochs,
+            iterations,
+            last_epoch_loss,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+    ))
+}
