@@ -172,7 +172,7 @@ pub fn register(r: &mut Registry) {
 }
 
 /// Trains a fresh SSD of `cfg.preset` on the driver's executors
-/// (`partitions` partitions of the split, `shards` parameter actors) and
+/// (`partitions` partitions of the split, 2 parameter actors) and
 /// writes the model to `out` after every epoch. Prints an `EPOCH` line per
 /// epoch.
 pub async fn train_ssd_on_cluster(
