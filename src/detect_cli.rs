@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -14,7 +13,7 @@ use kiln_detection::infer;
 use kiln_detection::model::Ssd;
 use kiln_detection::train::TrainConfig;
 use kiln_detection::voc::VocDataset;
-use kiln_runtime::{DriverConfig, ExecutorMode, LocalCluster, LocalConfig, Registry};
+use kiln_runtime::{LocalCluster, Registry};
 
 /// `kiln detect` subcommands.
 #[derive(Debug, Subcommand)]
@@ -199,29 +198,9 @@ fn train_on_local_cluster(
     executors: usize,
     registry: fn() -> Arc<Registry>,
 ) -> anyhow::Result<()> {
-    if executors == 0 {
-        anyhow::bail!("--executors must be at least 1");
-    }
-    let mode = if a.in_process {
-        ExecutorMode::InProcess
-    } else {
-        ExecutorMode::Processes {
-            program: std::env::current_exe().context("locating the kiln binary")?,
-            args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let config = crate::local_run::local_config(executors, a.in_process)?;
+    let rt = crate::local_run::tokio_runtime()?;
     rt.block_on(async {
-        let config = LocalConfig {
-            executors,
-            cores_per_executor: 1,
-            mode,
-            driver: DriverConfig::default(),
-            startup_timeout: Duration::from_secs(30),
-        };
         let cluster = LocalCluster::start(config, registry()).await?;
         let result = async {
             let (_, summary) = crate::detect_cluster::train_ssd_on_cluster(

@@ -4,12 +4,10 @@
 //! checkpoints, and accuracy is computed on the executors.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_nn::layers::LayerConfig;
 use kiln_nn::optim::{OptimizerConfig, SgdConfig};
 use kiln_nn::ModuleExt;
@@ -21,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster_train::{optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER};
 use crate::digits_job::{self, DigitsJob, DigitsModel};
+use crate::run_output::{iteration_bar, out_line, resume_and_report};
 
 /// Name of the digits source in the registry.
 pub const DIGITS_SOURCE: &str = "kiln.digits";
@@ -118,12 +117,6 @@ pub struct ClusterDigitsReport {
     pub samples_per_second: f64,
 }
 
-fn out_line(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 /// Trains the digits network on the driver's executors and evaluates it.
 /// Prints `EPOCH`, `CHECKPOINT`, `RESUMED`, `SKIPPED` and a final
 /// `HELD-OUT-ACCURACY` line (the tests and scripts read them).
@@ -179,31 +172,9 @@ pub async fn train_on_cluster(
     }));
     let mut trainer = DistributedTrainer::start(&train, spec, init, optimizer).await?;
     if ckpt.resume {
-        match trainer.resume().await? {
-            Some(info) => {
-                for s in &info.skipped {
-                    out_line(&format!("SKIPPED {} {}", s.id, s.reason));
-                }
-                out_line(&format!(
-                    "RESUMED {} iteration={} epoch={}",
-                    info.id, info.position.iteration, info.position.epoch
-                ));
-            }
-            None => out_line("RESUMED none (no checkpoint yet): starting fresh"),
-        }
+        resume_and_report(&mut trainer).await?;
     }
-    let per_epoch = trainer.batches_per_epoch();
-    let bar = if job.progress {
-        ProgressBar::new(per_epoch * job.epochs)
-    } else {
-        ProgressBar::with_draw_target(Some(per_epoch * job.epochs), ProgressDrawTarget::hidden())
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_position(trainer.position().iteration);
+    let bar = iteration_bar(&trainer, job.epochs, job.progress);
     let started = Instant::now();
     let mut trained = 0u64;
     let mut epoch_loss = kiln_runtime::train::BatchStats::default();

@@ -13,6 +13,8 @@ pub mod detect_cli;
 pub mod detect_cluster;
 pub mod digits_cluster;
 pub mod digits_job;
+pub mod local_run;
+pub mod run_output;
 pub mod speech_cli;
 pub mod speech_cluster;
 pub mod train_cli;

@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use kiln_runtime::{DriverConfig, ExecutorMode, LocalCluster, LocalConfig, Registry};
+use kiln_runtime::{LocalCluster, Registry};
 use kiln_speech::ds2::{Ds2, Ds2Config};
 use kiln_speech::lm::NgramLm;
 use kiln_speech::pipeline::{self, Decoder, Example};
@@ -242,9 +241,7 @@ fn split_dir(root: &Path, name: &Option<String>, prefix: &str) -> anyhow::Result
 }
 
 fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
-    if a.executors == 0 {
-        bail!("--executors must be at least 1");
-    }
+    let config = crate::local_run::local_config(a.executors, a.in_process)?;
     let model = match &a.config {
         Some(path) => Ds2Config::from_file(path)?,
         None => Ds2Config::from_toml_str(DS2_SMALL)?,
@@ -271,26 +268,8 @@ fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
         keep_last: 3,
         resume: a.resume,
     };
-    let mode = if a.in_process {
-        ExecutorMode::InProcess
-    } else {
-        ExecutorMode::Processes {
-            program: std::env::current_exe().context("locating the kiln binary")?,
-            args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
-        }
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = crate::local_run::tokio_runtime()?;
     rt.block_on(async {
-        let config = LocalConfig {
-            executors: a.executors,
-            cores_per_executor: 1,
-            mode,
-            driver: DriverConfig::default(),
-            startup_timeout: Duration::from_secs(30),
-        };
         let cluster = LocalCluster::start(config, registry()).await?;
         let result = async {
             let report = train_speech_on_cluster(cluster.driver()?, &job, &ckpt).await?;

@@ -6,12 +6,10 @@
 //! and the trained model saved for `kiln speech eval|transcribe`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_nn::optim::{AdamConfig, OptimizerConfig};
 use kiln_nn::ModuleExt;
 use kiln_runtime::train::{BatchStats, CheckpointPolicy, GradientWorker, META_JOB};
@@ -28,6 +26,7 @@ use tracing::warn;
 
 use crate::cluster_train::optimizer_factory;
 use crate::digits_cluster::CheckpointOptions;
+use crate::run_output::{iteration_bar, out_line, resume_and_report};
 
 /// Name of the speech corpus source in the registry.
 pub const SPEECH_SOURCE: &str = "kiln.speech_corpus";
@@ -190,12 +189,6 @@ pub struct SpeechReport {
     pub utterances_per_second: f64,
 }
 
-fn out_line(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 /// WER and CER of `model` on `examples` with `decoder`.
 pub fn score(
     model: &mut Ds2<f32>,
@@ -241,21 +234,7 @@ pub async fn train_speech_on_cluster(
     };
     let train: Dataset<Example> = driver.source(SPEECH_SOURCE, &source, job.partitions)?;
     let dev = match &job.dev {
-        Some(split) => {
-            let dev = read_speech_partition(
-                &SpeechSource {
-                    split: split.clone(),
-                    max_seconds: f64::INFINITY,
-                },
-                0,
-                1,
-            )
-            .map_err(anyhow::Error::msg)?;
-            if dev.is_empty() {
-                bail!("no usable utterance in {}", split.display());
-            }
-            dev
-        }
+        Some(split) => read_split(split)?,
         None => Vec::new(),
     };
     let (lr0, anneal) = (job.learning_rate, job.anneal.max(1.0));
@@ -287,18 +266,7 @@ pub async fn train_speech_on_cluster(
     let mut trainer =
         DistributedTrainer::start(&train, spec, initial.flat_params(), optimizer).await?;
     if ckpt.resume {
-        match trainer.resume().await? {
-            Some(info) => {
-                for s in &info.skipped {
-                    out_line(&format!("SKIPPED {} {}", s.id, s.reason));
-                }
-                out_line(&format!(
-                    "RESUMED {} iteration={} epoch={}",
-                    info.id, info.position.iteration, info.position.epoch
-                ));
-            }
-            None => out_line("RESUMED none (no checkpoint yet): starting fresh"),
-        }
+        resume_and_report(&mut trainer).await?;
     }
     out_line(&format!(
         "TRAINING {} utterances, {} parameters, {} batches per epoch",
@@ -306,18 +274,7 @@ pub async fn train_speech_on_cluster(
         trainer.params().len(),
         trainer.batches_per_epoch()
     ));
-    let per_epoch = trainer.batches_per_epoch();
-    let bar = if job.progress {
-        ProgressBar::new(per_epoch * job.epochs)
-    } else {
-        ProgressBar::with_draw_target(Some(per_epoch * job.epochs), ProgressDrawTarget::hidden())
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_position(trainer.position().iteration);
+    let bar = iteration_bar(&trainer, job.epochs, job.progress);
     let started = Instant::now();
     let mut trained = 0u64;
     let mut epoch_stats = BatchStats::default();
@@ -393,21 +350,7 @@ pub fn read_split(split: &Path) -> anyhow::Result<Vec<Example>> {
 mod tests {
     use super::*;
 
-    const TINY: &str = r#"
-freq_bins = 161
-num_classes = 29
-clip = 20.0
-[[conv]]
-channels = 2
-kernel = [11, 5]
-stride = [4, 2]
-padding = [5, 2]
-[rnn]
-cell = "gru"
-layers = 1
-hidden = 8
-merge = "sum"
-"#;
+    const TINY: &str = include_str!("../apps/speech/configs/ds2_tiny.toml");
 
     fn fixture_split() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/speech/tests/fixtures/librispeech/mini")

@@ -184,28 +184,10 @@ fn detect_score_gives_map_one_for_ground_truth_and_names_bad_lines() {
     assert!(err.contains("dets.txt") && err.contains('1'), "{err}");
 }
 
-/// A DS2 small enough to train in seconds.
-const TINY_DS2: &str = r#"
-freq_bins = 161
-num_classes = 29
-clip = 20.0
-[[conv]]
-channels = 2
-kernel = [11, 5]
-stride = [4, 2]
-padding = [5, 2]
-[rnn]
-cell = "gru"
-layers = 1
-hidden = 16
-merge = "sum"
-"#;
-
 #[test]
 fn speech_train_eval_and_transcribe_on_a_local_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, TINY_DS2).expect("write");
+    let config = root().join("apps/speech/configs/ds2_tiny.toml");
     let corpus = root().join("apps/speech/tests/fixtures/librispeech");
     let split = corpus.join("mini");
     let model = dir.path().join("ds2.safetensors");

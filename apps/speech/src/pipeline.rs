@@ -212,21 +212,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    const TINY: &str = r#"
-freq_bins = 161
-num_classes = 29
-clip = 20.0
-[[conv]]
-channels = 2
-kernel = [11, 5]
-stride = [4, 2]
-padding = [5, 2]
-[rnn]
-cell = "gru"
-layers = 1
-hidden = 8
-merge = "sum"
-"#;
+    const TINY: &str = include_str!("../configs/ds2_tiny.toml");
 
     fn tone(seconds: f32, hz: f32) -> Audio {
         let n = (seconds * 16_000.0) as usize;

@@ -572,3 +572,22 @@ fn share_seed(seed: u64, iteration: u64, partition: u32) -> u64 {
         ^ iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (partition as u64).rotate_left(32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_mean_weights_by_samples_and_rejects_ragged_shares() {
+        let mut m = BufferMean::default();
+        assert_eq!(m.mean(), None);
+        m.add(&[], 5).unwrap();
+        assert_eq!(m.mean(), None, "shares without buffers change nothing");
+        m.add(&f32_to_bytes(&[1.0, 10.0]), 1).unwrap();
+        m.add(&f32_to_bytes(&[4.0, 40.0]), 2).unwrap();
+        assert_eq!(m.mean(), Some(vec![3.0, 30.0]));
+        let err = m.add(&f32_to_bytes(&[1.0]), 1).unwrap_err().to_string();
+        assert!(err.contains("2 and 1 buffer values"), "{err}");
+        assert!(m.add(&[1, 2, 3], 1).is_err());
+    }
+}
