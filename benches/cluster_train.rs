@@ -23,12 +23,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::cluster_train::{optimizer_factory, SYNC_BENCH_TRAINER};
+use kiln::cluster_train::{executor_placement, optimizer_factory, SYNC_BENCH_TRAINER};
 use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
 use kiln::digits_job::{DigitsJob, DigitsModel};
 use kiln::nn::optim::{OptimizerConfig, SgdConfig};
 use kiln::runtime::checkpoint::{CheckpointRecord, CheckpointStore};
-use kiln::runtime::train::ParameterShards;
+use kiln::runtime::train::{ParameterShards, ShardPlacement};
 use kiln::runtime::{
     DistributedTrainer, DriverConfig, ExecutorMode, LocalCluster, LocalConfig, Registry, TrainSpec,
 };
@@ -112,32 +112,41 @@ async fn sync(o: &Opts) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(cluster_config(o, 2), registry()).await?;
     let d = cluster.driver()?;
     let data = d.parallelize(vec![0u64, 1], 2)?;
+    let placements = [
+        ("driver", ShardPlacement::Driver),
+        ("executors", executor_placement(&sgd(), 1)?),
+        ("executors_replicated", executor_placement(&sgd(), 2)?),
+    ];
     for mb in [4usize, 64, 256] {
-        let n = mb * MB / 4;
-        let mut spec = TrainSpec::new(SYNC_BENCH_TRAINER, &n, 2, 1_000, 1, 0.01)?;
-        spec.shards = 2;
-        let mut t =
-            DistributedTrainer::start(&data, spec, vec![0.0; n], optimizer_factory(sgd())).await?;
-        t.step().await?;
-        let iters = if mb <= 4 {
-            20
-        } else if mb <= 64 {
-            6
-        } else {
-            3
-        };
-        let mut ts = Vec::new();
-        for _ in 0..iters {
-            let s = Instant::now();
+        for (placement, where_) in &placements {
+            let n = mb * MB / 4;
+            let mut spec = TrainSpec::new(SYNC_BENCH_TRAINER, &n, 2, 1_000, 1, 0.01)?;
+            spec.shards = 2;
+            spec.placement = where_.clone();
+            let mut t =
+                DistributedTrainer::start(&data, spec, vec![0.0; n], optimizer_factory(sgd()))
+                    .await?;
             t.step().await?;
-            ts.push(s.elapsed().as_secs_f64());
-        }
-        t.finish().await;
-        let secs = median(ts);
-        println!(
-            "{{\"bench\":\"param_sync\",\"mb\":{mb},\"executors\":2,\"seconds\":{secs:.5},\"algbw_gb_s\":{:.3}}}",
+            let iters = if mb <= 4 {
+                20
+            } else if mb <= 64 {
+                6
+            } else {
+                3
+            };
+            let mut ts = Vec::new();
+            for _ in 0..iters {
+                let s = Instant::now();
+                t.step().await?;
+                ts.push(s.elapsed().as_secs_f64());
+            }
+            t.finish().await?;
+            let secs = median(ts);
+            println!(
+            "{{\"bench\":\"param_sync\",\"placement\":\"{placement}\",\"mb\":{mb},\"executors\":2,\"seconds\":{secs:.5},\"algbw_gb_s\":{:.3}}}",
             (mb * MB) as f64 / secs / 1e9
         );
+        }
     }
     cluster.shutdown().await;
     if let Some(py) = &o.python {
@@ -222,7 +231,7 @@ async fn recovery(o: &Opts) -> anyhow::Result<()> {
         .status()?;
     t.step().await?;
     let recovery = killed.elapsed().as_secs_f64();
-    t.finish().await;
+    t.finish().await?;
     cluster.shutdown().await;
     println!(
         "{{\"bench\":\"recovery\",\"executors\":3,\"executor_timeout_s\":1.0,\"normal_iteration_s\":{:.4},\"kill_to_next_iteration_s\":{recovery:.3}}}",

@@ -8,7 +8,9 @@ use kiln_nn::criterion::{ClassNll, Criterion, Reduction};
 use kiln_nn::layers::LayerConfig;
 use kiln_nn::optim::{Optimizer, OptimizerConfig, OptimizerState};
 use kiln_nn::{Module, ModuleExt, Tensor};
-use kiln_runtime::train::{BatchStats, GradientWorker, OptimizerFactory, ShardOptimizer};
+use kiln_runtime::train::{
+    BatchStats, GradientWorker, OptimizerFactory, OptimizerSpec, ShardOptimizer, ShardPlacement,
+};
 use kiln_runtime::Registry;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -187,6 +189,26 @@ pub fn optimizer_factory(config: OptimizerConfig) -> OptimizerFactory {
     })
 }
 
+/// Name under which kiln-nn's optimizers are registered for
+/// executor-hosted parameter shards.
+pub const NN_OPTIMIZER: &str = "kiln.nn_optimizer";
+
+/// Parameter shards hosted by the executors (`replicas` copies of each),
+/// stepped with kiln-nn's optimizer `config`.
+pub fn executor_placement(
+    config: &OptimizerConfig,
+    replicas: usize,
+) -> anyhow::Result<ShardPlacement> {
+    Ok(ShardPlacement::Executors {
+        replicas,
+        optimizer: OptimizerSpec {
+            name: NN_OPTIMIZER.into(),
+            // Named fields: the config is an internally tagged enum.
+            config: rmp_serde::to_vec_named(config)?,
+        },
+    })
+}
+
 /// Name of the parameter-synchronisation benchmark's trainer.
 pub const SYNC_BENCH_TRAINER: &str = "kiln.bench_sync";
 
@@ -229,6 +251,9 @@ pub fn register(r: &mut Registry) {
     r.register_trainer(CLASSIFIER_TRAINER, ClassifierWorker::new)
         .register_trainer(SYNC_BENCH_TRAINER, |params: &usize| {
             Ok(SyncBenchWorker { params: *params })
+        })
+        .register_optimizer(NN_OPTIMIZER, |config: &OptimizerConfig, range| {
+            optimizer_factory(config.clone())(range)
         });
 }
 

@@ -245,7 +245,7 @@ pub async fn train_ssd_on_cluster(
     }
     model.graph_mut().set_flat_params(trainer.params())?;
     model.graph_mut().set_flat_buffers(trainer.buffers())?;
-    trainer.finish().await;
+    trainer.finish().await?;
     model.set_training(false);
     model
         .save(out)

@@ -213,7 +213,7 @@ pub async fn train_on_cluster(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let held = trainer.evaluate(&test).await?;
-    let params = trainer.finish().await;
+    let params = trainer.finish().await?;
     out_line(&format!("HELD-OUT-ACCURACY {:.4}", held.accuracy()));
     Ok(ClusterDigitsReport {
         params,

@@ -317,7 +317,7 @@ pub async fn train_speech_on_cluster(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let model = load_model(&job.model, trainer.params(), trainer.buffers())?;
-    trainer.finish().await;
+    trainer.finish().await?;
     if let Some((w, c)) = last_dev {
         out_line(&format!("DEV-WER {w:.4} DEV-CER {c:.4} (greedy)"));
     }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::driver::{Driver, DriverMsg, DriverShared, StageTask};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::protocol::{Action, Inputs, TaskOutput};
+use crate::protocol::{Action, Inputs, ShuffleFetch, TaskOutput};
 use crate::registry::{check_type, decode_vec, Data, Registry};
 use crate::transport::encode;
 
@@ -296,7 +296,7 @@ impl<T: Data> Dataset<T> {
 
     async fn run(&self, action: Action) -> Result<Vec<TaskOutput>> {
         let all = (0..self.plan.partitions())
-            .map(|p| (p, action.clone()))
+            .map(|p| (p, action.clone(), Vec::new()))
             .collect();
         run_job(&self.driver, &self.plan, &self.parallel, all).await
     }
@@ -307,7 +307,65 @@ impl<T: Data> Dataset<T> {
         &self,
         actions: Vec<(u32, Action)>,
     ) -> Result<Vec<TaskOutput>> {
+        let actions = actions
+            .into_iter()
+            .map(|(p, a)| (p, a, Vec::new()))
+            .collect();
         run_job(&self.driver, &self.plan, &self.parallel, actions).await
+    }
+
+    /// Like [`Dataset::run_partitions`], each task also fetching the given
+    /// blocks (whose locations the caller knows) before it runs.
+    pub(crate) async fn run_partitions_fetching(
+        &self,
+        actions: Vec<(u32, Action, Vec<ShuffleFetch>)>,
+    ) -> Result<Vec<TaskOutput>> {
+        run_job(&self.driver, &self.plan, &self.parallel, actions).await
+    }
+
+    /// Runs each action on the named executor (no partition is computed:
+    /// parameter-shard operations), fetching the given blocks first. The
+    /// stage fails if one of those executors is gone.
+    pub(crate) async fn run_on_executors(
+        &self,
+        tasks: Vec<(u64, Action, Vec<ShuffleFetch>)>,
+    ) -> Result<Vec<TaskOutput>> {
+        let n = tasks.len() as u32;
+        let tasks = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (executor, action, fetches))| StageTask {
+                partition: i as u32,
+                plan: Plan::Source {
+                    name: "kiln.no_partition".into(),
+                    args: Vec::new(),
+                    partitions: n,
+                },
+                action,
+                inputs: Inputs::new(),
+                prefer: Vec::new(),
+                reads: Vec::new(),
+                fetches,
+                pin: Some(executor),
+            })
+            .collect();
+        let job = self.driver.fresh_id();
+        self.driver.run_stage(job, 0, tasks).await
+    }
+
+    /// Live executors and their peer endpoints.
+    pub(crate) async fn members(&self) -> Result<Vec<(u64, crate::protocol::PeerAddr)>> {
+        self.driver.members().await
+    }
+
+    /// Executors drop these untracked blocks.
+    pub(crate) fn free_blocks(&self, ids: Vec<u64>) {
+        self.driver.free_blocks(ids);
+    }
+
+    /// A fresh id (job, shuffle or block ids share one counter).
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.driver.fresh_id()
     }
 
     /// Elements per partition, in partition order.
@@ -465,6 +523,8 @@ fn stage_task(
         inputs,
         prefer,
         reads: plan.reads(p),
+        fetches: Vec::new(),
+        pin: None,
     })
 }
 
@@ -475,7 +535,7 @@ async fn run_job(
     driver: &Arc<DriverShared>,
     plan: &Plan,
     parallel: &HashMap<u64, Arc<Vec<Vec<u8>>>>,
-    actions: Vec<(u32, Action)>,
+    actions: Vec<(u32, Action, Vec<ShuffleFetch>)>,
 ) -> Result<Vec<TaskOutput>> {
     let job = driver.fresh_id();
     let mut shuffles = Vec::new();
@@ -503,14 +563,16 @@ async fn run_job(
         stage += 1;
     }
     let mut tasks = Vec::with_capacity(actions.len());
-    for (p, action) in actions {
+    for (p, action, fetches) in actions {
         if p >= plan.partitions() {
             return Err(Error::Invalid(format!(
                 "partition {p} asked for, the dataset has {}",
                 plan.partitions()
             )));
         }
-        tasks.push(stage_task(plan, p, action, parallel)?);
+        let mut task = stage_task(plan, p, action, parallel)?;
+        task.fetches = fetches;
+        tasks.push(task);
     }
     driver.run_stage(job, stage, tasks).await
 }

@@ -110,6 +110,13 @@ pub(crate) struct StageTask {
     /// `(shuffle, reduce partition)` blocks it reads: it runs once they
     /// all have a location, and is told where they are.
     pub(crate) reads: Vec<(u64, u32)>,
+    /// Blocks whose locations the caller knows (parameter shards): fetched
+    /// as given; a failed fetch fails the stage at once (the caller
+    /// recovers), nothing is recomputed.
+    pub(crate) fetches: Vec<ShuffleFetch>,
+    /// Run only on this executor (the host of a parameter shard); the
+    /// stage fails if it is gone.
+    pub(crate) pin: Option<u64>,
 }
 
 type StageReply = oneshot::Sender<Result<Vec<TaskOutput>>>;
@@ -146,6 +153,11 @@ pub(crate) enum DriverMsg {
     },
     /// No dataset reads `shuffle` any more: forget it, executors drop it.
     FreeShuffle(u64),
+    /// Executors drop these untracked blocks (parameter-shard traffic).
+    FreeBlocks(Vec<u64>),
+    /// Live executors (excluded ones too: they still hold their blocks
+    /// and shards), and their peer endpoints.
+    Members(oneshot::Sender<Vec<(u64, PeerAddr)>>),
     Status(oneshot::Sender<ClusterStatus>),
     Refused,
     Tick,
@@ -359,6 +371,19 @@ impl Actor for DriverActor {
                             .cast(LinkMsg::Control(ToExecutor::FreeShuffle { shuffle }));
                     }
                 }
+            }
+            DriverMsg::FreeBlocks(ids) => {
+                for e in st.executors.values() {
+                    for &shuffle in &ids {
+                        let _ = e
+                            .link
+                            .cast(LinkMsg::Control(ToExecutor::FreeShuffle { shuffle }));
+                    }
+                }
+            }
+            DriverMsg::Members(reply) => {
+                let members = st.executors.iter().map(|(id, e)| (*id, e.peer)).collect();
+                let _ = reply.send(members);
             }
             DriverMsg::Status(reply) => {
                 let _ = reply.send(st.status());
@@ -684,9 +709,18 @@ impl DriverState {
                 t.fetch_failures += 1;
                 let (fetch_failures, partition, failures) =
                     (t.fetch_failures, t.task.partition, t.failures);
+                let pinned_blocks = !t.task.fetches.is_empty();
                 let forgotten = self.map_outputs.lose_blocks(&lost);
                 warn!(task = %key, executor = exec_id, %reason, blocks = lost.len(), forgotten, "shuffle fetch failed; recomputing the lost map outputs");
-                if fetch_failures > self.config.max_fetch_failures {
+                if pinned_blocks {
+                    let err = Error::FetchFailed {
+                        shuffle: lost.first().map_or(0, |b| b.shuffle),
+                        map: lost.first().map_or(0, |b| b.map),
+                        executor: lost.first().map_or(0, |b| b.executor),
+                        reason,
+                    };
+                    self.fail_stage(key.job, key.stage, err);
+                } else if fetch_failures > self.config.max_fetch_failures {
                     let err = Error::JobFailed {
                         job: key.job,
                         task: format!("stage {} partition {partition}", key.stage),
@@ -793,6 +827,14 @@ impl DriverState {
     /// Pick an executor with a free slot for a task.
     fn pick(&self, t: &TaskState) -> Option<u64> {
         let free = |e: &Exec| !e.excluded && (e.running.len() as u32) < e.cores;
+        if let Some(pin) = t.task.pin {
+            // Excluded or not: the shard lives there.
+            return self
+                .executors
+                .get(&pin)
+                .filter(|e| (e.running.len() as u32) < e.cores)
+                .map(|_| pin);
+        }
         // Locality: the executor caching an input partition.
         for k in &t.task.prefer {
             if let Some(id) = self.cache_locs.get(k) {
@@ -832,8 +874,22 @@ impl DriverState {
             if t.output.is_some() || t.running.is_some() {
                 continue;
             }
+            if let Some(pin) = t.task.pin {
+                if !self.executors.contains_key(&pin) {
+                    let err = Error::JobFailed {
+                        job,
+                        task: format!("stage {stage_id} partition {p}"),
+                        attempts: t.dispatches,
+                        last_cause: format!(
+                            "executor {pin}, the only one that can run it, is gone"
+                        ),
+                    };
+                    self.fail_stage(job, stage_id, err);
+                    continue;
+                }
+            }
             let reads = t.task.reads.clone();
-            let mut fetches = Vec::new();
+            let mut fetches = t.task.fetches.clone();
             if !reads.is_empty() {
                 match self.map_outputs.readiness(&reads) {
                     Readiness::Ready => {}
@@ -856,7 +912,7 @@ impl DriverState {
                     }
                 }
                 match self.fetches_for(&reads) {
-                    Some(f) => fetches = f,
+                    Some(f) => fetches.extend(f),
                     None => {
                         deferred.push_back((job, stage_id, p));
                         continue;
@@ -944,6 +1000,23 @@ impl DriverShared {
             .map_err(|e| Error::DriverGone(e.to_string()))?;
         rx.await
             .map_err(|_| Error::DriverGone("driver actor stopped during a stage".into()))?
+    }
+
+    /// Live executors and their peer endpoints.
+    pub(crate) async fn members(&self) -> Result<Vec<(u64, PeerAddr)>> {
+        let (tx, rx) = oneshot::channel();
+        self.actor
+            .cast(DriverMsg::Members(tx))
+            .map_err(|e| Error::DriverGone(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::DriverGone("driver actor stopped".into()))
+    }
+
+    /// Executors drop the given untracked blocks.
+    pub(crate) fn free_blocks(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            let _ = self.actor.cast(DriverMsg::FreeBlocks(ids));
+        }
     }
 
     /// Run the map stage of `shuffle` (only map partitions without an

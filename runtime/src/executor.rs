@@ -36,6 +36,7 @@ use crate::protocol::{
 use crate::registry::Registry;
 use crate::shuffle::{bind_peer_endpoint, serve_peers, PeerFetcher, ShuffleStore};
 use crate::supervise::{panic_message, spawn_watched};
+use crate::train::{ParamHost, TaskSide};
 use crate::transport::{
     self, read_frame, with_timeout, write_frame, JoinToken, PeerIdentity, Role,
 };
@@ -97,6 +98,8 @@ pub(crate) struct ExecArgs {
     running: Arc<AtomicUsize>,
     store: ShuffleStore,
     fetcher: Arc<PeerFetcher>,
+    host: ParamHost,
+    executor_id: u64,
 }
 
 pub(crate) struct ExecState {
@@ -107,6 +110,8 @@ pub(crate) struct ExecState {
     running: Arc<AtomicUsize>,
     store: ShuffleStore,
     fetcher: Arc<PeerFetcher>,
+    host: ParamHost,
+    executor_id: u64,
 }
 
 impl Actor for ExecutorActor {
@@ -127,6 +132,8 @@ impl Actor for ExecutorActor {
             running: a.running,
             store: a.store,
             fetcher: a.fetcher,
+            host: a.host,
+            executor_id: a.executor_id,
         })
     }
 
@@ -144,6 +151,7 @@ impl Actor for ExecutorActor {
                 let max = st.max_bulk;
                 let running = st.running.clone();
                 let (store, fetcher) = (st.store.clone(), st.fetcher.clone());
+                let (host, executor_id) = (st.host.clone(), st.executor_id);
                 running.fetch_add(1, Ordering::SeqCst);
                 let (me, on_panic) = (myself.clone(), myself.clone());
                 // The actor never blocks: fetches are async, compute goes
@@ -165,7 +173,7 @@ impl Actor for ExecutorActor {
                             Ok(blocks) => {
                                 task.inputs.extend(blocks);
                                 let joined = tokio::task::spawn_blocking(move || {
-                                    run_task(&registry, &cache, &store, task)
+                                    run_task(&registry, &cache, &store, &host, executor_id, task)
                                 })
                                 .await;
                                 match joined {
@@ -206,6 +214,8 @@ pub(crate) fn run_task(
     registry: &Registry,
     cache: &Cache,
     store: &ShuffleStore,
+    host: &ParamHost,
+    executor: u64,
     task: Task,
 ) -> TaskReport {
     let Task {
@@ -222,10 +232,18 @@ pub(crate) fn run_task(
         cache,
         newly_cached: Vec::new(),
     };
+    let side = TaskSide {
+        inputs: &inputs,
+        store,
+        partition,
+        executor,
+    };
     let result = match &action {
+        // Shard operations compute no partition.
+        Action::Shard(op) => host.run(registry, store, &inputs, op),
         Action::Train(request) => ctx
             .eval_shared(&plan, partition)
-            .and_then(|part| crate::train::run_request(registry, request, part.as_ref())),
+            .and_then(|part| crate::train::run_request(registry, request, part.as_ref(), &side)),
         _ => ctx
             .eval(&plan, partition)
             .and_then(|part| apply_action(registry, store, partition, &action, part)),
@@ -271,7 +289,11 @@ fn apply_action(
             store.put(*shuffle, partition, buckets)?;
             TaskOutput::ShuffleWritten { sizes }
         }
-        Action::Train(request) => crate::train::run_request(registry, request, part.as_ref())?,
+        Action::Train(_) | Action::Shard(_) => {
+            return Err(Error::Invalid(
+                "training and shard operations are run by run_task".into(),
+            ))
+        }
     })
 }
 
@@ -396,6 +418,8 @@ async fn serve(
             running: running.clone(),
             store: store.clone(),
             fetcher,
+            host: ParamHost::default(),
+            executor_id,
         },
         supervisor.get_cell(),
     )

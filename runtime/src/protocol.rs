@@ -55,6 +55,8 @@ pub(crate) enum Action {
     /// Gradients (or an evaluation) of a registered trainer on some
     /// elements of the partition.
     Train(crate::train::TrainRequest),
+    /// An operation on a parameter shard hosted by the executor.
+    Shard(crate::train::ShardOp),
 }
 
 /// A unit of work: compute one partition of `plan`, then apply `action`.
@@ -167,6 +169,10 @@ pub(crate) enum TaskOutput {
         /// for models without any and for evaluations).
         #[serde(with = "serde_bytes", default)]
         buffers: Vec<u8>,
+        /// With executor-hosted shards: the executor whose block store
+        /// holds this share's gradient slices (`grads` is then empty).
+        #[serde(default)]
+        stored_on: Option<u64>,
     },
 }
 

@@ -155,6 +155,7 @@ pub struct Registry {
     decoders: HashMap<&'static str, Arc<DecodeFn>>,
     zippers: HashMap<&'static str, Arc<ZipFn>>,
     pub(crate) trainers: HashMap<String, crate::train::TrainerEntry>,
+    pub(crate) optimizers: HashMap<String, crate::train::OptimizerMaker>,
 }
 
 fn bucket_of<K: Hash>(k: &K, n: u32) -> usize {

@@ -8,11 +8,17 @@
 mod batches;
 mod checkpointing;
 mod distributed;
+mod executor_shards;
+mod hosted;
 mod shard;
 mod worker;
 
 pub use checkpointing::{CheckpointPolicy, Position, META_JOB};
-pub use distributed::{DistributedTrainer, IterationReport, LearningRate, ResumeInfo, TrainSpec};
+pub use distributed::{
+    DistributedTrainer, IterationReport, LearningRate, ResumeInfo, ShardPlacement, TrainSpec,
+};
+pub(crate) use hosted::{slice_by_shard, ParamHost, ShardOp};
+pub use hosted::{OptimizerMaker, OptimizerSpec};
 pub use shard::{shard_ranges, OptimizerFactory, ParameterShards, ShardOptimizer};
-pub(crate) use worker::{run_request, TrainRequest, TrainerEntry};
+pub(crate) use worker::{run_request, TaskSide, TrainRequest, TrainerEntry};
 pub use worker::{BatchStats, GradientWorker};

@@ -335,7 +335,7 @@ fn transport_config() -> quinn::TransportConfig {
     // Probe for large datagrams: on loopback (MTU 64 KiB) or jumbo-frame
     // LANs fewer, larger packets cost far less CPU per byte.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(65_000);
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     t
 }
@@ -442,6 +442,10 @@ pub fn client_config(token: &JoinToken) -> Result<quinn::ClientConfig> {
 /// transfers, and every dropped datagram costs QUIC a loss-recovery round.
 const UDP_BUFFER: usize = 8 << 20;
 
+/// Largest UDP payload accepted (and probed for): loopback's 64 KiB MTU
+/// less the IPv6 and UDP headers.
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
 /// A UDP socket bound to `addr` with large send and receive buffers.
 fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -464,13 +468,18 @@ fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<qui
         addr,
         reason: "no async runtime (call from within tokio)".into(),
     })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        bind_udp(addr)?,
-        runtime,
-    )
-    .map_err(|e| Error::Endpoint {
+    let mut config = quinn::EndpointConfig::default();
+    // Accept datagrams up to the loopback MTU, so that MTU discovery
+    // (see `transport_config`) can grow packets past quinn's 1472-byte
+    // default where the path allows: the per-packet cost (crypto, syscalls)
+    // dominates bulk transfers otherwise.
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| Error::Endpoint {
+            addr,
+            reason: format!("endpoint config: {e}"),
+        })?;
+    quinn::Endpoint::new(config, server, bind_udp(addr)?, runtime).map_err(|e| Error::Endpoint {
         addr,
         reason: e.to_string(),
     })

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_runtime::train::{
-    BatchStats, CheckpointPolicy, GradientWorker, OptimizerFactory, ShardOptimizer,
+    BatchStats, CheckpointPolicy, GradientWorker, OptimizerFactory, OptimizerSpec, ShardOptimizer,
+    ShardPlacement,
 };
 use kiln_runtime::{
     DistributedTrainer, DriverConfig, LocalCluster, LocalConfig, Registry, TrainSpec,
@@ -123,6 +124,9 @@ fn registry() -> Arc<Registry> {
     let mut r = Registry::new();
     r.register_trainer("linear", |_: &()| Ok(Linear))
         .register_trainer("centred", |_: &()| Ok(Centred { m: 0.0 }))
+        .register_optimizer("momentum", |_: &(), _| {
+            Ok(Box::new(Momentum { buf: Vec::new() }) as Box<dyn ShardOptimizer>)
+        })
         .register_source("points", |n: &u64, p: u32, parts: u32| {
             Ok((0..*n)
                 .filter(|i| i % parts as u64 == p as u64)
@@ -156,15 +160,36 @@ fn spec(epochs: u64) -> TrainSpec {
     s
 }
 
+/// The momentum optimizer on the executors, `replicas` copies per shard.
+fn hosted(replicas: usize) -> ShardPlacement {
+    ShardPlacement::Executors {
+        replicas,
+        optimizer: OptimizerSpec {
+            name: "momentum".into(),
+            config: rmp_serde::to_vec(&()).unwrap(),
+        },
+    }
+}
+
 /// Trains for `epochs` on `executors`, returns the weights and the
 /// per-iteration losses.
 async fn train(executors: usize, epochs: u64) -> (Vec<f32>, Vec<f64>) {
+    train_placed(executors, epochs, ShardPlacement::Driver).await
+}
+
+async fn train_placed(
+    executors: usize,
+    epochs: u64,
+    placement: ShardPlacement,
+) -> (Vec<f32>, Vec<f64>) {
     let cluster = LocalCluster::start(config(executors), registry())
         .await
         .unwrap();
     let d = cluster.driver().unwrap();
     let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
-    let mut t = DistributedTrainer::start(&data, spec(epochs), vec![0.0; 3], optimizer())
+    let mut s = spec(epochs);
+    s.placement = placement;
+    let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
         .await
         .unwrap();
     let mut losses = Vec::new();
@@ -173,7 +198,7 @@ async fn train(executors: usize, epochs: u64) -> (Vec<f32>, Vec<f64>) {
     }
     let eval = t.evaluate(&data).await.unwrap();
     assert_eq!(eval.samples, 200);
-    let params = t.finish().await;
+    let params = t.finish().await.unwrap();
     cluster.shutdown().await;
     (params, losses)
 }
@@ -236,7 +261,7 @@ async fn resume_is_bit_exact_and_skips_a_corrupt_checkpoint() {
         }
         let newest = t.checkpoint().await.unwrap();
         assert!(Some(newest) > last);
-        t.finish().await;
+        t.finish().await.unwrap();
         cluster.shutdown().await;
         let shard = dir
             .path()
@@ -269,7 +294,7 @@ async fn resume_is_bit_exact_and_skips_a_corrupt_checkpoint() {
         while !t.is_done() {
             t.step().await.unwrap();
         }
-        let resumed = t.finish().await;
+        let resumed = t.finish().await.unwrap();
         cluster.shutdown().await;
         assert_eq!(resumed, uninterrupted);
     })
@@ -292,7 +317,7 @@ async fn asynchronous_training_with_a_staleness_bound_converges() {
         while !t.is_done() {
             t.step().await.unwrap();
         }
-        assert_eq!(t.finish().await, bsp);
+        assert_eq!(t.finish().await.unwrap(), bsp);
         // Staleness 2: three batches in flight, still converging (with a
         // smaller step, as stale gradients need).
         let mut s2 = TrainSpec::new("linear", &(), 16, 6, 9, 0.02).unwrap();
@@ -312,7 +337,7 @@ async fn asynchronous_training_with_a_staleness_bound_converges() {
             eval.mean_loss(),
             losses[0]
         );
-        t.finish().await;
+        t.finish().await.unwrap();
         cluster.shutdown().await;
     })
     .await
@@ -344,7 +369,7 @@ async fn train_centred(
     }
     let eval = t.evaluate(&data).await.unwrap().mean_loss();
     let buffers = t.buffers().to_vec();
-    let params = t.finish().await;
+    let params = t.finish().await.unwrap();
     cluster.shutdown().await;
     (params, buffers, eval)
 }
@@ -369,6 +394,116 @@ async fn buffers_are_averaged_checkpointed_and_sent_for_evaluation() {
         train_centred(2, 2, Some(dir.path())).await;
         let (pr, br, _) = train_centred(2, 3, Some(dir.path())).await;
         assert_eq!((pr, br), (p1, b1));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_hosted_shards_match_driver_held_ones_bit_for_bit() {
+    bounded(async {
+        let (p, l) = train(2, 3).await;
+        for (executors, replicas) in [(1, 1), (2, 2), (3, 2), (3, 3)] {
+            let (ph, lh) = train_placed(executors, 3, hosted(replicas)).await;
+            assert_eq!(ph, p, "{executors} executors, {replicas} replicas");
+            assert_eq!(lh, l, "{executors} executors, {replicas} replicas");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_shard_holder_mid_training_loses_no_state() {
+    bounded(async {
+        let (uninterrupted, _) = train(2, 3).await;
+        let mut cluster = LocalCluster::start(config(3), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        let mut s = spec(3);
+        s.placement = hosted(2);
+        // 4 shards over 3 executors: every executor holds some.
+        s.shards = 4;
+        let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        for _ in 0..7 {
+            t.step().await.unwrap();
+        }
+        cluster.kill_executor(1).unwrap();
+        let mut redone = 0;
+        while !t.is_done() {
+            redone += t.step().await.unwrap().redone;
+        }
+        assert!(redone >= 1, "the iteration after the kill was not redone");
+        // The shards were re-replicated on the survivors: losing one more
+        // executor still loses nothing.
+        let status = cluster.driver().unwrap().status().await.unwrap();
+        assert_eq!(status.executors.len(), 2, "{status:?}");
+        let params = t.finish().await.unwrap();
+        assert_eq!(params, uninterrupted);
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_replicas_is_reported_lost() {
+    bounded(async {
+        let mut cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        let mut s = spec(3);
+        s.placement = hosted(1);
+        let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        t.step().await.unwrap();
+        cluster.kill_executor(0).unwrap();
+        let err = loop {
+            match t.step().await {
+                Ok(_) => continue,
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(
+            err.contains("parameter shard") && err.contains("resume from the last checkpoint"),
+            "{err}"
+        );
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_hosted_checkpoints_resume_bit_exact() {
+    bounded(async {
+        let (uninterrupted, _) = train(2, 4).await;
+        let dir = tempfile::tempdir().unwrap();
+        let run = |epochs, stop_at: u64| {
+            let dir = dir.path().to_path_buf();
+            async move {
+                let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+                let d = cluster.driver().unwrap();
+                let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+                let mut s = spec(epochs);
+                s.placement = hosted(2);
+                s.checkpoint = Some(CheckpointPolicy::every_epoch(&dir));
+                let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+                    .await
+                    .unwrap();
+                t.resume().await.unwrap();
+                while !t.is_done() && t.position().epoch < stop_at {
+                    t.step().await.unwrap();
+                }
+                let p = t.finish().await.unwrap();
+                cluster.shutdown().await;
+                p
+            }
+        };
+        // Stops after 2 of 4 epochs; a new cluster resumes from the
+        // checkpoint the executors wrote.
+        run(4, 2).await;
+        let resumed = run(4, 4).await;
+        assert_eq!(resumed, uninterrupted);
     })
     .await
 }

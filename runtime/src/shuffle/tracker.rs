@@ -229,6 +229,8 @@ mod tests {
             inputs: HashMap::new(),
             prefer: Vec::new(),
             reads: Vec::new(),
+            fetches: Vec::new(),
+            pin: None,
         }
     }
 

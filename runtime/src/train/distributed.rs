@@ -26,6 +26,8 @@ use crate::train::checkpointing::{
     meta_u64, training_meta, CheckpointPolicy, Position, META_BATCH, META_BATCH_SIZE, META_PARAMS,
     META_SEED, META_SHARDS,
 };
+use crate::train::executor_shards::ExecutorShards;
+use crate::train::hosted::OptimizerSpec;
 use crate::train::shard::{OptimizerFactory, ParameterShards};
 use crate::train::worker::{bytes_to_f32, f32_to_bytes, BatchStats, TrainRequest};
 use crate::transport::encode;
@@ -64,6 +66,30 @@ pub struct TrainSpec {
     /// statistics, see [`crate::train::GradientWorker::buffers`]); empty for
     /// models without any.
     pub init_buffers: Vec<f32>,
+    /// Where the parameter shards live.
+    pub placement: ShardPlacement,
+}
+
+/// Where the parameter shards (weights and optimizer state) live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardPlacement {
+    /// Parameter actors in the driver's process: every gradient and every
+    /// weight copy passes through the driver.
+    Driver,
+    /// Hosted by the executors (BigDL's AllReduceParameter): gradient
+    /// slices go executor to executor to each shard's holders, which apply
+    /// the optimizer and serve the new weights to the other executors;
+    /// the driver only orchestrates. Each shard is kept on `replicas`
+    /// executors (when there are that many), so losing one loses no
+    /// state. Synchronous training only.
+    Executors {
+        /// Copies of each shard (2 survives the loss of any one executor).
+        replicas: usize,
+        /// The optimizer, registered with
+        /// [`crate::Registry::register_optimizer`] (the optimizer factory
+        /// given to [`DistributedTrainer::start`] is not used).
+        optimizer: OptimizerSpec,
+    },
 }
 
 impl TrainSpec {
@@ -88,6 +114,7 @@ impl TrainSpec {
             job_meta: BTreeMap::new(),
             staleness: None,
             init_buffers: Vec::new(),
+            placement: ShardPlacement::Driver,
         })
     }
 }
@@ -107,6 +134,9 @@ pub struct IterationReport {
     pub epoch_ended: bool,
     /// The checkpoint written after it, if any.
     pub checkpoint: Option<u64>,
+    /// How often it was redone after a failure (executor-hosted shards;
+    /// with driver-held shards the scheduler retries single tasks instead).
+    pub redone: u32,
 }
 
 /// Where a resumed run continues from.
@@ -126,8 +156,11 @@ pub struct DistributedTrainer<T> {
     spec: TrainSpec,
     layout: Layout,
     order: Option<(u64, Vec<u64>)>,
-    shards: ParameterShards,
+    shards: Shards,
+    /// The weights: with driver-held shards always current; with
+    /// executor-hosted shards as of the last gather (`params_stale`).
     params: Vec<f32>,
+    params_stale: bool,
     /// The model's buffers: the sample-weighted mean of the shares' copies
     /// after the last applied iteration.
     buffers: Vec<f32>,
@@ -141,6 +174,25 @@ pub struct DistributedTrainer<T> {
     store: Option<CheckpointStore>,
     last_checkpoint: Instant,
 }
+
+/// The parameter shards of a run, wherever they live.
+enum Shards {
+    Driver(ParameterShards),
+    Executors(ExecutorShards),
+}
+
+impl Shards {
+    fn count(&self) -> usize {
+        match self {
+            Shards::Driver(s) => s.shards(),
+            Shards::Executors(s) => s.shards(),
+        }
+    }
+}
+
+/// How often an iteration over executor-hosted shards is redone after a
+/// failure (a lost executor) before the error is returned.
+const MAX_ITERATION_REDOS: u32 = 3;
 
 /// A batch whose gradients are being computed.
 struct InFlight {
@@ -169,7 +221,25 @@ impl<T: Data> DistributedTrainer<T> {
         if layout.total() == 0 {
             return Err(Error::Invalid("the training dataset is empty".into()));
         }
-        let shards = ParameterShards::spawn(&init, spec.shards, &optimizer).await?;
+        let shards = match &spec.placement {
+            ShardPlacement::Driver => {
+                Shards::Driver(ParameterShards::spawn(&init, spec.shards, &optimizer).await?)
+            }
+            ShardPlacement::Executors {
+                replicas,
+                optimizer,
+            } => {
+                if spec.staleness.is_some() {
+                    return Err(Error::Invalid(
+                        "asynchronous training (staleness) needs driver-held shards".into(),
+                    ));
+                }
+                let o = optimizer.clone();
+                Shards::Executors(
+                    ExecutorShards::start(&data, &init, spec.shards, *replicas, o).await?,
+                )
+            }
+        };
         let store = match &spec.checkpoint {
             Some(p) => Some(CheckpointStore::open(&p.dir, p.keep_last)?),
             None => None,
@@ -178,7 +248,7 @@ impl<T: Data> DistributedTrainer<T> {
             samples = layout.total(),
             partitions = data.partitions(),
             params = init.len(),
-            shards = shards.shards(),
+            shards = shards.count(),
             "distributed training ready"
         );
         let buffers = spec.init_buffers.clone();
@@ -189,6 +259,7 @@ impl<T: Data> DistributedTrainer<T> {
             order: None,
             shards,
             params: init,
+            params_stale: false,
             buffers,
             version: 0,
             pos: Position::default(),
@@ -210,11 +281,13 @@ impl<T: Data> DistributedTrainer<T> {
         }
         let (record, skipped) = store.latest_valid()?;
         self.check_compatible(&record)?;
-        let params = self
-            .shards
-            .restore(|name| Ok(store.read(&record, name)?))
-            .await?;
+        let read = |name: &str| -> Result<Vec<u8>> { Ok(store.read(&record, name)?) };
+        let params = match &mut self.shards {
+            Shards::Driver(s) => s.restore(read).await?,
+            Shards::Executors(s) => s.restore(&self.data, read).await?,
+        };
         self.params = params;
+        self.params_stale = false;
         if record.blobs.iter().any(|b| b.name == BUFFERS_BLOB) {
             let bytes = store.read(&record, BUFFERS_BLOB)?;
             let buffers = bytes_to_f32(&bytes, "checkpointed buffers")?;
@@ -255,7 +328,7 @@ impl<T: Data> DistributedTrainer<T> {
         let expect = [
             (META_SEED, self.spec.seed),
             (META_BATCH_SIZE, self.spec.batch_size as u64),
-            (META_SHARDS, self.shards.shards() as u64),
+            (META_SHARDS, self.shards.count() as u64),
             (META_PARAMS, self.params.len() as u64),
         ];
         for (key, want) in expect {
@@ -275,9 +348,21 @@ impl<T: Data> DistributedTrainer<T> {
         self.pos
     }
 
-    /// The current weights.
+    /// The weights: current with driver-held shards; with
+    /// executor-hosted shards as of the last
+    /// [`DistributedTrainer::current_params`] (or the start, or a resume).
     pub fn params(&self) -> &[f32] {
         &self.params
+    }
+
+    /// The current weights, gathered from the executors first when they
+    /// host the shards.
+    pub async fn current_params(&mut self) -> Result<&[f32]> {
+        if let (Shards::Executors(s), true) = (&self.shards, self.params_stale) {
+            self.params = s.gather(&self.data).await?;
+            self.params_stale = false;
+        }
+        Ok(&self.params)
     }
 
     /// The current non-learnable state (empty for models without any).
@@ -300,14 +385,14 @@ impl<T: Data> DistributedTrainer<T> {
         self.pos.epoch >= self.spec.epochs
     }
 
-    fn request(
+    fn train_request(
         &self,
         indices: Vec<u32>,
         seed: u64,
         evaluate: bool,
         (params, buffers): (&[u8], &[u8]),
-    ) -> Action {
-        Action::Train(TrainRequest {
+    ) -> TrainRequest {
+        TrainRequest {
             trainer: self.spec.trainer.clone(),
             config: self.spec.worker_config.clone(),
             params: params.to_vec(),
@@ -315,28 +400,16 @@ impl<T: Data> DistributedTrainer<T> {
             seed,
             evaluate,
             buffers: buffers.to_vec(),
-        })
+            weights_from: None,
+            gradients_to: None,
+        }
     }
 
     /// Starts the computation of the next batch not yet launched, with the
     /// current weights.
     fn launch(&mut self) {
         let epoch = self.launched.epoch;
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            // Epochs are numbered from 1 in the order's seed, as kiln-nn's
-            // single-process trainer does: same seed, same batches.
-            let order = epoch_order(self.layout.total(), self.spec.seed, epoch + 1);
-            self.order = Some((epoch, order));
-        }
-        let bs = self.spec.batch_size as u64;
-        let (lo, hi) = (
-            self.launched.batch * bs,
-            ((self.launched.batch + 1) * bs).min(self.layout.total()),
-        );
-        let batch = match &self.order {
-            Some((_, order)) => order[lo as usize..hi as usize].to_vec(),
-            None => Vec::new(),
-        };
+        let batch = self.next_batch();
         let weights = f32_to_bytes(&self.params);
         let buffers = f32_to_bytes(&self.buffers);
         let iteration = self.launched.iteration;
@@ -346,7 +419,8 @@ impl<T: Data> DistributedTrainer<T> {
             .into_iter()
             .map(|(p, idx)| {
                 let seed = share_seed(self.spec.seed, iteration, p);
-                (p, self.request(idx, seed, false, (&weights, &buffers)))
+                let req = self.train_request(idx, seed, false, (&weights, &buffers));
+                (p, Action::Train(req))
             })
             .collect();
         let data = self.data.clone();
@@ -377,6 +451,9 @@ impl<T: Data> DistributedTrainer<T> {
         while self.in_flight.len() <= ahead && self.launched.epoch < self.spec.epochs {
             self.launch();
         }
+        if matches!(self.shards, Shards::Executors(_)) {
+            return self.step_hosted(started).await;
+        }
         let Some(flight) = self.in_flight.pop_front() else {
             return Err(Error::Invalid("no batch left to train on".into()));
         };
@@ -401,6 +478,7 @@ impl<T: Data> DistributedTrainer<T> {
                     grads,
                     stats: s,
                     buffers: b,
+                    ..
                 } => {
                     stats.add(&s);
                     buffers
@@ -412,9 +490,9 @@ impl<T: Data> DistributedTrainer<T> {
                 )),
             };
             match grads {
-                Ok(g) => self.shards.accumulate(Arc::new(g))?,
+                Ok(g) => self.driver_shards()?.accumulate(Arc::new(g))?,
                 Err(e) => {
-                    self.shards.discard()?;
+                    self.driver_shards()?.discard()?;
                     self.abandon_in_flight();
                     return Err(e);
                 }
@@ -422,14 +500,158 @@ impl<T: Data> DistributedTrainer<T> {
         }
         let lr = (self.spec.learning_rate)(iteration, epoch);
         let scale = 1.0 / stats.samples.max(1) as f32;
-        self.params = self.shards.step(scale, lr).await?;
+        tracing::debug!(iteration, staleness, "applying the iteration");
+        self.params = self.driver_shards()?.step(scale, lr).await?;
         if let Some(b) = buffers.mean() {
             self.buffers = b;
         }
         self.version += 1;
+        self.finish_iteration(iteration, lr, stats, started).await
+    }
+
+    fn driver_shards(&self) -> Result<&ParameterShards> {
+        match &self.shards {
+            Shards::Driver(s) => Ok(s),
+            Shards::Executors(_) => Err(Error::Invalid(
+                "the parameter shards are hosted by the executors".into(),
+            )),
+        }
+    }
+
+    /// One synchronous iteration with executor-hosted shards: the tasks
+    /// fetch the weights from the holders and leave their gradients in
+    /// their executors' stores; the holders fetch and apply them. A
+    /// failure (a lost executor) drops the lost holders and redoes the
+    /// iteration (the shards that had already stepped only republish).
+    async fn step_hosted(&mut self, started: Instant) -> Result<IterationReport> {
+        let (iteration, epoch) = (self.pos.iteration, self.pos.epoch);
+        self.launched = self.pos;
+        let batch = self.next_batch();
+        let lr = (self.spec.learning_rate)(iteration, epoch);
+        let publish = self.data.fresh_id();
+        let mut redo = 0;
+        let (stats, buffers) = loop {
+            match self
+                .try_hosted_iteration(&batch, iteration, lr, publish)
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if redo < MAX_ITERATION_REDOS => {
+                    redo += 1;
+                    warn!(iteration, redo, error = %e, "iteration failed; redoing it");
+                    if let Shards::Executors(s) = &mut self.shards {
+                        s.drop_lost(&self.data).await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(b) = buffers {
+            self.buffers = b;
+        }
+        self.params_stale = true;
+        self.version += 1;
+        if let Shards::Executors(s) = &mut self.shards {
+            if let Err(e) = s.replenish(&self.data).await {
+                warn!(error = %e, "could not replicate the parameter shards; retrying next iteration");
+            }
+        }
+        let mut report = self.finish_iteration(iteration, lr, stats, started).await?;
+        report.redone = redo;
+        Ok(report)
+    }
+
+    async fn try_hosted_iteration(
+        &mut self,
+        batch: &[u64],
+        iteration: u64,
+        lr: f64,
+        publish: u64,
+    ) -> Result<(BatchStats, Option<Vec<f32>>)> {
+        let gradients = self.data.fresh_id();
+        let ((weights, fetch), sink) = match &self.shards {
+            Shards::Executors(s) => (s.weights_fetch()?, s.sink(gradients)),
+            Shards::Driver(_) => return Err(Error::Invalid("no executor-hosted shards".into())),
+        };
+        let buffers = f32_to_bytes(&self.buffers);
+        let actions: Vec<(u32, Action, Vec<crate::protocol::ShuffleFetch>)> = self
+            .layout
+            .split(batch)
+            .into_iter()
+            .map(|(p, idx)| {
+                let seed = share_seed(self.spec.seed, iteration, p);
+                let mut req = self.train_request(idx, seed, false, (&[], &buffers));
+                req.weights_from = Some(weights);
+                req.gradients_to = Some(sink.clone());
+                (p, Action::Train(req), vec![fetch.clone()])
+            })
+            .collect();
+        let partitions: Vec<u32> = actions.iter().map(|(p, _, _)| *p).collect();
+        let outs = self.data.run_partitions_fetching(actions).await;
+        let result = async {
+            let mut stats = BatchStats::default();
+            let mut mean = BufferMean::default();
+            let mut stored_on = Vec::with_capacity(partitions.len());
+            for (p, out) in partitions.iter().zip(outs?) {
+                match out {
+                    TaskOutput::Train {
+                        stats: s,
+                        buffers: b,
+                        stored_on: Some(e),
+                        ..
+                    } => {
+                        stats.add(&s);
+                        mean.add(&b, s.samples)?;
+                        stored_on.push((*p, e));
+                    }
+                    _ => return Err(Error::Invalid("a training task left no gradients".into())),
+                }
+            }
+            let scale = 1.0 / stats.samples.max(1) as f32;
+            let Shards::Executors(shards) = &mut self.shards else {
+                return Err(Error::Invalid("no executor-hosted shards".into()));
+            };
+            shards
+                .step(&self.data, gradients, &stored_on, scale, lr, publish)
+                .await?;
+            Ok((stats, mean.mean()))
+        }
+        .await;
+        self.data.free_blocks(vec![gradients]);
+        result
+    }
+
+    /// The element indices of the batch at `self.launched`.
+    fn next_batch(&mut self) -> Vec<u64> {
+        let epoch = self.launched.epoch;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            // Epochs are numbered from 1 in the order's seed, as kiln-nn's
+            // single-process trainer does: same seed, same batches.
+            let order = epoch_order(self.layout.total(), self.spec.seed, epoch + 1);
+            self.order = Some((epoch, order));
+        }
+        let bs = self.spec.batch_size as u64;
+        let (lo, hi) = (
+            self.launched.batch * bs,
+            ((self.launched.batch + 1) * bs).min(self.layout.total()),
+        );
+        match &self.order {
+            Some((_, order)) => order[lo as usize..hi as usize].to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Advances the position past an applied iteration and writes a
+    /// checkpoint if one is due.
+    async fn finish_iteration(
+        &mut self,
+        iteration: u64,
+        lr: f64,
+        stats: BatchStats,
+        started: Instant,
+    ) -> Result<IterationReport> {
         tracing::debug!(
             iteration,
-            staleness,
             seconds = started.elapsed().as_secs_f64(),
             "iteration applied"
         );
@@ -457,6 +679,7 @@ impl<T: Data> DistributedTrainer<T> {
             seconds: started.elapsed().as_secs_f64(),
             epoch_ended,
             checkpoint,
+            redone: 0,
         })
     }
 
@@ -476,7 +699,10 @@ impl<T: Data> DistributedTrainer<T> {
             return Err(Error::Invalid("no checkpoint directory configured".into()));
         };
         let id = store.next_id()?;
-        let mut blobs = self.shards.snapshot(store.dir(), id).await?;
+        let mut blobs = match &self.shards {
+            Shards::Driver(s) => s.snapshot(store.dir(), id).await?,
+            Shards::Executors(s) => s.snapshot(&self.data, store.dir(), id).await?,
+        };
         if !self.buffers.is_empty() {
             let dir = store.dir().to_path_buf();
             let bytes = f32_to_bytes(&self.buffers);
@@ -492,7 +718,7 @@ impl<T: Data> DistributedTrainer<T> {
             self.pos,
             self.spec.seed,
             self.spec.batch_size,
-            self.shards.shards(),
+            self.shards.count(),
             self.params.len(),
             &self.spec.job_meta,
         );
@@ -505,13 +731,30 @@ impl<T: Data> DistributedTrainer<T> {
     /// Loss and accuracy of the current weights on `data`, computed on the
     /// executors.
     pub async fn evaluate(&self, data: &Dataset<T>) -> Result<BatchStats> {
-        let weights = f32_to_bytes(&self.params);
         let buffers = f32_to_bytes(&self.buffers);
+        let hosted = match &self.shards {
+            Shards::Driver(_) => None,
+            Shards::Executors(s) => Some(s.weights_fetch()?),
+        };
+        let weights = match hosted {
+            None => f32_to_bytes(&self.params),
+            Some(_) => Vec::new(),
+        };
         let actions = (0..data.partitions())
-            .map(|p| (p, self.request(Vec::new(), 0, true, (&weights, &buffers))))
+            .map(|p| {
+                let mut req = self.train_request(Vec::new(), 0, true, (&weights, &buffers));
+                let fetches = match &hosted {
+                    None => Vec::new(),
+                    Some((id, fetch)) => {
+                        req.weights_from = Some(*id);
+                        vec![fetch.clone()]
+                    }
+                };
+                (p, Action::Train(req), fetches)
+            })
             .collect();
         let mut stats = BatchStats::default();
-        for out in data.run_partitions(actions).await? {
+        for out in data.run_partitions_fetching(actions).await? {
             if let TaskOutput::Train { stats: s, .. } = out {
                 stats.add(&s);
             }
@@ -519,11 +762,16 @@ impl<T: Data> DistributedTrainer<T> {
         Ok(stats)
     }
 
-    /// Stops the parameter actors and returns the final weights.
-    pub async fn finish(mut self) -> Vec<f32> {
+    /// Stops the parameter actors (or has the executors drop the shards
+    /// they host) and returns the final weights.
+    pub async fn finish(mut self) -> Result<Vec<f32>> {
         self.abandon_in_flight();
-        self.shards.stop().await;
-        self.params
+        self.current_params().await?;
+        match self.shards {
+            Shards::Driver(s) => s.stop().await,
+            Shards::Executors(s) => s.stop(&self.data).await,
+        }
+        Ok(self.params)
     }
 }
 

@@ -105,7 +105,7 @@ impl ShardState {
 
 /// Writes one shard's weight and optimizer-state blobs (blocking: temp
 /// file, fsync, rename).
-fn write_shard_blobs(
+pub(crate) fn write_shard_blobs(
     dir: &Path,
     id: u64,
     index: usize,

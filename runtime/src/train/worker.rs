@@ -130,6 +130,22 @@ pub(crate) struct TrainRequest {
     /// the worker's own.
     #[serde(with = "serde_bytes", default)]
     pub(crate) buffers: Vec<u8>,
+    /// With executor-hosted shards: the weights are not in `params` but in
+    /// the fetched input `(id, 0)`, one block per shard in shard order.
+    #[serde(default)]
+    pub(crate) weights_from: Option<u64>,
+    /// With executor-hosted shards: keep the gradient in the executor's
+    /// block store, cut by shard, instead of returning it.
+    #[serde(default)]
+    pub(crate) gradients_to: Option<GradientSink>,
+}
+
+/// Where a training task leaves its gradient: block `(id, partition,
+/// shard)` of the executor's store, one per shard range.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GradientSink {
+    pub(crate) id: u64,
+    pub(crate) ranges: Vec<std::ops::Range<usize>>,
 }
 
 /// `f32`s as little-endian bytes (the wire format of weights and gradients).
@@ -299,10 +315,14 @@ pub(crate) fn run_request(
     registry: &Registry,
     req: &TrainRequest,
     part: &dyn Part,
+    side: &TaskSide<'_>,
 ) -> Result<TaskOutput> {
     let entry = registry.trainer(&req.trainer)?;
     crate::registry::check_type(&req.trainer, entry.elem, part.elem_type())?;
-    let params = bytes_to_f32(&req.params, "weights")?;
+    let params = match req.weights_from {
+        None => bytes_to_f32(&req.params, "weights")?,
+        Some(id) => gather_weights(side.inputs, id)?,
+    };
     let key = config_key(&req.config);
     let lock_err = || Error::Invalid("trainer pool lock poisoned".into());
     let pooled = {
@@ -323,11 +343,59 @@ pub(crate) fn run_request(
         .map_err(|_| lock_err())?
         .push((key, worker));
     let (grads, stats, buffers) = result?;
-    Ok(TaskOutput::Train {
-        grads: f32_to_bytes(&grads),
-        stats,
-        buffers: f32_to_bytes(&buffers),
-    })
+    let buffers = f32_to_bytes(&buffers);
+    match &req.gradients_to {
+        Some(sink) if !req.evaluate => {
+            let slices = crate::train::slice_by_shard(&grads, &sink.ranges)?;
+            side.store.put(sink.id, side.partition, slices)?;
+            Ok(TaskOutput::Train {
+                grads: Vec::new(),
+                stats,
+                buffers,
+                stored_on: Some(side.executor),
+            })
+        }
+        _ => Ok(TaskOutput::Train {
+            grads: f32_to_bytes(&grads),
+            stats,
+            buffers,
+            stored_on: None,
+        }),
+    }
+}
+
+/// What a training task sees of its executor besides the partition.
+pub(crate) struct TaskSide<'a> {
+    /// The task's fetched blocks (weights of executor-hosted shards).
+    pub(crate) inputs: &'a crate::protocol::Inputs,
+    /// The executor's block store (where gradient slices are left).
+    pub(crate) store: &'a crate::shuffle::ShuffleStore,
+    /// The data partition the task computes.
+    pub(crate) partition: u32,
+    /// The executor's id.
+    pub(crate) executor: u64,
+}
+
+/// The full weight vector from the fetched shard blocks `(id, 0)`.
+fn gather_weights(inputs: &crate::protocol::Inputs, id: u64) -> Result<Vec<f32>> {
+    let blocks = inputs
+        .get(&(id, 0))
+        .ok_or_else(|| Error::Invalid(format!("weights {id} were not fetched")))?;
+    let total: usize = blocks.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total / 4);
+    for (shard, b) in blocks.iter().enumerate() {
+        if !b.len().is_multiple_of(4) {
+            return Err(Error::Invalid(format!(
+                "weights of shard {shard}: {} bytes is not a whole number of f32",
+                b.len()
+            )));
+        }
+        out.extend(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,0 +1,432 @@
+//! The driver's side of executor-hosted parameter shards
+//! ([`crate::train::ShardPlacement::Executors`]): which executors hold
+//! which shard, and the stages that install, step, copy, checkpoint and
+//! gather them (the data itself moves between executors, see
+//! [`super::hosted`]).
+//!
+//! Every shard has a primary holder and, when the cluster has more than
+//! one executor, replicas that apply the same steps to the same gradients
+//! (so their state is bit-identical). A lost holder is dropped; a shard
+//! that lost every holder is an error (resume from a checkpoint). After
+//! each successful step, shards short of replicas get a copy on another
+//! executor.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use tracing::{info, warn};
+
+use crate::checkpoint::BlobRef;
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::protocol::{Action, MapLoc, PeerAddr, ShuffleFetch, TaskOutput};
+use crate::registry::Data;
+use crate::train::hosted::{OptimizerSpec, ShardCopy, ShardOp};
+use crate::train::shard::shard_ranges;
+use crate::train::worker::{bytes_to_f32, f32_to_bytes, GradientSink};
+
+/// Placement of every shard of one training run on the executors.
+pub(crate) struct ExecutorShards {
+    run: u64,
+    ranges: Vec<Range<usize>>,
+    /// Per shard: the executors holding it, primary first.
+    holders: Vec<Vec<u64>>,
+    peers: HashMap<u64, PeerAddr>,
+    replicas: usize,
+    optimizer: OptimizerSpec,
+    /// Updates applied to the hosted shards.
+    version: u64,
+    /// Block id under which the holders publish the current weights.
+    weights: u64,
+    len: usize,
+}
+
+fn expect_data(out: TaskOutput, what: &str) -> Result<Vec<u8>> {
+    match out {
+        TaskOutput::Data(b) => Ok(b),
+        _ => Err(Error::Invalid(format!("{what}: unexpected task output"))),
+    }
+}
+
+impl ExecutorShards {
+    /// Spreads `shards` shards of `init` over the live executors (shard `i`
+    /// on executor `i mod n`, replicas on the following ones) and installs
+    /// them.
+    pub(crate) async fn start<T: Data>(
+        data: &Dataset<T>,
+        init: &[f32],
+        shards: usize,
+        replicas: usize,
+        optimizer: OptimizerSpec,
+    ) -> Result<Self> {
+        let members = data.members().await?;
+        if members.is_empty() {
+            return Err(Error::Invalid(
+                "no executor to host the parameter shards".into(),
+            ));
+        }
+        let ranges = shard_ranges(init.len(), shards);
+        let copies = replicas.max(1).min(members.len());
+        let holders = (0..ranges.len())
+            .map(|i| {
+                (0..copies)
+                    .map(|k| members[(i + k) % members.len()].0)
+                    .collect()
+            })
+            .collect();
+        let mut s = ExecutorShards {
+            run: data.fresh_id(),
+            ranges,
+            holders,
+            peers: members.into_iter().collect(),
+            replicas: replicas.max(1),
+            optimizer,
+            version: 0,
+            weights: data.fresh_id(),
+            len: init.len(),
+        };
+        let params: Vec<Vec<u8>> = s
+            .ranges
+            .iter()
+            .map(|r| f32_to_bytes(&init[r.clone()]))
+            .collect();
+        let states = vec![None; s.ranges.len()];
+        s.install_all(data, params, states).await?;
+        info!(
+            run = s.run,
+            shards = s.ranges.len(),
+            copies,
+            "parameter shards hosted by the executors"
+        );
+        Ok(s)
+    }
+
+    /// Number of shards.
+    pub(crate) fn shards(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Installs every shard (weights, optional optimizer state) on all its
+    /// holders at the current version, published under `self.weights`.
+    async fn install_all<T: Data>(
+        &mut self,
+        data: &Dataset<T>,
+        params: Vec<Vec<u8>>,
+        states: Vec<Option<Vec<u8>>>,
+    ) -> Result<()> {
+        let mut tasks = Vec::new();
+        for (i, (p, st)) in params.into_iter().zip(states).enumerate() {
+            for &h in &self.holders[i] {
+                tasks.push((h, self.install(i, p.clone(), st.clone()), Vec::new()));
+            }
+        }
+        data.run_on_executors(tasks).await.map(|_| ())
+    }
+
+    fn install(&self, shard: usize, params: Vec<u8>, state: Option<Vec<u8>>) -> Action {
+        Action::Shard(ShardOp::Install {
+            run: self.run,
+            shard: shard as u32,
+            version: self.version,
+            range: self.ranges[shard].clone(),
+            optimizer: self.optimizer.clone(),
+            params,
+            state,
+            publish: self.weights,
+        })
+    }
+
+    /// Where a task gets the current weights: block `(weights, 0)` of
+    /// each shard's primary, in shard order.
+    pub(crate) fn weights_fetch(&self) -> Result<(u64, ShuffleFetch)> {
+        let maps = self
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let holder = *self.holders[i]
+                    .first()
+                    .ok_or_else(|| Error::Invalid(format!("parameter shard {i} has no holder")))?;
+                self.loc(i as u32, holder, r.len())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((
+            self.weights,
+            ShuffleFetch {
+                shuffle: self.weights,
+                reduce: 0,
+                maps,
+            },
+        ))
+    }
+
+    fn loc(&self, map: u32, executor: u64, values: usize) -> Result<MapLoc> {
+        let peer = *self
+            .peers
+            .get(&executor)
+            .ok_or_else(|| Error::Invalid(format!("executor {executor} is not a member")))?;
+        Ok(MapLoc {
+            map,
+            executor,
+            peer,
+            size: (values * 4) as u64,
+        })
+    }
+
+    /// Where training tasks leave their gradients.
+    pub(crate) fn sink(&self, id: u64) -> GradientSink {
+        GradientSink {
+            id,
+            ranges: self.ranges.clone(),
+        }
+    }
+
+    /// Every holder steps its shard with the slices of gradient block
+    /// `gradients`, which partition `p` left on executor `stored_on[p]`
+    /// (summed in the order given). `publish` names the new weights.
+    pub(crate) async fn step<T: Data>(
+        &mut self,
+        data: &Dataset<T>,
+        gradients: u64,
+        stored_on: &[(u32, u64)],
+        scale: f32,
+        lr: f64,
+        publish: u64,
+    ) -> Result<()> {
+        let mut tasks = Vec::new();
+        for (i, r) in self.ranges.iter().enumerate() {
+            let maps = stored_on
+                .iter()
+                .map(|&(p, e)| self.loc(p, e, r.len()))
+                .collect::<Result<Vec<_>>>()?;
+            let fetch = ShuffleFetch {
+                shuffle: gradients,
+                reduce: i as u32,
+                maps,
+            };
+            for &h in &self.holders[i] {
+                let op = ShardOp::Step {
+                    run: self.run,
+                    shard: i as u32,
+                    from: self.version,
+                    gradients,
+                    scale,
+                    lr,
+                    publish,
+                };
+                tasks.push((h, Action::Shard(op), vec![fetch.clone()]));
+            }
+        }
+        data.run_on_executors(tasks).await?;
+        data.free_blocks(vec![self.weights]);
+        self.weights = publish;
+        self.version += 1;
+        Ok(())
+    }
+
+    /// After a failed iteration: forget holders that are gone. Fails if a
+    /// shard has no holder left.
+    pub(crate) async fn drop_lost<T: Data>(&mut self, data: &Dataset<T>) -> Result<()> {
+        let members = data.members().await?;
+        self.peers = members.into_iter().collect();
+        for (i, h) in self.holders.iter_mut().enumerate() {
+            let before = h.clone();
+            h.retain(|e| self.peers.contains_key(e));
+            if h.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "parameter shard {i} was lost with executor(s) {before:?} (no replica left); resume from the last checkpoint"
+                )));
+            }
+            if h.len() < before.len() {
+                warn!(
+                    shard = i,
+                    lost = ?before.iter().filter(|e| !h.contains(e)).collect::<Vec<_>>(),
+                    now = ?h,
+                    "parameter shard holder lost; a replica takes over"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives shards short of replicas a copy (weights and optimizer state
+    /// from their primary) on the executors holding the fewest shards.
+    pub(crate) async fn replenish<T: Data>(&mut self, data: &Dataset<T>) -> Result<()> {
+        let members = data.members().await?;
+        self.peers = members.iter().copied().collect();
+        let want = self.replicas.min(members.len());
+        let short: Vec<usize> = (0..self.ranges.len())
+            .filter(|&i| self.holders[i].len() < want)
+            .collect();
+        if short.is_empty() {
+            return Ok(());
+        }
+        let copies = self.fetch(data, &short, true).await?;
+        let mut tasks = Vec::new();
+        let mut added = Vec::new();
+        for (i, copy) in short.into_iter().zip(copies) {
+            while self.holders[i].len() < want {
+                let load = |e: &u64| self.holders.iter().filter(|h| h.contains(e)).count();
+                let Some(target) = members
+                    .iter()
+                    .map(|(e, _)| *e)
+                    .filter(|e| !self.holders[i].contains(e))
+                    .min_by_key(load)
+                else {
+                    break;
+                };
+                if copy.version != self.version {
+                    return Err(Error::Invalid(format!(
+                        "parameter shard {i}: primary at version {}, run at {}",
+                        copy.version, self.version
+                    )));
+                }
+                tasks.push((
+                    target,
+                    self.install(i, copy.params.clone(), copy.state.clone()),
+                    Vec::new(),
+                ));
+                self.holders[i].push(target);
+                added.push((i, target));
+            }
+        }
+        let result = data.run_on_executors(tasks).await;
+        if let Err(e) = result {
+            // Keep only the holders known to be good.
+            for (i, t) in &added {
+                self.holders[*i].retain(|h| h != t);
+            }
+            return Err(e);
+        }
+        info!(copies = ?added, "parameter shards replicated");
+        Ok(())
+    }
+
+    /// The given shards as their primaries hold them.
+    async fn fetch<T: Data>(
+        &self,
+        data: &Dataset<T>,
+        shards: &[usize],
+        state: bool,
+    ) -> Result<Vec<ShardCopy>> {
+        let tasks = shards
+            .iter()
+            .map(|&i| {
+                let op = ShardOp::Get {
+                    run: self.run,
+                    shard: i as u32,
+                    state,
+                };
+                (self.holders[i][0], Action::Shard(op), Vec::new())
+            })
+            .collect();
+        data.run_on_executors(tasks)
+            .await?
+            .into_iter()
+            .map(|out| {
+                let bytes = expect_data(out, "parameter shard copy")?;
+                rmp_serde::from_slice(&bytes)
+                    .map_err(|e| Error::Invalid(format!("parameter shard copy: {e}")))
+            })
+            .collect()
+    }
+
+    /// The full weight vector, gathered from the primaries.
+    pub(crate) async fn gather<T: Data>(&self, data: &Dataset<T>) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..self.ranges.len()).collect();
+        let mut out = Vec::with_capacity(self.len);
+        for (i, copy) in self.fetch(data, &all, false).await?.into_iter().enumerate() {
+            let p = bytes_to_f32(&copy.params, "shard weights")?;
+            if p.len() != self.ranges[i].len() {
+                return Err(Error::Invalid(format!(
+                    "parameter shard {i}: {} weights returned for a range of {}",
+                    p.len(),
+                    self.ranges[i].len()
+                )));
+            }
+            out.extend_from_slice(&p);
+        }
+        Ok(out)
+    }
+
+    /// Each primary writes its shard's blobs of checkpoint `id` under `dir`.
+    pub(crate) async fn snapshot<T: Data>(
+        &self,
+        data: &Dataset<T>,
+        dir: &Path,
+        id: u64,
+    ) -> Result<Vec<BlobRef>> {
+        let tasks = (0..self.ranges.len())
+            .map(|i| {
+                let op = ShardOp::Snapshot {
+                    run: self.run,
+                    shard: i as u32,
+                    dir: dir.to_path_buf(),
+                    id,
+                };
+                (self.holders[i][0], Action::Shard(op), Vec::new())
+            })
+            .collect();
+        let mut blobs = Vec::new();
+        for out in data.run_on_executors(tasks).await? {
+            let bytes = expect_data(out, "checkpoint blobs")?;
+            let b: Vec<BlobRef> = rmp_serde::from_slice(&bytes)
+                .map_err(|e| Error::Invalid(format!("checkpoint blob list: {e}")))?;
+            blobs.extend(b);
+        }
+        Ok(blobs)
+    }
+
+    /// Replaces every shard with the blobs read by `read(name)` (as
+    /// written by a checkpoint with the same shard count); returns the
+    /// full weights.
+    pub(crate) async fn restore<T: Data>(
+        &mut self,
+        data: &Dataset<T>,
+        read: impl Fn(&str) -> Result<Vec<u8>>,
+    ) -> Result<Vec<f32>> {
+        let mut full = Vec::with_capacity(self.len);
+        let (mut params, mut states) = (Vec::new(), Vec::new());
+        for (i, range) in self.ranges.iter().enumerate() {
+            let bytes = read(&format!("params.shard.{i}"))?;
+            let p = bytes_to_f32(&bytes, "shard parameters")?;
+            if p.len() != range.len() {
+                return Err(Error::Invalid(format!(
+                    "checkpoint shard {i} holds {} parameters, this run's shard {} (the shard count or model differs)",
+                    p.len(),
+                    range.len()
+                )));
+            }
+            full.extend_from_slice(&p);
+            params.push(bytes);
+            states.push(Some(read(&format!("optim.shard.{i}"))?));
+        }
+        let old = self.weights;
+        self.weights = data.fresh_id();
+        self.install_all(data, params, states).await?;
+        data.free_blocks(vec![old]);
+        Ok(full)
+    }
+
+    /// Every holder forgets the run's shards; their weight blocks go.
+    pub(crate) async fn stop<T: Data>(self, data: &Dataset<T>) {
+        let mut holders: Vec<u64> = self.holders.iter().flatten().copied().collect();
+        holders.sort_unstable();
+        holders.dedup();
+        let tasks = holders
+            .into_iter()
+            .map(|h| {
+                (
+                    h,
+                    Action::Shard(ShardOp::Drop { run: self.run }),
+                    Vec::new(),
+                )
+            })
+            .collect();
+        if let Err(e) = data.run_on_executors(tasks).await {
+            warn!(error = %e, "could not drop the hosted parameter shards");
+        }
+        data.free_blocks(vec![self.weights]);
+    }
+}

@@ -1,0 +1,512 @@
+//! Parameter shards hosted by executors (BigDL's AllReduceParameter
+//! placement): each executor keeps the shards the driver assigned to it —
+//! weights, optimizer state and version — and serves them to its peers.
+//!
+//! Data moves executor to executor through the shuffle block store and
+//! peer endpoints ([`crate::shuffle`]): a training task fetches the current
+//! weights (block `(weights id, shard)` from each shard's owner), stores
+//! its gradient cut into one slice per shard (block `(gradient id,
+//! partition, shard)`), and each owner's step task fetches its slice from
+//! every partition, sums them in partition order (so the result does not
+//! depend on where the partitions ran), applies the optimizer and
+//! publishes the new weights as block `(next weights id, shard)`. The
+//! driver only orchestrates; no tensor passes through it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::BlobRef;
+use crate::error::{Error, Result};
+use crate::protocol::{Inputs, TaskOutput};
+use crate::registry::Registry;
+use crate::shuffle::ShuffleStore;
+use crate::train::shard::{write_shard_blobs, ShardOptimizer};
+use crate::train::worker::{bytes_to_f32, f32_to_bytes};
+use crate::transport::encode;
+
+/// Builds a shard's optimizer from its rmp-serde configuration, on any
+/// process (registered under a name, as trainers are).
+pub type OptimizerMaker = Arc<
+    dyn Fn(&[u8], Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, String>
+        + Send
+        + Sync,
+>;
+
+/// The optimizer of executor-hosted shards: a name registered with
+/// [`Registry::register_optimizer`] and its configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSpec {
+    /// Registered name.
+    pub name: String,
+    /// rmp-serde configuration.
+    #[serde(with = "serde_bytes")]
+    pub config: Vec<u8>,
+}
+
+impl Registry {
+    /// Register an optimizer for executor-hosted parameter shards:
+    /// `make(config, range)` builds the optimizer of the shard covering
+    /// `range` of the flat parameters.
+    pub fn register_optimizer<C: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &str,
+        make: impl Fn(&C, Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, String>
+            + Send
+            + Sync
+            + 'static,
+    ) -> &mut Self {
+        let n = name.to_owned();
+        let maker: OptimizerMaker = Arc::new(move |bytes, range| {
+            let c: C = rmp_serde::from_slice(bytes)
+                .map_err(|e| format!("configuration of optimizer {n:?} does not decode: {e}"))?;
+            make(&c, range)
+        });
+        self.optimizers.insert(name.to_owned(), maker);
+        self
+    }
+
+    pub(crate) fn optimizer(&self, name: &str) -> Result<&OptimizerMaker> {
+        self.optimizers
+            .get(name)
+            .ok_or_else(|| Error::UnknownFunction {
+                kind: "optimizer",
+                name: name.into(),
+            })
+    }
+}
+
+/// What the driver asks of a shard's host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ShardOp {
+    /// Take over shard `shard` of run `run` at `version` (initial weights, a
+    /// checkpoint, or a copy from another holder) and publish its weights
+    /// as block `(publish, shard)`.
+    Install {
+        run: u64,
+        shard: u32,
+        version: u64,
+        range: Range<usize>,
+        optimizer: OptimizerSpec,
+        #[serde(with = "serde_bytes")]
+        params: Vec<u8>,
+        /// The optimizer state; `None`: fresh.
+        state: Option<Vec<u8>>,
+        publish: u64,
+    },
+    /// Step the shard from version `from` with the gradient slices fetched
+    /// as input `(gradients, shard)` (one per partition, in partition
+    /// order), then publish the new weights as `(publish, shard)`. A shard
+    /// already at `from + 1` (an iteration redone after a failure) only
+    /// republishes.
+    Step {
+        run: u64,
+        shard: u32,
+        from: u64,
+        gradients: u64,
+        scale: f32,
+        lr: f64,
+        publish: u64,
+    },
+    /// The shard's version, weights and (if asked) optimizer state.
+    Get { run: u64, shard: u32, state: bool },
+    /// Write the shard's checkpoint blobs `id` under `dir`.
+    Snapshot {
+        run: u64,
+        shard: u32,
+        dir: PathBuf,
+        id: u64,
+    },
+    /// Forget every shard of `run`.
+    Drop { run: u64 },
+}
+
+/// A shard as [`ShardOp::Get`] returns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ShardCopy {
+    pub(crate) version: u64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) params: Vec<u8>,
+    pub(crate) state: Option<Vec<u8>>,
+}
+
+struct HostedShard {
+    version: u64,
+    params: Vec<f32>,
+    optimizer: Box<dyn ShardOptimizer>,
+    /// Reused gradient accumulator.
+    acc: Vec<f32>,
+}
+
+/// The shards one executor hosts. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub(crate) struct ParamHost {
+    shards: Arc<Mutex<HashMap<(u64, u32), SharedShard>>>,
+}
+
+/// One hosted shard behind its own lock.
+type SharedShard = Arc<Mutex<HostedShard>>;
+
+fn poisoned() -> Error {
+    Error::Invalid("parameter host lock poisoned".into())
+}
+
+impl ParamHost {
+    /// One hosted shard (its own lock: shards step concurrently).
+    fn shard(&self, run: u64, shard: u32) -> Result<SharedShard> {
+        self.shards
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&(run, shard))
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("shard {shard} of run {run} is not hosted here")))
+    }
+
+    /// Runs one operation (on a blocking thread: steps and snapshots
+    /// compute and write files).
+    pub(crate) fn run(
+        &self,
+        registry: &Registry,
+        store: &ShuffleStore,
+        inputs: &Inputs,
+        op: &ShardOp,
+    ) -> Result<TaskOutput> {
+        match op {
+            ShardOp::Install {
+                run,
+                shard,
+                version,
+                range,
+                optimizer,
+                params,
+                state,
+                publish,
+            } => {
+                let weights = bytes_to_f32(params, "shard weights")?;
+                if weights.len() != range.len() {
+                    return Err(Error::Invalid(format!(
+                        "shard {shard}: {} weights for a range of {}",
+                        weights.len(),
+                        range.len()
+                    )));
+                }
+                let make = registry.optimizer(&optimizer.name)?;
+                let mut opt = make(&optimizer.config, range.clone())
+                    .map_err(|e| Error::Invalid(format!("optimizer of shard {shard}: {e}")))?;
+                if let Some(s) = state {
+                    opt.load_state(s).map_err(|e| {
+                        Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
+                    })?;
+                }
+                store.put(*publish, *shard, vec![params.clone()])?;
+                let acc = vec![0.0; weights.len()];
+                self.shards.lock().map_err(|_| poisoned())?.insert(
+                    (*run, *shard),
+                    Arc::new(Mutex::new(HostedShard {
+                        version: *version,
+                        params: weights,
+                        optimizer: opt,
+                        acc,
+                    })),
+                );
+                Ok(TaskOutput::Done)
+            }
+            ShardOp::Step {
+                run,
+                shard,
+                from,
+                gradients,
+                scale,
+                lr,
+                publish,
+            } => {
+                let hosted = self.shard(*run, *shard)?;
+                let mut guard = hosted.lock().map_err(|_| poisoned())?;
+                let h = &mut *guard;
+                if h.version == from + 1 {
+                    store.put(*publish, *shard, vec![f32_to_bytes(&h.params)])?;
+                    return Ok(TaskOutput::Done);
+                }
+                if h.version != *from {
+                    return Err(Error::Invalid(format!(
+                        "shard {shard} is at version {}, asked to step from {from}",
+                        h.version
+                    )));
+                }
+                let slices = inputs.get(&(*gradients, *shard)).ok_or_else(|| {
+                    Error::Invalid(format!("shard {shard}: gradient slices not fetched"))
+                })?;
+                h.acc.iter_mut().for_each(|a| *a = 0.0);
+                for (p, s) in slices.iter().enumerate() {
+                    if s.len() != h.acc.len() * 4 {
+                        return Err(Error::Invalid(format!(
+                            "shard {shard}: gradient slice of partition {p} has {} bytes, expected {}",
+                            s.len(),
+                            h.acc.len() * 4
+                        )));
+                    }
+                    for (a, c) in h.acc.iter_mut().zip(s.chunks_exact(4)) {
+                        *a += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }
+                for a in &mut h.acc {
+                    *a *= scale;
+                }
+                h.optimizer
+                    .step(&mut h.params, &h.acc, *lr)
+                    .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))?;
+                h.version = from + 1;
+                store.put(*publish, *shard, vec![f32_to_bytes(&h.params)])?;
+                Ok(TaskOutput::Done)
+            }
+            ShardOp::Get { run, shard, state } => {
+                let hosted = self.shard(*run, *shard)?;
+                let h = hosted.lock().map_err(|_| poisoned())?;
+                let state = if *state {
+                    Some(h.optimizer.state().map_err(|e| {
+                        Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
+                    })?)
+                } else {
+                    None
+                };
+                let copy = ShardCopy {
+                    version: h.version,
+                    params: f32_to_bytes(&h.params),
+                    state,
+                };
+                Ok(TaskOutput::Data(encode(&copy)?))
+            }
+            ShardOp::Snapshot {
+                run,
+                shard,
+                dir,
+                id,
+            } => {
+                let (params, state) = {
+                    let hosted = self.shard(*run, *shard)?;
+                    let h = hosted.lock().map_err(|_| poisoned())?;
+                    let state = h.optimizer.state().map_err(|e| {
+                        Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
+                    })?;
+                    (h.params.clone(), state)
+                };
+                let blobs: Vec<BlobRef> =
+                    write_shard_blobs(dir, *id, *shard as usize, &params, &state)
+                        .map_err(|e| Error::Invalid(format!("shard {shard} checkpoint: {e}")))?;
+                Ok(TaskOutput::Data(encode(&blobs)?))
+            }
+            ShardOp::Drop { run } => {
+                self.shards
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .retain(|(r, _), _| r != run);
+                Ok(TaskOutput::Done)
+            }
+        }
+    }
+}
+
+/// Cuts a gradient into one little-endian byte slice per shard range.
+pub(crate) fn slice_by_shard(grads: &[f32], ranges: &[Range<usize>]) -> Result<Vec<Vec<u8>>> {
+    ranges
+        .iter()
+        .map(|r| {
+            grads.get(r.clone()).map(f32_to_bytes).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "gradient of {} values does not cover shard range {r:?}",
+                    grads.len()
+                ))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain;
+    impl ShardOptimizer for Plain {
+        fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
+            for (p, g) in p.iter_mut().zip(g) {
+                *p -= lr as f32 * g;
+            }
+            Ok(())
+        }
+        fn state(&self) -> std::result::Result<Vec<u8>, String> {
+            Ok(vec![7])
+        }
+        fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
+            if b == [7] {
+                Ok(())
+            } else {
+                Err("bad state".into())
+            }
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register_optimizer("plain", |_: &(), _| {
+            Ok(Box::new(Plain) as Box<dyn ShardOptimizer>)
+        });
+        r
+    }
+
+    fn install(run: u64, shard: u32, params: &[f32], publish: u64) -> ShardOp {
+        ShardOp::Install {
+            run,
+            shard,
+            version: 0,
+            range: 0..params.len(),
+            optimizer: OptimizerSpec {
+                name: "plain".into(),
+                config: encode(&()).unwrap(),
+            },
+            params: f32_to_bytes(params),
+            state: None,
+            publish,
+        }
+    }
+
+    #[test]
+    fn install_step_in_partition_order_get_and_redo() {
+        let (r, store, host) = (registry(), ShuffleStore::default(), ParamHost::default());
+        let none = Inputs::new();
+        host.run(&r, &store, &none, &install(1, 0, &[1.0, 2.0], 10))
+            .unwrap();
+        assert_eq!(
+            store.block(10, 0, 0).unwrap(),
+            Some(f32_to_bytes(&[1.0, 2.0]))
+        );
+        let mut inputs = Inputs::new();
+        inputs.insert(
+            (20, 0),
+            vec![f32_to_bytes(&[1.0, 1.0]), f32_to_bytes(&[3.0, 5.0])],
+        );
+        let step = ShardOp::Step {
+            run: 1,
+            shard: 0,
+            from: 0,
+            gradients: 20,
+            scale: 0.5,
+            lr: 1.0,
+            publish: 11,
+        };
+        host.run(&r, &store, &inputs, &step).unwrap();
+        let want = f32_to_bytes(&[-1.0, -1.0]);
+        assert_eq!(store.block(11, 0, 0).unwrap(), Some(want.clone()));
+        // Redoing the same step (after a failure elsewhere) does not apply
+        // it twice.
+        store.free(11).unwrap();
+        host.run(&r, &store, &none, &step).unwrap();
+        assert_eq!(store.block(11, 0, 0).unwrap(), Some(want.clone()));
+        let TaskOutput::Data(bytes) = host
+            .run(
+                &r,
+                &store,
+                &none,
+                &ShardOp::Get {
+                    run: 1,
+                    shard: 0,
+                    state: true,
+                },
+            )
+            .unwrap()
+        else {
+            panic!("Get returns data");
+        };
+        let copy: ShardCopy = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (copy.version, copy.params, copy.state),
+            (1, want, Some(vec![7]))
+        );
+        // A step from a version the shard is not at is refused.
+        let err = host
+            .run(
+                &r,
+                &store,
+                &inputs,
+                &ShardOp::Step {
+                    run: 1,
+                    shard: 0,
+                    from: 5,
+                    gradients: 20,
+                    scale: 0.5,
+                    lr: 1.0,
+                    publish: 11,
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("version 1, asked to step from 5"), "{err}");
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_naming_the_shard() {
+        let (r, store, host) = (registry(), ShuffleStore::default(), ParamHost::default());
+        let none = Inputs::new();
+        let mut op = install(1, 3, &[1.0], 10);
+        if let ShardOp::Install { range, .. } = &mut op {
+            *range = 0..2;
+        }
+        let err = host.run(&r, &store, &none, &op).unwrap_err().to_string();
+        assert!(err.contains("shard 3"), "{err}");
+        host.run(&r, &store, &none, &install(1, 0, &[1.0], 10))
+            .unwrap();
+        let mut inputs = Inputs::new();
+        inputs.insert((20, 0), vec![vec![1, 2, 3]]);
+        let step = ShardOp::Step {
+            run: 1,
+            shard: 0,
+            from: 0,
+            gradients: 20,
+            scale: 1.0,
+            lr: 1.0,
+            publish: 11,
+        };
+        let err = host
+            .run(&r, &store, &inputs, &step)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partition 0 has 3 bytes"), "{err}");
+        let err = host
+            .run(
+                &r,
+                &store,
+                &none,
+                &ShardOp::Get {
+                    run: 2,
+                    shard: 0,
+                    state: false,
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not hosted here"), "{err}");
+        host.run(&r, &store, &none, &ShardOp::Drop { run: 1 })
+            .unwrap();
+        assert!(host
+            .run(
+                &r,
+                &store,
+                &none,
+                &ShardOp::Get {
+                    run: 1,
+                    shard: 0,
+                    state: false
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn gradients_are_cut_by_shard_range() {
+        let s = slice_by_shard(&[1.0, 2.0, 3.0], &[0..1, 1..3]).unwrap();
+        assert_eq!(s, vec![f32_to_bytes(&[1.0]), f32_to_bytes(&[2.0, 3.0])]);
+        assert!(slice_by_shard(&[1.0], &[0..1, 1..2]).is_err());
+    }
+}
