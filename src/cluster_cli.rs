@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
+use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
+use kiln::local_run::{local_config, DEFAULT_EXECUTORS};
+use kiln::run_checkpoints::{CheckpointArgs, CheckpointOptions, KEEP_CHECKPOINTS};
+use kiln::train_cli::TrainArgs;
 use kiln_runtime::{
     query_status, run_executor, transport, CertificateFiles, ClusterStatus, Driver, DriverConfig,
     ExecutorConfig, ExecutorMode, LocalCluster, LocalConfig, Registry,
@@ -121,18 +124,8 @@ pub(crate) struct DigitsArgs {
     /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Checkpoint store directory (a checkpoint at every epoch end).
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
-    /// Also checkpoint every N iterations.
-    #[arg(long)]
-    checkpoint_every: Option<u64>,
-    /// Checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
-    keep_checkpoints: usize,
-    /// Continue from the newest valid checkpoint in --checkpoint-dir.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
     /// Save the trained model here (safetensors).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -156,15 +149,6 @@ impl DigitsArgs {
             },
             partitions,
             shards: self.shards,
-        }
-    }
-
-    fn checkpoints(&self) -> CheckpointOptions {
-        CheckpointOptions {
-            dir: self.checkpoint_dir.clone(),
-            every_iterations: self.checkpoint_every,
-            keep_last: self.keep_checkpoints,
-            resume: self.resume,
         }
     }
 }
@@ -372,7 +356,7 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
             run_digits(
                 driver,
                 &run,
-                &job.digits.checkpoints(),
+                &job.digits.checkpoints.options(),
                 job.digits.out.as_deref(),
             )
             .await?;
@@ -423,15 +407,15 @@ async fn run_digits(
     Ok(())
 }
 
-/// `kiln checkpoint resume`: continue a digits run from its checkpoint
-/// store on a fresh local cluster.
+/// `kiln checkpoint resume` (and `kiln train --resume`): continue a
+/// digits run from its checkpoint store on a fresh local cluster.
 #[derive(Args, Debug)]
 pub(crate) struct ResumeArgs {
     /// The checkpoint store of the run.
     #[arg(long)]
     dir: PathBuf,
     /// Executors of the new local cluster.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_EXECUTORS)]
     executors: usize,
     /// Save the trained model here (safetensors).
     #[arg(long)]
@@ -441,7 +425,19 @@ pub(crate) struct ResumeArgs {
     no_progress: bool,
 }
 
-/// Run `kiln checkpoint resume`.
+impl ResumeArgs {
+    /// `kiln train --resume DIR`'s arguments as `kiln checkpoint resume`'s.
+    pub(crate) fn from_train(a: &TrainArgs, dir: PathBuf) -> Self {
+        ResumeArgs {
+            dir,
+            executors: a.executors,
+            out: a.out.clone(),
+            no_progress: a.no_progress,
+        }
+    }
+}
+
+/// Run `kiln checkpoint resume` (and `kiln train --resume`).
 pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     let store = kiln::runtime::checkpoint::CheckpointStore::open(&args.dir, 0)
         .with_context(|| format!("opening {}", args.dir.display()))?;
@@ -450,30 +446,25 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
         .meta
         .get(kiln::runtime::train::META_JOB)
         .with_context(|| format!("checkpoint {} records no job to resume", record.id))?;
-    let mut run: ClusterDigitsJob =
-        serde_json::from_str(job_json).context("decoding the checkpoint's job")?;
+    let mut run: ClusterDigitsJob = serde_json::from_str(job_json).with_context(|| {
+        format!(
+            "checkpoint {} does not hold a digits job: SSD and speech runs resume with \
+             `kiln detect train --resume` and `kiln speech train --resume`",
+            record.id
+        )
+    })?;
     run.job.progress = !args.no_progress;
-    let keep = 3;
     drop(store);
+    let config = local_config(args.executors, false)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let config = LocalConfig {
-            executors: args.executors,
-            cores_per_executor: 1,
-            mode: ExecutorMode::Processes {
-                program: std::env::current_exe().context("locating the kiln binary")?,
-                args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
-            },
-            driver: DriverConfig::default(),
-            startup_timeout: Duration::from_secs(30),
-        };
         let cluster = LocalCluster::start(config, registry()).await?;
         let driver = cluster.driver()?;
         print_join(driver)?;
         let ckpt = CheckpointOptions {
             dir: Some(args.dir.clone()),
             every_iterations: None,
-            keep_last: keep,
+            keep_last: KEEP_CHECKPOINTS,
             resume: true,
         };
         let result = run_digits(driver, &run, &ckpt, args.out.as_deref()).await;
