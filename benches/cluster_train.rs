@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use kiln::cluster_train::{optimizer_factory, SYNC_BENCH_TRAINER};
 use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
-use kiln::run_checkpoints::CheckpointOptions;
 use kiln::digits_job::{DigitsJob, DigitsModel};
 use kiln::nn::optim::{OptimizerConfig, SgdConfig};
+use kiln::run_checkpoints::CheckpointOptions;
 use kiln::runtime::checkpoint::{CheckpointRecord, CheckpointStore};
 use kiln::runtime::train::ParameterShards;
 use kiln::runtime::{

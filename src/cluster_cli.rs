@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
-use kiln::local_run::{local_config, DEFAULT_EXECUTORS};
+use kiln::local_run::{local_config, tokio_runtime, DEFAULT_EXECUTORS};
 use kiln::run_checkpoints::{CheckpointArgs, CheckpointOptions, KEEP_CHECKPOINTS};
 use kiln::train_cli::TrainArgs;
 use kiln_runtime::{
@@ -55,13 +55,6 @@ pub(crate) fn registry() -> Arc<Registry> {
     kiln::speech_cluster::register(&mut r);
     kiln::detect_cluster::register(&mut r);
     Arc::new(r)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
 }
 
 /// Options shared by `kiln local` and `kiln driver` for the built-in jobs.
@@ -456,7 +449,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     run.job.progress = !args.no_progress;
     drop(store);
     let config = local_config(args.executors, false)?;
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         let cluster = LocalCluster::start(config, registry()).await?;
         let driver = cluster.driver()?;
@@ -475,7 +468,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
 
 /// Run `kiln local`.
 pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         let mode = if args.in_memory {
             ExecutorMode::InProcessDirect
@@ -507,7 +500,7 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
 
 /// Run `kiln driver`.
 pub(crate) fn driver(args: DriverArgs) -> anyhow::Result<()> {
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         let driver =
             Driver::start(args.job.driver_config(args.listen, &args.tls), registry()).await?;
@@ -548,7 +541,7 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
     }
     let leave = Arc::new(tokio::sync::Notify::new());
     config.leave = Some(leave.clone());
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         // SIGTERM or Ctrl-C: leave gracefully (finish running tasks, hand
         // the partitions back); a second signal is not waited for.
@@ -576,7 +569,7 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
 /// Run `kiln status`.
 pub(crate) fn status(args: StatusArgs) -> anyhow::Result<()> {
     let (token, addr) = transport::parse_join(&args.join)?;
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     let status = rt.block_on(query_status(addr, &token, Duration::from_secs(10)))?;
     if args.json {
         let v: HashMap<&str, serde_json::Value> = HashMap::from([(

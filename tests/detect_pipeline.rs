@@ -235,7 +235,10 @@ fn cluster_training_checkpoints_every_epoch_and_resumes_from_the_last() {
     // 2 epochs of 2 iterations, a checkpoint after each.
     let out = ok(&train("2", &config, &[]));
     assert_eq!(epoch_lines(&out), [1, 2], "{out}");
-    let checkpoints: Vec<&str> = out.lines().filter(|l| l.starts_with("CHECKPOINT ")).collect();
+    let checkpoints: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("CHECKPOINT "))
+        .collect();
     assert_eq!(checkpoints.len(), 2, "{out}");
     assert!(checkpoints[1].ends_with(" iteration=4"), "{out}");
 

@@ -571,8 +571,16 @@ fn check_compatible(
     let expect = [
         ("the seed", META_SEED, run.seed),
         ("the batch size", META_BATCH_SIZE, run.batch_size as u64),
-        ("the number of parameter shards", META_SHARDS, run.shards as u64),
-        ("the model size in parameters", META_PARAMS, run.params as u64),
+        (
+            "the number of parameter shards",
+            META_SHARDS,
+            run.shards as u64,
+        ),
+        (
+            "the model size in parameters",
+            META_PARAMS,
+            run.params as u64,
+        ),
     ];
     for (what, key, want) in expect {
         let got = meta_u64(record, key)?;
@@ -718,7 +726,8 @@ mod tests {
             )
         );
         assert!(
-            msg.contains("checkpoint 5") && msg.contains("train.params = 1000, this run has 1234"),
+            msg.contains("checkpoint 5")
+                && msg.contains("(train.params) = 1000, this run has 1234"),
             "{msg}"
         );
     }
@@ -771,12 +780,16 @@ mod tests {
         let (_, setting, was, _) = incompatible(
             check_compatible(&record(&BTreeMap::new()), &fixed("tiny"), &SHAPE).unwrap_err(),
         );
-        assert_eq!((setting.as_str(), was.as_str()), ("ssd.preset", "(not recorded)"));
+        assert_eq!(
+            (setting.as_str(), was.as_str()),
+            ("ssd.preset", "(not recorded)")
+        );
         // Not a training checkpoint at all.
         let bare = CheckpointRecord::new(9, 0, 0);
         let e = check_compatible(&bare, &BTreeMap::new(), &SHAPE).unwrap_err();
         assert!(
-            e.to_string().contains("checkpoint 9 has no \"train.seed\" entry"),
+            e.to_string()
+                .contains("checkpoint 9 has no \"train.seed\" entry"),
             "{e}"
         );
         // A corrupt numeric entry names the key.
