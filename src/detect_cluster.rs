@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kiln_detection::augment::SsdAugment;
 use kiln_detection::model::{Ssd, SsdConfig};
 use kiln_detection::multibox::MultiBoxConfig;
@@ -25,7 +25,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster_train::optimizer_factory;
-use crate::run_checkpoints::CheckpointOptions;
+use crate::run_checkpoints::{fixed_settings, CheckpointOptions};
 use crate::run_output::{iteration_bar, out_line, report_checkpoint};
 
 /// Name of the VOC image-index source in the registry.
@@ -188,20 +188,14 @@ const FREE_ON_RESUME: [&str; 7] = [
 ];
 
 /// The settings a run resuming from a checkpoint of this one must share
-/// with it, one checkpoint meta entry per field (`ssd.<field>` = its JSON),
-/// plus the classes, so a mismatch names the field.
-pub fn fixed_settings(
+/// with it: one checkpoint meta entry per field (`ssd.<field>` = its JSON)
+/// but those in [`FREE_ON_RESUME`], plus the classes, so a mismatch names
+/// the field.
+pub fn fixed_ssd_settings(
     cfg: &TrainConfig,
     classes: &[String],
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let serde_json::Value::Object(fields) = serde_json::to_value(cfg)? else {
-        bail!("the training config does not serialise to a JSON object");
-    };
-    let mut fixed: BTreeMap<String, String> = fields
-        .into_iter()
-        .filter(|(k, _)| !FREE_ON_RESUME.contains(&k.as_str()))
-        .map(|(k, v)| (format!("ssd.{k}"), v.to_string()))
-        .collect();
+    let mut fixed = fixed_settings("ssd", cfg, &FREE_ON_RESUME)?;
     fixed.insert("ssd.classes".into(), serde_json::to_string(classes)?);
     Ok(fixed)
 }
@@ -247,7 +241,7 @@ pub async fn train_ssd_on_cluster(
     spec.shards = 2;
     spec.init_buffers = model.graph().flat_buffers();
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(cfg)?)]);
-    spec.fixed_meta = fixed_settings(cfg, &images.classes)?;
+    spec.fixed_meta = fixed_ssd_settings(cfg, &images.classes)?;
     ckpt.apply(&mut spec)?;
     let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
         lr: cfg.lr,
@@ -350,7 +344,7 @@ mod tests {
     fn fixed_settings_leave_out_the_length_and_learning_rate_plan() {
         let cfg = TrainConfig::default();
         let classes = vec!["circle".to_string(), "square".to_string()];
-        let fixed = fixed_settings(&cfg, &classes).unwrap();
+        let fixed = fixed_ssd_settings(&cfg, &classes).unwrap();
         assert_eq!(fixed["ssd.preset"], "\"tiny\"");
         assert_eq!(fixed["ssd.classes"], r#"["circle","square"]"#);
         assert!(fixed.contains_key("ssd.photometric") && fixed.contains_key("ssd.momentum"));
@@ -363,11 +357,11 @@ mod tests {
             lr: cfg.lr * 2.0,
             ..cfg.clone()
         };
-        assert_eq!(fixed_settings(&longer, &classes).unwrap(), fixed);
+        assert_eq!(fixed_ssd_settings(&longer, &classes).unwrap(), fixed);
         let other = TrainConfig {
             max_expand: 1.0,
             ..cfg
         };
-        assert_ne!(fixed_settings(&other, &classes).unwrap(), fixed);
+        assert_ne!(fixed_ssd_settings(&other, &classes).unwrap(), fixed);
     }
 }

@@ -2,12 +2,14 @@
 //! SSD): the command-line flags they share, and how those become the
 //! trainer's [`CheckpointPolicy`] and a resumed position.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
 use kiln_runtime::train::CheckpointPolicy;
 use kiln_runtime::{Data, DistributedTrainer, TrainSpec};
+use serde::Serialize;
 
 use crate::run_output::resume_and_report;
 
@@ -89,9 +91,50 @@ impl CheckpointOptions {
     }
 }
 
+/// The settings a run resuming from a checkpoint must share with the run
+/// that wrote it ([`TrainSpec::fixed_meta`]): one entry per field of the
+/// job's `config` (`<prefix>.<field>` = the field's JSON), except the
+/// fields in `free` (those a resumed run may change, such as the number of
+/// epochs), so that a mismatch names the field.
+pub fn fixed_settings<C: Serialize>(
+    prefix: &str,
+    config: &C,
+    free: &[&str],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let serde_json::Value::Object(fields) = serde_json::to_value(config)? else {
+        bail!("the {prefix} job's settings do not serialise to a JSON object");
+    };
+    Ok(fields
+        .into_iter()
+        .filter(|(k, _)| !free.contains(&k.as_str()))
+        .map(|(k, v)| (format!("{prefix}.{k}"), v.to_string()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_settings_are_the_fields_a_resumed_run_may_not_change() {
+        #[derive(Serialize)]
+        struct Job {
+            epochs: u64,
+            preset: String,
+            lr: f64,
+        }
+        let job = Job {
+            epochs: 3,
+            preset: "tiny".into(),
+            lr: 0.5,
+        };
+        let fixed = fixed_settings("x", &job, &["epochs", "lr"]).unwrap();
+        assert_eq!(
+            fixed,
+            BTreeMap::from([("x.preset".to_string(), "\"tiny\"".to_string())])
+        );
+        assert!(fixed_settings("x", &7u32, &[]).is_err());
+    }
 
     fn spec() -> TrainSpec {
         TrainSpec::new("t", &0u8, 4, 1, 0, 0.1).unwrap()

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::cluster_train::optimizer_factory;
-use crate::run_checkpoints::CheckpointOptions;
+use crate::run_checkpoints::{fixed_settings, CheckpointOptions};
 use crate::run_output::{iteration_bar, out_line, report_checkpoint};
 
 /// Name of the speech corpus source in the registry.
@@ -150,6 +150,11 @@ pub fn register(r: &mut Registry) {
         .register_trainer(DS2_TRAINER, Ds2Worker::new);
 }
 
+/// Fields of [`SpeechJob`] a resumed run may change: its length, its
+/// learning-rate plan, the dev split and the progress bar. The others must
+/// match the checkpoint's.
+const FREE_ON_RESUME: [&str; 5] = ["epochs", "learning_rate", "anneal", "dev", "progress"];
+
 /// A DS2 training run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpeechJob {
@@ -250,6 +255,7 @@ pub async fn train_speech_on_cluster(
     spec.shards = job.shards.max(1);
     spec.init_buffers = initial.flat_buffers();
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(job)?)]);
+    spec.fixed_meta = fixed_settings("speech", job, &FREE_ON_RESUME)?;
     ckpt.apply(&mut spec)?;
     let optimizer = optimizer_factory(OptimizerConfig::Adam(AdamConfig {
         lr: lr0,
