@@ -122,7 +122,7 @@ pub struct ScoreArgs {
     /// The detections file.
     #[arg(long)]
     pub detections: PathBuf,
-    /// Image set to score against (ImageSets/Main/<split>.txt).
+    /// Image set to score against (`ImageSets/Main/<split>.txt`).
     #[arg(long, default_value = "test")]
     pub split: String,
     /// `voc07` (11-point) or `area` (VOC2010+).

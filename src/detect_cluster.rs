@@ -189,8 +189,9 @@ const FREE_ON_RESUME: [&str; 7] = [
 
 /// The settings a run resuming from a checkpoint of this one must share
 /// with it: one checkpoint meta entry per field (`ssd.<field>` = its JSON)
-/// but those in [`FREE_ON_RESUME`], plus the classes, so a mismatch names
-/// the field.
+/// but the run's length and learning-rate plan (`epochs`, `lr`, warm-up,
+/// milestones, `gamma`, `log_every`), plus the classes, so a mismatch
+/// names the field.
 pub fn fixed_ssd_settings(
     cfg: &TrainConfig,
     classes: &[String],
