@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln::cluster_train::{executor_placement, optimizer_factory, SYNC_BENCH_TRAINER};
-use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
+use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
 use kiln::digits_job::{DigitsJob, DigitsModel};
 use kiln::nn::optim::{OptimizerConfig, SgdConfig};
+use kiln::run_checkpoints::CheckpointOptions;
 use kiln::runtime::checkpoint::{CheckpointRecord, CheckpointStore};
 use kiln::runtime::train::{ParameterShards, ShardPlacement};
 use kiln::runtime::{

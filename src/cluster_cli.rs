@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kiln::digits_cluster::{train_on_cluster, CheckpointOptions, ClusterDigitsJob};
+use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
+use kiln::local_run::{local_config, tokio_runtime, DEFAULT_EXECUTORS};
+use kiln::run_checkpoints::{CheckpointArgs, CheckpointOptions, KEEP_CHECKPOINTS};
+use kiln::train_cli::TrainArgs;
 use kiln_runtime::{
     query_status, run_executor, transport, CertificateFiles, ClusterStatus, Driver, DriverConfig,
     ExecutorConfig, ExecutorMode, LocalCluster, LocalConfig, Registry,
@@ -52,13 +55,6 @@ pub(crate) fn registry() -> Arc<Registry> {
     kiln::speech_cluster::register(&mut r);
     kiln::detect_cluster::register(&mut r);
     Arc::new(r)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
 }
 
 /// Options shared by `kiln local` and `kiln driver` for the built-in jobs.
@@ -121,18 +117,8 @@ pub(crate) struct DigitsArgs {
     /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Checkpoint store directory (a checkpoint at every epoch end).
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
-    /// Also checkpoint every N iterations.
-    #[arg(long)]
-    checkpoint_every: Option<u64>,
-    /// Checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
-    keep_checkpoints: usize,
-    /// Continue from the newest valid checkpoint in --checkpoint-dir.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
     /// Save the trained model here (safetensors).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -156,15 +142,6 @@ impl DigitsArgs {
             },
             partitions,
             shards: self.shards,
-        }
-    }
-
-    fn checkpoints(&self) -> CheckpointOptions {
-        CheckpointOptions {
-            dir: self.checkpoint_dir.clone(),
-            every_iterations: self.checkpoint_every,
-            keep_last: self.keep_checkpoints,
-            resume: self.resume,
         }
     }
 }
@@ -372,7 +349,7 @@ async fn run_job(driver: &Driver, job: &JobArgs) -> anyhow::Result<()> {
             run_digits(
                 driver,
                 &run,
-                &job.digits.checkpoints(),
+                &job.digits.checkpoints.options(),
                 job.digits.out.as_deref(),
             )
             .await?;
@@ -423,15 +400,15 @@ async fn run_digits(
     Ok(())
 }
 
-/// `kiln checkpoint resume`: continue a digits run from its checkpoint
-/// store on a fresh local cluster.
+/// `kiln checkpoint resume` (and `kiln train --resume`): continue a
+/// digits run from its checkpoint store on a fresh local cluster.
 #[derive(Args, Debug)]
 pub(crate) struct ResumeArgs {
     /// The checkpoint store of the run.
     #[arg(long)]
     dir: PathBuf,
     /// Executors of the new local cluster.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_EXECUTORS)]
     executors: usize,
     /// Save the trained model here (safetensors).
     #[arg(long)]
@@ -441,7 +418,19 @@ pub(crate) struct ResumeArgs {
     no_progress: bool,
 }
 
-/// Run `kiln checkpoint resume`.
+impl ResumeArgs {
+    /// `kiln train --resume DIR`'s arguments as `kiln checkpoint resume`'s.
+    pub(crate) fn from_train(a: &TrainArgs, dir: PathBuf) -> Self {
+        ResumeArgs {
+            dir,
+            executors: a.executors,
+            out: a.out.clone(),
+            no_progress: a.no_progress,
+        }
+    }
+}
+
+/// Run `kiln checkpoint resume` (and `kiln train --resume`).
 pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     let store = kiln::runtime::checkpoint::CheckpointStore::open(&args.dir, 0)
         .with_context(|| format!("opening {}", args.dir.display()))?;
@@ -450,30 +439,25 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
         .meta
         .get(kiln::runtime::train::META_JOB)
         .with_context(|| format!("checkpoint {} records no job to resume", record.id))?;
-    let mut run: ClusterDigitsJob =
-        serde_json::from_str(job_json).context("decoding the checkpoint's job")?;
+    let mut run: ClusterDigitsJob = serde_json::from_str(job_json).with_context(|| {
+        format!(
+            "checkpoint {} does not hold a digits job: SSD and speech runs resume with \
+             `kiln detect train --resume` and `kiln speech train --resume`",
+            record.id
+        )
+    })?;
     run.job.progress = !args.no_progress;
-    let keep = 3;
     drop(store);
-    let rt = runtime()?;
+    let config = local_config(args.executors, false)?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
-        let config = LocalConfig {
-            executors: args.executors,
-            cores_per_executor: 1,
-            mode: ExecutorMode::Processes {
-                program: std::env::current_exe().context("locating the kiln binary")?,
-                args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
-            },
-            driver: DriverConfig::default(),
-            startup_timeout: Duration::from_secs(30),
-        };
         let cluster = LocalCluster::start(config, registry()).await?;
         let driver = cluster.driver()?;
         print_join(driver)?;
         let ckpt = CheckpointOptions {
             dir: Some(args.dir.clone()),
             every_iterations: None,
-            keep_last: keep,
+            keep_last: KEEP_CHECKPOINTS,
             resume: true,
         };
         let result = run_digits(driver, &run, &ckpt, args.out.as_deref()).await;
@@ -484,7 +468,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
 
 /// Run `kiln local`.
 pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         let mode = if args.in_memory {
             ExecutorMode::InProcessDirect
@@ -516,7 +500,7 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
 
 /// Run `kiln driver`.
 pub(crate) fn driver(args: DriverArgs) -> anyhow::Result<()> {
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         let driver =
             Driver::start(args.job.driver_config(args.listen, &args.tls), registry()).await?;
@@ -557,7 +541,7 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
     }
     let leave = Arc::new(tokio::sync::Notify::new());
     config.leave = Some(leave.clone());
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     rt.block_on(async {
         // SIGTERM or Ctrl-C: leave gracefully (finish running tasks, hand
         // the partitions back); a second signal is not waited for.
@@ -585,7 +569,7 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
 /// Run `kiln status`.
 pub(crate) fn status(args: StatusArgs) -> anyhow::Result<()> {
     let (token, addr) = transport::parse_join(&args.join)?;
-    let rt = runtime()?;
+    let rt = tokio_runtime()?;
     let status = rt.block_on(query_status(addr, &token, Duration::from_secs(10)))?;
     if args.json {
         let v: HashMap<&str, serde_json::Value> = HashMap::from([(

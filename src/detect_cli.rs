@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use kiln_detection::draw::{draw_detections, save_image, Labelled};
 use kiln_detection::eval::{self, Metric};
@@ -15,10 +15,13 @@ use kiln_detection::train::TrainConfig;
 use kiln_detection::voc::VocDataset;
 use kiln_runtime::{LocalCluster, Registry};
 
+use crate::run_checkpoints::CheckpointArgs;
+
 /// `kiln detect` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DetectCommand {
-    /// Train an SSD model on a VOC-layout split (single process).
+    /// Train an SSD model on a VOC-layout split (in this process, or on a
+    /// local cluster with --executors N, with checkpoints and resume).
     Train(TrainArgs),
     /// Per-class AP and mAP of a model on a VOC split.
     Eval(EvalArgs),
@@ -60,6 +63,11 @@ pub struct TrainArgs {
     /// With `--executors`: executors as tasks in this process (tests).
     #[arg(long)]
     pub in_process: bool,
+    /// With `--executors`: checkpoints and resume. A resumed run may
+    /// change the number of epochs and the learning-rate plan; any other
+    /// setting that differs from the checkpoint's is an error naming it.
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
 }
 
 /// Arguments of `kiln detect eval`.
@@ -114,7 +122,7 @@ pub struct ScoreArgs {
     /// The detections file.
     #[arg(long)]
     pub detections: PathBuf,
-    /// Image set to score against (ImageSets/Main/<split>.txt).
+    /// Image set to score against (`ImageSets/Main/<split>.txt`).
     #[arg(long, default_value = "test")]
     pub split: String,
     /// `voc07` (11-point) or `area` (VOC2010+).
@@ -179,6 +187,9 @@ pub fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<(
     if let Some(n) = a.executors {
         return train_on_local_cluster(a, &cfg, n, registry);
     }
+    if a.checkpoints.checkpoint_dir.is_some() {
+        bail!("--checkpoint-dir and --resume need --executors N: only cluster training writes checkpoints");
+    }
     let (_, summary) = kiln_detection::train::train(&a.voc, &cfg, &a.out)
         .with_context(|| format!("training on {}", a.voc.display()))?;
     println!(
@@ -209,6 +220,7 @@ fn train_on_local_cluster(
                 cfg,
                 executors as u32,
                 &a.out,
+                &a.checkpoints.options(),
             )
             .await
             .with_context(|| format!("training on {}", a.voc.display()))?;

@@ -3,7 +3,8 @@
 //! the batches do not depend on which executor runs them), a
 //! [`GradientWorker`] runs the MultiBox step, batch-norm statistics travel
 //! as buffers, and SGD with warm-up and multi-step decay runs in the
-//! parameter actors. Used by `kiln detect train --executors N`.
+//! parameter actors, with checkpoints and resume. Used by `kiln detect
+//! train --executors N`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster_train::optimizer_factory;
+use crate::run_checkpoints::{fixed_settings, CheckpointOptions};
+use crate::run_output::{iteration_bar, out_line, report_checkpoint};
 
 /// Name of the VOC image-index source in the registry.
 pub const VOC_SOURCE: &str = "kiln.voc_indices";
@@ -171,16 +174,46 @@ pub fn register(r: &mut Registry) {
         .register_trainer(SSD_TRAINER, SsdWorker::new);
 }
 
-/// Trains a fresh SSD of `cfg.preset` on the driver's executors
-/// (`partitions` partitions of the split, 2 parameter actors) and
-/// writes the model to `out` after every epoch. Prints an `EPOCH` line per
-/// epoch.
+/// Fields of [`TrainConfig`] a resumed run may change: how long it runs and
+/// its learning-rate plan. All the others (model, data, augmentation, loss,
+/// optimizer, seed) must match the checkpoint's.
+const FREE_ON_RESUME: [&str; 7] = [
+    "epochs",
+    "log_every",
+    "lr",
+    "warmup_iters",
+    "warmup_factor",
+    "milestones",
+    "gamma",
+];
+
+/// The settings a run resuming from a checkpoint of this one must share
+/// with it: one checkpoint meta entry per field (`ssd.<field>` = its JSON)
+/// but the run's length and learning-rate plan (`epochs`, `lr`, warm-up,
+/// milestones, `gamma`, `log_every`), plus the classes, so a mismatch
+/// names the field.
+pub fn fixed_ssd_settings(
+    cfg: &TrainConfig,
+    classes: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut fixed = fixed_settings("ssd", cfg, &FREE_ON_RESUME)?;
+    fixed.insert("ssd.classes".into(), serde_json::to_string(classes)?);
+    Ok(fixed)
+}
+
+/// Trains SSD of `cfg.preset` on the driver's executors (`partitions`
+/// partitions of the split, 2 parameter actors), fresh or, with
+/// `ckpt.resume`, from the newest valid checkpoint (whose settings must
+/// match `cfg` but for its length and learning-rate plan), and writes the
+/// model to `out` after every epoch. Prints `RESUMED`, `SKIPPED`,
+/// `CHECKPOINT` and an `EPOCH` line per epoch.
 pub async fn train_ssd_on_cluster(
     driver: &Driver,
     voc: &Path,
     cfg: &TrainConfig,
     partitions: u32,
     out: &Path,
+    ckpt: &CheckpointOptions,
 ) -> anyhow::Result<(Ssd<f32>, TrainSummary)> {
     cfg.validate()?;
     let images = VocDataset::open(voc, &cfg.split, None)?;
@@ -209,6 +242,8 @@ pub async fn train_ssd_on_cluster(
     spec.shards = 2;
     spec.init_buffers = model.graph().flat_buffers();
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(cfg)?)]);
+    spec.fixed_meta = fixed_ssd_settings(cfg, &images.classes)?;
+    ckpt.apply(&mut spec)?;
     let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
         lr: cfg.lr,
         momentum: cfg.momentum,
@@ -217,23 +252,24 @@ pub async fn train_ssd_on_cluster(
     }));
     let mut trainer =
         DistributedTrainer::start(&data, spec, model.graph().flat_params(), optimizer).await?;
+    ckpt.resume_if_asked(&mut trainer).await?;
+    let bar = iteration_bar(&trainer, cfg.epochs as u64, false);
     let started = Instant::now();
     let mut epoch_start = Instant::now();
     let (mut sum, mut count, mut last_epoch_loss) = (0.0, 0u64, f64::NAN);
-    let mut iterations = 0;
     while !trainer.is_done() {
         let it = trainer.step().await?;
         sum += it.stats.loss_sum;
         count += it.stats.samples;
-        iterations += 1;
+        report_checkpoint(&bar, &it);
         if it.epoch_ended {
             last_epoch_loss = sum / count.max(1) as f64;
-            println!(
+            out_line(&format!(
                 "EPOCH {} loss={last_epoch_loss:.4} lr={:.2e} images_per_s={:.1}",
                 it.position.epoch,
                 it.learning_rate,
                 count as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)
-            );
+            ));
             model.graph_mut().set_flat_params(trainer.params())?;
             model.graph_mut().set_flat_buffers(trainer.buffers())?;
             model
@@ -245,6 +281,7 @@ pub async fn train_ssd_on_cluster(
     }
     model.graph_mut().set_flat_params(trainer.params())?;
     model.graph_mut().set_flat_buffers(trainer.buffers())?;
+    let done = trainer.position();
     trainer.finish().await?;
     model.set_training(false);
     model
@@ -253,10 +290,79 @@ pub async fn train_ssd_on_cluster(
     Ok((
         model,
         TrainSummary {
-            epochs: cfg.epochs,
-            iterations,
+            epochs: done.epoch as usize,
+            iterations: done.iteration as usize,
             last_epoch_loss,
             seconds: started.elapsed().as_secs_f64(),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker_config() -> SsdWorkerConfig {
+        let voc = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/shapes-tiny");
+        let cfg = TrainConfig {
+            batch_size: 2,
+            ..TrainConfig::default()
+        };
+        let source = VocSource {
+            voc: voc.clone(),
+            split: cfg.split.clone(),
+        };
+        let classes = VocDataset::open(&voc, &cfg.split, None).unwrap().classes;
+        SsdWorkerConfig {
+            source,
+            model: cfg.model_config(classes).unwrap(),
+            train: cfg,
+        }
+    }
+
+    #[test]
+    fn evaluating_ssd_on_the_cluster_is_an_error_pointing_to_detect_eval() {
+        let config = worker_config();
+        let mut w = SsdWorker::new(&config).unwrap();
+        let params = vec![0.0; w.num_params()];
+        let err = w.evaluate(&params, &[&0, &1]).unwrap_err();
+        assert!(err.contains("kiln detect eval"), "{err}");
+        // Also with no samples at all.
+        assert!(w.evaluate(&params, &[]).is_err());
+    }
+
+    #[test]
+    fn a_worker_on_a_missing_image_set_fails_naming_it() {
+        let mut config = worker_config();
+        config.source.split = "no_such_split".into();
+        let err = SsdWorker::new(&config).err().expect("an error");
+        assert!(err.contains("no_such_split"), "{err}");
+        let err = read_voc_partition(&config.source, 0, 1).unwrap_err();
+        assert!(err.contains("no_such_split"), "{err}");
+    }
+
+    #[test]
+    fn fixed_settings_leave_out_the_length_and_learning_rate_plan() {
+        let cfg = TrainConfig::default();
+        let classes = vec!["circle".to_string(), "square".to_string()];
+        let fixed = fixed_ssd_settings(&cfg, &classes).unwrap();
+        assert_eq!(fixed["ssd.preset"], "\"tiny\"");
+        assert_eq!(fixed["ssd.classes"], r#"["circle","square"]"#);
+        assert!(fixed.contains_key("ssd.photometric") && fixed.contains_key("ssd.momentum"));
+        for free in FREE_ON_RESUME {
+            assert!(!fixed.contains_key(&format!("ssd.{free}")), "{free}");
+        }
+        // A longer run at another rate keeps the same fixed settings.
+        let longer = TrainConfig {
+            epochs: cfg.epochs + 10,
+            lr: cfg.lr * 2.0,
+            ..cfg.clone()
+        };
+        assert_eq!(fixed_ssd_settings(&longer, &classes).unwrap(), fixed);
+        let other = TrainConfig {
+            max_expand: 1.0,
+            ..cfg
+        };
+        assert_ne!(fixed_ssd_settings(&other, &classes).unwrap(), fixed);
+    }
 }

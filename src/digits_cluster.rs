@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kiln_nn::layers::LayerConfig;
 use kiln_nn::optim::{OptimizerConfig, SgdConfig};
 use kiln_nn::ModuleExt;
-use kiln_runtime::train::{CheckpointPolicy, META_JOB};
+use kiln_runtime::train::META_JOB;
 use kiln_runtime::{Dataset, DistributedTrainer, Driver, Registry, TrainSpec};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster_train::{optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER};
 use crate::digits_job::{self, DigitsJob, DigitsModel};
-use crate::run_output::{iteration_bar, out_line, resume_and_report};
+use crate::run_checkpoints::CheckpointOptions;
+use crate::run_output::{iteration_bar, out_line, report_checkpoint};
 
 /// Name of the digits source in the registry.
 pub const DIGITS_SOURCE: &str = "kiln.digits";
@@ -91,19 +92,6 @@ impl ClusterDigitsJob {
     }
 }
 
-/// Checkpointing and resume settings of a run.
-#[derive(Debug, Clone, Default)]
-pub struct CheckpointOptions {
-    /// Store directory; no checkpoints without it.
-    pub dir: Option<PathBuf>,
-    /// Also every N iterations (always at every epoch end).
-    pub every_iterations: Option<u64>,
-    /// Keep the last K.
-    pub keep_last: usize,
-    /// Continue from the newest valid checkpoint in `dir`.
-    pub resume: bool,
-}
-
 /// What a cluster run produced.
 #[derive(Debug, Clone)]
 pub struct ClusterDigitsReport {
@@ -156,24 +144,14 @@ pub async fn train_on_cluster(
     meta.insert(META_JOB.to_string(), serde_json::to_string(run)?);
     meta.insert(META_MODEL.to_string(), serde_json::to_string(&network)?);
     spec.job_meta = meta;
-    if let Some(dir) = &ckpt.dir {
-        spec.checkpoint = Some(CheckpointPolicy {
-            every_iterations: ckpt.every_iterations,
-            keep_last: ckpt.keep_last,
-            ..CheckpointPolicy::every_epoch(dir)
-        });
-    } else if ckpt.resume {
-        bail!("--resume needs --checkpoint-dir");
-    }
+    ckpt.apply(&mut spec)?;
     let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
         lr: job.learning_rate,
         momentum: job.momentum,
         ..SgdConfig::default()
     }));
     let mut trainer = DistributedTrainer::start(&train, spec, init, optimizer).await?;
-    if ckpt.resume {
-        resume_and_report(&mut trainer).await?;
-    }
+    ckpt.resume_if_asked(&mut trainer).await?;
     let bar = iteration_bar(&trainer, job.epochs, job.progress);
     let started = Instant::now();
     let mut trained = 0u64;
@@ -185,14 +163,7 @@ pub async fn train_on_cluster(
         epoch_loss.add(&it.stats);
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", it.stats.mean_loss()));
-        if let Some(id) = it.checkpoint {
-            bar.suspend(|| {
-                out_line(&format!(
-                    "CHECKPOINT {id} iteration={}",
-                    it.position.iteration
-                ))
-            });
-        }
+        report_checkpoint(&bar, &it);
         if it.epoch_ended {
             let held = trainer.evaluate(&test).await?;
             let secs = epoch_start.elapsed().as_secs_f64();

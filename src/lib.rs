@@ -14,6 +14,7 @@ pub mod detect_cluster;
 pub mod digits_cluster;
 pub mod digits_job;
 pub mod local_run;
+pub mod run_checkpoints;
 pub mod run_output;
 pub mod speech_cli;
 pub mod speech_cluster;

@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use kiln_runtime::{DriverConfig, ExecutorMode, LocalConfig};
 
+/// Executors of a local cluster unless told otherwise.
+pub const DEFAULT_EXECUTORS: usize = 2;
+
 /// A multi-threaded tokio runtime for a command.
 pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

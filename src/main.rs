@@ -23,7 +23,8 @@ struct Cli {
 enum Command {
     /// Print build information: version, matrix-multiply backend, threads.
     Info,
-    /// Train a model (the digits CNN by default) and report held-out accuracy.
+    /// Train a model (the digits CNN by default) and report held-out
+    /// accuracy; `--resume DIR` continues a cluster run from its checkpoints.
     Train(kiln::train_cli::TrainArgs),
     /// Evaluate a saved digits model on the held-out split.
     Eval(kiln::train_cli::EvalArgs),
@@ -76,7 +77,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Train(args) => kiln::train_cli::train(&args),
+        Command::Train(args) => match args.resume.clone() {
+            Some(dir) => cluster_cli::resume(cluster_cli::ResumeArgs::from_train(&args, dir)),
+            None => kiln::train_cli::train(&args),
+        },
         Command::Eval(args) => kiln::train_cli::eval(&args),
         Command::Speech { command } => kiln::speech_cli::run(&command, cluster_cli::registry),
         Command::Detect { command } => kiln::detect_cli::run(&command, cluster_cli::registry),

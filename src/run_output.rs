@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_runtime::train::IterationReport;
 use kiln_runtime::Data;
 use kiln_runtime::DistributedTrainer;
 
@@ -33,6 +34,19 @@ pub async fn resume_and_report<T: Data>(
         None => out_line("RESUMED none (no checkpoint yet): starting fresh"),
     }
     Ok(())
+}
+
+/// Prints the `CHECKPOINT` line of an iteration that wrote one (above
+/// `bar`).
+pub fn report_checkpoint(bar: &ProgressBar, it: &IterationReport) {
+    if let Some(id) = it.checkpoint {
+        bar.suspend(|| {
+            out_line(&format!(
+                "CHECKPOINT {id} iteration={}",
+                it.position.iteration
+            ))
+        });
+    }
 }
 
 /// A progress bar over the run's iterations (hidden unless `visible`),

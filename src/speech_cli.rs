@@ -12,7 +12,7 @@ use kiln_speech::ds2::{Ds2, Ds2Config};
 use kiln_speech::lm::NgramLm;
 use kiln_speech::pipeline::{self, Decoder, Example};
 
-use crate::digits_cluster::CheckpointOptions;
+use crate::run_checkpoints::CheckpointArgs;
 use crate::speech_cluster::{read_split, score, train_speech_on_cluster, SpeechJob};
 
 /// `kiln speech` subcommands.
@@ -84,15 +84,9 @@ pub struct TrainArgs {
     /// Skip training utterances longer than this (seconds).
     #[arg(long, default_value_t = 20.0)]
     pub max_seconds: f64,
-    /// Checkpoint store directory (a checkpoint every epoch).
-    #[arg(long)]
-    pub checkpoint_dir: Option<PathBuf>,
-    /// Also checkpoint every N iterations.
-    #[arg(long)]
-    pub checkpoint_every: Option<u64>,
-    /// Continue from the newest valid checkpoint in `--checkpoint-dir`.
-    #[arg(long)]
-    pub resume: bool,
+    /// Checkpoints and resume.
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
     /// Where to save the trained model.
     #[arg(long, default_value = "ds2.safetensors")]
     pub out: PathBuf,
@@ -262,12 +256,7 @@ fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
         max_seconds: a.max_seconds,
         progress: !a.no_progress,
     };
-    let ckpt = CheckpointOptions {
-        dir: a.checkpoint_dir.clone(),
-        every_iterations: a.checkpoint_every,
-        keep_last: 3,
-        resume: a.resume,
-    };
+    let ckpt = a.checkpoints.options();
     let rt = crate::local_run::tokio_runtime()?;
     rt.block_on(async {
         let cluster = LocalCluster::start(config, registry()).await?;

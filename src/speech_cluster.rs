@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use kiln_nn::optim::{AdamConfig, OptimizerConfig};
 use kiln_nn::ModuleExt;
-use kiln_runtime::train::{BatchStats, CheckpointPolicy, GradientWorker, META_JOB};
+use kiln_runtime::train::{BatchStats, GradientWorker, META_JOB};
 use kiln_runtime::{Dataset, DistributedTrainer, Driver, Registry, TrainSpec};
 use kiln_speech::audio::read_audio_at;
 use kiln_speech::corpus::list_utterances;
@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::cluster_train::optimizer_factory;
-use crate::digits_cluster::CheckpointOptions;
-use crate::run_output::{iteration_bar, out_line, resume_and_report};
+use crate::run_checkpoints::{fixed_settings, CheckpointOptions};
+use crate::run_output::{iteration_bar, out_line, report_checkpoint};
 
 /// Name of the speech corpus source in the registry.
 pub const SPEECH_SOURCE: &str = "kiln.speech_corpus";
@@ -150,6 +150,11 @@ pub fn register(r: &mut Registry) {
         .register_trainer(DS2_TRAINER, Ds2Worker::new);
 }
 
+/// Fields of [`SpeechJob`] a resumed run may change: its length, its
+/// learning-rate plan, the dev split and the progress bar. The others must
+/// match the checkpoint's.
+const FREE_ON_RESUME: [&str; 5] = ["epochs", "learning_rate", "anneal", "dev", "progress"];
+
 /// A DS2 training run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpeechJob {
@@ -250,24 +255,15 @@ pub async fn train_speech_on_cluster(
     spec.shards = job.shards.max(1);
     spec.init_buffers = initial.flat_buffers();
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(job)?)]);
-    if let Some(dir) = &ckpt.dir {
-        spec.checkpoint = Some(CheckpointPolicy {
-            every_iterations: ckpt.every_iterations,
-            keep_last: ckpt.keep_last,
-            ..CheckpointPolicy::every_epoch(dir)
-        });
-    } else if ckpt.resume {
-        bail!("--resume needs --checkpoint-dir");
-    }
+    spec.fixed_meta = fixed_settings("speech", job, &FREE_ON_RESUME)?;
+    ckpt.apply(&mut spec)?;
     let optimizer = optimizer_factory(OptimizerConfig::Adam(AdamConfig {
         lr: lr0,
         ..AdamConfig::default()
     }));
     let mut trainer =
         DistributedTrainer::start(&train, spec, initial.flat_params(), optimizer).await?;
-    if ckpt.resume {
-        resume_and_report(&mut trainer).await?;
-    }
+    ckpt.resume_if_asked(&mut trainer).await?;
     out_line(&format!(
         "TRAINING {} utterances, {} parameters, {} batches per epoch",
         trainer.samples(),
@@ -286,14 +282,7 @@ pub async fn train_speech_on_cluster(
         epoch_stats.add(&it.stats);
         bar.inc(1);
         bar.set_message(format!("ctc {:.3}", it.stats.mean_loss()));
-        if let Some(id) = it.checkpoint {
-            bar.suspend(|| {
-                out_line(&format!(
-                    "CHECKPOINT {id} iteration={}",
-                    it.position.iteration
-                ))
-            });
-        }
+        report_checkpoint(&bar, &it);
         if it.epoch_ended {
             let secs = epoch_start.elapsed().as_secs_f64();
             let mut line = format!(

@@ -1,4 +1,6 @@
-//! `kiln train` and `kiln eval`: the single-process digits job.
+//! `kiln train` and `kiln eval`: the single-process digits job. `kiln
+//! train --resume DIR` instead continues a cluster run from its checkpoint
+//! store (the binary runs it as `kiln checkpoint resume --dir DIR`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,10 +9,26 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::digits_job::{self, DigitsJob, DigitsModel};
+use crate::local_run::DEFAULT_EXECUTORS;
 
 /// Arguments of `kiln train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    /// Continue the cluster training run whose checkpoint store is DIR
+    /// (`kiln local --job digits --checkpoint-dir DIR`) from its newest
+    /// valid checkpoint on a local cluster, as `kiln checkpoint resume
+    /// --dir DIR` does. The job's settings (data, model, epochs, batch
+    /// size, learning rate, seed) come from the checkpoint, so those flags
+    /// conflict with it.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["data", "model", "epochs", "batch_size", "lr", "seed"]
+    )]
+    pub resume: Option<PathBuf>,
+    /// With --resume: executor processes of the local cluster.
+    #[arg(long, default_value_t = DEFAULT_EXECUTORS, requires = "resume")]
+    pub executors: usize,
     /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
     #[arg(long)]
     pub data: Option<PathBuf>,

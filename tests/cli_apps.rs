@@ -193,7 +193,7 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
     let model = dir.path().join("ds2.safetensors");
     let ckpt = dir.path().join("ckpt");
     let p = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-    let train = |epochs: &str, resume: bool| {
+    let train = |epochs: &str, resume: bool, extra: &[&str]| {
         let mut args = vec![
             "speech".to_string(),
             "train".into(),
@@ -220,10 +220,11 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
         if resume {
             args.push("--resume".into());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         kiln_bounded(&refs, Duration::from_secs(120))
     };
-    let o = train("3", false);
+    let o = train("3", false, &[]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("EPOCH ")).collect();
@@ -233,7 +234,7 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
     assert!(model.exists());
 
     // Two more epochs from the last checkpoint.
-    let o = train("5", true);
+    let o = train("5", true, &[]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("RESUMED "), "{out}");
@@ -242,6 +243,14 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
         out.lines().filter(|l| l.starts_with("EPOCH ")).count(),
         2,
         "{out}"
+    );
+    // Resuming with other training data is refused, naming the setting.
+    let o = train("6", true, &["--max-seconds", "10"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("speech.max_seconds = 20.0, this run has 10.0"),
+        "{err}"
     );
 
     // Eval: greedy, then beam search with an LM built from the transcripts.

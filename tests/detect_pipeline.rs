@@ -1,6 +1,7 @@
 //! `kiln detect train → eval → predict → score` on six committed shapes
-//! images (tests/data/shapes-tiny), as a user would run them, each command
-//! bounded in time and killed by pid if it overruns.
+//! images (tests/data/shapes-tiny), as a user would run them, and cluster
+//! training with checkpoints then resumed; each command bounded in time and
+//! killed by pid if it overruns.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -191,4 +192,108 @@ fn train_eval_predict_score() {
     );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/m.safetensors"));
+}
+
+fn epoch_lines(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("EPOCH "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn cluster_training_checkpoints_every_epoch_and_resumes_from_the_last() {
+    let voc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/shapes-tiny");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("ssd.safetensors");
+    let ckpt = dir.path().join("ckpt");
+    let config = dir.path().join("train.json");
+    let settings = r#""preset": "tiny", "batch_size": 2, "warmup_iters": 2, "lr": 0.005"#;
+    std::fs::write(&config, format!("{{{settings}}}")).expect("write config");
+    let limit = Duration::from_secs(120);
+    let train = |epochs: &str, config: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "detect",
+            "train",
+            "--voc",
+            s(&voc),
+            "--config",
+            s(config),
+            "--out",
+            s(&model),
+            "--epochs",
+            epochs,
+            "--executors",
+            "2",
+            "--checkpoint-dir",
+            s(&ckpt),
+        ];
+        args.extend_from_slice(extra);
+        kiln(&args, limit)
+    };
+
+    // 2 epochs of 2 iterations, a checkpoint after each.
+    let out = ok(&train("2", &config, &[]));
+    assert_eq!(epoch_lines(&out), [1, 2], "{out}");
+    let checkpoints: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("CHECKPOINT "))
+        .collect();
+    assert_eq!(checkpoints.len(), 2, "{out}");
+    assert!(checkpoints[1].ends_with(" iteration=4"), "{out}");
+
+    // Resumed for a third epoch: it continues after epoch 2.
+    let out = ok(&train("3", &config, &["--resume"]));
+    let resumed = out
+        .lines()
+        .find(|l| l.starts_with("RESUMED "))
+        .unwrap_or_else(|| panic!("no resume report: {out}"));
+    assert!(resumed.ends_with(" iteration=4 epoch=2"), "{resumed}");
+    assert_eq!(epoch_lines(&out), [3], "{out}");
+    assert!(
+        out.contains("trained 3 epochs (6 iterations) on 2 executors"),
+        "{out}"
+    );
+    assert!(model.exists());
+
+    // Every epoch's checkpoint is there and verifies.
+    let list = ok(&kiln(&["checkpoint", "list", "--dir", s(&ckpt)], limit));
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .skip(1)
+        .map(|r| r.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{list}");
+    for (row, epoch) in rows.iter().zip(["1", "2", "3"]) {
+        assert_eq!((row[2], row[4]), (epoch, "ok"), "{list}");
+    }
+
+    // Resuming with another augmentation is refused, naming the setting.
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, format!("{{{settings}, \"photometric\": false}}")).expect("write");
+    let o = train("4", &other, &["--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("ssd.photometric = true, this run has false"),
+        "{err}"
+    );
+
+    // Checkpoints need the cluster; --resume needs a store.
+    let o = kiln(
+        &[
+            "detect",
+            "train",
+            "--voc",
+            s(&voc),
+            "--checkpoint-dir",
+            s(&ckpt),
+        ],
+        limit,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("need --executors"));
+    let o = kiln(&["detect", "train", "--voc", s(&voc), "--resume"], limit);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--checkpoint-dir"));
 }

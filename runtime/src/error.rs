@@ -169,6 +169,22 @@ pub enum Error {
     /// A cluster-level invariant or configuration problem.
     #[error("{0}")]
     Invalid(String),
+    /// A run cannot resume from a checkpoint written with other settings.
+    #[error(
+        "cannot resume from checkpoint {checkpoint}: it was written with {setting} = {in_checkpoint}, \
+         this run has {in_run}; resume with the checkpoint's job settings"
+    )]
+    Incompatible {
+        /// The checkpoint's id.
+        checkpoint: u64,
+        /// The setting that differs (a checkpoint meta key, e.g.
+        /// `train.params` for the model size).
+        setting: String,
+        /// Its value in the checkpoint.
+        in_checkpoint: String,
+        /// Its value in this run.
+        in_run: String,
+    },
     /// A checkpoint could not be written, read or verified.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

@@ -57,6 +57,14 @@ pub struct TrainSpec {
     /// Extra entries stored in every checkpoint (e.g. the job's config
     /// under [`crate::train::META_JOB`]).
     pub job_meta: BTreeMap<String, String>,
+    /// Settings a resumed run must share with the checkpoint it resumes
+    /// from (e.g. the model preset): stored in every checkpoint like
+    /// `job_meta`, and [`DistributedTrainer::resume`] refuses a checkpoint
+    /// whose value differs with [`Error::Incompatible`] naming the key (a
+    /// key the checkpoint does not record, because an older version wrote
+    /// it, is logged and not compared). Leave out what may change between
+    /// the runs (the number of epochs, the learning-rate plan).
+    pub fixed_meta: BTreeMap<String, String>,
     /// `None`: synchronous (BSP), every update sees every gradient of the
     /// previous one. `Some(s)`: asynchronous, a batch's gradients may be
     /// computed on weights up to `s` updates old (faster when executors
@@ -112,6 +120,7 @@ impl TrainSpec {
             learning_rate: Arc::new(move |_, _| learning_rate),
             checkpoint: None,
             job_meta: BTreeMap::new(),
+            fixed_meta: BTreeMap::new(),
             staleness: None,
             init_buffers: Vec::new(),
             placement: ShardPlacement::Driver,
@@ -325,22 +334,16 @@ impl<T: Data> DistributedTrainer<T> {
     }
 
     fn check_compatible(&self, record: &CheckpointRecord) -> Result<()> {
-        let expect = [
-            (META_SEED, self.spec.seed),
-            (META_BATCH_SIZE, self.spec.batch_size as u64),
-            (META_SHARDS, self.shards.count() as u64),
-            (META_PARAMS, self.params.len() as u64),
-        ];
-        for (key, want) in expect {
-            let got = meta_u64(record, key)?;
-            if got != want {
-                return Err(Error::Invalid(format!(
-                    "checkpoint {} has {key} = {got}, this run {want}: resume with the checkpoint's job settings",
-                    record.id
-                )));
-            }
-        }
-        Ok(())
+        check_compatible(
+            record,
+            &self.spec.fixed_meta,
+            &RunShape {
+                seed: self.spec.seed,
+                batch_size: self.spec.batch_size,
+                shards: self.shards.count(),
+                params: self.params.len(),
+            },
+        )
     }
 
     /// Where the run stands.
@@ -722,6 +725,12 @@ impl<T: Data> DistributedTrainer<T> {
             self.params.len(),
             &self.spec.job_meta,
         );
+        record.meta.extend(
+            self.spec
+                .fixed_meta
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         let removed = store.commit(&record)?;
         self.last_checkpoint = Instant::now();
         info!(id, iteration = self.pos.iteration, epoch = self.pos.epoch, removed = ?removed, "checkpoint committed");
@@ -773,6 +782,67 @@ impl<T: Data> DistributedTrainer<T> {
         }
         Ok(self.params)
     }
+}
+
+/// What a resumed run's checkpoint must agree with besides the job's fixed
+/// settings: the data order, the batch, the parameter layout.
+struct RunShape {
+    seed: u64,
+    batch_size: usize,
+    shards: usize,
+    params: usize,
+}
+
+/// Checks that `record` was written by a run with the same `fixed` job
+/// settings (compared first: they name the cause, e.g. another model
+/// preset, better than the parameter count it changes; one the record
+/// lacks is logged and skipped, so checkpoints written before a setting was
+/// fixed still resume) and the same [`RunShape`].
+fn check_compatible(
+    record: &CheckpointRecord,
+    fixed: &BTreeMap<String, String>,
+    run: &RunShape,
+) -> Result<()> {
+    let incompatible = |setting: String, in_checkpoint: String, in_run: String| {
+        Err(Error::Incompatible {
+            checkpoint: record.id,
+            setting,
+            in_checkpoint,
+            in_run,
+        })
+    };
+    for (key, want) in fixed {
+        match record.meta.get(key) {
+            Some(got) if got == want => {}
+            Some(got) => return incompatible(key.clone(), got.clone(), want.clone()),
+            None => warn!(
+                checkpoint = record.id,
+                setting = %key,
+                "the checkpoint does not record this setting (an older version wrote it): not compared"
+            ),
+        }
+    }
+    let expect = [
+        ("the seed", META_SEED, run.seed),
+        ("the batch size", META_BATCH_SIZE, run.batch_size as u64),
+        (
+            "the number of parameter shards",
+            META_SHARDS,
+            run.shards as u64,
+        ),
+        (
+            "the model size in parameters",
+            META_PARAMS,
+            run.params as u64,
+        ),
+    ];
+    for (what, key, want) in expect {
+        let got = meta_u64(record, key)?;
+        if got != want {
+            return incompatible(format!("{what} ({key})"), got.to_string(), want.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Name of the checkpoint blob holding the model's buffers.
@@ -837,5 +907,152 @@ mod tests {
         let err = m.add(&f32_to_bytes(&[1.0]), 1).unwrap_err().to_string();
         assert!(err.contains("2 and 1 buffer values"), "{err}");
         assert!(m.add(&[1, 2, 3], 1).is_err());
+    }
+
+    const SHAPE: RunShape = RunShape {
+        seed: 7,
+        batch_size: 32,
+        shards: 4,
+        params: 1000,
+    };
+
+    /// A checkpoint as a run of [`SHAPE`] with `fixed` settings writes it.
+    fn record(fixed: &BTreeMap<String, String>) -> CheckpointRecord {
+        let mut r = CheckpointRecord::new(5, 90, 2);
+        r.meta = training_meta(
+            Position {
+                iteration: 90,
+                epoch: 2,
+                batch: 0,
+            },
+            SHAPE.seed,
+            SHAPE.batch_size,
+            SHAPE.shards,
+            SHAPE.params,
+            &BTreeMap::from([("job.config".to_string(), "{}".to_string())]),
+        );
+        r.meta.extend(fixed.clone());
+        r
+    }
+
+    fn fixed(preset: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("ssd.preset".to_string(), format!("{preset:?}")),
+            ("ssd.split".to_string(), "\"train\"".to_string()),
+        ])
+    }
+
+    fn incompatible(e: Error) -> (u64, String, String, String) {
+        match e {
+            Error::Incompatible {
+                checkpoint,
+                setting,
+                in_checkpoint,
+                in_run,
+            } => (checkpoint, setting, in_checkpoint, in_run),
+            other => panic!("expected Incompatible, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_same_run_is_compatible() {
+        check_compatible(&record(&fixed("tiny")), &fixed("tiny"), &SHAPE).unwrap();
+        // Settings the run does not fix (the job's own config, epochs) are
+        // free to differ.
+        check_compatible(&record(&fixed("tiny")), &BTreeMap::new(), &SHAPE).unwrap();
+    }
+
+    #[test]
+    fn another_model_size_is_refused_naming_the_parameter_count() {
+        let run = RunShape {
+            params: 1234,
+            ..SHAPE
+        };
+        let e = check_compatible(&record(&BTreeMap::new()), &BTreeMap::new(), &run).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(
+            incompatible(e),
+            (
+                5,
+                "the model size in parameters (train.params)".to_string(),
+                "1000".to_string(),
+                "1234".to_string()
+            )
+        );
+        assert!(
+            msg.contains("checkpoint 5")
+                && msg.contains("(train.params) = 1000, this run has 1234"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn another_seed_batch_size_or_shard_count_is_refused_naming_it() {
+        let runs = [
+            (RunShape { seed: 8, ..SHAPE }, "train.seed", "7", "8"),
+            (
+                RunShape {
+                    batch_size: 16,
+                    ..SHAPE
+                },
+                "train.batch_size",
+                "32",
+                "16",
+            ),
+            (RunShape { shards: 2, ..SHAPE }, "train.shards", "4", "2"),
+        ];
+        for (run, key, was, now) in runs {
+            let (_, setting, a, b) = incompatible(
+                check_compatible(&record(&BTreeMap::new()), &BTreeMap::new(), &run).unwrap_err(),
+            );
+            assert!(setting.ends_with(&format!("({key})")), "{setting}");
+            assert_eq!((a.as_str(), b.as_str()), (was, now));
+        }
+    }
+
+    #[test]
+    fn another_job_setting_is_refused_before_the_model_size_it_changes() {
+        // Another preset also changes the parameter count; the error names
+        // the preset.
+        let run = RunShape {
+            params: 5000,
+            ..SHAPE
+        };
+        let e = check_compatible(&record(&fixed("tiny")), &fixed("small"), &run).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("ssd.preset = \"tiny\", this run has \"small\""),
+            "{e}"
+        );
+        let (_, setting, _, _) = incompatible(e);
+        assert_eq!(setting, "ssd.preset");
+    }
+
+    #[test]
+    fn settings_a_checkpoint_predates_are_not_compared_but_training_entries_are_required() {
+        // Written before the job fixed any settings: it still resumes, as
+        // long as the model size and the data order agree.
+        check_compatible(&record(&BTreeMap::new()), &fixed("tiny"), &SHAPE).unwrap();
+        let run = RunShape {
+            params: 5000,
+            ..SHAPE
+        };
+        let (_, setting, _, _) = incompatible(
+            check_compatible(&record(&BTreeMap::new()), &fixed("small"), &run).unwrap_err(),
+        );
+        assert!(setting.ends_with("(train.params)"), "{setting}");
+        // Not a training checkpoint at all.
+        let bare = CheckpointRecord::new(9, 0, 0);
+        let e = check_compatible(&bare, &BTreeMap::new(), &SHAPE).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("checkpoint 9 has no \"train.seed\" entry"),
+            "{e}"
+        );
+        // A corrupt numeric entry names the key.
+        let mut r = record(&BTreeMap::new());
+        r.meta.insert("train.params".into(), "many".into());
+        let e = check_compatible(&r, &BTreeMap::new(), &SHAPE).unwrap_err();
+        assert!(e.to_string().contains("entry \"train.params\""), "{e}");
     }
 }
