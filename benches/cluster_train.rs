@@ -187,6 +187,8 @@ fn digits(
         },
         partitions,
         shards: 4,
+        // The default of `kiln local`: shards on the executors, 2 copies.
+        shard_replicas: 2,
     }
 }
 

@@ -17,7 +17,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_train::{optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER};
+use crate::cluster_train::{
+    executor_placement, optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER,
+};
 use crate::digits_job::{self, DigitsJob, DigitsModel};
 use crate::run_checkpoints::CheckpointOptions;
 use crate::run_output::{iteration_bar, out_line, report_checkpoint};
@@ -74,6 +76,11 @@ pub struct ClusterDigitsJob {
     pub partitions: u32,
     /// Parameter actors.
     pub shards: usize,
+    /// Copies of each parameter shard kept by the executors; 0: the
+    /// shards live with the driver's parameter actors (checkpoints written
+    /// before this option existed ran that way).
+    #[serde(default)]
+    pub shard_replicas: usize,
 }
 
 impl ClusterDigitsJob {
@@ -145,11 +152,15 @@ pub async fn train_on_cluster(
     meta.insert(META_MODEL.to_string(), serde_json::to_string(&network)?);
     spec.job_meta = meta;
     ckpt.apply(&mut spec)?;
-    let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
+    let sgd = OptimizerConfig::Sgd(SgdConfig {
         lr: job.learning_rate,
         momentum: job.momentum,
         ..SgdConfig::default()
-    }));
+    });
+    if run.shard_replicas > 0 {
+        spec.placement = executor_placement(&sgd, run.shard_replicas)?;
+    }
+    let optimizer = optimizer_factory(sgd);
     let mut trainer = DistributedTrainer::start(&train, spec, init, optimizer).await?;
     ckpt.resume_if_asked(&mut trainer).await?;
     let bar = iteration_bar(&trainer, job.epochs, job.progress);
@@ -164,6 +175,14 @@ pub async fn train_on_cluster(
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", it.stats.mean_loss()));
         report_checkpoint(&bar, &it);
+        if it.redone > 0 {
+            bar.suspend(|| {
+                out_line(&format!(
+                    "REDONE iteration={} times={} (an executor holding parameter shards was lost)",
+                    it.position.iteration, it.redone
+                ))
+            });
+        }
         if it.epoch_ended {
             let held = trainer.evaluate(&test).await?;
             let secs = epoch_start.elapsed().as_secs_f64();
