@@ -161,7 +161,7 @@ impl DigitsArgs {
 
 /// Where the parameter shards of a training run live.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardsOn {
+pub(crate) enum ShardsOn {
     /// Hosted by the executors (BigDL's AllReduceParameter placement).
     Executors,
     /// Parameter actors in the driver's process.
