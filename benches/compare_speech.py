@@ -24,8 +24,9 @@ from compare_nn import cpu_name, run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def rust_binary():
-    out = subprocess.run(["cargo", "bench", "--bench", "speech", "--no-run", "--message-format=json"],
+def rust_binary(name="speech"):
+    """Builds the bench target `name` (release) and returns its executable."""
+    out = subprocess.run(["cargo", "bench", "--bench", name, "--no-run", "--message-format=json"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     exe = None
     for line in out.splitlines():
@@ -33,10 +34,10 @@ def rust_binary():
             m = json.loads(line)
         except ValueError:
             continue
-        if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "speech" and m.get("executable"):
+        if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == name and m.get("executable"):
             exe = m["executable"]
     if not exe:
-        sys.exit("could not find the benches/speech executable")
+        sys.exit(f"could not find the benches/{name} executable")
     return exe
 
 
