@@ -12,41 +12,11 @@ a venv with torch 2.15 CPU). The Rust side is built with `cargo bench --bench de
 table keeps each side's fastest round. Shapes: SSD300-VGG16 (VOC, 21 classes) inference
 without NMS at batch 1 and 8, and ../shared/anchors/ssd_step.py (small SSD, batch 8).
 """
-import argparse
-import datetime
-import json
-import os
-
-from compare_nn import cpu_name, run
-from compare_speech import best, line, rust_binary
+from compare_speech import best, compare, line
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--python", default=os.path.expanduser("~/.cache/kiln-anchors/venv/bin/python"))
-    ap.add_argument("--only", default="ssd300,small")
-    ap.add_argument("--threads", default="2")
-    ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--tries", default="2")
-    ap.add_argument("--json")
-    a = ap.parse_args()
-    exe = rust_binary("detection")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    peer = os.path.join(root, "benches", "peers", "torch_ssd.py")
-    threads = [int(x) for x in a.threads.split(",")]
-    rows = []
-    for what in a.only.split(","):
-        for t in threads:
-            for _ in range(a.rounds):
-                rows += run([exe, "--bench", "--threads", str(t), "--tries", a.tries, "--only", what])
-                rows += run([a.python, peer, "--threads", str(t), "--tries", a.tries, "--only", what])
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    print(f"Date {date}; machine: {cpu_name()}, {os.cpu_count()} vCPU\n")
-    print("| benchmark | threads | Kiln | PyTorch | ratio (Kiln time / PyTorch time) | max bg % |")
-    print("|---|---|---|---|---|---|")
+    threads, rows = compare("detection", "torch_ssd.py", "ssd300,small")
     for t in threads:
         for b in (1, 8):
             k, p = best(rows, "ssd300", "kiln", t, "infer_s", batch=b), best(rows, "ssd300", "torch", t, "infer_s", batch=b)
