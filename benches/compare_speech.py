@@ -24,8 +24,9 @@ from compare_nn import cpu_name, run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def rust_binary():
-    out = subprocess.run(["cargo", "bench", "--bench", "speech", "--no-run", "--message-format=json"],
+def rust_binary(name="speech"):
+    """Builds the bench target `name` (release) and returns its executable."""
+    out = subprocess.run(["cargo", "bench", "--bench", name, "--no-run", "--message-format=json"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     exe = None
     for line in out.splitlines():
@@ -33,10 +34,10 @@ def rust_binary():
             m = json.loads(line)
         except ValueError:
             continue
-        if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "speech" and m.get("executable"):
+        if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == name and m.get("executable"):
             exe = m["executable"]
     if not exe:
-        sys.exit("could not find the benches/speech executable")
+        sys.exit(f"could not find the benches/{name} executable")
     return exe
 
 
@@ -55,17 +56,20 @@ def line(name, t, k, p, key, scale=1.0, fmt="{:.2f}"):
     print(f"| {name} | {t} | {fmt.format(kv)} | {fmt.format(pv)} | {kv / pv:.2f} | {bg:.0f} |")
 
 
-def main():
+def compare(bench, peer, default_only):
+    """Parses the common options, builds benches/`bench`, runs it and benches/peers/`peer`
+    interleaved (per benchmark, thread count and round), writes --json, prints the header
+    of the table and returns (thread counts, rows)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", default=os.path.expanduser("~/.cache/kiln-anchors/venv/bin/python"))
-    ap.add_argument("--only", default="ds2,ctc,layers")
+    ap.add_argument("--only", default=default_only)
     ap.add_argument("--threads", default="2")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--tries", default="2")
     ap.add_argument("--json")
     a = ap.parse_args()
-    exe = rust_binary()
-    peer = os.path.join(ROOT, "benches", "peers", "torch_speech.py")
+    exe = rust_binary(bench)
+    peer = os.path.join(ROOT, "benches", "peers", peer)
     threads = [int(x) for x in a.threads.split(",")]
     rows = []
     for what in a.only.split(","):
@@ -80,6 +84,11 @@ def main():
     print(f"Date {date}; machine: {cpu_name()}, {os.cpu_count()} vCPU\n")
     print("| benchmark | threads | Kiln | PyTorch | ratio (Kiln time / PyTorch time) | max bg % |")
     print("|---|---|---|---|---|---|")
+    return threads, rows
+
+
+def main():
+    threads, rows = compare("speech", "torch_speech.py", "ds2,ctc,layers")
     for t in threads:
         k, p = best(rows, "ds2_gru", "kiln", t, "train_step_s"), best(rows, "ds2_gru", "torch", t, "train_step_s")
         line("DS2 GRU b8 x 2 s train step: fwd+bwd+clip+SGD (s)", t, k, p, "train_step_s", fmt="{:.3f}")

@@ -82,6 +82,18 @@ impl SsdConfig {
         Self::with(backbone, classes, PriorBoxConfig::small())
     }
 
+    /// The plain small SSD of the PyTorch reference step
+    /// (`../shared/anchors/ssd_step.py`, benchmarked by `benches/detection`):
+    /// [`SmallBackbone::plain`] (conv3x3+ReLU 32/64/128 with 2x2 pools, then
+    /// 256-channel sources at strides 8, 16, 32, no batch norm) with
+    /// [`PriorBoxConfig::small`] on 300-pixel inputs: maps 38/19/10, 7,620
+    /// priors, 2,260,076 parameters with 21 classes. The reference pools in
+    /// floor mode but the last; on 300 and 150 floor and ceil agree.
+    pub fn small_plain(classes: Vec<String>) -> Self {
+        let backbone = Backbone::Small(SmallBackbone::plain());
+        Self::with(backbone, classes, PriorBoxConfig::small())
+    }
+
     /// The small backbone on 128-pixel inputs with [`PriorBoxConfig::tiny`]
     /// (maps 16/8/4/2, 1,360 priors): the configuration that trains on a CPU
     /// in minutes.

@@ -30,6 +30,16 @@ impl Default for SmallBackbone {
 }
 
 impl SmallBackbone {
+    /// Stages 32/64/128, 256-channel sources, no batch norm: the backbone
+    /// of the plain small SSD ([`crate::model::SsdConfig::small_plain`]).
+    pub fn plain() -> Self {
+        SmallBackbone {
+            stages: vec![32, 64, 128],
+            source_channels: 256,
+            batch_norm: false,
+        }
+    }
+
     /// Appends the backbone after `input` (RGB of side `image_size`) with
     /// `num_sources` head sources.
     pub(crate) fn build(

@@ -99,6 +99,36 @@ fn vgg_ssd300_has_the_papers_layers() {
     assert_eq!(m.graph().num_params(), 26_285_486);
 }
 
+#[test]
+fn small_plain_is_the_reference_small_ssd() {
+    let cfg = SsdConfig::small_plain(classes(20));
+    let graph = cfg.graph().unwrap();
+    assert!(graph.nodes.iter().all(|n| !n.name.starts_with("bn_")));
+    let convs: Vec<(usize, usize, [usize; 2])> = graph
+        .nodes
+        .iter()
+        .filter_map(layer_of)
+        .filter(|c| c.kernel_size == [3, 3])
+        .map(|c| (c.in_channels, c.out_channels, c.stride))
+        .collect();
+    let (one, two) = ([1, 1], [2, 2]);
+    assert_eq!(
+        &convs[..6],
+        [
+            (3, 32, one),
+            (32, 64, one),
+            (64, 128, one),
+            (128, 256, one),
+            (256, 256, two),
+            (256, 256, two)
+        ]
+    );
+    // ssd_step.py's SmallSSD: 2,260,076 parameters with 21 classes.
+    let m = Ssd::<f32>::new(cfg, &mut StdRng::seed_from_u64(0)).unwrap();
+    assert_eq!(m.graph().num_params(), 2_260_076);
+    assert_eq!(m.priors().len(), 7620);
+}
+
 fn layer_of(n: &GraphNode) -> Option<Conv2dConfig> {
     match &n.op {
         kiln_nn::layers::NodeOp::Layer { layer } => match layer.as_ref() {

@@ -1,14 +1,12 @@
 //! Fixed-count timing with background-load accounting (the method of
 //! ../shared/anchors/_common.py: warm-up, a fixed number of timed calls,
 //! median; the loop is retried while other processes used more than 10 %
-//! of the machine, and the least-loaded loop is kept).
+//! of the machine, and the least-loaded loop is kept). Shared by the
+//! speech and detection bench binaries, which declare `load` beside it.
 
 use std::time::Instant;
 
-#[path = "../common/load.rs"]
-mod load;
-
-use load::LoadWindow;
+use crate::load::LoadWindow;
 
 /// Result of one timed loop.
 pub(crate) struct Timing {
