@@ -201,7 +201,24 @@ impl Shards {
 
 /// How often an iteration over executor-hosted shards is redone after a
 /// failure (a lost executor) before the error is returned.
-const MAX_ITERATION_REDOS: u32 = 3;
+const MAX_ITERATION_REDOS: u32 = 5;
+
+/// After a failed hosted iteration: drops the holders the driver knows are
+/// gone; if none is (the loss not declared yet), waits a little longer on
+/// every redo before the next try.
+async fn settle_after_failure<T: Data>(
+    shards: &mut Shards,
+    data: &Dataset<T>,
+    redo: u32,
+) -> Result<()> {
+    if let Shards::Executors(s) = shards {
+        if s.drop_lost(data).await? == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(250 * redo as u64)).await;
+            s.drop_lost(data).await?;
+        }
+    }
+    Ok(())
+}
 
 /// A batch whose gradients are being computed.
 struct InFlight {
@@ -542,11 +559,17 @@ impl<T: Data> DistributedTrainer<T> {
                 Err(e) if redo < MAX_ITERATION_REDOS => {
                     redo += 1;
                     warn!(iteration, redo, error = %e, "iteration failed; redoing it");
-                    if let Shards::Executors(s) = &mut self.shards {
-                        s.drop_lost(&self.data).await?;
+                    if let Err(lost) =
+                        settle_after_failure(&mut self.shards, &self.data, redo).await
+                    {
+                        self.data.free_blocks(vec![publish]);
+                        return Err(lost);
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.data.free_blocks(vec![publish]);
+                    return Err(e);
+                }
             }
         };
         if let Some(b) = buffers {
@@ -738,8 +761,26 @@ impl<T: Data> DistributedTrainer<T> {
     }
 
     /// Loss and accuracy of the current weights on `data`, computed on the
-    /// executors.
-    pub async fn evaluate(&self, data: &Dataset<T>) -> Result<BatchStats> {
+    /// executors. With executor-hosted shards, a lost holder is dropped and
+    /// the evaluation redone (as an iteration is).
+    pub async fn evaluate(&mut self, data: &Dataset<T>) -> Result<BatchStats> {
+        let mut redo = 0;
+        loop {
+            match self.evaluate_once(data).await {
+                Err(e)
+                    if redo < MAX_ITERATION_REDOS
+                        && matches!(self.shards, Shards::Executors(_)) =>
+                {
+                    redo += 1;
+                    warn!(redo, error = %e, "evaluation failed; redoing it");
+                    settle_after_failure(&mut self.shards, &self.data, redo).await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn evaluate_once(&self, data: &Dataset<T>) -> Result<BatchStats> {
         let buffers = f32_to_bytes(&self.buffers);
         let hosted = match &self.shards {
             Shards::Driver(_) => None,

@@ -225,9 +225,10 @@ impl ExecutorShards {
         Ok(())
     }
 
-    /// After a failed iteration: forget holders that are gone. Fails if a
-    /// shard has no holder left.
-    pub(crate) async fn drop_lost<T: Data>(&mut self, data: &Dataset<T>) -> Result<()> {
+    /// After a failed iteration: forget holders that are gone (returns how
+    /// many). Fails if a shard has no holder left.
+    pub(crate) async fn drop_lost<T: Data>(&mut self, data: &Dataset<T>) -> Result<usize> {
+        let mut dropped = 0;
         let members = data.members().await?;
         self.peers = members.into_iter().collect();
         for (i, h) in self.holders.iter_mut().enumerate() {
@@ -239,6 +240,7 @@ impl ExecutorShards {
                 )));
             }
             if h.len() < before.len() {
+                dropped += before.len() - h.len();
                 warn!(
                     shard = i,
                     lost = ?before.iter().filter(|e| !h.contains(e)).collect::<Vec<_>>(),
@@ -247,7 +249,7 @@ impl ExecutorShards {
                 );
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// Gives shards short of replicas a copy (weights and optimizer state
