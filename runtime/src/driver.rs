@@ -711,7 +711,11 @@ impl DriverState {
                     (t.fetch_failures, t.task.partition, t.failures);
                 let pinned_blocks = !t.task.fetches.is_empty();
                 let forgotten = self.map_outputs.lose_blocks(&lost);
-                warn!(task = %key, executor = exec_id, %reason, blocks = lost.len(), forgotten, "shuffle fetch failed; recomputing the lost map outputs");
+                if pinned_blocks {
+                    warn!(task = %key, executor = exec_id, %reason, blocks = lost.len(), "parameter block fetch failed; the stage fails for its caller to recover");
+                } else {
+                    warn!(task = %key, executor = exec_id, %reason, blocks = lost.len(), forgotten, "shuffle fetch failed; recomputing the lost map outputs");
+                }
                 if pinned_blocks {
                     let err = Error::FetchFailed {
                         shuffle: lost.first().map_or(0, |b| b.shuffle),
