@@ -270,6 +270,8 @@ pub async fn train_ssd_on_cluster(
                 it.learning_rate,
                 count as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)
             ));
+            // Gathered from the executors if they host the shards.
+            trainer.current_params().await?;
             model.graph_mut().set_flat_params(trainer.params())?;
             model.graph_mut().set_flat_buffers(trainer.buffers())?;
             model
@@ -279,6 +281,7 @@ pub async fn train_ssd_on_cluster(
             epoch_start = Instant::now();
         }
     }
+    trainer.current_params().await?;
     model.graph_mut().set_flat_params(trainer.params())?;
     model.graph_mut().set_flat_buffers(trainer.buffers())?;
     let done = trainer.position();

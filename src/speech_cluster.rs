@@ -293,6 +293,8 @@ pub async fn train_speech_on_cluster(
                 epoch_stats.samples as f64 / secs.max(1e-9)
             );
             if !dev.is_empty() {
+                // Gathered from the executors if they host the shards.
+                trainer.current_params().await?;
                 let mut model = load_model(&job.model, trainer.params(), trainer.buffers())?;
                 let (w, c) = score(&mut model, &dev, &Decoder::Greedy)?;
                 line.push_str(&format!(" dev_wer={w:.4} dev_cer={c:.4}"));
@@ -305,6 +307,7 @@ pub async fn train_speech_on_cluster(
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
+    trainer.current_params().await?;
     let model = load_model(&job.model, trainer.params(), trainer.buffers())?;
     trainer.finish().await?;
     if let Some((w, c)) = last_dev {
