@@ -114,15 +114,8 @@ pub(crate) struct DigitsArgs {
     /// Parameter actors (shards of the flattened parameters).
     #[arg(long, default_value_t = 4)]
     shards: usize,
-    /// Where the parameter shards live: on the executors (each shard on
-    /// `--shard-replicas` of them; gradients and weights go executor to
-    /// executor) or with the driver (every gradient passes through it).
-    #[arg(long, value_enum, default_value_t = ShardsOn::Executors)]
-    shards_on: ShardsOn,
-    /// Copies of each shard with `--shards-on executors` (2 survives the
-    /// loss of any one executor; 1 does not).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
-    shard_replicas: u64,
+    #[command(flatten)]
+    placement: kiln::shard_placement::ShardArgs,
     /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -151,21 +144,9 @@ impl DigitsArgs {
             },
             partitions,
             shards: self.shards,
-            shard_replicas: match self.shards_on {
-                ShardsOn::Executors => self.shard_replicas as usize,
-                ShardsOn::Driver => 0,
-            },
+            shard_replicas: self.placement.replicas(),
         }
     }
-}
-
-/// Where the parameter shards of a training run live.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ShardsOn {
-    /// Hosted by the executors (BigDL's AllReduceParameter placement).
-    Executors,
-    /// Parameter actors in the driver's process.
-    Driver,
 }
 
 /// The driver's TLS identity: generated (default) or the user's own.

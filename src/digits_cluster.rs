@@ -17,12 +17,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster_train::{
-    executor_placement, optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER,
-};
+use crate::cluster_train::{optimizer_factory, ClassifierConfig, Sample, CLASSIFIER_TRAINER};
 use crate::digits_job::{self, DigitsJob, DigitsModel};
 use crate::run_checkpoints::CheckpointOptions;
 use crate::run_output::{iteration_bar, out_line, report_checkpoint};
+use crate::shard_placement::place_shards;
 
 /// Name of the digits source in the registry.
 pub const DIGITS_SOURCE: &str = "kiln.digits";
@@ -157,9 +156,7 @@ pub async fn train_on_cluster(
         momentum: job.momentum,
         ..SgdConfig::default()
     });
-    if run.shard_replicas > 0 {
-        spec.placement = executor_placement(&sgd, run.shard_replicas)?;
-    }
+    place_shards(&mut spec, run.shard_replicas, &sgd)?;
     let optimizer = optimizer_factory(sgd);
     let mut trainer = DistributedTrainer::start(&train, spec, init, optimizer).await?;
     ckpt.resume_if_asked(&mut trainer).await?;

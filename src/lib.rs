@@ -16,6 +16,7 @@ pub mod digits_job;
 pub mod local_run;
 pub mod run_checkpoints;
 pub mod run_output;
+pub mod shard_placement;
 pub mod speech_cli;
 pub mod speech_cluster;
 pub mod train_cli;

@@ -13,6 +13,7 @@ use kiln_speech::lm::NgramLm;
 use kiln_speech::pipeline::{self, Decoder, Example};
 
 use crate::run_checkpoints::CheckpointArgs;
+use crate::shard_placement::ShardArgs;
 use crate::speech_cluster::{read_split, score, train_speech_on_cluster, SpeechJob};
 
 /// `kiln speech` subcommands.
@@ -81,6 +82,9 @@ pub struct TrainArgs {
     /// Parameter actors.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
+    /// Where the parameter shards live.
+    #[command(flatten)]
+    pub placement: ShardArgs,
     /// Skip training utterances longer than this (seconds).
     #[arg(long, default_value_t = 20.0)]
     pub max_seconds: f64,
@@ -253,6 +257,7 @@ fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
         seed: a.seed,
         partitions: a.partitions.unwrap_or(a.executors as u32).max(1),
         shards: a.shards,
+        shard_replicas: a.placement.replicas(),
         max_seconds: a.max_seconds,
         progress: !a.no_progress,
     };

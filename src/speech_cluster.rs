@@ -27,6 +27,7 @@ use tracing::warn;
 use crate::cluster_train::optimizer_factory;
 use crate::run_checkpoints::{fixed_settings, CheckpointOptions};
 use crate::run_output::{iteration_bar, out_line, report_checkpoint};
+use crate::shard_placement::place_shards;
 
 /// Name of the speech corpus source in the registry.
 pub const SPEECH_SOURCE: &str = "kiln.speech_corpus";
@@ -153,7 +154,15 @@ pub fn register(r: &mut Registry) {
 /// Fields of [`SpeechJob`] a resumed run may change: its length, its
 /// learning-rate plan, the dev split and the progress bar. The others must
 /// match the checkpoint's.
-const FREE_ON_RESUME: [&str; 5] = ["epochs", "learning_rate", "anneal", "dev", "progress"];
+const FREE_ON_RESUME: [&str; 6] = [
+    "epochs",
+    "learning_rate",
+    "anneal",
+    "dev",
+    "progress",
+    // Either placement resumes the other's checkpoints.
+    "shard_replicas",
+];
 
 /// A DS2 training run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +187,10 @@ pub struct SpeechJob {
     pub partitions: u32,
     /// Parameter actors.
     pub shards: usize,
+    /// Copies of each parameter shard on the executors; 0: the driver's
+    /// parameter actors (runs recorded before this option ran that way).
+    #[serde(default)]
+    pub shard_replicas: usize,
     /// Longest utterance used for training, in seconds.
     pub max_seconds: f64,
     /// Show a progress bar.
@@ -257,10 +270,12 @@ pub async fn train_speech_on_cluster(
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(job)?)]);
     spec.fixed_meta = fixed_settings("speech", job, &FREE_ON_RESUME)?;
     ckpt.apply(&mut spec)?;
-    let optimizer = optimizer_factory(OptimizerConfig::Adam(AdamConfig {
+    let adam = OptimizerConfig::Adam(AdamConfig {
         lr: lr0,
         ..AdamConfig::default()
-    }));
+    });
+    place_shards(&mut spec, job.shard_replicas, &adam)?;
+    let optimizer = optimizer_factory(adam);
     let mut trainer =
         DistributedTrainer::start(&train, spec, initial.flat_params(), optimizer).await?;
     ckpt.resume_if_asked(&mut trainer).await?;
