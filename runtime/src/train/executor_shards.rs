@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{Action, MapLoc, PeerAddr, ShuffleFetch, TaskOutput};
 use crate::registry::Data;
 use crate::train::hosted::{OptimizerSpec, ShardCopy, ShardOp};
-use crate::train::shard::shard_ranges;
+use crate::train::shard::{read_shard_blobs, shard_ranges};
 use crate::train::worker::{bytes_to_f32, f32_to_bytes, GradientSink};
 
 /// Placement of every shard of one training run on the executors.
@@ -390,19 +390,10 @@ impl ExecutorShards {
     ) -> Result<Vec<f32>> {
         let mut full = Vec::with_capacity(self.len);
         let (mut params, mut states) = (Vec::new(), Vec::new());
-        for (i, range) in self.ranges.iter().enumerate() {
-            let bytes = read(&format!("params.shard.{i}"))?;
-            let p = bytes_to_f32(&bytes, "shard parameters")?;
-            if p.len() != range.len() {
-                return Err(Error::Invalid(format!(
-                    "checkpoint shard {i} holds {} parameters, this run's shard {} (the shard count or model differs)",
-                    p.len(),
-                    range.len()
-                )));
-            }
-            full.extend_from_slice(&p);
-            params.push(bytes);
-            states.push(Some(read(&format!("optim.shard.{i}"))?));
+        for blobs in read_shard_blobs(&self.ranges, read)? {
+            full.extend_from_slice(&blobs.params);
+            params.push(f32_to_bytes(&blobs.params));
+            states.push(Some(blobs.state));
         }
         let old = self.weights;
         self.weights = data.fresh_id();

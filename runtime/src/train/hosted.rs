@@ -328,25 +328,7 @@ pub(crate) fn slice_by_shard(grads: &[f32], ranges: &[Range<usize>]) -> Result<V
 mod tests {
     use super::*;
 
-    struct Plain;
-    impl ShardOptimizer for Plain {
-        fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
-            for (p, g) in p.iter_mut().zip(g) {
-                *p -= lr as f32 * g;
-            }
-            Ok(())
-        }
-        fn state(&self) -> std::result::Result<Vec<u8>, String> {
-            Ok(vec![7])
-        }
-        fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
-            if b == [7] {
-                Ok(())
-            } else {
-                Err("bad state".into())
-            }
-        }
-    }
+    use crate::train::shard::Plain;
 
     fn registry() -> Registry {
         let mut r = Registry::new();
@@ -354,6 +336,19 @@ mod tests {
             Ok(Box::new(Plain) as Box<dyn ShardOptimizer>)
         });
         r
+    }
+
+    /// Step shard 0 of run 1 from `from` with gradients 20, publishing 11.
+    fn step(from: u64, scale: f32) -> ShardOp {
+        ShardOp::Step {
+            run: 1,
+            shard: 0,
+            from,
+            gradients: 20,
+            scale,
+            lr: 1.0,
+            publish: 11,
+        }
     }
 
     fn install(run: u64, shard: u32, params: &[f32], publish: u64) -> ShardOp {
@@ -387,15 +382,7 @@ mod tests {
             (20, 0),
             vec![f32_to_bytes(&[1.0, 1.0]), f32_to_bytes(&[3.0, 5.0])],
         );
-        let step = ShardOp::Step {
-            run: 1,
-            shard: 0,
-            from: 0,
-            gradients: 20,
-            scale: 0.5,
-            lr: 1.0,
-            publish: 11,
-        };
+        let step = step(0, 0.5);
         host.run(&r, &store, &inputs, &step).unwrap();
         let want = f32_to_bytes(&[-1.0, -1.0]);
         assert_eq!(store.block(11, 0, 0).unwrap(), Some(want.clone()));
@@ -426,20 +413,7 @@ mod tests {
         );
         // A step from a version the shard is not at is refused.
         let err = host
-            .run(
-                &r,
-                &store,
-                &inputs,
-                &ShardOp::Step {
-                    run: 1,
-                    shard: 0,
-                    from: 5,
-                    gradients: 20,
-                    scale: 0.5,
-                    lr: 1.0,
-                    publish: 11,
-                },
-            )
+            .run(&r, &store, &inputs, &self::step(5, 0.5))
             .unwrap_err()
             .to_string();
         assert!(err.contains("version 1, asked to step from 5"), "{err}");
@@ -459,15 +433,7 @@ mod tests {
             .unwrap();
         let mut inputs = Inputs::new();
         inputs.insert((20, 0), vec![vec![1, 2, 3]]);
-        let step = ShardOp::Step {
-            run: 1,
-            shard: 0,
-            from: 0,
-            gradients: 20,
-            scale: 1.0,
-            lr: 1.0,
-            publish: 11,
-        };
+        let step = step(0, 1.0);
         let err = host
             .run(&r, &store, &inputs, &step)
             .unwrap_err()

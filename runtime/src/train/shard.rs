@@ -112,16 +112,48 @@ pub(crate) fn write_shard_blobs(
     params: &[f32],
     state: &[u8],
 ) -> std::result::Result<Vec<BlobRef>, String> {
-    let p = write_blob(
-        dir,
-        id,
-        &format!("params.shard.{index}"),
-        &f32_to_bytes(params),
-    )
-    .map_err(|e| e.to_string())?;
-    let o =
-        write_blob(dir, id, &format!("optim.shard.{index}"), state).map_err(|e| e.to_string())?;
+    let p = write_blob(dir, id, &params_blob(index), &f32_to_bytes(params))
+        .map_err(|e| e.to_string())?;
+    let o = write_blob(dir, id, &optim_blob(index), state).map_err(|e| e.to_string())?;
     Ok(vec![p, o])
+}
+
+fn params_blob(index: usize) -> String {
+    format!("params.shard.{index}")
+}
+
+fn optim_blob(index: usize) -> String {
+    format!("optim.shard.{index}")
+}
+
+/// One shard of a checkpoint, as [`write_shard_blobs`] wrote it.
+pub(crate) struct ShardBlobs {
+    pub(crate) params: Vec<f32>,
+    pub(crate) state: Vec<u8>,
+}
+
+/// Reads every shard's blobs through `read(name)`, checking each against
+/// this run's shard `ranges` (whichever placement wrote them).
+pub(crate) fn read_shard_blobs(
+    ranges: &[Range<usize>],
+    read: impl Fn(&str) -> Result<Vec<u8>>,
+) -> Result<Vec<ShardBlobs>> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| {
+            let params = bytes_to_f32(&read(&params_blob(i))?, "shard parameters")?;
+            if params.len() != range.len() {
+                return Err(Error::Invalid(format!(
+                    "checkpoint shard {i} holds {} parameters, this run's shard {} (the shard count or model differs)",
+                    params.len(),
+                    range.len()
+                )));
+            }
+            let state = read(&optim_blob(i))?;
+            Ok(ShardBlobs { params, state })
+        })
+        .collect()
 }
 
 impl Actor for ShardActor {
@@ -332,17 +364,11 @@ impl ParameterShards {
     /// [`ParameterShards::snapshot`] with the same shard count).
     pub async fn restore(&self, read: impl Fn(&str) -> Result<Vec<u8>>) -> Result<Vec<f32>> {
         let mut full = Vec::with_capacity(self.len);
-        for (i, range) in self.ranges.iter().enumerate() {
-            let params = bytes_to_f32(&read(&format!("params.shard.{i}"))?, "shard parameters")?;
-            if params.len() != range.len() {
-                return Err(Error::Invalid(format!(
-                    "checkpoint shard {i} holds {} parameters, this run's shard {} (the shard count or model differs)",
-                    params.len(),
-                    range.len()
-                )));
-            }
+        for (i, ShardBlobs { params, state }) in read_shard_blobs(&self.ranges, read)?
+            .into_iter()
+            .enumerate()
+        {
             full.extend_from_slice(&params);
-            let state = read(&format!("optim.shard.{i}"))?;
             let (tx, rx) = oneshot::channel();
             self.send(
                 i,
@@ -366,6 +392,31 @@ impl ParameterShards {
     }
 }
 
+/// A momentum-free SGD with a fixed one-byte state, for unit tests of
+/// either shard placement.
+#[cfg(test)]
+pub(crate) struct Plain;
+
+#[cfg(test)]
+impl ShardOptimizer for Plain {
+    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
+        for (p, g) in p.iter_mut().zip(g) {
+            *p -= lr as f32 * g;
+        }
+        Ok(())
+    }
+    fn state(&self) -> std::result::Result<Vec<u8>, String> {
+        Ok(vec![7])
+    }
+    fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
+        if b == [7] {
+            Ok(())
+        } else {
+            Err("bad state".into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,26 +433,6 @@ mod tests {
             let lens: Vec<usize> = r.iter().map(|r| r.len()).collect();
             let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
             assert!(hi - lo <= 1, "{lens:?}");
-        }
-    }
-
-    struct Plain;
-    impl ShardOptimizer for Plain {
-        fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
-            for (p, g) in p.iter_mut().zip(g) {
-                *p -= lr as f32 * g;
-            }
-            Ok(())
-        }
-        fn state(&self) -> std::result::Result<Vec<u8>, String> {
-            Ok(vec![7])
-        }
-        fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
-            if b == [7] {
-                Ok(())
-            } else {
-                Err("bad state".into())
-            }
         }
     }
 
