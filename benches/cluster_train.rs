@@ -302,16 +302,19 @@ async fn throughput(o: &Opts) -> anyhow::Result<()> {
         (DigitsModel::Cnn, 32usize, 0.05, 3u64),
         (DigitsModel::Lenet5, 128, 0.1, 20),
     ] {
-        for executors in [1usize, 2] {
+        // Shards on the executors with 2 copies (the default) and in the
+        // driver (0), side by side.
+        for (executors, replicas) in [(1usize, 2usize), (2, 2), (2, 0)] {
             let cluster = LocalCluster::start(cluster_config(o, executors), registry()).await?;
             let d = cluster.driver()?;
-            let run = digits(model, epochs, batch, lr, executors as u32);
+            let mut run = digits(model, epochs, batch, lr, executors as u32);
+            run.shard_replicas = replicas;
             let s = Instant::now();
             let report = train_on_cluster(d, &run, &CheckpointOptions::default()).await?;
             let secs = s.elapsed().as_secs_f64();
             cluster.shutdown().await;
             println!(
-                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{:.4}}}",
+                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"shard_replicas\":{replicas},\"samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{:.4}}}",
                 report.samples_per_second, report.held_out_accuracy
             );
         }
