@@ -109,14 +109,20 @@ pub trait ModuleExt<F: Float>: Module<F> {
     /// All parameters concatenated into one buffer, in visiting order.
     fn flat_params(&self) -> Vec<F> {
         let mut out = Vec::with_capacity(self.num_params());
-        self.visit_params("", &mut |_, p| out.extend(p.value.iter().copied()));
+        self.visit_params("", &mut |_, p| match p.value.as_slice() {
+            Some(s) => out.extend_from_slice(s),
+            None => out.extend(p.value.iter().copied()),
+        });
         out
     }
 
     /// All gradients concatenated into one buffer, in the same order as [`ModuleExt::flat_params`].
     fn flat_grads(&self) -> Vec<F> {
         let mut out = Vec::with_capacity(self.num_params());
-        self.visit_params("", &mut |_, p| out.extend(p.grad.iter().copied()));
+        self.visit_params("", &mut |_, p| match p.grad.as_slice() {
+            Some(s) => out.extend_from_slice(s),
+            None => out.extend(p.grad.iter().copied()),
+        });
         out
     }
 

@@ -59,22 +59,25 @@ impl Float for f32 {
     /// Eigen's rational approximation (`generic_fast_tanh_float`): a 13/6
     /// odd/even polynomial ratio on x clamped to ±7.905, accurate to a few
     /// ulp, with no branches, so loops over slices vectorise (libm's
-    /// `tanhf` took a third of a LeNet-5 step).
+    /// `tanhf` took a third of a LeNet-5 step). Plain multiply-adds, not
+    /// `mul_add`: without the `fma` target feature (the default x86-64
+    /// build) `mul_add` is a call into libm's `fmaf` per term, which stops
+    /// the loop from vectorising.
     #[inline]
     fn fast_tanh(self) -> Self {
         const CLAMP: f32 = 7.905_311;
         let x = self.clamp(-CLAMP, CLAMP);
         let x2 = x * x;
-        let mut p = x2.mul_add(-2.760_768_5e-16, 2.000_188e-13);
-        p = x2.mul_add(p, -8.604_672e-11);
-        p = x2.mul_add(p, 5.122_297e-8);
-        p = x2.mul_add(p, 1.485_722_4e-5);
-        p = x2.mul_add(p, 6.372_619e-4);
-        p = x2.mul_add(p, 4.893_524_6e-3);
+        let mut p = x2 * -2.760_768_5e-16 + 2.000_188e-13;
+        p = x2 * p + -8.604_672e-11;
+        p = x2 * p + 5.122_297e-8;
+        p = x2 * p + 1.485_722_4e-5;
+        p = x2 * p + 6.372_619e-4;
+        p = x2 * p + 4.893_524_6e-3;
         p *= x;
-        let mut q = x2.mul_add(1.198_258_4e-6, 1.185_347_1e-4);
-        q = x2.mul_add(q, 2.268_434_6e-3);
-        q = x2.mul_add(q, 4.893_525e-3);
+        let mut q = x2 * 1.198_258_4e-6 + 1.185_347_1e-4;
+        q = x2 * q + 2.268_434_6e-3;
+        q = x2 * q + 4.893_525e-3;
         let y = p / q;
         if self.is_nan() {
             self
@@ -172,12 +175,16 @@ pub fn reshape<F: Float>(op: &str, t: &Tensor<F>, shape: &[usize]) -> Result<Ten
             t.shape(),
         ));
     }
-    let data: Vec<F> = if t.is_standard_layout() {
-        t.as_slice()
-            .map(|s| s.to_vec())
-            .unwrap_or_else(|| t.iter().copied().collect())
-    } else {
-        t.iter().copied().collect()
+    let data: Vec<F> = match t.as_slice() {
+        Some(s) => s.to_vec(),
+        None => {
+            // A strided view (e.g. permuted axes): `assign` copies lane by
+            // lane through `Zip`, several times faster than one element at
+            // a time through the view's index iterator.
+            let mut dense = Tensor::<F>::zeros(t.raw_dim());
+            dense.assign(t);
+            dense.into_raw_vec_and_offset().0
+        }
     };
     from_vec(shape, data)
 }

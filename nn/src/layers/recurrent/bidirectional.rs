@@ -88,10 +88,16 @@ impl<F: Float> BiRecurrent<F> {
 impl<F: Float> SequenceModule<F> for BiRecurrent<F> {
     fn forward_with_lengths(&mut self, input: &Tensor<F>, lengths: &[usize]) -> Result<Tensor<F>> {
         let name = self.name();
-        let yf = self.forward.forward_with_lengths(input, lengths)?;
         let xr = reverse_within(&name, input, lengths)?;
-        let yr = self.backward.forward_with_lengths(&xr, lengths)?;
-        let yb = reverse_within(&name, &yr, lengths)?;
+        // The directions are independent: one rayon task each, so each
+        // direction's per-step products run on a core of their own instead
+        // of splitting every small product over the pool.
+        let (forward, backward) = (&mut self.forward, &mut self.backward);
+        let (yf, yr) = rayon::join(
+            || forward.forward_with_lengths(input, lengths),
+            || backward.forward_with_lengths(&xr, lengths),
+        );
+        let (yf, yb) = (yf?, reverse_within(&name, &yr?, lengths)?);
         self.reversed = Some(xr);
         match self.config.merge {
             MergeMode::Sum => Ok(yf + yb),
@@ -148,9 +154,12 @@ impl<F: Float> SequenceModule<F> for BiRecurrent<F> {
             .reversed
             .take()
             .ok_or_else(|| Error::NoForward { op: name.clone() })?;
-        let dxf = self.forward.backward_with_lengths(input, lengths, &gf);
         let gbr = reverse_within(&name, &gb, lengths)?;
-        let dxr = self.backward.backward_with_lengths(&xr, lengths, &gbr);
+        let (forward, backward) = (&mut self.forward, &mut self.backward);
+        let (dxf, dxr) = rayon::join(
+            || forward.backward_with_lengths(input, lengths, &gf),
+            || backward.backward_with_lengths(&xr, lengths, &gbr),
+        );
         self.reversed = Some(xr);
         let dxb = reverse_within(&name, &dxr?, lengths)?;
         Ok(dxf? + dxb)
