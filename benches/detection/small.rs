@@ -109,7 +109,7 @@ pub(crate) fn run(threads: usize, tries: usize) {
     let x = s.x.clone();
     let inf = time_n(
         || {
-            let out = s.model.forward(&x).expect("small SSD forward");
+            let out = s.model.infer(x.clone()).expect("small SSD inference");
             let _scores = softmax.forward(&out.conf).expect("softmax");
         },
         2,

@@ -23,7 +23,7 @@ pub(crate) fn run(threads: usize, tries: usize) {
         let x = kiln_nn::init::normal::<f32>(&mut rng, &[batch, 3, 300, 300], 0.0, 1.0);
         let t = time_n(
             || {
-                let out = model.forward(&x).expect("SSD300 forward");
+                let out = model.infer(x.clone()).expect("SSD300 inference");
                 let _scores = softmax.forward(&out.conf).expect("softmax");
             },
             2,

@@ -52,6 +52,16 @@ pub trait Module<F: Float>: Send {
     /// Accumulates parameter gradients and returns dLoss/dInput.
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>>;
 
+    /// Inference: the output for an input the caller gives up, with nothing
+    /// kept for a backward pass (like PyTorch under `no_grad`). Elementwise
+    /// layers overwrite the input in place and containers free each
+    /// activation after its last reader; a `backward` after `infer` is an
+    /// error or uses the state of an earlier `forward`. Same values as
+    /// [`Module::forward`].
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        self.forward(&input)
+    }
+
     /// Visits every learnable parameter with its qualified name, in a fixed order.
     fn visit_params(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<F>)) {}
 
@@ -233,6 +243,9 @@ impl<F: Float> Module<F> for Box<dyn Module<F>> {
     }
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
         (**self).backward(input, grad_output)
+    }
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        (**self).infer(input)
     }
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<F>)) {
         (**self).visit_params(prefix, f)

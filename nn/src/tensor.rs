@@ -223,6 +223,15 @@ pub fn par_map<F: Float>(t: &Tensor<F>, f: impl Fn(F) -> F + Sync + Send) -> Ten
     }
 }
 
+/// Replaces every element `x` of `t` by `f(x)`, in parallel for large tensors.
+pub fn par_map_inplace<F: Float>(t: &mut Tensor<F>, f: impl Fn(F) -> F + Sync + Send) {
+    if t.len() >= PAR_MIN_LEN && rayon::current_thread_index().is_none() {
+        ndarray::Zip::from(t).par_for_each(|x| *x = f(*x));
+    } else {
+        t.mapv_inplace(f);
+    }
+}
+
 /// `f(a, b)` for every pair of elements of two same-shaped tensors, in
 /// parallel for large tensors.
 pub fn par_zip_map<F: Float>(

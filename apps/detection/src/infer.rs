@@ -68,7 +68,7 @@ pub fn detect_images(
     let inputs = eval_inputs(model, images)?;
     let batch = stack_images::<f32>(&inputs, model.config().image_size())?;
     drop(inputs);
-    let out = model.forward(&batch)?;
+    let out = model.infer(batch)?;
     for d in detect(&out.loc, &out.conf, model.priors(), cfg)? {
         if let Some(list) = per_image.get_mut(d.image) {
             list.push(d);

@@ -274,6 +274,25 @@ impl<F: Float> Ssd<F> {
         Ok(SsdOutput { loc, conf })
     }
 
+    /// Inference on `images` `[N, 3, S, S]` (mean already subtracted): the
+    /// same outputs as [`Ssd::forward`], keeping nothing for a backward pass
+    /// (each activation is freed after its last reader, ReLUs work in place).
+    pub fn infer(&mut self, images: Tensor<F>) -> Result<SsdOutput<F>> {
+        let s = self.config.image_size();
+        if images.ndim() != 4 || images.shape()[1..] != [3, s, s] {
+            return Err(Error::shape(
+                "Ssd::infer",
+                format!("[N, 3, {s}, {s}]"),
+                images.shape(),
+            ));
+        }
+        let mut outs = self.graph.infer_many(vec![images])?;
+        let (Some(conf), Some(loc)) = (outs.pop(), outs.pop()) else {
+            return Err(Error::invalid("Ssd::infer", "the graph lost an output"));
+        };
+        Ok(SsdOutput { loc, conf })
+    }
+
     /// Back-propagates the gradients of the loss w.r.t. the last forward's
     /// `loc` and `conf`, accumulating parameter gradients.
     pub fn backward(&mut self, grad_loc: Tensor<F>, grad_conf: Tensor<F>) -> Result<()> {

@@ -5,7 +5,9 @@ use ndarray::Axis;
 use crate::error::{Error, Result};
 use crate::layers::LayerConfig;
 use crate::module::Module;
-use crate::tensor::{expect_same_shape, par_map, par_zip_map, resolve_dim, Float, Tensor};
+use crate::tensor::{
+    expect_same_shape, par_map, par_map_inplace, par_zip_map, resolve_dim, Float, Tensor,
+};
 
 fn check_grad<F: Float>(op: &str, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
     expect_same_shape(&format!("{op} backward"), input, grad_output)
@@ -24,6 +26,10 @@ impl<F: Float> Module<F> for ReLU {
             input,
             |x| if x > F::zero() { x } else { F::zero() },
         ))
+    }
+    fn infer(&mut self, mut input: Tensor<F>) -> Result<Tensor<F>> {
+        par_map_inplace(&mut input, |x| if x > F::zero() { x } else { F::zero() });
+        Ok(input)
     }
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
         check_grad("ReLU", input, grad_output)?;

@@ -146,6 +146,43 @@ mod tests {
         assert!(g.forward(&x).is_err());
     }
 
+    /// `infer_many` = `forward_many`, though ReLUs overwrite inputs that no
+    /// later node or output reads and values are freed after their last use.
+    #[test]
+    fn graph_inference_matches_forward_and_keeps_shared_values_intact() {
+        let cfg = GraphConfig {
+            inputs: vec!["x".into(), "y".into()],
+            nodes: vec![
+                GraphNode::layer("lx", LayerConfig::Linear(LinearConfig::new(2, 2)), "x"),
+                // lx is also an output and read by `s`: relu must not touch it
+                GraphNode::layer("r", LayerConfig::Relu, "lx"),
+                // r's last reader: may be overwritten in place
+                GraphNode::layer("rr", LayerConfig::Relu, "r"),
+                GraphNode::add("s", &["rr", "y", "lx"]),
+                GraphNode::layer("unused", LayerConfig::Relu, "y"),
+                GraphNode::join("j", 1, &["s", "x"]),
+            ],
+            outputs: vec!["j".into(), "lx".into()],
+        };
+        let mut g = cfg.init::<f64>(&mut StdRng::seed_from_u64(3)).unwrap();
+        let x = input(&[6, 2]) * 4.0;
+        let y = input(&[6, 2]).mapv(|v| v - 0.5);
+        let want = g.forward_many(&[x.clone(), y.clone()]).unwrap();
+        assert!(
+            want[1].iter().any(|&v| v < 0.0),
+            "the test needs negative values"
+        );
+        let got = g.infer_many(vec![x, y]).unwrap();
+        assert_eq!(got, want);
+        // nothing kept for backward
+        let ones = [want[0].mapv(|_| 1.0), want[1].mapv(|_| 1.0)];
+        assert!(matches!(
+            g.backward_many(&ones),
+            Err(crate::Error::NoForward { .. })
+        ));
+        assert!(g.infer_many(vec![input(&[6, 2])]).is_err(), "input count");
+    }
+
     #[test]
     fn graph_config_errors_name_the_node() {
         let mut cfg = two_branch_graph();

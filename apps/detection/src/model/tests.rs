@@ -237,3 +237,19 @@ fn backward_matches_finite_differences_through_the_loss() {
     }
     assert!(checked > 60, "{checked}");
 }
+
+/// Inference (activations freed early, ReLUs in place) gives exactly the
+/// outputs of a forward pass.
+#[test]
+fn inference_matches_forward_exactly() {
+    let mut m =
+        Ssd::<f32>::new(SsdConfig::tiny(classes(4)), &mut StdRng::seed_from_u64(5)).unwrap();
+    m.set_training(false);
+    let s = m.config().image_size();
+    let x = images::<f32>(2, s, 3);
+    let want = m.forward(&x).unwrap();
+    let got = m.infer(x).unwrap();
+    assert_eq!(got.loc, want.loc);
+    assert_eq!(got.conf, want.conf);
+    assert!(m.infer(images::<f32>(1, s + 1, 3)).is_err());
+}

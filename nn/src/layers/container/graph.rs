@@ -234,6 +234,83 @@ impl<F: Float> Graph<F> {
         Ok(outs)
     }
 
+    /// Inference: [`Graph::forward_many`] without keeping anything for a
+    /// backward pass. Each value is freed after its last reader, and a layer
+    /// that is the last reader of its input gets it by value (an in-place
+    /// ReLU), so peak memory is a few activations instead of all of them.
+    /// A `backward_many` after it reports that no forward pass was made.
+    pub fn infer_many(&mut self, inputs: Vec<Tensor<F>>) -> Result<Vec<Tensor<F>>> {
+        let n_in = self.n_inputs();
+        if inputs.len() != n_in {
+            return Err(Error::invalid(
+                "Graph",
+                format!("{} inputs given, graph takes {n_in}", inputs.len()),
+            ));
+        }
+        self.values.clear();
+        self.join_sizes.clear();
+        // the last node reading each value; outputs are read "after" every node
+        let total = n_in + self.nodes.len();
+        let mut last_use = vec![None::<usize>; total];
+        for (k, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = Some(k);
+            }
+        }
+        for &o in &self.outputs {
+            last_use[o] = Some(usize::MAX);
+        }
+        let mut values: Vec<Option<Tensor<F>>> = inputs.into_iter().map(Some).collect();
+        values.resize(total, None);
+        let missing = |name: &str| Error::invalid(name, "reads a value already freed");
+        for (k, node) in self.nodes.iter_mut().enumerate() {
+            let out = match &mut node.op {
+                RuntimeOp::Layer(m) => {
+                    let i = node.inputs[0];
+                    let owned = if last_use[i] == Some(k) {
+                        values[i].take()
+                    } else {
+                        values[i].clone()
+                    };
+                    let x = owned.ok_or_else(|| missing(&node.name))?;
+                    m.infer(x).map_err(|e| in_node(&node.name, e))?
+                }
+                RuntimeOp::Join(dim) => {
+                    let args = node
+                        .inputs
+                        .iter()
+                        .map(|&i| values[i].as_ref().ok_or_else(|| missing(&node.name)))
+                        .collect::<Result<Vec<_>>>()?;
+                    join(&node.name, &args, *dim)?
+                }
+                RuntimeOp::Add => {
+                    let first = values[node.inputs[0]]
+                        .clone()
+                        .ok_or_else(|| missing(&node.name))?;
+                    let mut acc = first;
+                    for &i in &node.inputs[1..] {
+                        let a = values[i].as_ref().ok_or_else(|| missing(&node.name))?;
+                        expect_same_shape(&node.name, &acc, a)?;
+                        acc += a;
+                    }
+                    acc
+                }
+            };
+            for &i in &node.inputs {
+                if last_use[i] == Some(k) {
+                    values[i] = None;
+                }
+            }
+            values[n_in + k] = Some(out);
+        }
+        let mut outs = Vec::with_capacity(self.outputs.len());
+        for &o in &self.outputs {
+            let v = values[o].clone();
+            outs.push(v.ok_or_else(|| Error::invalid("Graph", "an output was freed"))?);
+        }
+        Ok(outs)
+    }
+
     /// Given one gradient per output, accumulates parameter gradients and
     /// returns one gradient per graph input.
     pub fn backward_many(&mut self, grad_outputs: &[Tensor<F>]) -> Result<Vec<Tensor<F>>> {
@@ -333,6 +410,18 @@ impl<F: Float> Module<F> for Graph<F> {
             ));
         }
         let mut outs = self.forward_many(std::slice::from_ref(input))?;
+        outs.pop()
+            .ok_or_else(|| Error::invalid("Graph", "no output"))
+    }
+
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        if self.outputs.len() != 1 {
+            return Err(Error::invalid(
+                self.name(),
+                "used as a Module but has several outputs; call infer_many",
+            ));
+        }
+        let mut outs = self.infer_many(vec![input])?;
         outs.pop()
             .ok_or_else(|| Error::invalid("Graph", "no output"))
     }

@@ -80,6 +80,15 @@ impl<F: Float> Module<F> for Sequential<F> {
         Ok(x.unwrap_or_else(|| input.clone()))
     }
 
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        self.activations.clear();
+        let mut x = input;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            x = layer.infer(x).map_err(|e| wrap(i, e))?;
+        }
+        Ok(x)
+    }
+
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
         let n = self.layers.len();
         if n == 0 {

@@ -160,34 +160,60 @@ fn patch_row_add<F: Float>(g: &Geom, src: &[F], ki: usize, kj: usize, oh0: usize
     }
 }
 
-/// Fills `col` (`[k, rows * ow]`) with the patches of output rows
-/// `oh0..oh0 + rows` of one group's input planes `x` (`[cg, h, w]`).
-fn im2col<F: Float>(g: &Geom, x: &[F], oh0: usize, rows: usize, col: &mut [F]) {
-    let ncols = rows * g.ow;
-    let mut rows_out = col.chunks_exact_mut(ncols);
-    for plane in x.chunks_exact(g.h * g.w).take(g.cg()) {
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                if let Some(dst) = rows_out.next() {
-                    patch_row(g, plane, ki, kj, oh0, dst);
-                }
+/// Fills one input plane's `kh * kw` rows of the column buffer.
+fn im2col_plane<F: Float>(g: &Geom, plane: &[F], oh0: usize, dst: &mut [F]) {
+    let mut rows_out = dst.chunks_exact_mut(dst.len() / (g.kh * g.kw).max(1));
+    for ki in 0..g.kh {
+        for kj in 0..g.kw {
+            if let Some(dst) = rows_out.next() {
+                patch_row(g, plane, ki, kj, oh0, dst);
             }
         }
     }
 }
 
-/// Adds the column gradients `col` (`[k, rows * ow]`) of output rows
-/// `oh0..oh0 + rows` back into one group's input-gradient planes `gx`.
-fn col2im<F: Float>(g: &Geom, col: &[F], oh0: usize, rows: usize, gx: &mut [F]) {
-    let ncols = rows * g.ow;
-    let mut rows_in = col.chunks_exact(ncols);
-    for plane in gx.chunks_exact_mut(g.h * g.w).take(g.cg()) {
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                if let Some(src) = rows_in.next() {
-                    patch_row_add(g, src, ki, kj, oh0, plane);
-                }
+/// Adds one input plane's `kh * kw` rows of column gradients back into it.
+fn col2im_plane<F: Float>(g: &Geom, src: &[F], oh0: usize, plane: &mut [F]) {
+    let mut rows_in = src.chunks_exact(src.len() / (g.kh * g.kw).max(1));
+    for ki in 0..g.kh {
+        for kj in 0..g.kw {
+            if let Some(src) = rows_in.next() {
+                patch_row_add(g, src, ki, kj, oh0, plane);
             }
+        }
+    }
+}
+
+/// Fills `col` (`[k, rows * ow]`) with the patches of output rows
+/// `oh0..oh0 + rows` of one group's input planes `x` (`[cg, h, w]`); over
+/// the rayon pool (one task per plane) when `split`.
+fn im2col<F: Float>(g: &Geom, x: &[F], oh0: usize, rows: usize, col: &mut [F], split: bool) {
+    let per_plane = g.kh * g.kw * rows * g.ow;
+    let planes = x.chunks_exact(g.h * g.w).take(g.cg());
+    if split {
+        col.par_chunks_exact_mut(per_plane)
+            .zip(planes.collect::<Vec<_>>())
+            .for_each(|(dst, plane)| im2col_plane(g, plane, oh0, dst));
+    } else {
+        for (dst, plane) in col.chunks_exact_mut(per_plane).zip(planes) {
+            im2col_plane(g, plane, oh0, dst);
+        }
+    }
+}
+
+/// Adds the column gradients `col` (`[k, rows * ow]`) of output rows
+/// `oh0..oh0 + rows` back into one group's input-gradient planes `gx`; over
+/// the rayon pool (one task per plane: planes do not overlap) when `split`.
+fn col2im<F: Float>(g: &Geom, col: &[F], oh0: usize, rows: usize, gx: &mut [F], split: bool) {
+    let per_plane = g.kh * g.kw * rows * g.ow;
+    let planes = gx.chunks_exact_mut(g.h * g.w).take(g.cg());
+    if split {
+        col.par_chunks_exact(per_plane)
+            .zip(planes.collect::<Vec<_>>())
+            .for_each(|(src, plane)| col2im_plane(g, src, oh0, plane));
+    } else {
+        for (src, plane) in col.chunks_exact(per_plane).zip(planes) {
+            col2im_plane(g, src, oh0, plane);
         }
     }
 }
@@ -207,11 +233,31 @@ fn view_mut<'a, F>(rows: usize, cols: usize, data: &'a mut [F]) -> Result<ArrayV
         .map_err(|_| Error::invalid("conv", format!("buffer of {n} for [{rows}, {cols}]")))
 }
 
-/// Forward pass of one image, `band` output rows at a time: `x` is
-/// `[c, h, w]`, `out` is `[o, oh * ow]`.
+/// How one image is worked through: `band` output rows at a time, with the
+/// column copies and bias spread over the rayon pool when `split` (a lone
+/// image whose gemm uses the whole pool; otherwise the other threads would
+/// idle through them).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    band: usize,
+    split: bool,
+}
+
+impl Plan {
+    /// The plan for one image when the batch is (or is not) spread over the pool.
+    fn new(g: &Geom, batch_parallel: bool) -> Plan {
+        let threads = gemm_threads(batch_parallel);
+        Plan {
+            band: g.band_rows(threads),
+            split: threads > 1,
+        }
+    }
+}
+
+/// Forward pass of one image: `x` is `[c, h, w]`, `out` is `[o, oh * ow]`.
 fn forward_image<F: Float>(
     g: &Geom,
-    band: usize,
+    plan: Plan,
     x: &[F],
     weight: &[F],
     bias: Option<&[F]>,
@@ -219,6 +265,7 @@ fn forward_image<F: Float>(
     col: &mut Vec<F>,
 ) -> Result<()> {
     let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
+    let Plan { band, split } = plan;
     col.resize(g.band_len(band), F::zero());
     for grp in 0..g.groups {
         let xg = &x[grp * cg * g.h * g.w..(grp + 1) * cg * g.h * g.w];
@@ -232,7 +279,7 @@ fn forward_image<F: Float>(
         while oh0 < g.oh {
             let rows = band.min(g.oh - oh0);
             let nc = rows * g.ow;
-            im2col(g, xg, oh0, rows, &mut col[..k * nc]);
+            im2col(g, xg, oh0, rows, &mut col[..k * nc], split);
             let p0 = oh0 * g.ow;
             gemm(
                 F::one(),
@@ -245,8 +292,11 @@ fn forward_image<F: Float>(
         }
     }
     if let Some(b) = bias {
-        for (row, &bv) in out.chunks_exact_mut(p).zip(b) {
-            row.iter_mut().for_each(|v| *v += bv);
+        let add = |(row, &bv): (&mut [F], &F)| row.iter_mut().for_each(|v| *v += bv);
+        if split {
+            out.par_chunks_exact_mut(p).zip(b).for_each(add);
+        } else {
+            out.chunks_exact_mut(p).zip(b).for_each(add);
         }
     }
     Ok(())
@@ -282,12 +332,11 @@ impl<F: Float> Acc<F> {
     }
 }
 
-/// Backward pass of one image, `band` output rows at a time: accumulates
-/// weight and bias gradients into `acc` and adds the input gradient into
-/// `gx` (`[c, h, w]`, zero on entry).
+/// Backward pass of one image: accumulates weight and bias gradients into
+/// `acc` and adds the input gradient into `gx` (`[c, h, w]`, zero on entry).
 fn backward_image<F: Float>(
     g: &Geom,
-    band: usize,
+    plan: Plan,
     x: &[F],
     weight: &[F],
     gy: &[F],
@@ -296,6 +345,7 @@ fn backward_image<F: Float>(
 ) -> Result<()> {
     let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
     let plane = g.h * g.w;
+    let Plan { band, split } = plan;
     for grp in 0..g.groups {
         let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
         let gxg = &mut gx[grp * cg * plane..(grp + 1) * cg * plane];
@@ -314,12 +364,12 @@ fn backward_image<F: Float>(
             let nc = rows * g.ow;
             let p0 = oh0 * g.ow;
             let gy_band = gyg.slice(s![.., p0..p0 + nc]);
-            im2col(g, xg, oh0, rows, &mut acc.col[..k * nc]);
+            im2col(g, xg, oh0, rows, &mut acc.col[..k * nc], split);
             let colv = view(k, nc, &acc.col[..k * nc])?;
             gemm(F::one(), gy_band, colv.t(), F::one(), &mut gwg)?;
             let mut gcol = view_mut(k, nc, &mut acc.gcol[..k * nc])?;
             gemm(F::one(), wg.t(), gy_band, F::zero(), &mut gcol)?;
-            col2im(g, &acc.gcol[..k * nc], oh0, rows, gxg);
+            col2im(g, &acc.gcol[..k * nc], oh0, rows, gxg, split);
             oh0 += rows;
         }
     }
@@ -361,17 +411,17 @@ pub(super) fn forward<F: Float>(
     }
     let (il, ol) = (g.in_len(), g.out_len());
     let parallel = batch_parallel(n);
-    let band = g.band_rows(gemm_threads(parallel));
+    let plan = Plan::new(g, parallel);
     if parallel {
         out.par_chunks_mut(ol)
             .zip(x.par_chunks(il))
             .try_for_each_init(Vec::new, |col, (y, xi)| {
-                forward_image(g, band, xi, weight, bias, y, col)
+                forward_image(g, plan, xi, weight, bias, y, col)
             })?;
     } else {
         let mut col = Vec::new();
         for (y, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
-            forward_image(g, band, xi, weight, bias, y, &mut col)?;
+            forward_image(g, plan, xi, weight, bias, y, &mut col)?;
         }
     }
     Ok(out)
@@ -395,15 +445,15 @@ pub(super) fn backward<F: Float>(
         return Ok(gx);
     }
     let parallel = batch_parallel(n);
-    let band = g.band_rows(gemm_threads(parallel));
+    let plan = Plan::new(g, parallel);
     let acc = if parallel {
         gx.par_chunks_mut(il)
             .zip(x.par_chunks(il))
             .zip(gy.par_chunks(ol))
             .try_fold(
-                || Acc::new(g, band),
+                || Acc::new(g, plan.band),
                 |mut acc, ((gxi, xi), gyi)| {
-                    backward_image(g, band, xi, weight, gyi, gxi, &mut acc)?;
+                    backward_image(g, plan, xi, weight, gyi, gxi, &mut acc)?;
                     Ok::<_, Error>(acc)
                 },
             )
@@ -425,9 +475,9 @@ pub(super) fn backward<F: Float>(
                 |a, b| Ok(a.merge(b)),
             )?
     } else {
-        let mut acc = Acc::new(g, band);
+        let mut acc = Acc::new(g, plan.band);
         for ((gxi, xi), gyi) in gx.chunks_mut(il).zip(x.chunks(il)).zip(gy.chunks(ol)) {
-            backward_image(g, band, xi, weight, gyi, gxi, &mut acc)?;
+            backward_image(g, plan, xi, weight, gyi, gxi, &mut acc)?;
         }
         acc
     };
@@ -517,27 +567,30 @@ mod tests {
             geom(128, 100, 70, 4, [3, 2], [2, 1], [1, 1], [2, 1], 2),
         ] {
             assert!(g.band_rows(1) < g.oh, "{g:?} must need several bands");
-            let n = 2;
-            let x = random(&mut rng, n * g.in_len());
-            let w = random(&mut rng, g.o * g.k());
-            let y = forward(&g, n, &x, &w, None).unwrap();
-            for b in 0..n {
-                let want = naive(&g, &x[b * g.in_len()..(b + 1) * g.in_len()], &w);
-                let got = &y[b * g.out_len()..(b + 1) * g.out_len()];
-                assert!(
-                    want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-10),
-                    "{g:?}"
-                );
+            // n = 1 from outside the pool: the image's column copies are split
+            // over the pool (with 2+ cores); n = 2: one image per task
+            for n in [1, 2] {
+                let x = random(&mut rng, n * g.in_len());
+                let w = random(&mut rng, g.o * g.k());
+                let y = forward(&g, n, &x, &w, None).unwrap();
+                for b in 0..n {
+                    let want = naive(&g, &x[b * g.in_len()..(b + 1) * g.in_len()], &w);
+                    let got = &y[b * g.out_len()..(b + 1) * g.out_len()];
+                    assert!(
+                        want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-10),
+                        "{g:?}"
+                    );
+                }
+                // backward is the adjoint: <gy, conv(x)> = <conv^T(gy), x> and = <gw, w>
+                let gy = random(&mut rng, n * g.out_len());
+                let mut gw = vec![0.0; w.len()];
+                let gx = backward(&g, n, &x, &w, &gy, &mut gw, None).unwrap();
+                let lhs: f64 = gy.iter().zip(&y).map(|(a, b)| a * b).sum();
+                let rhs: f64 = gx.iter().zip(&x).map(|(a, b)| a * b).sum();
+                let rhs_w: f64 = gw.iter().zip(&w).map(|(a, b)| a * b).sum();
+                assert!((lhs - rhs).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
+                assert!((lhs - rhs_w).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
             }
-            // backward is the adjoint: <gy, conv(x)> = <conv^T(gy), x> and = <gw, w>
-            let gy = random(&mut rng, n * g.out_len());
-            let mut gw = vec![0.0; w.len()];
-            let gx = backward(&g, n, &x, &w, &gy, &mut gw, None).unwrap();
-            let lhs: f64 = gy.iter().zip(&y).map(|(a, b)| a * b).sum();
-            let rhs: f64 = gx.iter().zip(&x).map(|(a, b)| a * b).sum();
-            let rhs_w: f64 = gw.iter().zip(&w).map(|(a, b)| a * b).sum();
-            assert!((lhs - rhs).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
-            assert!((lhs - rhs_w).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
         }
     }
 
