@@ -302,6 +302,48 @@ fn forward_image<F: Float>(
     Ok(())
 }
 
+/// Forward pass of a lone image with its bands spread over the rayon pool:
+/// each task copies its band's columns and runs a one-thread gemm into its
+/// own columns of the output (no thread waits on another's copy, and no
+/// small products split across threads).
+fn forward_image_bands<F: Float>(
+    g: &Geom,
+    x: &[F],
+    weight: &[F],
+    bias: Option<&[F]>,
+    out: &mut [F],
+) -> Result<()> {
+    let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
+    let threads = rayon::current_num_threads().max(1);
+    // the fewest rounds of `threads` equal bands that fit one thread's buffer
+    let rounds = g.oh.div_ceil(threads * g.band_rows(1)).max(1);
+    let band = g.oh.div_ceil(threads * rounds).max(1);
+    let nc_max = band * g.ow;
+    for grp in 0..g.groups {
+        let xg = &x[grp * cg * g.h * g.w..(grp + 1) * cg * g.h * g.w];
+        let wg = view(og, k, &weight[grp * og * k..(grp + 1) * og * k])?;
+        let bg = bias.map(|b| &b[grp * og..(grp + 1) * og]);
+        let mut yg = view_mut(og, p, &mut out[grp * og * p..(grp + 1) * og * p])?;
+        yg.axis_chunks_iter_mut(ndarray::Axis(1), nc_max)
+            .into_par_iter()
+            .enumerate()
+            .try_for_each_init(Vec::new, |col: &mut Vec<F>, (i, mut y)| {
+                let oh0 = i * band;
+                let nc = y.ncols();
+                col.resize(k * nc, F::zero());
+                im2col(g, xg, oh0, nc / g.ow, col, false);
+                gemm(F::one(), wg, view(k, nc, col)?, F::zero(), &mut y)?;
+                if let Some(b) = bg {
+                    for (mut row, &bv) in y.rows_mut().into_iter().zip(b) {
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+                Ok::<_, Error>(())
+            })?;
+    }
+    Ok(())
+}
+
 /// Per-thread scratch and gradient accumulators of the backward pass.
 struct Acc<F> {
     gw: Vec<F>,
@@ -418,6 +460,10 @@ pub(super) fn forward<F: Float>(
             .try_for_each_init(Vec::new, |col, (y, xi)| {
                 forward_image(g, plan, xi, weight, bias, y, col)
             })?;
+    } else if plan.split && !g.pointwise() {
+        for (y, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
+            forward_image_bands(g, xi, weight, bias, y)?;
+        }
     } else {
         let mut col = Vec::new();
         for (y, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
