@@ -56,10 +56,12 @@ pub struct TrainArgs {
     #[arg(long)]
     pub split: Option<String>,
     /// Train on a local cluster of this many executor processes (on
-    /// 127.0.0.1; data-parallel, parameter actors on the driver); without
-    /// it, train in this process.
+    /// 127.0.0.1; data-parallel); without it, train in this process.
     #[arg(long)]
     pub executors: Option<usize>,
+    /// With `--executors`: where the parameter shards live.
+    #[command(flatten)]
+    pub placement: crate::shard_placement::ShardArgs,
     /// With `--executors`: executors as tasks in this process (tests).
     #[arg(long)]
     pub in_process: bool,
@@ -221,6 +223,7 @@ fn train_on_local_cluster(
                 executors as u32,
                 &a.out,
                 &a.checkpoints.options(),
+                a.placement.replicas(),
             )
             .await
             .with_context(|| format!("training on {}", a.voc.display()))?;

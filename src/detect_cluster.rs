@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster_train::optimizer_factory;
 use crate::run_checkpoints::{fixed_settings, CheckpointOptions};
 use crate::run_output::{iteration_bar, out_line, report_checkpoint};
+use crate::shard_placement::place_shards;
 
 /// Name of the VOC image-index source in the registry.
 pub const VOC_SOURCE: &str = "kiln.voc_indices";
@@ -202,7 +203,8 @@ pub fn fixed_ssd_settings(
 }
 
 /// Trains SSD of `cfg.preset` on the driver's executors (`partitions`
-/// partitions of the split, 2 parameter actors), fresh or, with
+/// partitions of the split, 2 parameter shards, each on `shard_replicas`
+/// executors or, with 0, in the driver's actors), fresh or, with
 /// `ckpt.resume`, from the newest valid checkpoint (whose settings must
 /// match `cfg` but for its length and learning-rate plan), and writes the
 /// model to `out` after every epoch. Prints `RESUMED`, `SKIPPED`,
@@ -214,6 +216,7 @@ pub async fn train_ssd_on_cluster(
     partitions: u32,
     out: &Path,
     ckpt: &CheckpointOptions,
+    shard_replicas: usize,
 ) -> anyhow::Result<(Ssd<f32>, TrainSummary)> {
     cfg.validate()?;
     let images = VocDataset::open(voc, &cfg.split, None)?;
@@ -244,12 +247,14 @@ pub async fn train_ssd_on_cluster(
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(cfg)?)]);
     spec.fixed_meta = fixed_ssd_settings(cfg, &images.classes)?;
     ckpt.apply(&mut spec)?;
-    let optimizer = optimizer_factory(OptimizerConfig::Sgd(SgdConfig {
+    let sgd = OptimizerConfig::Sgd(SgdConfig {
         lr: cfg.lr,
         momentum: cfg.momentum,
         weight_decay: cfg.weight_decay,
         ..SgdConfig::default()
-    }));
+    });
+    place_shards(&mut spec, shard_replicas, &sgd)?;
+    let optimizer = optimizer_factory(sgd);
     let mut trainer =
         DistributedTrainer::start(&data, spec, model.graph().flat_params(), optimizer).await?;
     ckpt.resume_if_asked(&mut trainer).await?;

@@ -243,7 +243,9 @@ fn cluster_training_checkpoints_every_epoch_and_resumes_from_the_last() {
     assert!(checkpoints[1].ends_with(" iteration=4"), "{out}");
 
     // Resumed for a third epoch: it continues after epoch 2.
-    let out = ok(&train("3", &config, &["--resume"]));
+    // (with the shards in the driver this time: either placement resumes
+    // the other's checkpoints)
+    let out = ok(&train("3", &config, &["--resume", "--shards-on", "driver"]));
     let resumed = out
         .lines()
         .find(|l| l.starts_with("RESUMED "))
