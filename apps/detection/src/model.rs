@@ -259,38 +259,30 @@ impl<F: Float> Ssd<F> {
 
     /// Runs the model on `images` `[N, 3, S, S]` (mean already subtracted).
     pub fn forward(&mut self, images: &Tensor<F>) -> Result<SsdOutput<F>> {
-        let s = self.config.image_size();
-        if images.ndim() != 4 || images.shape()[1..] != [3, s, s] {
-            return Err(Error::shape(
-                "Ssd::forward",
-                format!("[N, 3, {s}, {s}]"),
-                images.shape(),
-            ));
-        }
-        let mut outs = self.graph.forward_many(std::slice::from_ref(images))?;
-        let (Some(conf), Some(loc)) = (outs.pop(), outs.pop()) else {
-            return Err(Error::invalid("Ssd::forward", "the graph lost an output"));
-        };
-        Ok(SsdOutput { loc, conf })
+        self.check_images("Ssd::forward", images)?;
+        let outs = self.graph.forward_many(std::slice::from_ref(images))?;
+        into_output("Ssd::forward", outs)
     }
 
     /// Inference on `images` `[N, 3, S, S]` (mean already subtracted): the
     /// same outputs as [`Ssd::forward`], keeping nothing for a backward pass
     /// (each activation is freed after its last reader, ReLUs work in place).
     pub fn infer(&mut self, images: Tensor<F>) -> Result<SsdOutput<F>> {
+        self.check_images("Ssd::infer", &images)?;
+        let outs = self.graph.infer_many(vec![images])?;
+        into_output("Ssd::infer", outs)
+    }
+
+    fn check_images(&self, op: &str, images: &Tensor<F>) -> Result<()> {
         let s = self.config.image_size();
         if images.ndim() != 4 || images.shape()[1..] != [3, s, s] {
             return Err(Error::shape(
-                "Ssd::infer",
+                op,
                 format!("[N, 3, {s}, {s}]"),
                 images.shape(),
             ));
         }
-        let mut outs = self.graph.infer_many(vec![images])?;
-        let (Some(conf), Some(loc)) = (outs.pop(), outs.pop()) else {
-            return Err(Error::invalid("Ssd::infer", "the graph lost an output"));
-        };
-        Ok(SsdOutput { loc, conf })
+        Ok(())
     }
 
     /// Back-propagates the gradients of the loss w.r.t. the last forward's
@@ -328,6 +320,14 @@ impl<F: Float> Ssd<F> {
         serialize::load_weights_from_bytes(&mut model.graph, &bytes, path)?;
         Ok(model)
     }
+}
+
+/// The graph's two outputs, `[loc, conf]`, as an [`SsdOutput`].
+fn into_output<F: Float>(op: &str, mut outs: Vec<Tensor<F>>) -> Result<SsdOutput<F>> {
+    let (Some(conf), Some(loc)) = (outs.pop(), outs.pop()) else {
+        return Err(Error::invalid(op, "the graph lost an output"));
+    };
+    Ok(SsdOutput { loc, conf })
 }
 
 #[cfg(test)]
