@@ -627,6 +627,13 @@ mod tests {
                         "{g:?}"
                     );
                 }
+                // the bias lands on every position of its output channel
+                let bias = random(&mut rng, g.o);
+                let yb = forward(&g, n, &x, &w, Some(&bias)).unwrap();
+                for (i, (a, b)) in yb.iter().zip(&y).enumerate() {
+                    let ch = (i / g.p()) % g.o;
+                    assert!((a - b - bias[ch]).abs() < 1e-12, "{g:?} at {i}");
+                }
                 // backward is the adjoint: <gy, conv(x)> = <conv^T(gy), x> and = <gw, w>
                 let gy = random(&mut rng, n * g.out_len());
                 let mut gw = vec![0.0; w.len()];
