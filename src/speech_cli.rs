@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use kiln_runtime::{LocalCluster, Registry};
+use kiln_speech::augment::SpecAugment;
 use kiln_speech::ds2::{Ds2, Ds2Config};
 use kiln_speech::lm::NgramLm;
 use kiln_speech::pipeline::{self, Decoder, Example};
@@ -88,6 +89,12 @@ pub struct TrainArgs {
     /// Skip training utterances longer than this (seconds).
     #[arg(long, default_value_t = 20.0)]
     pub max_seconds: f64,
+    /// Mask bands of frequency bins and runs of frames of every training
+    /// utterance (SpecAugment without time warping: two frequency masks of
+    /// up to 27 bins, two time masks of up to 40 frames and a fifth of the
+    /// utterance).
+    #[arg(long)]
+    pub spec_augment: bool,
     /// Checkpoints and resume.
     #[command(flatten)]
     pub checkpoints: CheckpointArgs,
@@ -259,6 +266,7 @@ fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
         shards: a.shards,
         shard_replicas: a.placement.replicas(),
         max_seconds: a.max_seconds,
+        spec_augment: a.spec_augment.then(SpecAugment::default),
         progress: !a.no_progress,
     };
     let ckpt = a.checkpoints.options();

@@ -15,6 +15,7 @@ use kiln_nn::ModuleExt;
 use kiln_runtime::train::{BatchStats, GradientWorker, META_JOB};
 use kiln_runtime::{Dataset, DistributedTrainer, Driver, Registry, TrainSpec};
 use kiln_speech::audio::read_audio_at;
+use kiln_speech::augment::SpecAugment;
 use kiln_speech::corpus::list_utterances;
 use kiln_speech::ds2::{Ds2, Ds2Config};
 use kiln_speech::metrics::{cer, wer};
@@ -75,20 +76,42 @@ pub fn read_speech_partition(a: &SpeechSource, p: u32, n: u32) -> Result<Vec<Exa
     Ok(out)
 }
 
+/// What every executor needs to build the DS2 trainer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ds2WorkerConfig {
+    /// The network.
+    pub model: Ds2Config,
+    /// Feature masking of training utterances, if any.
+    pub spec_augment: Option<SpecAugment>,
+}
+
+/// Spreads the per-utterance mask seeds of one share (an odd constant,
+/// the golden ratio's 64-bit fraction).
+const MASK_SEED_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// DS2 trained with CTC on [`Example`]s.
 pub struct Ds2Worker {
     model: Ds2<f32>,
     params: usize,
+    spec_augment: Option<SpecAugment>,
 }
 
 impl Ds2Worker {
     /// Builds the network (weights and buffers are replaced every task).
-    pub fn new(config: &Ds2Config) -> Result<Self, String> {
+    pub fn new(config: &Ds2WorkerConfig) -> Result<Self, String> {
+        if let Some(a) = &config.spec_augment {
+            a.validate().map_err(|e| e.to_string())?;
+        }
         let model = config
+            .model
             .init::<f32>(&mut StdRng::seed_from_u64(0))
             .map_err(|e| e.to_string())?;
         let params = model.num_params();
-        Ok(Ds2Worker { model, params })
+        Ok(Ds2Worker {
+            model,
+            params,
+            spec_augment: config.spec_augment.clone(),
+        })
     }
 }
 
@@ -101,14 +124,30 @@ impl GradientWorker<Example> for Ds2Worker {
         &mut self,
         params: &[f32],
         samples: &[&Example],
-        _seed: u64,
+        seed: u64,
         grads: &mut [f32],
     ) -> Result<BatchStats, String> {
         self.model
             .set_flat_params(params)
             .map_err(|e| e.to_string())?;
         self.model.zero_grad();
-        let loss = pipeline::ctc_pass(&mut self.model, samples).map_err(|e| e.to_string())?;
+        let loss = match &self.spec_augment {
+            None => pipeline::ctc_pass(&mut self.model, samples),
+            Some(aug) => {
+                // One stream per utterance of the share: the masks depend
+                // on the task's seed only, so a redone share masks alike.
+                let masked = samples
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        aug.augmented(e, seed ^ (i as u64).wrapping_mul(MASK_SEED_STRIDE))
+                    })
+                    .collect::<kiln_speech::Result<Vec<_>>>()
+                    .map_err(|e| e.to_string())?;
+                pipeline::ctc_pass(&mut self.model, &masked.iter().collect::<Vec<_>>())
+            }
+        }
+        .map_err(|e| e.to_string())?;
         grads.copy_from_slice(&self.model.flat_grads());
         Ok(BatchStats {
             loss_sum: loss,
@@ -193,6 +232,10 @@ pub struct SpeechJob {
     pub shard_replicas: usize,
     /// Longest utterance used for training, in seconds.
     pub max_seconds: f64,
+    /// Feature masking of training utterances (none in runs recorded
+    /// before this option).
+    #[serde(default)]
+    pub spec_augment: Option<SpecAugment>,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -256,9 +299,13 @@ pub async fn train_speech_on_cluster(
         None => Vec::new(),
     };
     let (lr0, anneal) = (job.learning_rate, job.anneal.max(1.0));
+    let worker = Ds2WorkerConfig {
+        model: job.model.clone(),
+        spec_augment: job.spec_augment.clone(),
+    };
     let mut spec = TrainSpec::new(
         DS2_TRAINER,
-        &job.model,
+        &worker,
         job.batch_size,
         job.epochs,
         job.seed,
@@ -376,7 +423,11 @@ mod tests {
         assert_eq!([a, b].concat(), all);
 
         let config = Ds2Config::from_toml_str(TINY).unwrap();
-        let mut w = Ds2Worker::new(&config).unwrap();
+        let mut w = Ds2Worker::new(&Ds2WorkerConfig {
+            model: config.clone(),
+            spec_augment: None,
+        })
+        .unwrap();
         let init = config.init::<f32>(&mut StdRng::seed_from_u64(3)).unwrap();
         let params = init.flat_params();
         let refs: Vec<&Example> = all.iter().collect();
@@ -389,5 +440,29 @@ mod tests {
         // Training updated the running statistics.
         assert_ne!(w.buffers(), init.flat_buffers());
         assert!(w.set_buffers(&[1.0]).is_err());
+
+        // With masking, the gradient depends on the task's seed only.
+        let masked = Ds2WorkerConfig {
+            model: config.clone(),
+            spec_augment: Some(SpecAugment::default()),
+        };
+        let grads = |seed: u64| {
+            let mut w = Ds2Worker::new(&masked).unwrap();
+            w.set_buffers(&init.flat_buffers()).unwrap();
+            let mut g = vec![0.0; w.num_params()];
+            w.gradients(&params, &refs, seed, &mut g).unwrap();
+            g
+        };
+        assert_eq!(grads(5), grads(5));
+        assert_ne!(grads(5), grads(6));
+        assert_ne!(grads(0), g, "masking changed nothing");
+        let bad = Ds2WorkerConfig {
+            model: config,
+            spec_augment: Some(SpecAugment {
+                max_time_fraction: -1.0,
+                ..SpecAugment::default()
+            }),
+        };
+        assert!(Ds2Worker::new(&bad).is_err());
     }
 }

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+pub mod augment;
 pub mod corpus;
 pub mod decoder;
 pub mod ds2;
