@@ -140,10 +140,13 @@ pub(crate) struct FetchRequest {
     pub(crate) reduce: u32,
 }
 
-/// The answer to a [`FetchRequest`], on the same stream.
+/// The answer to a [`FetchRequest`], on the same stream: a frame, then
+/// for [`FetchReply::Block`] that many raw bytes (no re-encoding of the
+/// block on either side).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FetchReply {
-    Block(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The block's length in bytes; the block follows the frame.
+    Block(u64),
     Missing,
 }
 

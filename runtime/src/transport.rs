@@ -32,8 +32,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::{Error, Result};
 
 /// Protocol version sent in the preamble; a mismatch is refused. Version 2:
-/// executor-to-executor shuffle (peer address in `Register`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// executor-to-executor shuffle (peer address in `Register`). Version 3:
+/// shuffle blocks travel as raw bytes after their reply frame.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.

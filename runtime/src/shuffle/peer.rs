@@ -134,16 +134,63 @@ async fn serve_block(
     })
     .await?;
     let Some(req) = req else { return Ok(()) };
-    let reply = match store.block(req.shuffle, req.map, req.reduce)? {
-        Some(b) => FetchReply::Block(b),
+    let block = store.block(req.shuffle, req.map, req.reduce)?;
+    if let Some(b) = &block {
+        if b.len() as u64 > max_bulk {
+            return Err(Error::FrameTooLarge {
+                peer,
+                len: b.len() as u64,
+                max: max_bulk,
+            });
+        }
+    }
+    let reply = match &block {
+        Some(b) => FetchReply::Block(b.len() as u64),
         None => FetchReply::Missing,
     };
     with_timeout(peer, "block reply", BLOCK_TIMEOUT, async {
-        write_frame(&mut send, peer, &reply, max_bulk).await
+        write_frame(&mut send, peer, &reply, DEFAULT_MAX_CONTROL_FRAME).await?;
+        if let Some(b) = block {
+            // The store's buffer goes to quinn as is: no copy.
+            send.write_chunk(b)
+                .await
+                .map_err(|e| transport::conn_err(peer, e))?;
+        }
+        Ok(())
     })
     .await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Reads the `len` raw bytes of a block that follow its reply frame, into
+/// one buffer (quinn's received chunks are copied once).
+async fn read_block(recv: &mut quinn::RecvStream, peer: SocketAddr, len: u64) -> Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(|_| Error::FrameTooLarge {
+        peer,
+        len,
+        max: usize::MAX as u64,
+    })?;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let chunk = recv
+            .read_chunk(len - out.len(), true)
+            .await
+            .map_err(|e| transport::conn_err(peer, e))?;
+        match chunk {
+            Some(c) => out.extend_from_slice(&c.bytes),
+            None => {
+                return Err(transport::conn_err(
+                    peer,
+                    format!(
+                        "stream finished after {} of the block's {len} bytes",
+                        out.len()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
@@ -197,7 +244,7 @@ impl PeerFetcher {
             for (i, loc) in f.maps.iter().enumerate() {
                 if loc.executor == self.me {
                     match self.store.block(f.shuffle, loc.map, f.reduce) {
-                        Ok(Some(b)) => blobs[i] = b,
+                        Ok(Some(b)) => blobs[i] = b.to_vec(),
                         Ok(None) => {
                             first_error.get_or_insert_with(|| {
                                 format!(
@@ -272,29 +319,39 @@ impl PeerFetcher {
             reduce,
         };
         let max = self.max_bulk;
-        let reply = with_timeout(addr, "shuffle block", BLOCK_TIMEOUT, async {
+        with_timeout(addr, "shuffle block", BLOCK_TIMEOUT, async {
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| transport::conn_err(addr, e))?;
             write_frame(&mut send, addr, &req, DEFAULT_MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
-            read_frame::<FetchReply>(&mut recv, addr, max).await
+            match read_frame::<FetchReply>(&mut recv, addr, DEFAULT_MAX_CONTROL_FRAME).await? {
+                Some(FetchReply::Block(len)) if len == loc.size && len <= max => {
+                    read_block(&mut recv, addr, len).await
+                }
+                Some(FetchReply::Block(len)) if len != loc.size => Err(fail(format!(
+                    "block is {len} bytes, the map task reported {}",
+                    loc.size
+                ))),
+                Some(FetchReply::Block(len)) => Err(Error::FrameTooLarge {
+                    peer: addr,
+                    len,
+                    max,
+                }),
+                Some(FetchReply::Missing) => {
+                    Err(fail(format!("peer {addr} does not hold the block")))
+                }
+                None => Err(fail(format!(
+                    "peer {addr} closed the stream without a reply"
+                ))),
+            }
         })
         .await
-        .map_err(|e| fail(e.to_string()))?;
-        match reply {
-            Some(FetchReply::Block(b)) if b.len() as u64 == loc.size => Ok(b),
-            Some(FetchReply::Block(b)) => Err(fail(format!(
-                "block is {} bytes, the map task reported {}",
-                b.len(),
-                loc.size
-            ))),
-            Some(FetchReply::Missing) => Err(fail(format!("peer {addr} does not hold the block"))),
-            None => Err(fail(format!(
-                "peer {addr} closed the stream without a reply"
-            ))),
-        }
+        .map_err(|e| match e {
+            e @ Error::FetchFailed { .. } => e,
+            e => fail(e.to_string()),
+        })
     }
 
     /// The cached connection to a peer, or a new one (TLS pinned to
@@ -437,5 +494,66 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(lost.len(), 1);
+    }
+
+    /// A peer that announces a block and then sends less of it, or more
+    /// than the fetcher accepts: a fetch failure naming the cause, not a
+    /// hang or a short block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_block_cut_short_or_too_large_is_a_fetch_failure() {
+        let secret = [5u8; 32];
+        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let id_a = PeerIdentity::generate().unwrap();
+        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        // A dishonest peer: says 10 bytes, sends 3, then finishes.
+        async fn dishonest(conn: quinn::Connection, addr: SocketAddr) {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let _: Option<FetchRequest> = read_frame(&mut recv, addr, 1 << 20).await.unwrap();
+                write_frame(&mut send, addr, &FetchReply::Block(10), 1 << 20)
+                    .await
+                    .unwrap();
+                send.write_all(b"abc").await.unwrap();
+                send.finish().unwrap();
+            }
+        }
+        let server = tokio::spawn(async move {
+            while let Some(incoming) = ep_a.accept().await {
+                let (conn, _) = transport::accept_handshake(incoming, &secret, HANDSHAKE_TIMEOUT)
+                    .await
+                    .unwrap();
+                tokio::spawn(dishonest(conn, addr_a));
+            }
+        });
+        let a = PeerAddr {
+            addr: addr_a,
+            fingerprint: id_a.fingerprint(),
+        };
+        let (ep_b, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let fetcher = Arc::new(PeerFetcher::new(
+            ep_b.clone(),
+            secret,
+            1 << 20,
+            2,
+            ShuffleStore::default(),
+        ));
+        let fetch = vec![ShuffleFetch {
+            shuffle: 1,
+            reduce: 0,
+            maps: vec![loc(0, 1, a, 10)],
+        }];
+        let (lost, reason) = fetcher.fetch_all(&fetch).await.unwrap_err();
+        assert_eq!(lost.len(), 1);
+        assert!(reason.contains("3 of the block's 10 bytes"), "{reason}");
+        // A fetcher that accepts at most 8 bytes does not read 10.
+        let small = Arc::new(PeerFetcher::new(
+            ep_b,
+            secret,
+            8,
+            2,
+            ShuffleStore::default(),
+        ));
+        let (_, reason) = small.fetch_all(&fetch).await.unwrap_err();
+        assert!(reason.contains("10") && reason.contains("8"), "{reason}");
+        server.abort();
     }
 }

@@ -3,12 +3,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 
-type Blocks = HashMap<(u64, u32), Arc<Vec<Vec<u8>>>>;
+type Blocks = HashMap<(u64, u32), Arc<Vec<Bytes>>>;
 
 /// Map outputs held by one executor: `(shuffle, map partition) -> buckets`
-/// indexed by reduce partition. Cheap to clone (shared).
+/// indexed by reduce partition. Cheap to clone (shared); blocks are
+/// shared buffers, so serving one to a peer copies nothing.
 #[derive(Clone, Default)]
 pub(crate) struct ShuffleStore {
     blocks: Arc<Mutex<Blocks>>,
@@ -22,15 +25,16 @@ impl ShuffleStore {
     /// Keep the buckets of map partition `map` of `shuffle` (replacing an
     /// earlier attempt's).
     pub(crate) fn put(&self, shuffle: u64, map: u32, buckets: Vec<Vec<u8>>) -> Result<()> {
-        self.blocks
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert((shuffle, map), Arc::new(buckets));
+        self.blocks.lock().map_err(|_| poisoned())?.insert(
+            (shuffle, map),
+            Arc::new(buckets.into_iter().map(Bytes::from).collect()),
+        );
         Ok(())
     }
 
-    /// A copy of one block, `None` when this executor does not hold it.
-    pub(crate) fn block(&self, shuffle: u64, map: u32, reduce: u32) -> Result<Option<Vec<u8>>> {
+    /// One block (shared, not copied), `None` when this executor does not
+    /// hold it.
+    pub(crate) fn block(&self, shuffle: u64, map: u32, reduce: u32) -> Result<Option<Bytes>> {
         let blocks = self.blocks.lock().map_err(|_| poisoned())?;
         Ok(blocks
             .get(&(shuffle, map))
@@ -56,11 +60,11 @@ mod tests {
         let s = ShuffleStore::default();
         s.put(1, 0, vec![vec![1], vec![2, 2]]).unwrap();
         s.put(2, 0, vec![vec![9]]).unwrap();
-        assert_eq!(s.block(1, 0, 1).unwrap(), Some(vec![2, 2]));
+        assert_eq!(s.block(1, 0, 1).unwrap().as_deref(), Some(&[2u8, 2][..]));
         assert_eq!(s.block(1, 0, 2).unwrap(), None);
         assert_eq!(s.block(1, 1, 0).unwrap(), None);
         assert_eq!(s.free(1).unwrap(), 1);
         assert_eq!(s.block(1, 0, 0).unwrap(), None);
-        assert_eq!(s.block(2, 0, 0).unwrap(), Some(vec![9]));
+        assert_eq!(s.block(2, 0, 0).unwrap().as_deref(), Some(&[9u8][..]));
     }
 }

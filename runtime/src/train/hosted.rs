@@ -374,8 +374,8 @@ mod tests {
         host.run(&r, &store, &none, &install(1, 0, &[1.0, 2.0], 10))
             .unwrap();
         assert_eq!(
-            store.block(10, 0, 0).unwrap(),
-            Some(f32_to_bytes(&[1.0, 2.0]))
+            store.block(10, 0, 0).unwrap().as_deref(),
+            Some(&f32_to_bytes(&[1.0, 2.0])[..])
         );
         let mut inputs = Inputs::new();
         inputs.insert(
@@ -385,12 +385,12 @@ mod tests {
         let step = step(0, 0.5);
         host.run(&r, &store, &inputs, &step).unwrap();
         let want = f32_to_bytes(&[-1.0, -1.0]);
-        assert_eq!(store.block(11, 0, 0).unwrap(), Some(want.clone()));
+        assert_eq!(store.block(11, 0, 0).unwrap().as_deref(), Some(&want[..]));
         // Redoing the same step (after a failure elsewhere) does not apply
         // it twice.
         store.free(11).unwrap();
         host.run(&r, &store, &none, &step).unwrap();
-        assert_eq!(store.block(11, 0, 0).unwrap(), Some(want.clone()));
+        assert_eq!(store.block(11, 0, 0).unwrap().as_deref(), Some(&want[..]));
         let TaskOutput::Data(bytes) = host
             .run(
                 &r,
