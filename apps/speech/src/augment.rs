@@ -83,7 +83,8 @@ impl SpecAugment {
         }
         let widest = self
             .max_time_width
-            .min((self.max_time_fraction * frames as f32) as usize);
+            .min((self.max_time_fraction * frames as f32) as usize)
+            .min(frames);
         for _ in 0..self.time_masks {
             let (lo, hi) = span(rng, widest, frames);
             features[lo * bins..hi * bins].fill(0.0);
@@ -183,5 +184,8 @@ mod tests {
             ..SpecAugment::default()
         };
         assert!(bad.validate().is_err());
+        // Applied anyway, it still masks within the utterance.
+        let f = masked(&bad, 4, 2, 3);
+        assert_eq!(f.len(), 8);
     }
 }
