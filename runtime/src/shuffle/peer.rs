@@ -556,4 +556,56 @@ mod tests {
         assert!(reason.contains("10") && reason.contains("8"), "{reason}");
         server.abort();
     }
+
+    /// A holder asked for a block above its own bulk limit refuses it and
+    /// drops the link: the fetcher gets a fetch failure, not the block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_refuses_a_block_above_its_limit() {
+        let secret = [5u8; 32];
+        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let id_a = PeerIdentity::generate().unwrap();
+        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        let store_a = ShuffleStore::default();
+        store_a
+            .put(1, 0, vec![b"small".to_vec(), b"too large".to_vec()])
+            .unwrap();
+        // The holder serves at most 8 bytes per block.
+        let server = tokio::spawn(serve_peers(ep_a, store_a, secret, 8));
+        let a = PeerAddr {
+            addr: addr_a,
+            fingerprint: id_a.fingerprint(),
+        };
+        let (ep_b, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let fetcher = Arc::new(PeerFetcher::new(
+            ep_b,
+            secret,
+            1 << 20,
+            2,
+            ShuffleStore::default(),
+        ));
+        let fetch = |reduce, size| {
+            vec![ShuffleFetch {
+                shuffle: 1,
+                reduce,
+                maps: vec![loc(0, 1, a, size)],
+            }]
+        };
+        let got = fetcher.fetch_all(&fetch(0, 5)).await.unwrap();
+        assert_eq!(got[&(1, 0)], vec![b"small".to_vec()]);
+        let (lost, reason) = fetcher.fetch_all(&fetch(1, 9)).await.unwrap_err();
+        assert_eq!(
+            lost,
+            vec![LostBlock {
+                shuffle: 1,
+                map: 0,
+                executor: 1
+            }]
+        );
+        // The refusal ends the stream without a reply, then closes the link.
+        assert!(
+            reason.contains("without a reply") || reason.contains("bad block request"),
+            "{reason}"
+        );
+        server.abort();
+    }
 }
