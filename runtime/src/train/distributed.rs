@@ -180,7 +180,7 @@ pub struct DistributedTrainer<T> {
     /// The next batch to launch (ahead of `pos` in asynchronous mode).
     launched: Position,
     in_flight: VecDeque<InFlight>,
-    store: Option<CheckpointStore>,
+    store: Option<Arc<CheckpointStore>>,
     last_checkpoint: Instant,
 }
 
@@ -267,7 +267,7 @@ impl<T: Data> DistributedTrainer<T> {
             }
         };
         let store = match &spec.checkpoint {
-            Some(p) => Some(CheckpointStore::open(&p.dir, p.keep_last)?),
+            Some(p) => Some(Arc::new(CheckpointStore::open(&p.dir, p.keep_last)?)),
             None => None,
         };
         info!(
@@ -754,7 +754,12 @@ impl<T: Data> DistributedTrainer<T> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
-        let removed = store.commit(&record)?;
+        // Verifying the blobs and flushing the manifest block: off the
+        // async threads.
+        let store = store.clone();
+        let removed = tokio::task::spawn_blocking(move || store.commit(&record))
+            .await
+            .map_err(|e| Error::Invalid(format!("committing checkpoint {id}: {e}")))??;
         self.last_checkpoint = Instant::now();
         info!(id, iteration = self.pos.iteration, epoch = self.pos.epoch, removed = ?removed, "checkpoint committed");
         Ok(id)
