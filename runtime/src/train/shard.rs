@@ -83,6 +83,24 @@ pub(crate) enum ShardMsg {
 
 struct ShardActor;
 
+/// Shards of at least this many parameters sum and step with the async
+/// worker handed over to blocking work ([`tokio::task::block_in_place`]),
+/// so a large model's arithmetic does not hold up the driver's other
+/// tasks (heartbeats, task traffic) queued behind it.
+const BLOCKING_ABOVE: usize = 1 << 20;
+
+/// Runs `f`, as blocking work when the shard is large and the runtime
+/// can spare the worker (multi-threaded).
+fn heavy<R>(len: usize, f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if len >= BLOCKING_ABOVE && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 struct ShardState {
     index: usize,
     range: Range<usize>,
@@ -176,15 +194,16 @@ impl Actor for ShardActor {
         st: &mut ShardState,
     ) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Accumulate(grads) => {
+            ShardMsg::Accumulate(grads) => heavy(st.range.len(), || {
                 if let Some(slice) = grads.get(st.range.clone()) {
                     for (a, g) in st.acc.iter_mut().zip(slice) {
                         *a += *g;
                     }
                 }
-            }
+            }),
             ShardMsg::Step { scale, lr, reply } => {
-                let _ = reply.send(st.step(scale, lr));
+                let stepped = heavy(st.range.len(), || st.step(scale, lr));
+                let _ = reply.send(stepped);
             }
             ShardMsg::Discard => st.acc.iter_mut().for_each(|g| *g = 0.0),
             ShardMsg::Snapshot { dir, id, reply } => match st.optimizer.state() {
@@ -462,5 +481,38 @@ mod tests {
             .unwrap();
         assert_eq!(restored, want);
         shards.stop().await;
+    }
+
+    /// Shards above [`BLOCKING_ABOVE`] sum and step as blocking work on a
+    /// multi-threaded runtime (and inline on a current-thread one) with
+    /// the same result.
+    #[test]
+    fn large_shards_step_alike_on_either_runtime() {
+        let n = 2 * BLOCKING_ABOVE + 3;
+        let run = |rt: tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let factory: OptimizerFactory =
+                    Arc::new(|_| Ok(Box::new(Plain) as Box<dyn ShardOptimizer>));
+                let shards = ParameterShards::spawn(&vec![1.0; n], 2, &factory)
+                    .await
+                    .unwrap();
+                shards.accumulate(Arc::new(vec![2.0; n])).unwrap();
+                shards.accumulate(Arc::new(vec![4.0; n])).unwrap();
+                let p = shards.step(0.5, 0.25).await.unwrap();
+                shards.stop().await;
+                p
+            })
+        };
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (a, b) = (run(multi), run(single));
+        assert_eq!(a.len(), n);
+        assert!(a.iter().all(|&x| x == 0.25), "{:?}", &a[..4]);
+        assert_eq!(a, b);
     }
 }
