@@ -400,6 +400,18 @@ mod tests {
     use super::*;
     use crate::protocol::PeerAddr;
 
+    /// A peer endpoint on 127.0.0.1 and the address others dial it at.
+    fn endpoint() -> (quinn::Endpoint, PeerAddr) {
+        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let id = PeerIdentity::generate().unwrap();
+        let (ep, addr) = bind_peer_endpoint(&id, towards).unwrap();
+        let peer = PeerAddr {
+            addr,
+            fingerprint: id.fingerprint(),
+        };
+        (ep, peer)
+    }
+
     fn loc(map: u32, executor: u64, peer: PeerAddr, size: u64) -> MapLoc {
         MapLoc {
             map,
@@ -412,26 +424,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn blocks_come_from_peers_and_the_local_store_and_losses_are_named() {
         let secret = [5u8; 32];
-        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
         // Executor 1 serves map 0 of shuffle 1.
-        let id_a = PeerIdentity::generate().unwrap();
-        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        let (ep_a, a) = endpoint();
         let store_a = ShuffleStore::default();
         store_a
             .put(1, 0, vec![b"abc".to_vec(), b"de".to_vec()])
             .unwrap();
         let server = tokio::spawn(serve_peers(ep_a.clone(), store_a.clone(), secret, 1 << 20));
-        let a = PeerAddr {
-            addr: addr_a,
-            fingerprint: id_a.fingerprint(),
-        };
         // Executor 2 holds map 1 itself and fetches map 0.
-        let id_b = PeerIdentity::generate().unwrap();
-        let (ep_b, addr_b) = bind_peer_endpoint(&id_b, towards).unwrap();
-        let b = PeerAddr {
-            addr: addr_b,
-            fingerprint: id_b.fingerprint(),
-        };
+        let (ep_b, b) = endpoint();
         let store_b = ShuffleStore::default();
         store_b
             .put(1, 1, vec![b"x".to_vec(), b"yz".to_vec()])
@@ -472,7 +473,7 @@ mod tests {
         assert_eq!(lost.len(), 1);
         assert!(reason.contains("does not hold"), "{reason}");
         // A fetcher without the cluster secret is refused.
-        let (ep_c, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let (ep_c, _) = endpoint();
         let outsider = Arc::new(PeerFetcher::new(
             ep_c,
             [6u8; 32],
@@ -502,9 +503,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_block_cut_short_or_too_large_is_a_fetch_failure() {
         let secret = [5u8; 32];
-        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let id_a = PeerIdentity::generate().unwrap();
-        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        let (ep_a, a) = endpoint();
+        let addr_a = a.addr;
         // A dishonest peer: says 10 bytes, sends 3, then finishes.
         async fn dishonest(conn: quinn::Connection, addr: SocketAddr) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -524,11 +524,7 @@ mod tests {
                 tokio::spawn(dishonest(conn, addr_a));
             }
         });
-        let a = PeerAddr {
-            addr: addr_a,
-            fingerprint: id_a.fingerprint(),
-        };
-        let (ep_b, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let (ep_b, _) = endpoint();
         let fetcher = Arc::new(PeerFetcher::new(
             ep_b.clone(),
             secret,
@@ -562,20 +558,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_holder_refuses_a_block_above_its_limit() {
         let secret = [5u8; 32];
-        let towards: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let id_a = PeerIdentity::generate().unwrap();
-        let (ep_a, addr_a) = bind_peer_endpoint(&id_a, towards).unwrap();
+        let (ep_a, a) = endpoint();
         let store_a = ShuffleStore::default();
         store_a
             .put(1, 0, vec![b"small".to_vec(), b"too large".to_vec()])
             .unwrap();
         // The holder serves at most 8 bytes per block.
         let server = tokio::spawn(serve_peers(ep_a, store_a, secret, 8));
-        let a = PeerAddr {
-            addr: addr_a,
-            fingerprint: id_a.fingerprint(),
-        };
-        let (ep_b, _) = bind_peer_endpoint(&PeerIdentity::generate().unwrap(), towards).unwrap();
+        let (ep_b, _) = endpoint();
         let fetcher = Arc::new(PeerFetcher::new(
             ep_b,
             secret,
