@@ -116,6 +116,27 @@ impl SsdConfig {
         }
     }
 
+    /// This configuration on `image_size`-pixel inputs (small backbone
+    /// only): the feature maps follow the backbone, the priors keep their
+    /// share of the image ([`PriorBoxConfig::resized`]).
+    pub fn with_image_size(mut self, image_size: usize) -> Result<Self> {
+        let Backbone::Small(b) = &self.backbone else {
+            return Err(Error::config(
+                "SsdConfig",
+                "another input size needs the small backbone (presets tiny and small); VGG16 SSD is 300 or 512",
+            ));
+        };
+        if image_size < 16 {
+            return Err(Error::config(
+                "SsdConfig",
+                format!("input size {image_size} is below 16 pixels"),
+            ));
+        }
+        let maps = b.feature_map_sizes(image_size, self.priors.feature_maps.len());
+        self.priors = self.priors.resized(image_size, &maps)?;
+        Ok(self)
+    }
+
     fn with(backbone: Backbone, classes: Vec<String>, priors: PriorBoxConfig) -> Self {
         SsdConfig {
             backbone,

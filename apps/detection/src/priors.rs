@@ -153,6 +153,43 @@ impl PriorBoxConfig {
         }
     }
 
+    /// The same priors for `image_size`-pixel inputs whose backbone gives
+    /// feature maps `maps` (one per map of this config): min and max sizes
+    /// keep their share of the image, explicit steps become
+    /// `image_size / map`.
+    pub fn resized(&self, image_size: usize, maps: &[usize]) -> Result<Self> {
+        if maps.len() != self.feature_maps.len() || image_size == 0 {
+            return Err(Error::config(
+                "PriorBoxConfig",
+                format!(
+                    "resizing {} feature maps to {image_size} pixels needs {} map sizes, got {maps:?}",
+                    self.feature_maps.len(),
+                    self.feature_maps.len()
+                ),
+            ));
+        }
+        let scale = image_size as f32 / self.image_size as f32;
+        let feature_maps = self
+            .feature_maps
+            .iter()
+            .zip(maps)
+            .map(|(f, &size)| FeatureMapSpec {
+                size,
+                step: f.step.map(|_| image_size as f32 / size.max(1) as f32),
+                min_size: f.min_size * scale,
+                max_size: f.max_size.map(|m| m * scale),
+                aspect_ratios: f.aspect_ratios.clone(),
+            })
+            .collect();
+        let resized = PriorBoxConfig {
+            image_size,
+            feature_maps,
+            ..self.clone()
+        };
+        resized.validate()?;
+        Ok(resized)
+    }
+
     /// Checks sizes and ratios are positive.
     pub fn validate(&self) -> Result<()> {
         let what = "PriorBoxConfig";

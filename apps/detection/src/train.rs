@@ -33,6 +33,10 @@ pub struct TrainConfig {
     pub preset: String,
     /// Replaces the small backbone's widths (presets `small` and `tiny`).
     pub small_backbone: Option<SmallBackbone>,
+    /// Input side in pixels for the small backbone presets (`tiny` 128,
+    /// `small` 300 by default): the feature maps follow the backbone and
+    /// the priors keep their share of the image.
+    pub image_size: Option<usize>,
     /// Image set to train on (`ImageSets/Main/<split>.txt`).
     pub split: String,
     /// Passes over the training split.
@@ -73,6 +77,7 @@ impl Default for TrainConfig {
         TrainConfig {
             preset: "tiny".into(),
             small_backbone: None,
+            image_size: None,
             split: "train".into(),
             epochs: 60,
             batch_size: 16,
@@ -109,7 +114,10 @@ impl TrainConfig {
         if let (Some(b), Backbone::Small(_)) = (&self.small_backbone, &cfg.backbone) {
             cfg.backbone = Backbone::Small(b.clone());
         }
-        Ok(cfg)
+        match self.image_size {
+            Some(size) => cfg.with_image_size(size),
+            None => Ok(cfg),
+        }
     }
 
     /// The learning-rate plan for `iters_per_epoch` iterations an epoch.

@@ -40,6 +40,12 @@ impl SmallBackbone {
         }
     }
 
+    /// Sizes of the `num_sources` feature maps on `image_size`-pixel inputs.
+    pub fn feature_map_sizes(&self, image_size: usize, num_sources: usize) -> Vec<usize> {
+        let (_, sources) = self.build("image", image_size, num_sources);
+        sources.iter().map(|s| s.size).collect()
+    }
+
     /// Appends the backbone after `input` (RGB of side `image_size`) with
     /// `num_sources` head sources.
     pub(crate) fn build(

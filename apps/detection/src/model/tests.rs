@@ -54,6 +54,31 @@ fn forward_shapes(cfg: SsdConfig, priors: usize) {
 }
 
 #[test]
+fn the_small_backbone_runs_at_other_input_sizes() {
+    // tiny at 192 px: maps 24/12/6/3, 4 priors per cell.
+    let cfg = SsdConfig::tiny(classes(6)).with_image_size(192).unwrap();
+    let maps: Vec<usize> = cfg.priors.feature_maps.iter().map(|f| f.size).collect();
+    assert_eq!(maps, vec![24, 12, 6, 3]);
+    let tiny = SsdConfig::tiny(classes(6));
+    for (a, b) in cfg
+        .priors
+        .feature_maps
+        .iter()
+        .zip(&tiny.priors.feature_maps)
+    {
+        assert!((a.min_size / 192.0 - b.min_size / 128.0).abs() < 1e-6);
+    }
+    forward_shapes(cfg, 4 * (24 * 24 + 12 * 12 + 6 * 6 + 3 * 3));
+    // An odd size: ceil-mode pools and stride-2 convs round up.
+    let odd = SsdConfig::tiny(classes(2)).with_image_size(100).unwrap();
+    let maps: Vec<usize> = odd.priors.feature_maps.iter().map(|f| f.size).collect();
+    assert_eq!(maps, vec![13, 7, 4, 2]);
+    forward_shapes(odd, 4 * (169 + 49 + 16 + 4));
+    assert!(SsdConfig::ssd300(classes(2)).with_image_size(256).is_err());
+    assert!(SsdConfig::tiny(classes(2)).with_image_size(8).is_err());
+}
+
+#[test]
 fn small_tiny_and_ssd300_output_one_row_per_prior() {
     forward_shapes(SsdConfig::tiny(classes(6)), 1360);
     forward_shapes(SsdConfig::small(classes(6)), 7620);

@@ -41,6 +41,23 @@ fn config_files_are_checked() {
     std::fs::write(&path, r#"{"epochs": 3, "preset": "tiny"}"#).unwrap();
     let cfg = TrainConfig::from_file(&path).unwrap();
     assert_eq!((cfg.epochs, cfg.batch_size), (3, 16));
+    // Widths and input size of the small backbone come from the file.
+    std::fs::write(
+        &path,
+        r#"{"preset": "tiny", "image_size": 160,
+            "small_backbone": {"stages": [8, 8, 8], "source_channels": 8, "batch_norm": false}}"#,
+    )
+    .unwrap();
+    let model = TrainConfig::from_file(&path)
+        .unwrap()
+        .model_config(vec!["a".into()])
+        .unwrap();
+    assert_eq!(model.image_size(), 160);
+    assert_eq!(model.priors.feature_maps[0].size, 20);
+    assert!(matches!(&model.backbone, Backbone::Small(b) if b.source_channels == 8));
+    std::fs::write(&path, r#"{"preset": "ssd300", "image_size": 200}"#).unwrap();
+    let cfg = TrainConfig::from_file(&path).unwrap();
+    assert!(cfg.model_config(vec!["a".into()]).is_err());
     std::fs::write(&path, r#"{"epoch": 3}"#).unwrap();
     let err = TrainConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("train.json") && err.contains("epoch"), "{err}");
