@@ -158,6 +158,7 @@ impl PriorBoxConfig {
     /// keep their share of the image, explicit steps become
     /// `image_size / map`.
     pub fn resized(&self, image_size: usize, maps: &[usize]) -> Result<Self> {
+        self.validate()?;
         if maps.len() != self.feature_maps.len() || image_size == 0 {
             return Err(Error::config(
                 "PriorBoxConfig",
@@ -283,6 +284,21 @@ mod tests {
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-5
+    }
+
+    #[test]
+    fn resizing_keeps_shares_and_checks_its_inputs() {
+        let t = PriorBoxConfig::tiny();
+        let r = t.resized(256, &[32, 16, 8, 4]).unwrap();
+        assert_eq!(r.num_priors(), 4 * t.num_priors());
+        assert!(close(
+            r.feature_maps[2].min_size,
+            2.0 * t.feature_maps[2].min_size
+        ));
+        assert!(t.resized(256, &[32, 16, 8]).is_err());
+        assert!(t.resized(0, &[1, 1, 1, 1]).is_err());
+        let broken = PriorBoxConfig { image_size: 0, ..t };
+        assert!(broken.resized(256, &[32, 16, 8, 4]).is_err());
     }
 
     #[test]
