@@ -95,7 +95,9 @@ async fn bad_connections_are_refused_while_the_driver_keeps_serving() {
         .await
         .unwrap();
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    send.write_all(&[0u8; 64]).await.unwrap();
+    // The driver may close the connection on the length alone, before the
+    // rest arrives: the write may fail, the close reason is what counts.
+    let _ = send.write_all(&[0u8; 64]).await;
     let reason = tokio::time::timeout(T, conn.closed())
         .await
         .expect("closed after oversized frame");
