@@ -202,6 +202,33 @@ pub fn fixed_ssd_settings(
     Ok(fixed)
 }
 
+/// The SSD model of a checkpoint written by [`train_ssd_on_cluster`], with
+/// `params` and `buffers` (batch-norm statistics) loaded; `None` if the
+/// checkpoint's settings are not an SSD run's.
+pub fn ssd_from_checkpoint(
+    meta: &BTreeMap<String, String>,
+    params: &[f32],
+    buffers: &[f32],
+) -> anyhow::Result<Option<Ssd<f32>>> {
+    let Some(classes) = meta.get("ssd.classes") else {
+        return Ok(None);
+    };
+    let classes: Vec<String> =
+        serde_json::from_str(classes).context("decoding the checkpoint's ssd.classes")?;
+    let job = meta
+        .get(META_JOB)
+        .context("the SSD checkpoint does not record its training settings")?;
+    let cfg: TrainConfig =
+        serde_json::from_str(job).context("decoding the checkpoint's SSD training settings")?;
+    let mut model = Ssd::<f32>::new(cfg.model_config(classes)?, &mut StdRng::seed_from_u64(0))?;
+    model.graph_mut().set_flat_params(params)?;
+    if !buffers.is_empty() {
+        model.graph_mut().set_flat_buffers(buffers)?;
+    }
+    model.set_training(false);
+    Ok(Some(model))
+}
+
 /// Trains SSD of `cfg.preset` on the driver's executors (`partitions`
 /// partitions of the split, 2 parameter shards, each on `shard_replicas`
 /// executors or, with 0, in the driver's actors), fresh or, with

@@ -269,6 +269,25 @@ pub fn score(
     ))
 }
 
+/// The DS2 model of a checkpoint written by [`train_speech_on_cluster`],
+/// with `params` and `buffers` (batch-norm statistics) loaded; `None` if
+/// the checkpoint's settings are not a speech run's.
+pub fn ds2_from_checkpoint(
+    meta: &BTreeMap<String, String>,
+    params: &[f32],
+    buffers: &[f32],
+) -> anyhow::Result<Option<Ds2<f32>>> {
+    if !meta.keys().any(|k| k.starts_with("speech.")) {
+        return Ok(None);
+    }
+    let job = meta
+        .get(META_JOB)
+        .context("the speech checkpoint does not record its job")?;
+    let job: SpeechJob =
+        serde_json::from_str(job).context("decoding the checkpoint's speech job")?;
+    load_model(&job.model, params, buffers).map(Some)
+}
+
 fn load_model(config: &Ds2Config, params: &[f32], buffers: &[f32]) -> anyhow::Result<Ds2<f32>> {
     let mut model = config.init::<f32>(&mut StdRng::seed_from_u64(0))?;
     model.set_flat_params(params)?;

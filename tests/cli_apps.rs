@@ -244,6 +244,25 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
         2,
         "{out}"
     );
+    // The last checkpoint exports to the model training wrote (weights and
+    // batch-norm statistics).
+    let exported = dir.path().join("exported.safetensors");
+    let o = kiln(&[
+        "checkpoint",
+        "export",
+        "--dir",
+        &p(&ckpt),
+        "--out",
+        &p(&exported),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let state = |path: &Path| {
+        use kiln::nn::ModuleExt;
+        let m = kiln::speech::ds2::Ds2::<f32>::load(path).expect("a DS2 model file");
+        (m.flat_params(), m.flat_buffers())
+    };
+    assert_eq!(state(&exported), state(&model));
     // Resuming with other training data is refused, naming the setting.
     let o = train("6", true, &["--max-seconds", "10"]);
     let (out, err) = text(&o);

@@ -165,6 +165,22 @@ fn an_executor_killed_mid_training_costs_nothing_but_its_share() {
     // bit for bit.
     assert_eq!(&flat_params(&after_kill), &reference().0);
     checkpoints_all_verify(&ckpt);
+    // The last checkpoint (the end of the last epoch) exports to the
+    // same model.
+    let exported = dir.path().join("exported");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["checkpoint", "export", "--dir"])
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .expect("kiln checkpoint export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&flat_params(&exported), &reference().0);
 }
 
 #[test]

@@ -194,6 +194,13 @@ fn train_eval_predict_score() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/m.safetensors"));
 }
 
+/// Weights and batch-norm statistics of an SSD model file.
+fn state(path: &Path) -> (Vec<f32>, Vec<f32>) {
+    use kiln::nn::ModuleExt;
+    let model = kiln::detection::model::Ssd::<f32>::load(path).expect("an SSD model file");
+    (model.graph().flat_params(), model.graph().flat_buffers())
+}
+
 fn epoch_lines(out: &str) -> Vec<u64> {
     out.lines()
         .filter_map(|l| l.strip_prefix("EPOCH "))
@@ -269,6 +276,50 @@ fn cluster_training_checkpoints_every_epoch_and_resumes_from_the_last() {
     for (row, epoch) in rows.iter().zip(["1", "2", "3"]) {
         assert_eq!((row[2], row[4]), (epoch, "ok"), "{list}");
     }
+
+    // Exporting the last checkpoint gives the model training wrote, bit
+    // for bit (weights and batch-norm statistics); averaging checkpoints 2
+    // and 3 gives the element-wise mean of their exports.
+    let export = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["checkpoint", "export", "--dir", s(&ckpt), "--out", s(&out)];
+        args.extend_from_slice(extra);
+        let text = ok(&kiln(&args, limit));
+        (state(&out), text)
+    };
+    let (last, _) = export("last.safetensors", &[]);
+    assert_eq!(last, state(&model));
+    let (second, _) = export("second.safetensors", &["--id", "2"]);
+    assert_ne!(second, last);
+    let (mean, text) = export("mean.safetensors", &["--average-from", "2"]);
+    assert!(
+        text.contains("exported the average of checkpoints [2, 3]"),
+        "{text}"
+    );
+    let expected = |a: &[f32], b: &[f32]| -> Vec<f32> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| ((f64::from(*x) + f64::from(*y)) / 2.0) as f32)
+            .collect()
+    };
+    assert_eq!(mean.0, expected(&second.0, &last.0));
+    assert_eq!(mean.1, expected(&second.1, &last.1));
+    assert!(!mean.1.is_empty(), "the tiny preset has batch norm");
+    // The averaged model is a working SSD model file.
+    let eval = ok(&kiln(
+        &[
+            "detect",
+            "eval",
+            "--voc",
+            s(&voc),
+            "--split",
+            "train",
+            "--model",
+            s(&dir.path().join("mean.safetensors")),
+        ],
+        limit,
+    ));
+    assert!(eval.contains("mAP"), "{eval}");
 
     // Resuming with another augmentation is refused, naming the setting.
     let other = dir.path().join("other.json");

@@ -16,6 +16,7 @@ mod worker;
 pub use checkpointing::{CheckpointPolicy, Position, META_JOB};
 pub use distributed::{
     DistributedTrainer, IterationReport, LearningRate, ResumeInfo, ShardPlacement, TrainSpec,
+    BUFFERS_BLOB,
 };
 pub(crate) use hosted::{slice_by_shard, ParamHost, ShardOp};
 pub use hosted::{OptimizerMaker, OptimizerSpec};

@@ -892,7 +892,7 @@ fn check_compatible(
 }
 
 /// Name of the checkpoint blob holding the model's buffers.
-const BUFFERS_BLOB: &str = "buffers";
+pub const BUFFERS_BLOB: &str = "buffers";
 
 /// Sample-weighted mean of the shares' buffers, summed in partition order
 /// (so the result does not depend on the number of executors).
