@@ -175,6 +175,10 @@ pub fn register(r: &mut Registry) {
         .register_trainer(SSD_TRAINER, SsdWorker::new);
 }
 
+/// Checkpoint meta entry of an SSD run's class names (JSON): also what
+/// marks a checkpoint as an SSD run's.
+pub const META_SSD_CLASSES: &str = "ssd.classes";
+
 /// Fields of [`TrainConfig`] a resumed run may change: how long it runs and
 /// its learning-rate plan. All the others (model, data, augmentation, loss,
 /// optimizer, seed) must match the checkpoint's.
@@ -198,7 +202,7 @@ pub fn fixed_ssd_settings(
     classes: &[String],
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut fixed = fixed_settings("ssd", cfg, &FREE_ON_RESUME)?;
-    fixed.insert("ssd.classes".into(), serde_json::to_string(classes)?);
+    fixed.insert(META_SSD_CLASSES.into(), serde_json::to_string(classes)?);
     Ok(fixed)
 }
 
@@ -210,7 +214,7 @@ pub fn ssd_from_checkpoint(
     params: &[f32],
     buffers: &[f32],
 ) -> anyhow::Result<Option<Ssd<f32>>> {
-    let Some(classes) = meta.get("ssd.classes") else {
+    let Some(classes) = meta.get(META_SSD_CLASSES) else {
         return Ok(None);
     };
     let classes: Vec<String> =
