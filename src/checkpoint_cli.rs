@@ -11,7 +11,7 @@ use clap::Args;
 use kiln_nn::layers::LayerConfig;
 use kiln_nn::ModuleExt;
 use kiln_runtime::checkpoint::{CheckpointRecord, CheckpointStore};
-use kiln_runtime::train::BUFFERS_BLOB;
+use kiln_runtime::train::{bytes_to_f32, BUFFERS_BLOB};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -128,11 +128,10 @@ pub fn checkpoint_params(
             break;
         }
         let bytes = store.read(record, &name)?;
-        params.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        params.extend(bytes_to_f32(
+            &bytes,
+            &format!("checkpoint {}: {name}", record.id),
+        )?);
     }
     Ok(params)
 }
@@ -147,17 +146,10 @@ pub fn checkpoint_buffers(
         return Ok(Vec::new());
     }
     let bytes = store.read(record, BUFFERS_BLOB)?;
-    if bytes.len() % 4 != 0 {
-        bail!(
-            "checkpoint {}: {BUFFERS_BLOB} holds {} bytes, not whole f32 values",
-            record.id,
-            bytes.len()
-        );
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    Ok(bytes_to_f32(
+        &bytes,
+        &format!("checkpoint {}: {BUFFERS_BLOB}", record.id),
+    )?)
 }
 
 /// The element-wise mean (accumulated in f64) of equally long vectors,

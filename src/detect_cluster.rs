@@ -381,6 +381,39 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_rebuilds_its_ssd_model_or_says_why_not() {
+        let cfg = TrainConfig::default();
+        let classes = vec!["circle".to_string(), "square".to_string()];
+        let mut meta = fixed_ssd_settings(&cfg, &classes).unwrap();
+        meta.insert(META_JOB.into(), serde_json::to_string(&cfg).unwrap());
+        let model = Ssd::<f32>::new(
+            cfg.model_config(classes).unwrap(),
+            &mut StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        let (params, buffers) = (model.graph().flat_params(), model.graph().flat_buffers());
+        let rebuilt = ssd_from_checkpoint(&meta, &params, &buffers)
+            .unwrap()
+            .expect("an SSD checkpoint");
+        assert_eq!(rebuilt.graph().flat_params(), params);
+        assert_eq!(rebuilt.graph().flat_buffers(), buffers);
+        // Weights of another size are an error, not a model.
+        assert!(ssd_from_checkpoint(&meta, &params[1..], &buffers).is_err());
+        // Another job's checkpoint is not an SSD one.
+        let mut other = meta.clone();
+        other.remove(META_SSD_CLASSES);
+        assert!(ssd_from_checkpoint(&other, &params, &buffers)
+            .unwrap()
+            .is_none());
+        // An SSD checkpoint without its settings says so.
+        meta.remove(META_JOB);
+        let err = ssd_from_checkpoint(&meta, &params, &buffers)
+            .err()
+            .expect("an error");
+        assert!(err.to_string().contains("training settings"), "{err}");
+    }
+
+    #[test]
     fn fixed_settings_leave_out_the_length_and_learning_rate_plan() {
         let cfg = TrainConfig::default();
         let classes = vec!["circle".to_string(), "square".to_string()];

@@ -269,6 +269,10 @@ pub fn score(
     ))
 }
 
+/// Prefix of a speech run's settings in its checkpoints' meta
+/// (`speech.<field>`): also what marks a checkpoint as a speech run's.
+const SETTINGS_PREFIX: &str = "speech";
+
 /// The DS2 model of a checkpoint written by [`train_speech_on_cluster`],
 /// with `params` and `buffers` (batch-norm statistics) loaded; `None` if
 /// the checkpoint's settings are not a speech run's.
@@ -277,7 +281,8 @@ pub fn ds2_from_checkpoint(
     params: &[f32],
     buffers: &[f32],
 ) -> anyhow::Result<Option<Ds2<f32>>> {
-    if !meta.keys().any(|k| k.starts_with("speech.")) {
+    let prefix = format!("{SETTINGS_PREFIX}.");
+    if !meta.keys().any(|k| k.starts_with(&prefix)) {
         return Ok(None);
     }
     let job = meta
@@ -334,7 +339,7 @@ pub async fn train_speech_on_cluster(
     spec.shards = job.shards.max(1);
     spec.init_buffers = initial.flat_buffers();
     spec.job_meta = BTreeMap::from([(META_JOB.to_string(), serde_json::to_string(job)?)]);
-    spec.fixed_meta = fixed_settings("speech", job, &FREE_ON_RESUME)?;
+    spec.fixed_meta = fixed_settings(SETTINGS_PREFIX, job, &FREE_ON_RESUME)?;
     ckpt.apply(&mut spec)?;
     let adam = OptimizerConfig::Adam(AdamConfig {
         lr: lr0,

@@ -21,5 +21,5 @@ pub use distributed::{
 pub(crate) use hosted::{slice_by_shard, ParamHost, ShardOp};
 pub use hosted::{OptimizerMaker, OptimizerSpec};
 pub use shard::{shard_ranges, OptimizerFactory, ParameterShards, ShardOptimizer};
+pub use worker::{bytes_to_f32, BatchStats, GradientWorker};
 pub(crate) use worker::{run_request, TaskSide, TrainRequest, TrainerEntry};
-pub use worker::{BatchStats, GradientWorker};

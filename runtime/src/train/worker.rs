@@ -157,8 +157,9 @@ pub(crate) fn f32_to_bytes(v: &[f32]) -> Vec<u8> {
     out
 }
 
-/// The inverse of [`f32_to_bytes`].
-pub(crate) fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
+/// The little-endian f32 values of `b` (the inverse of `f32_to_bytes`); an
+/// error naming `what` if `b` is not a whole number of them.
+pub fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
     if !b.len().is_multiple_of(4) {
         return Err(Error::Invalid(format!(
             "{what}: {} bytes is not a whole number of f32",
