@@ -47,11 +47,18 @@ pub struct ExportArgs {
     pub average_from: Option<u64>,
 }
 
+/// Opens a store to inspect; while a running job holds it, a snapshot of
+/// its manifest (said on stderr).
 fn open(dir: &Path) -> anyhow::Result<CheckpointStore> {
-    if !dir.join("manifest").exists() {
-        bail!("{} is not a checkpoint store (no manifest)", dir.display());
+    let store = CheckpointStore::open_for_reading(dir)
+        .with_context(|| format!("opening {}", dir.display()))?;
+    if store.is_snapshot() {
+        eprintln!(
+            "{} is in use by a running job: reading a snapshot of its checkpoints as of now",
+            dir.display()
+        );
     }
-    CheckpointStore::open(dir, 0).with_context(|| format!("opening {}", dir.display()))
+    Ok(store)
 }
 
 /// The chosen checkpoint, verified; for the default choice, newer corrupt

@@ -182,7 +182,7 @@ pub const META_SSD_CLASSES: &str = "ssd.classes";
 /// Fields of [`TrainConfig`] a resumed run may change: how long it runs and
 /// its learning-rate plan. All the others (model, data, augmentation, loss,
 /// optimizer, seed) must match the checkpoint's.
-const FREE_ON_RESUME: [&str; 7] = [
+const FREE_ON_RESUME: [&str; 8] = [
     "epochs",
     "log_every",
     "lr",
@@ -190,12 +190,13 @@ const FREE_ON_RESUME: [&str; 7] = [
     "warmup_factor",
     "milestones",
     "gamma",
+    "lr_schedule",
 ];
 
 /// The settings a run resuming from a checkpoint of this one must share
 /// with it: one checkpoint meta entry per field (`ssd.<field>` = its JSON)
 /// but the run's length and learning-rate plan (`epochs`, `lr`, warm-up,
-/// milestones, `gamma`, `log_every`), plus the classes, so a mismatch
+/// milestones, `gamma`, `lr_schedule`, `log_every`), plus the classes, so a mismatch
 /// names the field.
 pub fn fixed_ssd_settings(
     cfg: &TrainConfig,
@@ -428,6 +429,7 @@ mod tests {
         let longer = TrainConfig {
             epochs: cfg.epochs + 10,
             lr: cfg.lr * 2.0,
+            lr_schedule: kiln_detection::train::LrSchedule::Cosine,
             ..cfg.clone()
         };
         assert_eq!(fixed_ssd_settings(&longer, &classes).unwrap(), fixed);

@@ -1,7 +1,7 @@
 //! Single-process SSD training: seeded augmented batches, the training step
 //! (forward, MultiBox loss with its gradients, backward through the graph),
-//! SGD with momentum and weight decay under a warm-up + multi-step learning
-//! rate, progress through `tracing`, and the model written with
+//! SGD with momentum and weight decay under a warm-up then multi-step or
+//! cosine learning rate, progress through `tracing`, and the model written with
 //! [`Ssd::save`]. The pieces are public so a cluster trainer can reuse them
 //! (it replaces only the optimizer step by the parameter actors' one).
 
@@ -58,6 +58,10 @@ pub struct TrainConfig {
     pub milestones: Vec<usize>,
     /// Multi-step decay factor.
     pub gamma: f64,
+    /// How the rate falls after warm-up: `multistep` (default: ×`gamma`
+    /// after each milestone) or `cosine` (half a cosine from `lr` to 0 over
+    /// the rest of the run; `milestones` and `gamma` are then unused).
+    pub lr_schedule: LrSchedule,
     /// Seed of initialisation, shuffling and augmentation.
     pub seed: u64,
     /// Photometric distortion in augmentation.
@@ -88,6 +92,7 @@ impl Default for TrainConfig {
             warmup_factor: 0.1,
             milestones: Vec::new(),
             gamma: 0.1,
+            lr_schedule: LrSchedule::MultiStep,
             seed: 0,
             photometric: true,
             max_expand: 2.0,
@@ -137,6 +142,8 @@ impl TrainConfig {
             warmup_factor: self.warmup_factor,
             milestones,
             gamma: self.gamma,
+            schedule: self.lr_schedule,
+            total_iters: self.epochs * iters_per_epoch,
         }
     }
 
@@ -158,7 +165,18 @@ impl TrainConfig {
     }
 }
 
-/// Warm-up then multi-step learning rate, by iteration.
+/// How the learning rate falls after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Multiplied by `gamma` after each milestone (the SSD paper's plan).
+    MultiStep,
+    /// Cosine annealing from the base rate to 0 at the end of the run
+    /// (PyTorch's `CosineAnnealingLR` with `eta_min = 0`, one half period).
+    Cosine,
+}
+
+/// Warm-up then multi-step or cosine learning rate, by iteration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LrPlan {
     /// Base rate.
@@ -171,19 +189,33 @@ pub struct LrPlan {
     pub milestones: Vec<usize>,
     /// Decay factor.
     pub gamma: f64,
+    /// Multi-step or cosine after the warm-up.
+    pub schedule: LrSchedule,
+    /// Iterations of the whole run (where the cosine reaches 0).
+    pub total_iters: usize,
 }
 
 impl LrPlan {
     /// The rate at iteration `t` (0-based).
     pub fn lr_at(&self, t: usize) -> f64 {
-        let decays = self.milestones.iter().filter(|&&m| m <= t).count();
+        let decay = match self.schedule {
+            LrSchedule::MultiStep => {
+                let decays = self.milestones.iter().filter(|&&m| m <= t).count();
+                self.gamma.powi(decays as i32)
+            }
+            LrSchedule::Cosine => {
+                let span = self.total_iters.saturating_sub(self.warmup_iters).max(1);
+                let done = t.saturating_sub(self.warmup_iters).min(span);
+                0.5 * (1.0 + (std::f64::consts::PI * done as f64 / span as f64).cos())
+            }
+        };
         let warm = if t < self.warmup_iters {
             let f = t as f64 / self.warmup_iters as f64;
             self.warmup_factor + (1.0 - self.warmup_factor) * f
         } else {
             1.0
         };
-        self.base * warm * self.gamma.powi(decays as i32)
+        self.base * warm * decay
     }
 }
 

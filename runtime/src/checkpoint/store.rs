@@ -18,12 +18,17 @@ pub struct Skipped {
 
 /// A directory of checkpoints. Only one process opens the manifest at a
 /// time (the driver, or a `kiln checkpoint` command); blob writers need only
-/// the directory path ([`super::write_blob`]).
+/// the directory path ([`super::write_blob`]). A reader may look at a store
+/// a running job holds through a snapshot of its manifest
+/// ([`CheckpointStore::open_for_reading`]).
 pub struct CheckpointStore {
     dir: PathBuf,
     db: sled::Db,
     commits: sled::Tree,
     keep_last: usize,
+    /// The temporary copy of the manifest a snapshot reads (removed when
+    /// the store is dropped); `None` for the store itself.
+    snapshot: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -55,7 +60,74 @@ impl CheckpointStore {
             db,
             commits,
             keep_last,
+            snapshot: None,
         })
+    }
+
+    /// Opens an existing store to read it (list, verify, read blobs; it
+    /// keeps everything). While another process holds the manifest (a
+    /// running job), reads a snapshot instead: a copy of the manifest taken
+    /// now, with the blobs read in place. Checkpoints committed after the
+    /// copy are not in it; one that retention removes meanwhile fails
+    /// verification like any missing blob. A snapshot refuses to commit or
+    /// delete.
+    pub fn open_for_reading(dir: &Path) -> Result<Self, CheckpointError> {
+        let manifest = dir.join("manifest");
+        if !manifest.is_dir() {
+            return Err(CheckpointError::Invalid(format!(
+                "{} is not a checkpoint store (no manifest)",
+                dir.display()
+            )));
+        }
+        match Self::open(dir, 0) {
+            Err(CheckpointError::Manifest { reason, .. }) if is_lock_held(&reason) => {
+                Self::open_snapshot(dir)
+            }
+            other => other,
+        }
+    }
+
+    fn open_snapshot(dir: &Path) -> Result<Self, CheckpointError> {
+        let manifest = dir.join("manifest");
+        let copy = tempfile::Builder::new()
+            .prefix("kiln-manifest-")
+            .tempdir()
+            .map_err(|e| CheckpointError::io(std::env::temp_dir(), e))?;
+        let copied = copy.path().join("manifest");
+        copy_dir(&manifest, &copied)?;
+        let manifest_err = |e: sled::Error| CheckpointError::Manifest {
+            path: manifest.clone(),
+            reason: format!("snapshot copy: {e}"),
+        };
+        let db = sled::Config::new()
+            .path(&copied)
+            .open()
+            .map_err(manifest_err)?;
+        let commits = db.open_tree("commits").map_err(manifest_err)?;
+        tracing::debug!(dir = %dir.display(), "store in use: reading a snapshot of its manifest");
+        Ok(CheckpointStore {
+            dir: dir.to_path_buf(),
+            db,
+            commits,
+            keep_last: 0,
+            snapshot: Some(copy),
+        })
+    }
+
+    /// Whether this is a snapshot of a store another process holds
+    /// ([`CheckpointStore::open_for_reading`]).
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    fn refuse_if_snapshot(&self, what: &str) -> Result<(), CheckpointError> {
+        if self.is_snapshot() {
+            return Err(CheckpointError::Invalid(format!(
+                "cannot {what} in {}: it is open as a read-only snapshot (another process holds the store)",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The store's directory (what blob writers need).
@@ -92,6 +164,7 @@ impl CheckpointStore {
     /// blob, then inserts the record and flushes the manifest (the commit
     /// point), then applies retention. Returns the ids retention removed.
     pub fn commit(&self, record: &CheckpointRecord) -> Result<Vec<u64>, CheckpointError> {
+        self.refuse_if_snapshot("commit a checkpoint")?;
         if self
             .commits
             .contains_key(record.id.to_be_bytes())
@@ -194,6 +267,7 @@ impl CheckpointStore {
 
     /// Removes checkpoint `id` (record first, then its blobs).
     pub fn delete(&self, id: u64) -> Result<(), CheckpointError> {
+        self.refuse_if_snapshot("delete a checkpoint")?;
         self.commits
             .remove(id.to_be_bytes())
             .map_err(|e| self.manifest_err(e))?;
@@ -237,6 +311,30 @@ impl CheckpointStore {
         }
         Ok(removed)
     }
+}
+
+/// Whether sled failed to open a manifest because another process holds
+/// its lock (sled 0.34 reports it only as this message).
+fn is_lock_held(reason: &str) -> bool {
+    reason.contains("could not acquire lock")
+}
+
+/// Copies directory `from` (files and subdirectories) to `to`.
+fn copy_dir(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(to).map_err(|e| CheckpointError::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| CheckpointError::io(from, e))? {
+        let entry = entry.map_err(|e| CheckpointError::io(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry
+            .file_type()
+            .map_err(|e| CheckpointError::io(&src, e))?;
+        if kind.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(|e| CheckpointError::io(&src, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn key_id(k: &[u8]) -> u64 {
@@ -292,6 +390,38 @@ mod tests {
         assert_eq!((r.id, r.iteration), (4, 40));
         assert_eq!(store.read(&r, "params.shard.0").unwrap(), vec![4u8; 100]);
         assert_eq!(r.meta["job"], "{\"lr\":0.1}");
+    }
+
+    #[test]
+    fn a_store_in_use_is_read_through_a_snapshot_of_its_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = CheckpointStore::open(dir.path(), 0).unwrap();
+        checkpoint(&writer, 10, &[("params.shard.0", vec![1u8; 64])]);
+        // The writer holds the manifest: a plain open fails, a reader gets
+        // a snapshot with the committed checkpoint and its blobs.
+        assert!(CheckpointStore::open(dir.path(), 0).is_err());
+        let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
+        assert!(reader.is_snapshot());
+        let (r, _) = reader.latest_valid().unwrap();
+        assert_eq!(r.iteration, 10);
+        assert_eq!(reader.read(&r, "params.shard.0").unwrap(), vec![1u8; 64]);
+        // Later commits are not in the snapshot; it changes nothing.
+        checkpoint(&writer, 20, &[("params.shard.0", vec![2u8; 64])]);
+        assert_eq!(reader.ids().unwrap(), vec![1]);
+        assert!(
+            matches!(reader.delete(1), Err(CheckpointError::Invalid(m)) if m.contains("read-only"))
+        );
+        assert!(reader.commit(&r).is_err());
+        assert_eq!(writer.ids().unwrap(), vec![1, 2]);
+        drop(reader);
+        // With no other holder the reader opens the store itself.
+        drop(writer);
+        let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
+        assert!(!reader.is_snapshot());
+        assert_eq!(reader.ids().unwrap(), vec![1, 2]);
+        let empty = tempfile::tempdir().unwrap();
+        let err = CheckpointStore::open_for_reading(empty.path()).unwrap_err();
+        assert!(err.to_string().contains("not a checkpoint store"), "{err}");
     }
 
     #[test]

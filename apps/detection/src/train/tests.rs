@@ -35,6 +35,41 @@ fn lr_plan_warms_up_then_steps() {
 }
 
 #[test]
+fn cosine_plan_warms_up_then_anneals_to_zero() {
+    let cfg = TrainConfig {
+        epochs: 4,
+        lr: 0.1,
+        warmup_iters: 10,
+        warmup_factor: 0.1,
+        milestones: vec![1],
+        lr_schedule: LrSchedule::Cosine,
+        ..TrainConfig::default()
+    };
+    let plan = cfg.lr_plan(15);
+    assert_eq!(plan.total_iters, 60);
+    assert!((plan.lr_at(0) - 0.01).abs() < 1e-12);
+    assert!((plan.lr_at(5) - 0.055).abs() < 1e-12);
+    // Milestones do not apply: full rate right after the warm-up, half at
+    // the middle of the remaining 50 iterations, 0 at the end.
+    assert!((plan.lr_at(10) - 0.1).abs() < 1e-12);
+    assert!(
+        (plan.lr_at(15) - 0.1 * 0.5 * (1.0 + (0.1 * std::f64::consts::PI).cos())).abs() < 1e-12
+    );
+    assert!((plan.lr_at(35) - 0.05).abs() < 1e-12);
+    assert!(plan.lr_at(59) > 0.0 && plan.lr_at(59) < 1e-3);
+    assert!(plan.lr_at(60).abs() < 1e-12 && plan.lr_at(99).abs() < 1e-12);
+    for t in 10..60 {
+        assert!(plan.lr_at(t + 1) <= plan.lr_at(t));
+    }
+    // The JSON names, and an unknown one is an error.
+    let json: TrainConfig = serde_json::from_str(r#"{"lr_schedule": "cosine"}"#).unwrap();
+    assert_eq!(json.lr_schedule, LrSchedule::Cosine);
+    let default: TrainConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(default.lr_schedule, LrSchedule::MultiStep);
+    assert!(serde_json::from_str::<TrainConfig>(r#"{"lr_schedule": "linear"}"#).is_err());
+}
+
+#[test]
 fn config_files_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("train.json");
