@@ -168,7 +168,10 @@ impl SsdConfig {
         let (b, sources) = match &self.backbone {
             Backbone::Vgg16Ssd300 => vgg::vgg16("image", size, false),
             Backbone::Vgg16Ssd512 => vgg::vgg16("image", size, true),
-            Backbone::Small(s) => s.build("image", size, maps),
+            Backbone::Small(s) => {
+                s.validate()?;
+                s.build("image", size, maps)
+            }
         };
         let want: Vec<usize> = self.priors.feature_maps.iter().map(|f| f.size).collect();
         let got: Vec<usize> = sources.iter().map(|s| s.size).collect();

@@ -1,11 +1,15 @@
 //! The small CPU-friendly backbone: a few narrow conv stages (3x3, batch
 //! norm, ReLU, 2x2 max pool in ceil mode), one more conv at stride 8 giving
-//! the first source, then one stride-2 3x3 conv per further source. With
-//! 128-pixel inputs it gives 16/8/4/2 maps; with 300, 38/19/10/….
+//! the first source, then one stride-2 3x3 conv per further source; with
+//! `source_depth` above 1 each source gets that many 3x3 convs (the first
+//! one strided), which widens the context every source sees at little cost
+//! (they run on the small maps). With 128-pixel inputs it gives 16/8/4/2
+//! maps; with 300, 38/19/10/….
 
 use serde::{Deserialize, Serialize};
 
 use super::builder::{Builder, Source};
+use crate::error::{Error, Result};
 
 /// Widths of the small backbone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +20,15 @@ pub struct SmallBackbone {
     pub source_channels: usize,
     /// Batch normalisation after every conv (trains fast from scratch).
     pub batch_norm: bool,
+    /// 3x3 convs per source (at least 1): the first is strided (but for the
+    /// first source), the others keep the map's size. Model files written
+    /// before this setting existed read as 1.
+    #[serde(default = "one")]
+    pub source_depth: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for SmallBackbone {
@@ -25,6 +38,7 @@ impl Default for SmallBackbone {
             stages: vec![16, 32, 64],
             source_channels: 96,
             batch_norm: true,
+            source_depth: 1,
         }
     }
 }
@@ -37,7 +51,28 @@ impl SmallBackbone {
             stages: vec![32, 64, 128],
             source_channels: 256,
             batch_norm: false,
+            source_depth: 1,
         }
+    }
+
+    /// Checks the widths and depths are positive.
+    pub fn validate(&self) -> Result<()> {
+        if self.stages.is_empty() || self.stages.contains(&0) || self.source_channels == 0 {
+            return Err(Error::config(
+                "SmallBackbone",
+                format!(
+                    "needs at least one stage and positive widths (stages {:?}, source_channels {})",
+                    self.stages, self.source_channels
+                ),
+            ));
+        }
+        if self.source_depth == 0 {
+            return Err(Error::config(
+                "SmallBackbone",
+                "source_depth must be at least 1",
+            ));
+        }
+        Ok(())
     }
 
     /// Sizes of the `num_sources` feature maps on `image_size`-pixel inputs.
@@ -70,6 +105,9 @@ impl SmallBackbone {
         for k in 0..num_sources {
             let stride = if k == 0 { 1 } else { 2 };
             block(&mut b, &format!("src{k}"), self.source_channels, stride);
+            for d in 1..self.source_depth {
+                block(&mut b, &format!("src{k}_{d}"), self.source_channels, 1);
+            }
             sources.push(b.source());
         }
         (b, sources)
@@ -89,5 +127,48 @@ mod tests {
         let sizes: Vec<_> = s.iter().map(|s| s.size).collect();
         assert_eq!(sizes, [38, 19, 10]);
         assert!(s.iter().all(|s| s.channels == 96));
+    }
+
+    #[test]
+    fn deeper_sources_keep_the_map_sizes_and_add_convs() {
+        let deep = SmallBackbone {
+            source_depth: 3,
+            ..SmallBackbone::default()
+        };
+        let (b1, s1) = SmallBackbone::default().build("image", 128, 4);
+        let (b3, s3) = deep.build("image", 128, 4);
+        let sizes = |s: &[Source]| s.iter().map(|s| s.size).collect::<Vec<_>>();
+        assert_eq!(sizes(&s1), sizes(&s3));
+        // Two more conv + batch norm + ReLU blocks per source.
+        assert_eq!(b3.nodes.len(), b1.nodes.len() + 4 * 2 * 3);
+        assert_eq!(s3[1].node, "relu_src1_2");
+        assert!(deep.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_widths_and_depths_are_refused() {
+        for bad in [
+            SmallBackbone {
+                source_depth: 0,
+                ..SmallBackbone::default()
+            },
+            SmallBackbone {
+                stages: vec![],
+                ..SmallBackbone::default()
+            },
+            SmallBackbone {
+                source_channels: 0,
+                ..SmallBackbone::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn configs_without_a_source_depth_read_as_one() {
+        let old = r#"{"stages": [32, 64, 128], "source_channels": 128, "batch_norm": true}"#;
+        let b: SmallBackbone = serde_json::from_str(old).unwrap();
+        assert_eq!(b.source_depth, 1);
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn micro_config(batch_norm: bool) -> SsdConfig {
             stages: vec![3, 4],
             source_channels: 4,
             batch_norm,
+            source_depth: 1,
         }),
         classes: classes(2),
         priors: PriorBoxConfig {
@@ -81,6 +82,12 @@ fn the_small_backbone_runs_at_other_input_sizes() {
 #[test]
 fn small_tiny_and_ssd300_output_one_row_per_prior() {
     forward_shapes(SsdConfig::tiny(classes(6)), 1360);
+    let mut deep = SsdConfig::tiny(classes(6));
+    deep.backbone = Backbone::Small(SmallBackbone {
+        source_depth: 2,
+        ..SmallBackbone::default()
+    });
+    forward_shapes(deep, 1360);
     forward_shapes(SsdConfig::small(classes(6)), 7620);
     forward_shapes(SsdConfig::ssd300(classes(20)), 8732);
 }
@@ -220,10 +227,21 @@ fn loss_of(m: &mut Ssd<f64>, x: &Tensor<f64>, targets: &crate::multibox::Targets
 }
 
 /// The analytic gradient of loss(model(x)) w.r.t. parameters spread over
-/// every layer matches central differences (f64, batch norm in training mode).
+/// every layer matches central differences (f64, batch norm in training
+/// mode), with one and with two convs per source.
 #[test]
 fn backward_matches_finite_differences_through_the_loss() {
-    let mut m = Ssd::<f64>::new(micro_config(true), &mut StdRng::seed_from_u64(7)).unwrap();
+    for depth in [1, 2] {
+        let mut cfg = micro_config(true);
+        if let Backbone::Small(b) = &mut cfg.backbone {
+            b.source_depth = depth;
+        }
+        check_gradients(cfg);
+    }
+}
+
+fn check_gradients(cfg: SsdConfig) {
+    let mut m = Ssd::<f64>::new(cfg, &mut StdRng::seed_from_u64(7)).unwrap();
     m.set_training(true);
     let x = images::<f64>(2, 16, 8) * 50.0;
     let cfg = MultiBoxConfig::new(3);
