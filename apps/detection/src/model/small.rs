@@ -21,14 +21,19 @@ pub struct SmallBackbone {
     /// Batch normalisation after every conv (trains fast from scratch).
     pub batch_norm: bool,
     /// 3x3 convs per source (at least 1): the first is strided (but for the
-    /// first source), the others keep the map's size. Model files written
-    /// before this setting existed read as 1.
-    #[serde(default = "one")]
+    /// first source), the others keep the map's size. Left out of the JSON
+    /// when 1, so model files and checkpoint settings written before this
+    /// setting existed read, and compare, as 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub source_depth: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for SmallBackbone {
@@ -170,5 +175,18 @@ mod tests {
         let old = r#"{"stages": [32, 64, 128], "source_channels": 128, "batch_norm": true}"#;
         let b: SmallBackbone = serde_json::from_str(old).unwrap();
         assert_eq!(b.source_depth, 1);
+        // ... and one of depth 1 writes the same JSON as before.
+        let json = serde_json::to_value(&b).unwrap();
+        assert_eq!(
+            json,
+            serde_json::from_str::<serde_json::Value>(old).unwrap()
+        );
+        let deep = SmallBackbone {
+            source_depth: 2,
+            ..b
+        };
+        let back: SmallBackbone =
+            serde_json::from_str(&serde_json::to_string(&deep).unwrap()).unwrap();
+        assert_eq!(back, deep);
     }
 }
