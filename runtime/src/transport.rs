@@ -31,6 +31,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
+mod link;
+
+use link::Link;
+
 /// Protocol version sent in the preamble; a mismatch is refused. Version 2:
 /// executor-to-executor shuffle (peer address in `Register`). Version 3:
 /// shuffle blocks travel as raw bytes after their reply frame.
@@ -314,12 +318,14 @@ impl ClusterIdentity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        cfg.transport_config(Arc::new(transport_config()));
+        cfg.transport_config(Arc::new(transport_config(Link::Network)));
         Ok(cfg)
     }
 }
 
-fn transport_config() -> quinn::TransportConfig {
+/// The transport of a connection over `link`: keep-alives, idle timeout,
+/// flow-control windows, datagram sizes ([`Link::apply`]).
+fn transport_config(link: Link) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
@@ -333,17 +339,7 @@ fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
     t.receive_window(quinn::VarInt::from_u32(256 << 20));
     t.send_window(256 << 20);
-    // Probe for large datagrams: on loopback (MTU 64 KiB) or jumbo-frame
-    // LANs fewer, larger packets cost far less CPU per byte.
-    // (EndpointConfig keeps quinn's 1472-byte max_udp_payload_size, so in
-    // practice this settles at 1452. Accepting loopback-size datagrams was
-    // measured on the 2-core machine: bursts of 16-64 KiB datagrams
-    // overflow the receiver's socket buffer, the losses trip black-hole
-    // detection and the path falls back to 1200 bytes; ~125 MB/s per
-    // connection either way.)
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(65_000);
-    t.mtu_discovery_config(Some(mtu));
+    link.apply(&mut t);
     t
 }
 
@@ -440,7 +436,7 @@ pub fn client_config(token: &JoinToken) -> Result<quinn::ClientConfig> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(transport_config(Link::Network)));
     Ok(cfg)
 }
 
@@ -465,27 +461,34 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// An endpoint on a [`bind_udp`] socket, serving when `server` is given.
-fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
+/// An endpoint on a [`bind_udp`] socket, serving when `server` is given,
+/// with the datagram sizes of `link`: the link of the bound address for a
+/// serving endpoint (its server side gets that link's transport), the
+/// link towards the one peer of a client-only endpoint.
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    link: Link,
+) -> Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime().ok_or_else(|| Error::Endpoint {
         addr,
         reason: "no async runtime (call from within tokio)".into(),
     })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        bind_udp(addr)?,
-        runtime,
-    )
-    .map_err(|e| Error::Endpoint {
-        addr,
-        reason: e.to_string(),
+    let server = server.map(|mut s| {
+        s.transport_config(Arc::new(transport_config(link)));
+        s
+    });
+    quinn::Endpoint::new(link.endpoint_config(), server, bind_udp(addr)?, runtime).map_err(|e| {
+        Error::Endpoint {
+            addr,
+            reason: e.to_string(),
+        }
     })
 }
 
 /// Bind a server endpoint.
 pub fn server_endpoint(identity: &ClusterIdentity, addr: SocketAddr) -> Result<quinn::Endpoint> {
-    endpoint(addr, Some(identity.server_config()?))
+    endpoint(addr, Some(identity.server_config()?), Link::of(addr))
 }
 
 /// Open a QUIC+TLS connection to the driver (no preamble yet). Public so
@@ -500,8 +503,11 @@ pub async fn connect_tls(
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let mut ep = endpoint(bind, None)?;
-    ep.set_default_client_config(client_config(token)?);
+    let link = Link::of(addr);
+    let mut ep = endpoint(bind, None, link)?;
+    let mut cfg = client_config(token)?;
+    cfg.transport_config(Arc::new(transport_config(link)));
+    ep.set_default_client_config(cfg);
     let connecting = ep
         .connect(addr, SERVER_NAME)
         .map_err(|e| Error::Connection {
@@ -767,7 +773,7 @@ impl PeerIdentity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        cfg.transport_config(Arc::new(transport_config()));
+        cfg.transport_config(Arc::new(transport_config(Link::Network)));
         Ok(cfg)
     }
 }
@@ -838,8 +844,9 @@ impl ServerCertVerifier for PinnedCertVerifier {
 /// is noticed this fast by the executors fetching from it.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A quinn client configuration that trusts exactly one peer certificate.
-pub fn peer_client_config(fingerprint: &[u8; 32]) -> Result<quinn::ClientConfig> {
+/// A quinn client configuration that trusts exactly one peer certificate,
+/// for a peer at `addr` (its datagram sizes follow the link there).
+pub fn peer_client_config(fingerprint: &[u8; 32], addr: SocketAddr) -> Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -853,7 +860,7 @@ pub fn peer_client_config(fingerprint: &[u8; 32]) -> Result<quinn::ClientConfig>
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut t = transport_config();
+    let mut t = transport_config(Link::of(addr));
     if let Ok(idle) = quinn::IdleTimeout::try_from(PEER_IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
@@ -864,7 +871,7 @@ pub fn peer_client_config(fingerprint: &[u8; 32]) -> Result<quinn::ClientConfig>
 /// Bind an executor's peer endpoint: it serves with `identity` and also
 /// connects out to other peers.
 pub fn peer_endpoint(identity: &PeerIdentity, addr: SocketAddr) -> Result<quinn::Endpoint> {
-    endpoint(addr, Some(identity.server_config()?))
+    endpoint(addr, Some(identity.server_config()?), Link::of(addr))
 }
 
 /// Connect to a peer from `ep`, pinning its certificate `fingerprint`, and
@@ -878,7 +885,11 @@ pub async fn connect_peer_on(
     timeout: Duration,
 ) -> Result<quinn::Connection> {
     let connecting = ep
-        .connect_with(peer_client_config(fingerprint)?, addr, PEER_SERVER_NAME)
+        .connect_with(
+            peer_client_config(fingerprint, addr)?,
+            addr,
+            PEER_SERVER_NAME,
+        )
         .map_err(|e| conn_err(addr, e))?;
     let conn = with_timeout(addr, "peer TLS handshake", timeout, async {
         connecting.await.map_err(|e| conn_err(addr, e))
@@ -922,7 +933,7 @@ pub async fn connect_peer(
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let ep = endpoint(bind, None)?;
+    let ep = endpoint(bind, None, Link::of(addr))?;
     connect_peer_on(&ep, addr, fingerprint, secret, timeout).await
 }
 
