@@ -94,6 +94,96 @@ impl MaxPool2d {
     }
 }
 
+/// Whether `v` replaces `max` as a window's maximum: strictly greater, or
+/// the first NaN (so the first maximum wins and a NaN beats everything, as
+/// in PyTorch).
+#[inline]
+fn takes<F: Float>(v: F, max: F) -> bool {
+    (v > max) | (v.is_nan() & !max.is_nan())
+}
+
+/// Per-output argmax (index in `plane`, row width `w`) of whole 2x2
+/// windows at stride 2; visits each window in row-major order.
+fn argmax_2x2<F: Float>(plane: &[F], w: usize, ow: usize, out: &mut [u32]) {
+    let w32 = w as u32;
+    for (oh, orow) in out.chunks_exact_mut(ow).enumerate() {
+        let r0 = 2 * oh * w;
+        let (top, bottom) = (&plane[r0..r0 + 2 * ow], &plane[r0 + w..r0 + w + 2 * ow]);
+        let pairs = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (j, (o, (t, b))) in orow.iter_mut().zip(pairs).enumerate() {
+            // selects, not branches: on real activations which element
+            // wins is unpredictable
+            let (mut best, mut off) = (t[0], 0u32);
+            for (v, at) in [(t[1], 1), (b[0], w32), (b[1], w32 + 1)] {
+                let take = takes(v, best);
+                off = if take { at } else { off };
+                best = if take { v } else { best };
+            }
+            *o = (r0 + 2 * j) as u32 + off;
+        }
+    }
+}
+
+/// Per kernel column: its offset and the outputs whose window column lies
+/// inside the row.
+fn sweep_taps(g: &PoolGeom) -> Vec<(isize, usize, usize)> {
+    let (kw, sw, pw) = (g.k[1], g.s[1], g.p[1]);
+    (0..kw)
+        .map(|kj| {
+            let off = kj as isize - pw as isize;
+            let (lo, hi) = valid_range(off, sw, g.w, g.ow);
+            (off, lo, hi)
+        })
+        .collect()
+}
+
+/// Per-output argmax of any window geometry: for each window row and
+/// kernel column, sweep all outputs of the row at once (per output the
+/// elements are still visited in row-major window order).
+fn argmax_sweep<F: Float>(
+    plane: &[F],
+    g: &PoolGeom,
+    taps: &[(isize, usize, usize)],
+    out: &mut [u32],
+) {
+    let sw = g.s[1];
+    let mut maxv = vec![F::neg_infinity(); g.ow];
+    for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
+        let (h0, h1) = g.window(oh, 0);
+        let (h0, h1) = (h0.max(0) as usize, (h1 as usize).min(g.h));
+        maxv.fill(F::neg_infinity());
+        for (ow, o) in orow.iter_mut().enumerate() {
+            let w0 = g.window(ow, 1).0.max(0) as usize;
+            *o = (h0 * g.w + w0) as u32;
+        }
+        for i in h0..h1 {
+            let row = &plane[i * g.w..(i + 1) * g.w];
+            for &(off, lo, hi) in taps {
+                for ow in lo..hi {
+                    let iw = ((ow * sw) as isize + off) as usize;
+                    let v = row[iw];
+                    let max = maxv[ow];
+                    // branch-free (the NaN test is predictable): with
+                    // random data a branch on `take` mispredicts half the time
+                    let take = takes(v, max);
+                    let mask = (take as u32).wrapping_neg();
+                    let cand = (i * g.w + iw) as u32;
+                    orow[ow] = (orow[ow] & !mask) | (cand & mask);
+                    maxv[ow] = if v.is_nan() | max.is_nan() {
+                        if max.is_nan() {
+                            max
+                        } else {
+                            v
+                        }
+                    } else {
+                        max.max(v)
+                    };
+                }
+            }
+        }
+    }
+}
+
 impl<F: Float> Module<F> for MaxPool2d {
     fn name(&self) -> String {
         let c = &self.config;
@@ -116,55 +206,19 @@ impl<F: Float> Module<F> for MaxPool2d {
         let x = contiguous(input);
         let (ip, op) = (g.h * g.w, g.oh * g.ow);
         let mut idx = vec![0u32; g.planes() * op];
-        // For each window row and kernel column, sweep all outputs of the
-        // row at once: per output the elements are still visited in
-        // row-major window order, so the first maximum wins (a NaN beats
-        // everything), as in PyTorch.
-        let (kw, sw, pw) = (g.k[1], g.s[1], g.p[1]);
-        let taps: Vec<(isize, usize, usize)> = (0..kw)
-            .map(|kj| {
-                let off = kj as isize - pw as isize;
-                let (lo, hi) = valid_range(off, sw, g.w, g.ow);
-                (off, lo, hi)
-            })
-            .collect();
-        for_planes(&x, ip, &mut idx, op, |plane, out| {
-            let mut maxv = vec![F::neg_infinity(); g.ow];
-            for (oh, orow) in out.chunks_exact_mut(g.ow).enumerate() {
-                let (h0, h1) = g.window(oh, 0);
-                let (h0, h1) = (h0.max(0) as usize, (h1 as usize).min(g.h));
-                maxv.fill(F::neg_infinity());
-                for (ow, o) in orow.iter_mut().enumerate() {
-                    let w0 = g.window(ow, 1).0.max(0) as usize;
-                    *o = (h0 * g.w + w0) as u32;
-                }
-                for i in h0..h1 {
-                    let row = &plane[i * g.w..(i + 1) * g.w];
-                    for &(off, lo, hi) in &taps {
-                        for ow in lo..hi {
-                            let iw = ((ow * sw) as isize + off) as usize;
-                            let v = row[iw];
-                            let max = maxv[ow];
-                            // branch-free (the NaN test is predictable): with
-                            // random data a branch on `take` mispredicts half the time
-                            let take = (v > max) | (v.is_nan() & !max.is_nan());
-                            let mask = (take as u32).wrapping_neg();
-                            let cand = (i * g.w + iw) as u32;
-                            orow[ow] = (orow[ow] & !mask) | (cand & mask);
-                            maxv[ow] = if v.is_nan() | max.is_nan() {
-                                if max.is_nan() {
-                                    max
-                                } else {
-                                    v
-                                }
-                            } else {
-                                max.max(v)
-                            };
-                        }
-                    }
-                }
-            }
-        });
+        if g.k == [2, 2] && g.s == [2, 2] && g.p == [0, 0] && 2 * g.oh <= g.h && 2 * g.ow <= g.w {
+            // Every window is whole: the common 2x2 pool, four reads per
+            // output, branch-free (3.7x faster than the general sweep on
+            // LeNet-5's first pool, one thread).
+            for_planes(&x, ip, &mut idx, op, |plane, out| {
+                argmax_2x2(plane, g.w, g.ow, out)
+            });
+        } else {
+            let taps = sweep_taps(&g);
+            for_planes(&x, ip, &mut idx, op, |plane, out| {
+                argmax_sweep(plane, &g, &taps, out)
+            });
+        }
         let y: Vec<F> = x
             .chunks(ip.max(1))
             .zip(idx.chunks(op.max(1)))
@@ -263,6 +317,27 @@ mod tests {
             gx.iter().copied().collect::<Vec<_>>(),
             vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
         );
+    }
+
+    /// The 2x2 fast path picks the same positions as the general sweep,
+    /// ties, NaNs and -inf included (odd sizes: the last row and column
+    /// belong to no window).
+    #[test]
+    fn the_2x2_path_agrees_with_the_general_sweep() {
+        use rand::Rng;
+        let vals = [0.0f32, 1.0, 1.0, f32::NAN, f32::NEG_INFINITY, -2.0];
+        let mut rng = StdRng::seed_from_u64(3);
+        for (h, w) in [(8, 8), (9, 7), (2, 2), (5, 12)] {
+            let plane: Vec<f32> = (0..h * w)
+                .map(|_| vals[rng.random_range(0..vals.len())])
+                .collect();
+            let m = Pool2dConfig::new([2, 2]).init().unwrap();
+            let g = m.geom(&[1, 1, h, w]).unwrap();
+            let (mut fast, mut general) = (vec![0u32; g.oh * g.ow], vec![1u32; g.oh * g.ow]);
+            argmax_2x2(&plane, g.w, g.ow, &mut fast);
+            argmax_sweep(&plane, &g, &sweep_taps(&g), &mut general);
+            assert_eq!(fast, general, "{h}x{w}");
+        }
     }
 
     #[test]
