@@ -74,14 +74,25 @@ fn opts() -> Opts {
 }
 
 /// A local cluster of `executors` processes with the driver's default
-/// heartbeat and loss timeout (5 s).
+/// heartbeat and loss timeout (5 s), each executor with its share of the
+/// machine's cores (as `kiln local` starts them).
 fn cluster_config(o: &Opts, executors: usize) -> LocalConfig {
+    cluster_with_threads(o, executors, kiln::local_run::core_share(executors))
+}
+
+/// [`cluster_config`] with `threads` compute threads per executor.
+fn cluster_with_threads(o: &Opts, executors: usize, threads: usize) -> LocalConfig {
     LocalConfig {
         executors,
         cores_per_executor: 1,
         mode: ExecutorMode::Processes {
             program: o.kiln.clone(),
-            args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
+            args: vec![
+                "executor".into(),
+                "--exit-on-stdin-eof".into(),
+                "--threads".into(),
+                threads.to_string(),
+            ],
         },
         driver: DriverConfig::default(),
         startup_timeout: Duration::from_secs(30),
@@ -315,9 +326,19 @@ async fn throughput(o: &Opts) -> anyhow::Result<()> {
         (DigitsModel::Lenet5, 128, 0.1, 20),
     ] {
         // Shards on the executors with 2 copies (the default) and in the
-        // driver (0), side by side.
-        for (executors, replicas) in [(1usize, 2usize), (2, 2), (2, 0)] {
-            let cluster = LocalCluster::start(cluster_config(o, executors), registry()).await?;
+        // driver (0), side by side; each executor with its share of the
+        // cores (the default of `kiln local`) and, for comparison, with
+        // all of them.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = kiln::local_run::core_share;
+        for (executors, replicas, threads) in [
+            (1usize, 2usize, share(1)),
+            (2, 2, share(2)),
+            (2, 0, share(2)),
+            (2, 2, cores),
+        ] {
+            let config = cluster_with_threads(o, executors, threads);
+            let cluster = LocalCluster::start(config, registry()).await?;
             let d = cluster.driver()?;
             let mut run = digits(model, epochs, batch, lr, executors as u32);
             run.shard_replicas = replicas;
@@ -326,7 +347,7 @@ async fn throughput(o: &Opts) -> anyhow::Result<()> {
             let secs = s.elapsed().as_secs_f64();
             cluster.shutdown().await;
             println!(
-                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"shard_replicas\":{replicas},\"samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{:.4}}}",
+                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"executor_threads\":{threads},\"shard_replicas\":{replicas},\"samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{:.4}}}",
                 report.samples_per_second, report.held_out_accuracy
             );
         }

@@ -12,7 +12,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
 use kiln::digits_job::{default_data_path, DigitsJob, DigitsModel};
-use kiln::local_run::{local_config, tokio_runtime, DEFAULT_EXECUTORS};
+use kiln::local_run::{
+    core_share, executor_process, local_config, tokio_runtime, ExecutorThreadsArgs,
+    DEFAULT_EXECUTORS,
+};
 use kiln::run_checkpoints::{CheckpointArgs, CheckpointOptions, KEEP_CHECKPOINTS};
 use kiln::train_cli::TrainArgs;
 use kiln_runtime::{
@@ -202,6 +205,9 @@ pub(crate) struct LocalArgs {
     /// instead of over QUIC on loopback.
     #[arg(long, requires = "in_process")]
     in_memory: bool,
+    /// Default: the machine's cores shared out among the executors.
+    #[command(flatten)]
+    threads: ExecutorThreadsArgs,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -232,6 +238,11 @@ pub(crate) struct ExecutorArgs {
     /// Concurrent task slots (default: available cores).
     #[arg(long)]
     cores: Option<u32>,
+    /// Compute threads: the rayon pool that tensor work runs on (default:
+    /// available cores). `kiln local` gives each of its executors a share
+    /// of the machine's cores.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Name shown in logs and `kiln status`.
     #[arg(long)]
     name: Option<String>,
@@ -451,7 +462,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     })?;
     run.job.progress = !args.no_progress;
     drop(store);
-    let config = local_config(args.executors, false)?;
+    let config = local_config(args.executors, false, Some(core_share(args.executors)))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let cluster = LocalCluster::start(config, registry()).await?;
@@ -478,10 +489,7 @@ pub(crate) fn local(args: LocalArgs) -> anyhow::Result<()> {
         } else if args.in_process {
             ExecutorMode::InProcess
         } else {
-            ExecutorMode::Processes {
-                program: std::env::current_exe().context("locating the kiln binary")?,
-                args: vec!["executor".into(), "--exit-on-stdin-eof".into()],
-            }
+            executor_process(args.threads.or(Some(core_share(args.executors))))?
         };
         let config = LocalConfig {
             executors: args.executors,
@@ -535,6 +543,12 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
                 }
             }
         });
+    }
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build_global()
+            .context("sizing the compute thread pool")?;
     }
     let (token, addr) = transport::parse_join(&args.join)?;
     let mut config = ExecutorConfig::new(addr, token);

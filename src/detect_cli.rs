@@ -65,6 +65,9 @@ pub struct TrainArgs {
     /// With `--executors`: executors as tasks in this process (tests).
     #[arg(long)]
     pub in_process: bool,
+    /// With `--executors` (default: all cores for each executor).
+    #[command(flatten)]
+    pub threads: crate::local_run::ExecutorThreadsArgs,
     /// With `--executors`: checkpoints and resume. A resumed run may
     /// change the number of epochs and the learning-rate plan; any other
     /// setting that differs from the checkpoint's is an error naming it.
@@ -211,7 +214,7 @@ fn train_on_local_cluster(
     executors: usize,
     registry: fn() -> Arc<Registry>,
 ) -> anyhow::Result<()> {
-    let config = crate::local_run::local_config(executors, a.in_process)?;
+    let config = crate::local_run::local_config(executors, a.in_process, a.threads.or(None))?;
     let rt = crate::local_run::tokio_runtime()?;
     rt.block_on(async {
         let cluster = LocalCluster::start(config, registry()).await?;

@@ -58,6 +58,9 @@ pub struct TrainArgs {
     /// Executors as tasks in this process (tests, debugging).
     #[arg(long)]
     pub in_process: bool,
+    /// Default: all cores for each executor.
+    #[command(flatten)]
+    pub threads: crate::local_run::ExecutorThreadsArgs,
     /// DS2 configuration (TOML); default: the small configuration.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -246,7 +249,7 @@ fn split_dir(root: &Path, name: &Option<String>, prefix: &str) -> anyhow::Result
 }
 
 fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
-    let config = crate::local_run::local_config(a.executors, a.in_process)?;
+    let config = crate::local_run::local_config(a.executors, a.in_process, a.threads.or(None))?;
     let model = match &a.config {
         Some(path) => Ds2Config::from_file(path)?,
         None => Ds2Config::from_toml_str(DS2_SMALL)?,
