@@ -99,6 +99,35 @@ fn config_files_are_checked() {
 }
 
 /// Two 16x16 images with one bright square each, and their ground truth.
+/// The shipped recipe of the shapes result (BENCHMARKS.md) reads and
+/// builds the model it names: the wider small backbone with two convs per
+/// source on 160-pixel inputs (maps 20/10/5/3), 1,479,344 parameters for
+/// the six shape classes.
+#[test]
+fn the_shipped_shapes_config_builds_its_model() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/shapes_small_160.json");
+    let cfg = TrainConfig::from_file(&path).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.lr_schedule, LrSchedule::Cosine);
+    let classes = ["circle", "square", "triangle", "star", "ellipse", "cross"]
+        .map(String::from)
+        .to_vec();
+    let model_cfg = cfg.model_config(classes).unwrap();
+    let maps: Vec<usize> = model_cfg
+        .priors
+        .feature_maps
+        .iter()
+        .map(|f| f.size)
+        .collect();
+    assert_eq!(maps, [20, 10, 5, 3]);
+    let graph = model_cfg.graph().unwrap();
+    let model = kiln_nn::layers::LayerConfig::Graph(graph)
+        .build::<f32>(&mut StdRng::seed_from_u64(0))
+        .unwrap();
+    assert_eq!(model.num_params(), 1_479_344);
+}
+
 fn synthetic() -> (Tensor<f32>, Vec<GroundTruth>) {
     let mut x = Array4::<f32>::from_elem((2, 3, 16, 16), -0.5);
     for c in 0..3 {
