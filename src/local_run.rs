@@ -22,7 +22,11 @@ pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ExecutorThreadsArgs {
     /// Compute threads (the rayon pool for tensor work) of each executor
-    /// process; 0 means all of the machine's cores.
+    /// process; 0 means all of the machine's cores. Default: `kiln local`
+    /// shares the cores out among its executors (small models such as
+    /// LeNet-5 lose to oversubscription), `kiln detect train` and `kiln
+    /// speech train` give each executor all of them (their large
+    /// convolutions gain from it).
     #[arg(long)]
     pub executor_threads: Option<usize>,
 }
