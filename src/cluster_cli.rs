@@ -238,9 +238,9 @@ pub(crate) struct ExecutorArgs {
     /// Concurrent task slots (default: available cores).
     #[arg(long)]
     cores: Option<u32>,
-    /// Compute threads: the rayon pool that tensor work runs on (default:
-    /// available cores). `kiln local` gives each of its executors a share
-    /// of the machine's cores.
+    /// Compute threads: the rayon pool that tensor work runs on (default,
+    /// or 0: available cores). `kiln local` gives each of its executors a
+    /// share of the machine's cores.
     #[arg(long)]
     threads: Option<usize>,
     /// Name shown in logs and `kiln status`.
@@ -544,9 +544,9 @@ pub(crate) fn executor(args: ExecutorArgs) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(threads) = args.threads {
+    if let Some(threads) = args.threads.filter(|&t| t > 0) {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
+            .num_threads(threads)
             .build_global()
             .context("sizing the compute thread pool")?;
     }
