@@ -131,7 +131,12 @@ pub async fn train_on_cluster(
         held_out,
     };
     let train: Dataset<Sample> = driver.source(DIGITS_SOURCE, &source(false), run.partitions)?;
-    let test: Dataset<Sample> = driver.source(DIGITS_SOURCE, &source(true), run.partitions)?;
+    // Cached on the executors: the held-out split is evaluated after every
+    // epoch, and reloading (parse, upsample, split) costs several times the
+    // evaluation itself.
+    let test: Dataset<Sample> = driver
+        .source(DIGITS_SOURCE, &source(true), run.partitions)?
+        .cache();
     let config = ClassifierConfig {
         model: network.clone(),
         sample_shape: run.sample_shape(),
