@@ -112,7 +112,7 @@ type FoldFn = dyn Fn(Option<&[u8]>, Box<dyn Part>) -> Result<Option<Vec<u8>>> + 
 type CombineFn = dyn Fn(Vec<Vec<u8>>) -> Result<Option<Vec<u8>>> + Send + Sync;
 type ForeachFn = dyn Fn(&[u8], Box<dyn Part>) -> Result<()> + Send + Sync;
 type ShuffleWriteFn = dyn Fn(Box<dyn Part>, u32) -> Result<Vec<Vec<u8>>> + Send + Sync;
-type ShuffleReadFn = dyn Fn(&[Vec<u8>]) -> Result<Box<dyn Part>> + Send + Sync;
+type ShuffleReadFn = dyn Fn(&[bytes::Bytes]) -> Result<Box<dyn Part>> + Send + Sync;
 /// Pairs two partitions element-wise; the `u32` is the partition index
 /// (for the mismatch error).
 pub(crate) type ZipFn =

@@ -37,8 +37,9 @@ use link::Link;
 
 /// Protocol version sent in the preamble; a mismatch is refused. Version 2:
 /// executor-to-executor shuffle (peer address in `Register`). Version 3:
-/// shuffle blocks travel as raw bytes after their reply frame.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// shuffle blocks travel as raw bytes after their reply frame. Version 4:
+/// a task's shipped inputs are binary strings.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.

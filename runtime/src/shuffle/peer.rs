@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -240,11 +241,12 @@ impl PeerFetcher {
         let mut first_error = None;
         let mut remote = JoinSet::new();
         for f in fetches {
-            let mut blobs = vec![Vec::new(); f.maps.len()];
+            let mut blobs = vec![Bytes::new(); f.maps.len()];
             for (i, loc) in f.maps.iter().enumerate() {
                 if loc.executor == self.me {
                     match self.store.block(f.shuffle, loc.map, f.reduce) {
-                        Ok(Some(b)) => blobs[i] = b.to_vec(),
+                        // Shared with the store, not copied.
+                        Ok(Some(b)) => blobs[i] = b,
                         Ok(None) => {
                             first_error.get_or_insert_with(|| {
                                 format!(
@@ -281,7 +283,7 @@ impl PeerFetcher {
                         .get_mut(&(shuffle, reduce))
                         .and_then(|v| v.get_mut(slot))
                     {
-                        *s = b;
+                        *s = Bytes::from(b);
                     }
                 }
                 Err(e) => {

@@ -25,10 +25,16 @@ impl ShuffleStore {
     /// Keep the buckets of map partition `map` of `shuffle` (replacing an
     /// earlier attempt's).
     pub(crate) fn put(&self, shuffle: u64, map: u32, buckets: Vec<Vec<u8>>) -> Result<()> {
-        self.blocks.lock().map_err(|_| poisoned())?.insert(
-            (shuffle, map),
-            Arc::new(buckets.into_iter().map(Bytes::from).collect()),
-        );
+        self.put_shared(shuffle, map, buckets.into_iter().map(Bytes::from).collect())
+    }
+
+    /// As [`ShuffleStore::put`], with buffers that are already shared
+    /// (views of a larger buffer: nothing is copied).
+    pub(crate) fn put_shared(&self, shuffle: u64, map: u32, buckets: Vec<Bytes>) -> Result<()> {
+        self.blocks
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert((shuffle, map), Arc::new(buckets));
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::BlobRef;
@@ -309,19 +310,51 @@ impl ParamHost {
     }
 }
 
-/// Cuts a gradient into one little-endian byte slice per shard range.
-pub(crate) fn slice_by_shard(grads: &[f32], ranges: &[Range<usize>]) -> Result<Vec<Vec<u8>>> {
-    ranges
+/// Cuts a gradient into one little-endian byte block per shard range. On
+/// little-endian machines the blocks share the gradient's buffer (no copy:
+/// a 256 MB gradient used to be copied into fresh, page-faulting slices
+/// every iteration); elsewhere each slice is converted.
+pub(crate) fn slice_by_shard(grads: Vec<f32>, ranges: &[Range<usize>]) -> Result<Vec<Bytes>> {
+    if let Some(r) = ranges.iter().find(|r| grads.get((*r).clone()).is_none()) {
+        return Err(Error::Invalid(format!(
+            "gradient of {} values does not cover shard range {r:?}",
+            grads.len()
+        )));
+    }
+    let shared = Arc::new(grads);
+    Ok(ranges
         .iter()
-        .map(|r| {
-            grads.get(r.clone()).map(f32_to_bytes).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "gradient of {} values does not cover shard range {r:?}",
-                    grads.len()
-                ))
-            })
-        })
-        .collect()
+        .map(|r| le_bytes_of(&shared, r.clone()))
+        .collect())
+}
+
+/// Bytes of `range` of a shared `f32` buffer, little-endian.
+#[cfg(target_endian = "little")]
+fn le_bytes_of(values: &Arc<Vec<f32>>, range: Range<usize>) -> Bytes {
+    Bytes::from_owner(F32Range {
+        values: values.clone(),
+        range,
+    })
+}
+
+#[cfg(not(target_endian = "little"))]
+fn le_bytes_of(values: &Arc<Vec<f32>>, range: Range<usize>) -> Bytes {
+    Bytes::from(f32_to_bytes(&values[range]))
+}
+
+/// A range of a shared `f32` buffer viewed as its bytes (which are the
+/// little-endian wire format on a little-endian machine).
+#[cfg(target_endian = "little")]
+struct F32Range {
+    values: Arc<Vec<f32>>,
+    range: Range<usize>,
+}
+
+#[cfg(target_endian = "little")]
+impl AsRef<[u8]> for F32Range {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.values[self.range.clone()])
+    }
 }
 
 #[cfg(test)]
@@ -380,7 +413,10 @@ mod tests {
         let mut inputs = Inputs::new();
         inputs.insert(
             (20, 0),
-            vec![f32_to_bytes(&[1.0, 1.0]), f32_to_bytes(&[3.0, 5.0])],
+            vec![
+                f32_to_bytes(&[1.0, 1.0]).into(),
+                f32_to_bytes(&[3.0, 5.0]).into(),
+            ],
         );
         let step = step(0, 0.5);
         host.run(&r, &store, &inputs, &step).unwrap();
@@ -432,7 +468,7 @@ mod tests {
         host.run(&r, &store, &none, &install(1, 0, &[1.0], 10))
             .unwrap();
         let mut inputs = Inputs::new();
-        inputs.insert((20, 0), vec![vec![1, 2, 3]]);
+        inputs.insert((20, 0), vec![Bytes::from_static(&[1, 2, 3])]);
         let step = step(0, 1.0);
         let err = host
             .run(&r, &store, &inputs, &step)
@@ -471,8 +507,13 @@ mod tests {
 
     #[test]
     fn gradients_are_cut_by_shard_range() {
-        let s = slice_by_shard(&[1.0, 2.0, 3.0], &[0..1, 1..3]).unwrap();
-        assert_eq!(s, vec![f32_to_bytes(&[1.0]), f32_to_bytes(&[2.0, 3.0])]);
-        assert!(slice_by_shard(&[1.0], &[0..1, 1..2]).is_err());
+        let s = slice_by_shard(vec![1.0, 2.0, -3.5], &[0..1, 1..3]).unwrap();
+        assert_eq!(s[0], f32_to_bytes(&[1.0]));
+        assert_eq!(s[1], f32_to_bytes(&[2.0, -3.5]));
+        let err = slice_by_shard(vec![1.0], &[0..1, 1..2]).unwrap_err();
+        assert!(
+            err.to_string().contains("does not cover shard range 1..2"),
+            "{err}"
+        );
     }
 }

@@ -349,8 +349,8 @@ pub(crate) fn run_request(
     let buffers = f32_to_bytes(&buffers);
     match &req.gradients_to {
         Some(sink) if !req.evaluate => {
-            let slices = crate::train::slice_by_shard(&grads, &sink.ranges)?;
-            side.store.put(sink.id, side.partition, slices)?;
+            let slices = crate::train::slice_by_shard(grads, &sink.ranges)?;
+            side.store.put_shared(sink.id, side.partition, slices)?;
             Ok(TaskOutput::Train {
                 grads: Vec::new(),
                 stats,
@@ -384,7 +384,7 @@ fn gather_weights(inputs: &crate::protocol::Inputs, id: u64) -> Result<Vec<f32>>
     let blocks = inputs
         .get(&(id, 0))
         .ok_or_else(|| Error::Invalid(format!("weights {id} were not fetched")))?;
-    let total: usize = blocks.iter().map(Vec::len).sum();
+    let total: usize = blocks.iter().map(|b| b.len()).sum();
     let mut out = Vec::with_capacity(total / 4);
     for (shard, b) in blocks.iter().enumerate() {
         if !b.len().is_multiple_of(4) {
