@@ -439,7 +439,13 @@ mod tests {
         store_b
             .put(1, 1, vec![b"x".to_vec(), b"yz".to_vec()])
             .unwrap();
-        let fetcher = Arc::new(PeerFetcher::new(ep_b.clone(), secret, 1 << 20, 2, store_b));
+        let fetcher = Arc::new(PeerFetcher::new(
+            ep_b.clone(),
+            secret,
+            1 << 20,
+            2,
+            store_b.clone(),
+        ));
         let fetch = |maps| {
             vec![ShuffleFetch {
                 shuffle: 1,
@@ -452,6 +458,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got[&(1, 1)], vec![b"de".to_vec(), b"yz".to_vec()]);
+        // The local block is the store's buffer, not a copy.
+        let held = store_b.block(1, 1, 1).unwrap().unwrap();
+        assert_eq!(got[&(1, 1)][1].as_ptr(), held.as_ptr());
         // A block of another size than reported is not trusted.
         let (lost, reason) = fetcher
             .fetch_all(&fetch(vec![loc(0, 1, a, 3), loc(1, 2, b, 2)]))
