@@ -24,6 +24,22 @@ use crate::tensor::Float;
 /// 4 Mi per thread was no better.
 const BAND_ELEMS_PER_THREAD: usize = 1 << 20;
 
+/// Weight-gradient values the backward pass holds at once (one copy per
+/// image of a window, added in image order afterwards; 64 MiB of f32).
+const WINDOW_GRAD_ELEMS: usize = 1 << 24;
+
+/// Fewest images in a window, so that even layers with large weights leave
+/// images to spread over the pool.
+const MIN_IMAGES_PER_WINDOW: usize = 8;
+
+/// Images per backward window: as many as [`WINDOW_GRAD_ELEMS`] allows
+/// (every image of a small layer's batch at once: each window ends in a
+/// barrier), at least [`MIN_IMAGES_PER_WINDOW`]. Depends on the geometry
+/// only, never on the pool.
+fn images_per_window(g: &Geom) -> usize {
+    (WINDOW_GRAD_ELEMS / (g.o * g.k()).max(1)).max(MIN_IMAGES_PER_WINDOW)
+}
+
 /// Geometry of one 2-D convolution (Conv1d uses `h = kh = 1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Geom {
@@ -361,17 +377,6 @@ impl<F: Float> Acc<F> {
             gcol: vec![F::zero(); g.band_len(band)],
         }
     }
-    fn merge(mut self, other: Self) -> Self {
-        self.gw
-            .iter_mut()
-            .zip(&other.gw)
-            .for_each(|(a, &b)| *a += b);
-        self.gb
-            .iter_mut()
-            .zip(&other.gb)
-            .for_each(|(a, &b)| *a += b);
-        self
-    }
 }
 
 /// Backward pass of one image: accumulates weight and bias gradients into
@@ -476,6 +481,12 @@ pub(super) fn forward<F: Float>(
 /// Backward pass of a batch: adds the weight gradient to `gw` and the bias
 /// gradient to `gb` (when given) and returns the input gradient as a flat
 /// `[n, c, h, w]` buffer.
+///
+/// Each image's weight and bias gradients are summed on their own and the
+/// images' sums are then added in image order (a window of images at a
+/// time: [`images_per_window`]), whether the images ran on one thread or were spread over the pool: the result does not depend on
+/// the number of threads or on how rayon split the batch (folding a share
+/// of the images per thread made it depend on both).
 pub(super) fn backward<F: Float>(
     g: &Geom,
     n: usize,
@@ -492,44 +503,57 @@ pub(super) fn backward<F: Float>(
     }
     let parallel = batch_parallel(n);
     let plan = Plan::new(g, parallel);
-    let acc = if parallel {
-        gx.par_chunks_mut(il)
-            .zip(x.par_chunks(il))
-            .zip(gy.par_chunks(ol))
-            .try_fold(
-                || Acc::new(g, plan.band),
-                |mut acc, ((gxi, xi), gyi)| {
-                    backward_image(g, plan, xi, weight, gyi, gxi, &mut acc)?;
-                    Ok::<_, Error>(acc)
-                },
-            )
-            .map(|a| {
-                a.map(|mut a| {
-                    // drop the scratch before the reduction keeps it alive
-                    a.col = Vec::new();
-                    a.gcol = Vec::new();
-                    a
-                })
-            })
-            .try_reduce(
-                || Acc {
-                    gw: vec![F::zero(); g.o * g.k()],
-                    gb: vec![F::zero(); g.o],
-                    col: Vec::new(),
-                    gcol: Vec::new(),
-                },
-                |a, b| Ok(a.merge(b)),
-            )?
-    } else {
-        let mut acc = Acc::new(g, plan.band);
-        for ((gxi, xi), gyi) in gx.chunks_mut(il).zip(x.chunks(il)).zip(gy.chunks(ol)) {
-            backward_image(g, plan, xi, weight, gyi, gxi, &mut acc)?;
-        }
-        acc
+    // One image: its gradients go into fresh sums; the thread's column
+    // scratch is reused.
+    let image = |scratch: &mut Acc<F>, ((gxi, xi), gyi): ((&mut [F], &[F]), &[F])| {
+        backward_image(g, plan, xi, weight, gyi, gxi, scratch)?;
+        Ok::<_, Error>((
+            std::mem::replace(&mut scratch.gw, vec![F::zero(); g.o * g.k()]),
+            std::mem::replace(&mut scratch.gb, vec![F::zero(); g.o]),
+        ))
     };
-    gw.iter_mut().zip(&acc.gw).for_each(|(a, &b)| *a += b);
+    let mut sum_w = vec![F::zero(); g.o * g.k()];
+    let mut sum_b = vec![F::zero(); g.o];
+    // Spread over the pool, the windows run inside it: entering the pool
+    // from outside once per window cost more than the window's work on
+    // small images.
+    let mut run_windows = || -> Result<()> {
+        let mut serial_scratch = None;
+        let window = images_per_window(g);
+        let windows = gx
+            .chunks_mut(window * il)
+            .zip(x.chunks(window * il))
+            .zip(gy.chunks(window * ol));
+        for ((gxs, xs), gys) in windows {
+            let per_image: Vec<(Vec<F>, Vec<F>)> = if parallel {
+                gxs.par_chunks_mut(il)
+                    .zip(xs.par_chunks(il))
+                    .zip(gys.par_chunks(ol))
+                    .map_init(|| Acc::new(g, plan.band), image)
+                    .collect::<Result<_>>()?
+            } else {
+                let scratch = serial_scratch.get_or_insert_with(|| Acc::new(g, plan.band));
+                gxs.chunks_mut(il)
+                    .zip(xs.chunks(il))
+                    .zip(gys.chunks(ol))
+                    .map(|item| image(scratch, item))
+                    .collect::<Result<_>>()?
+            };
+            for (w_i, b_i) in &per_image {
+                sum_w.iter_mut().zip(w_i).for_each(|(a, &b)| *a += b);
+                sum_b.iter_mut().zip(b_i).for_each(|(a, &b)| *a += b);
+            }
+        }
+        Ok(())
+    };
+    if parallel {
+        rayon::scope(|_| run_windows())?;
+    } else {
+        run_windows()?;
+    }
+    gw.iter_mut().zip(&sum_w).for_each(|(a, &b)| *a += b);
     if let Some(gb) = gb {
-        gb.iter_mut().zip(&acc.gb).for_each(|(a, &b)| *a += b);
+        gb.iter_mut().zip(&sum_b).for_each(|(a, &b)| *a += b);
     }
     Ok(gx)
 }
@@ -603,6 +627,41 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn weight_gradients_do_not_depend_on_how_the_batch_is_spread_over_threads() {
+        // The same batch from outside the pool (images spread over its
+        // threads, several windows) and from inside a one-thread pool
+        // (images in turn): bit-identical gradients.
+        let mut rng = StdRng::seed_from_u64(21);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let small = geom(5, 9, 8, 7, [3, 3], [1, 1], [1, 1], [1, 1], 1);
+        // weights large enough that 19 images take three windows
+        let large = geom(512, 3, 3, 512, [3, 3], [1, 1], [1, 1], [1, 1], 1);
+        assert_eq!(images_per_window(&large), MIN_IMAGES_PER_WINDOW);
+        for (g, n) in [(small, 1), (small, 2), (small, 7), (small, 19), (large, 19)] {
+            let x: Vec<f32> = (0..n * g.in_len())
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let w: Vec<f32> = (0..g.o * g.k())
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let gy: Vec<f32> = (0..n * g.out_len())
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let run = || {
+                let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
+                let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb)).unwrap();
+                (gw, gb, gx)
+            };
+            let spread = run();
+            let serial = one.install(run);
+            assert!(spread == serial, "n={n}: gradients differ");
+        }
     }
 
     #[test]
