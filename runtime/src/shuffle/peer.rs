@@ -602,9 +602,12 @@ mod tests {
                 executor: 1
             }]
         );
-        // The refusal ends the stream without a reply, then closes the link.
+        // The refusal ends the stream without a reply, then closes the link;
+        // the fetcher may see either first (CI saw "connection lost" once).
         assert!(
-            reason.contains("without a reply") || reason.contains("bad block request"),
+            reason.contains("without a reply")
+                || reason.contains("bad block request")
+                || reason.contains("connection lost"),
             "{reason}"
         );
         server.abort();

@@ -484,9 +484,10 @@ pub(super) fn forward<F: Float>(
 ///
 /// Each image's weight and bias gradients are summed on their own and the
 /// images' sums are then added in image order (a window of images at a
-/// time: [`images_per_window`]), whether the images ran on one thread or were spread over the pool: the result does not depend on
-/// the number of threads or on how rayon split the batch (folding a share
-/// of the images per thread made it depend on both).
+/// time: [`images_per_window`]), whether the images ran on one thread or
+/// were spread over the pool: the result does not depend on the number of
+/// threads or on how rayon split the batch (folding a share of the images
+/// per thread made it depend on both).
 pub(super) fn backward<F: Float>(
     g: &Geom,
     n: usize,
