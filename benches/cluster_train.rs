@@ -87,12 +87,7 @@ fn cluster_with_threads(o: &Opts, executors: usize, threads: usize) -> LocalConf
         cores_per_executor: 1,
         mode: ExecutorMode::Processes {
             program: o.kiln.clone(),
-            args: vec![
-                "executor".into(),
-                "--exit-on-stdin-eof".into(),
-                "--threads".into(),
-                threads.to_string(),
-            ],
+            args: kiln::local_run::executor_args(Some(threads)),
         },
         driver: DriverConfig::default(),
         startup_timeout: Duration::from_secs(30),
@@ -329,13 +324,13 @@ async fn throughput(o: &Opts) -> anyhow::Result<()> {
         // driver (0), side by side; each executor with its share of the
         // cores (the default of `kiln local`) and, for comparison, with
         // all of them.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let share = kiln::local_run::core_share;
+        // share(1): all of the machine's cores
         for (executors, replicas, threads) in [
             (1usize, 2usize, share(1)),
             (2, 2, share(2)),
             (2, 0, share(2)),
-            (2, 2, cores),
+            (2, 2, share(1)),
         ] {
             let config = cluster_with_threads(o, executors, threads);
             let cluster = LocalCluster::start(config, registry()).await?;

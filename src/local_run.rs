@@ -53,15 +53,22 @@ pub fn core_share(executors: usize) -> usize {
 /// exits with its parent, and uses `threads` compute threads (`None`: all
 /// cores).
 pub fn executor_process(threads: Option<usize>) -> anyhow::Result<ExecutorMode> {
+    Ok(ExecutorMode::Processes {
+        program: std::env::current_exe().context("locating the kiln binary")?,
+        args: executor_args(threads),
+    })
+}
+
+/// The arguments of an executor child process (after the program): it
+/// exits with its parent and uses `threads` compute threads (`None`: all
+/// cores).
+pub fn executor_args(threads: Option<usize>) -> Vec<String> {
     let mut args = vec!["executor".to_string(), "--exit-on-stdin-eof".to_string()];
     if let Some(t) = threads {
         args.push("--threads".into());
         args.push(t.to_string());
     }
-    Ok(ExecutorMode::Processes {
-        program: std::env::current_exe().context("locating the kiln binary")?,
-        args,
-    })
+    args
 }
 
 /// `executors` executors with one slot each: child processes of this

@@ -98,7 +98,6 @@ fn config_files_are_checked() {
     assert!(err.contains("train.json") && err.contains("epoch"), "{err}");
 }
 
-/// Two 16x16 images with one bright square each, and their ground truth.
 /// The shipped recipe of the shapes result (BENCHMARKS.md) reads and
 /// builds the model it names: the wider small backbone with two convs per
 /// source on 160-pixel inputs (maps 20/10/5/3), 1,479,344 parameters for
@@ -128,6 +127,7 @@ fn the_shipped_shapes_config_builds_its_model() {
     assert_eq!(model.num_params(), 1_479_344);
 }
 
+/// Two 16x16 images with one bright square each, and their ground truth.
 fn synthetic() -> (Tensor<f32>, Vec<GroundTruth>) {
     let mut x = Array4::<f32>::from_elem((2, 3, 16, 16), -0.5);
     for c in 0..3 {

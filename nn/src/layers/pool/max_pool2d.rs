@@ -169,15 +169,7 @@ fn argmax_sweep<F: Float>(
                     let mask = (take as u32).wrapping_neg();
                     let cand = (i * g.w + iw) as u32;
                     orow[ow] = (orow[ow] & !mask) | (cand & mask);
-                    maxv[ow] = if v.is_nan() | max.is_nan() {
-                        if max.is_nan() {
-                            max
-                        } else {
-                            v
-                        }
-                    } else {
-                        max.max(v)
-                    };
+                    maxv[ow] = if take { v } else { max };
                 }
             }
         }
