@@ -15,6 +15,7 @@
 //! ```text
 //! cargo build --release && cargo bench --bench cluster_train -- \
 //!     [--kiln target/release/kiln] [--python ~/.cache/kiln-anchors/venv/bin/python] [--only sync,recovery,checkpoint,throughput]
+//!     [--sync-sizes 4,64,256] [--sync-placements driver,executors,executors_replicated]
 //! ```
 //! Prints one JSON line per measurement.
 
@@ -40,6 +41,9 @@ struct Opts {
     kiln: PathBuf,
     python: Option<PathBuf>,
     only: Vec<String>,
+    /// Sizes (MB) and placements the sync measurement runs.
+    sync_sizes: Vec<usize>,
+    sync_placements: Vec<String>,
 }
 
 fn opts() -> Opts {
@@ -55,6 +59,12 @@ fn opts() -> Opts {
             "checkpoint".into(),
             "throughput".into(),
         ],
+        sync_sizes: vec![4, 64, 256],
+        sync_placements: vec![
+            "driver".into(),
+            "executors".into(),
+            "executors_replicated".into(),
+        ],
     };
     let mut i = 1;
     while i < args.len() {
@@ -63,6 +73,8 @@ fn opts() -> Opts {
             "--kiln" => o.kiln = PathBuf::from(&v),
             "--python" => o.python = Some(PathBuf::from(&v)),
             "--only" => o.only = v.split(',').map(str::to_string).collect(),
+            "--sync-sizes" => o.sync_sizes = v.split(',').filter_map(|s| s.parse().ok()).collect(),
+            "--sync-placements" => o.sync_placements = v.split(',').map(str::to_string).collect(),
             _ => {
                 i += 1;
                 continue;
@@ -136,8 +148,11 @@ async fn sync(o: &Opts) -> anyhow::Result<()> {
         ("executors", executor_placement(&sgd(), 1)?),
         ("executors_replicated", executor_placement(&sgd(), 2)?),
     ];
-    for mb in [4usize, 64, 256] {
+    for &mb in &o.sync_sizes {
         for (placement, where_) in &placements {
+            if !o.sync_placements.iter().any(|p| p == placement) {
+                continue;
+            }
             let n = mb * MB / 4;
             let mut spec = TrainSpec::new(SYNC_BENCH_TRAINER, &n, 2, 1_000, 1, 0.01)?;
             spec.shards = 2;
@@ -175,7 +190,7 @@ async fn sync(o: &Opts) -> anyhow::Result<()> {
         );
         let out = Command::new(py)
             .arg(script)
-            .args(["4", "64", "256"])
+            .args(o.sync_sizes.iter().map(|s| s.to_string()))
             .output()?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {

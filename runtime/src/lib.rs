@@ -23,6 +23,7 @@
 )]
 #![warn(missing_docs)]
 
+mod buffers;
 pub mod checkpoint;
 mod connection;
 mod dataset;

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::ShuffleStore;
+use crate::buffers::Pooled;
 use crate::error::{Error, Result};
 use crate::protocol::{FetchReply, FetchRequest, Inputs, LostBlock, MapLoc, ShuffleFetch};
 use crate::transport::{
@@ -165,33 +166,42 @@ async fn serve_block(
 }
 
 /// Reads the `len` raw bytes of a block that follow its reply frame, into
-/// one buffer (quinn's received chunks are copied once).
-async fn read_block(recv: &mut quinn::RecvStream, peer: SocketAddr, len: u64) -> Result<Vec<u8>> {
+/// one buffer of the data plane's pool (quinn's received chunks are copied
+/// once; the buffer is reused once the block is dropped).
+async fn read_block(recv: &mut quinn::RecvStream, peer: SocketAddr, len: u64) -> Result<Bytes> {
     let len = usize::try_from(len).map_err(|_| Error::FrameTooLarge {
         peer,
         len,
         max: usize::MAX as u64,
     })?;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
+    let mut out = Pooled::with_bytes(len);
+    let mut filled = 0;
+    while filled < len {
         let chunk = recv
-            .read_chunk(len - out.len(), true)
+            .read_chunk(len - filled, true)
             .await
             .map_err(|e| transport::conn_err(peer, e))?;
         match chunk {
-            Some(c) => out.extend_from_slice(&c.bytes),
+            Some(c) => {
+                let end = filled + c.bytes.len();
+                if end > len {
+                    return Err(transport::conn_err(
+                        peer,
+                        format!("stream sent {end} bytes of a {len}-byte block"),
+                    ));
+                }
+                out.bytes_mut()[filled..end].copy_from_slice(&c.bytes);
+                filled = end;
+            }
             None => {
                 return Err(transport::conn_err(
                     peer,
-                    format!(
-                        "stream finished after {} of the block's {len} bytes",
-                        out.len()
-                    ),
+                    format!("stream finished after {filled} of the block's {len} bytes"),
                 ))
             }
         }
     }
-    Ok(out)
+    Ok(out.into_bytes(len))
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
@@ -283,7 +293,7 @@ impl PeerFetcher {
                         .get_mut(&(shuffle, reduce))
                         .and_then(|v| v.get_mut(slot))
                     {
-                        *s = Bytes::from(b);
+                        *s = b;
                     }
                 }
                 Err(e) => {
@@ -298,7 +308,7 @@ impl PeerFetcher {
         }
     }
 
-    async fn fetch_remote(&self, shuffle: u64, reduce: u32, loc: &MapLoc) -> Result<Vec<u8>> {
+    async fn fetch_remote(&self, shuffle: u64, reduce: u32, loc: &MapLoc) -> Result<Bytes> {
         let _permit = self
             .limit
             .acquire()
@@ -421,6 +431,43 @@ mod tests {
             peer,
             size,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_block_arrives_intact_in_an_aligned_pooled_buffer() {
+        let secret = [7u8; 32];
+        // Over the pool's threshold and not a whole number of f32.
+        let len = 3 * crate::buffers::MIN_POOLED_BYTES + 3;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (ep_a, a) = endpoint();
+        let store_a = ShuffleStore::default();
+        store_a.put(4, 0, vec![data.clone()]).unwrap();
+        let server = tokio::spawn(serve_peers(ep_a.clone(), store_a, secret, 1 << 30));
+        let (ep_b, _) = endpoint();
+        let fetcher = Arc::new(PeerFetcher::new(
+            ep_b,
+            secret,
+            1 << 30,
+            2,
+            ShuffleStore::default(),
+        ));
+        let fetch = ShuffleFetch {
+            shuffle: 4,
+            reduce: 0,
+            maps: vec![loc(0, 1, a, len as u64)],
+        };
+        for _ in 0..2 {
+            // The second fetch may reuse the first one's buffer.
+            let got = fetcher
+                .fetch_all(std::slice::from_ref(&fetch))
+                .await
+                .unwrap();
+            let block = &got[&(4, 0)][0];
+            assert_eq!(block.len(), len);
+            assert!(block[..] == data[..], "block changed on the way");
+            assert_eq!(block.as_ptr() as usize % 4, 0, "f32-aligned");
+        }
+        server.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,13 +20,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::buffers::Pooled;
 use crate::checkpoint::BlobRef;
 use crate::error::{Error, Result};
 use crate::protocol::{Inputs, TaskOutput};
 use crate::registry::Registry;
 use crate::shuffle::ShuffleStore;
 use crate::train::shard::{write_shard_blobs, ShardOptimizer};
-use crate::train::worker::{bytes_to_f32, f32_to_bytes};
+use crate::train::worker::{add_le_f32, bytes_to_f32, f32_to_bytes, f32_to_shared_bytes};
 use crate::transport::encode;
 
 /// Builds a shard's optimizer from its rmp-serde configuration, on any
@@ -228,7 +229,7 @@ impl ParamHost {
                 let mut guard = hosted.lock().map_err(|_| poisoned())?;
                 let h = &mut *guard;
                 if h.version == from + 1 {
-                    store.put(*publish, *shard, vec![f32_to_bytes(&h.params)])?;
+                    store.put_shared(*publish, *shard, vec![f32_to_shared_bytes(&h.params)])?;
                     return Ok(TaskOutput::Done);
                 }
                 if h.version != *from {
@@ -240,7 +241,7 @@ impl ParamHost {
                 let slices = inputs.get(&(*gradients, *shard)).ok_or_else(|| {
                     Error::Invalid(format!("shard {shard}: gradient slices not fetched"))
                 })?;
-                h.acc.iter_mut().for_each(|a| *a = 0.0);
+                h.acc.fill(0.0);
                 for (p, s) in slices.iter().enumerate() {
                     if s.len() != h.acc.len() * 4 {
                         return Err(Error::Invalid(format!(
@@ -249,9 +250,7 @@ impl ParamHost {
                             h.acc.len() * 4
                         )));
                     }
-                    for (a, c) in h.acc.iter_mut().zip(s.chunks_exact(4)) {
-                        *a += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
+                    add_le_f32(&mut h.acc, s);
                 }
                 for a in &mut h.acc {
                     *a *= scale;
@@ -260,7 +259,7 @@ impl ParamHost {
                     .step(&mut h.params, &h.acc, *lr)
                     .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))?;
                 h.version = from + 1;
-                store.put(*publish, *shard, vec![f32_to_bytes(&h.params)])?;
+                store.put_shared(*publish, *shard, vec![f32_to_shared_bytes(&h.params)])?;
                 Ok(TaskOutput::Done)
             }
             ShardOp::Get { run, shard, state } => {
@@ -304,56 +303,53 @@ impl ParamHost {
                     .lock()
                     .map_err(|_| poisoned())?
                     .retain(|(r, _), _| r != run);
+                // The run's buffers need not be kept for its next iteration.
+                crate::buffers::pool().clear();
                 Ok(TaskOutput::Done)
             }
         }
     }
 }
 
-/// Cuts a gradient into one little-endian byte block per shard range. On
-/// little-endian machines the blocks share the gradient's buffer (no copy:
-/// a 256 MB gradient used to be copied into fresh, page-faulting slices
-/// every iteration); elsewhere each slice is converted.
-pub(crate) fn slice_by_shard(grads: Vec<f32>, ranges: &[Range<usize>]) -> Result<Vec<Bytes>> {
+/// Cuts a gradient into one little-endian byte block per shard range. The
+/// blocks share the gradient's buffer (no copy: a 256 MB gradient used to
+/// be copied into fresh, page-faulting slices every iteration), which goes
+/// back to the buffer pool once every block is freed.
+pub(crate) fn slice_by_shard(mut grads: Vec<f32>, ranges: &[Range<usize>]) -> Result<Vec<Bytes>> {
     if let Some(r) = ranges.iter().find(|r| grads.get((*r).clone()).is_none()) {
         return Err(Error::Invalid(format!(
             "gradient of {} values does not cover shard range {r:?}",
             grads.len()
         )));
     }
-    let shared = Arc::new(grads);
+    // The values become their little-endian bit patterns, so the buffer's
+    // bytes are the wire format (nothing to do on little-endian machines).
+    if cfg!(target_endian = "big") {
+        for g in &mut grads {
+            *g = f32::from_bits(g.to_bits().to_le());
+        }
+    }
+    let shared = Arc::new(Pooled::new(grads));
     Ok(ranges
         .iter()
-        .map(|r| le_bytes_of(&shared, r.clone()))
+        .map(|r| {
+            Bytes::from_owner(F32Range {
+                values: shared.clone(),
+                range: r.clone(),
+            })
+        })
         .collect())
 }
 
-/// Bytes of `range` of a shared `f32` buffer, little-endian.
-#[cfg(target_endian = "little")]
-fn le_bytes_of(values: &Arc<Vec<f32>>, range: Range<usize>) -> Bytes {
-    Bytes::from_owner(F32Range {
-        values: values.clone(),
-        range,
-    })
-}
-
-#[cfg(not(target_endian = "little"))]
-fn le_bytes_of(values: &Arc<Vec<f32>>, range: Range<usize>) -> Bytes {
-    Bytes::from(f32_to_bytes(&values[range]))
-}
-
-/// A range of a shared `f32` buffer viewed as its bytes (which are the
-/// little-endian wire format on a little-endian machine).
-#[cfg(target_endian = "little")]
+/// A range of a shared `f32` buffer viewed as its bytes.
 struct F32Range {
-    values: Arc<Vec<f32>>,
+    values: Arc<Pooled>,
     range: Range<usize>,
 }
 
-#[cfg(target_endian = "little")]
 impl AsRef<[u8]> for F32Range {
     fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.values[self.range.clone()])
+        bytemuck::cast_slice(&self.values.values()[self.range.clone()])
     }
 }
 
@@ -510,10 +506,8 @@ mod tests {
         let s = slice_by_shard(vec![1.0, 2.0, -3.5], &[0..1, 1..3]).unwrap();
         assert_eq!(s[0], f32_to_bytes(&[1.0]));
         assert_eq!(s[1], f32_to_bytes(&[2.0, -3.5]));
-        // On little-endian machines both are views of the one gradient.
-        if cfg!(target_endian = "little") {
-            assert_eq!(s[1].as_ptr() as usize - s[0].as_ptr() as usize, 4);
-        }
+        // Both are views of the one gradient.
+        assert_eq!(s[1].as_ptr() as usize - s[0].as_ptr() as usize, 4);
         let err = slice_by_shard(vec![1.0], &[0..1, 1..2]).unwrap_err();
         assert!(
             err.to_string().contains("does not cover shard range 1..2"),

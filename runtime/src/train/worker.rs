@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::buffers::Pooled;
 use crate::error::{Error, Result};
 use crate::protocol::TaskOutput;
 use crate::registry::{Data, Part, Registry};
@@ -150,13 +151,79 @@ pub(crate) struct GradientSink {
 
 /// `f32`s as little-endian bytes (the wire format of weights and gradients).
 pub(crate) fn f32_to_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; v.len() * 4];
+    write_le_f32(v, &mut out);
+    out
+}
+
+/// `f32`s as little-endian bytes in a shared buffer of the data plane's
+/// pool (for blocks left in the shuffle store: the buffer is reused once
+/// the block is freed).
+pub(crate) fn f32_to_shared_bytes(v: &[f32]) -> bytes::Bytes {
+    let len = v.len() * 4;
+    let mut buf = crate::buffers::Pooled::with_bytes(len);
+    write_le_f32(v, &mut buf.bytes_mut()[..len]);
+    buf.into_bytes(len)
+}
+
+/// Writes `values` into `out` as little-endian bytes; `out` holds 4 bytes
+/// per value (extra bytes are left alone).
+pub(crate) fn write_le_f32(values: &[f32], out: &mut [u8]) {
+    let out = &mut out[..values.len() * 4];
+    if cfg!(target_endian = "little") {
+        if let Ok(o) = bytemuck::try_cast_slice_mut::<u8, f32>(out) {
+            o.copy_from_slice(values);
+            return;
+        }
+    }
     // Fixed-size chunks of a sized buffer: this compiles to a vectorised
     // copy, where pushing four bytes at a time did not.
-    let mut out = vec![0u8; v.len() * 4];
-    for (o, x) in out.chunks_exact_mut(4).zip(v) {
+    for (o, x) in out.chunks_exact_mut(4).zip(values) {
         o.copy_from_slice(&x.to_le_bytes());
     }
-    out
+}
+
+/// The values of little-endian `f32` bytes, viewed in place when the
+/// machine is little-endian and the bytes are aligned (pooled buffers
+/// are), else `None`.
+fn le_f32_view(bytes: &[u8]) -> Option<&[f32]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(bytes).ok()
+    } else {
+        None
+    }
+}
+
+/// Decodes the little-endian `f32`s of `bytes` into `out` (as many as
+/// both hold).
+pub(crate) fn read_le_f32(bytes: &[u8], out: &mut [f32]) {
+    let n = out.len().min(bytes.len() / 4);
+    match le_f32_view(&bytes[..n * 4]) {
+        Some(v) => out[..n].copy_from_slice(v),
+        None => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
+/// Adds the little-endian `f32`s of `bytes` to `acc` element-wise (as many
+/// as both hold).
+pub(crate) fn add_le_f32(acc: &mut [f32], bytes: &[u8]) {
+    let n = acc.len().min(bytes.len() / 4);
+    match le_f32_view(&bytes[..n * 4]) {
+        Some(v) => {
+            for (a, x) in acc.iter_mut().zip(v) {
+                *a += x;
+            }
+        }
+        None => {
+            for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(4)) {
+                *a += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
 }
 
 /// The little-endian f32 values of `b` (the inverse of `f32_to_bytes`); an
@@ -168,9 +235,9 @@ pub fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
             b.len()
         )));
     }
-    Ok(b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    let mut out = vec![0.0; b.len() / 4];
+    read_le_f32(b, &mut out);
+    Ok(out)
 }
 
 type ErasedRun =
@@ -300,7 +367,7 @@ fn run_typed<T: Data, W: GradientWorker<T>>(
         let stats = worker.evaluate(params, &samples).map_err(fail)?;
         return Ok((Vec::new(), stats, Vec::new()));
     }
-    let mut grads = vec![0f32; params.len()];
+    let mut grads = crate::buffers::pool().take_zeroed(params.len());
     let stats = worker
         .gradients(params, &samples, req.seed, &mut grads)
         .map_err(fail)?;
@@ -323,7 +390,7 @@ pub(crate) fn run_request(
     let entry = registry.trainer(&req.trainer)?;
     crate::registry::check_type(&req.trainer, entry.elem, part.elem_type())?;
     let params = match req.weights_from {
-        None => bytes_to_f32(&req.params, "weights")?,
+        None => Pooled::new(bytes_to_f32(&req.params, "weights")?),
         Some(id) => gather_weights(side.inputs, id)?,
     };
     let key = config_key(&req.config);
@@ -339,7 +406,8 @@ pub(crate) fn run_request(
         None => (entry.make)(&req.config)
             .map_err(|e| Error::Invalid(format!("trainer {:?}: {e}", req.trainer)))?,
     };
-    let result = (entry.run)(worker.as_mut(), req, &params, part);
+    let result = (entry.run)(worker.as_mut(), req, params.values(), part);
+    drop(params);
     entry
         .pool
         .lock()
@@ -359,7 +427,7 @@ pub(crate) fn run_request(
             })
         }
         _ => Ok(TaskOutput::Train {
-            grads: f32_to_bytes(&grads),
+            grads: f32_to_bytes(Pooled::new(grads).values()),
             stats,
             buffers,
             stored_on: None,
@@ -379,24 +447,29 @@ pub(crate) struct TaskSide<'a> {
     pub(crate) executor: u64,
 }
 
-/// The full weight vector from the fetched shard blocks `(id, 0)`.
-fn gather_weights(inputs: &crate::protocol::Inputs, id: u64) -> Result<Vec<f32>> {
+/// The full weight vector from the fetched shard blocks `(id, 0)`, in a
+/// pooled buffer.
+fn gather_weights(inputs: &crate::protocol::Inputs, id: u64) -> Result<Pooled> {
     let blocks = inputs
         .get(&(id, 0))
         .ok_or_else(|| Error::Invalid(format!("weights {id} were not fetched")))?;
-    let total: usize = blocks.iter().map(|b| b.len()).sum();
-    let mut out = Vec::with_capacity(total / 4);
-    for (shard, b) in blocks.iter().enumerate() {
-        if !b.len().is_multiple_of(4) {
-            return Err(Error::Invalid(format!(
-                "weights of shard {shard}: {} bytes is not a whole number of f32",
-                b.len()
-            )));
-        }
-        out.extend(
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+    if let Some((shard, b)) = blocks
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !b.len().is_multiple_of(4))
+    {
+        return Err(Error::Invalid(format!(
+            "weights of shard {shard}: {} bytes is not a whole number of f32",
+            b.len()
+        )));
+    }
+    let total: usize = blocks.iter().map(|b| b.len() / 4).sum();
+    let mut out = Pooled::new(crate::buffers::pool().take(total));
+    let mut at = 0;
+    for b in blocks {
+        let n = b.len() / 4;
+        read_le_f32(b, &mut out.values_mut()[at..at + n]);
+        at += n;
     }
     Ok(out)
 }
@@ -410,5 +483,28 @@ mod tests {
         let v = vec![1.5f32, -0.0, f32::MAX, 3.25e-9];
         assert_eq!(bytes_to_f32(&f32_to_bytes(&v), "x").unwrap(), v);
         assert!(bytes_to_f32(&[1, 2, 3], "x").is_err());
+    }
+
+    #[test]
+    fn le_helpers_agree_on_aligned_and_unaligned_bytes() {
+        let v: Vec<f32> = (0..37).map(|i| i as f32 * -1.25 + 0.1).collect();
+        let want: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        // A buffer read at offsets 0 (aligned when the allocation is) and
+        // 1 (never aligned): the in-place view and the byte-wise path.
+        let mut raw = vec![0u32; v.len() + 1];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut raw);
+        for off in [0, 1] {
+            let b = &mut bytes[off..off + v.len() * 4];
+            write_le_f32(&v, b);
+            assert_eq!(&b[..], &want[..]);
+            let mut back = vec![0.0; v.len()];
+            read_le_f32(b, &mut back);
+            assert_eq!(back, v);
+            let mut acc = vec![1.0f32; v.len()];
+            add_le_f32(&mut acc, b);
+            let sum: Vec<f32> = v.iter().map(|x| 1.0 + x).collect();
+            assert_eq!(acc, sum);
+        }
+        assert_eq!(&f32_to_shared_bytes(&v)[..], &want[..]);
     }
 }
