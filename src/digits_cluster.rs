@@ -109,6 +109,10 @@ pub struct ClusterDigitsReport {
     pub held_out_accuracy: f64,
     /// Training samples per second over the epochs run here.
     pub samples_per_second: f64,
+    /// Wall time of the epochs run here (evaluations included), seconds.
+    pub training_seconds: f64,
+    /// Of `training_seconds`, the time spent writing checkpoints.
+    pub checkpoint_seconds: f64,
 }
 
 /// Trains the digits network on the driver's executors and evaluates it.
@@ -168,11 +172,13 @@ pub async fn train_on_cluster(
     let bar = iteration_bar(&trainer, job.epochs, job.progress);
     let started = Instant::now();
     let mut trained = 0u64;
+    let mut checkpoint_seconds = 0.0;
     let mut epoch_loss = kiln_runtime::train::BatchStats::default();
     let mut epoch_start = Instant::now();
     while !trainer.is_done() {
         let it = trainer.step().await?;
         trained += it.stats.samples;
+        checkpoint_seconds += it.checkpoint_seconds;
         epoch_loss.add(&it.stats);
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", it.stats.mean_loss()));
@@ -212,5 +218,7 @@ pub async fn train_on_cluster(
         model: network,
         held_out_accuracy: held.accuracy(),
         samples_per_second: trained as f64 / seconds.max(1e-9),
+        training_seconds: seconds,
+        checkpoint_seconds,
     })
 }

@@ -251,8 +251,14 @@ async fn resume_is_bit_exact_and_skips_a_corrupt_checkpoint() {
             .unwrap();
         let mut last = None;
         while t.position().epoch < 2 {
-            if let Some(id) = t.step().await.unwrap().checkpoint {
-                last = Some(id);
+            let it = t.step().await.unwrap();
+            // The checkpoint's time is reported as part of its iteration.
+            match it.checkpoint {
+                Some(id) => {
+                    last = Some(id);
+                    assert!(it.checkpoint_seconds > 0.0 && it.checkpoint_seconds <= it.seconds);
+                }
+                None => assert_eq!(it.checkpoint_seconds, 0.0),
             }
         }
         // One more checkpoint mid-epoch 3, then corrupt it.

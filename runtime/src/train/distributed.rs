@@ -143,6 +143,9 @@ pub struct IterationReport {
     pub epoch_ended: bool,
     /// The checkpoint written after it, if any.
     pub checkpoint: Option<u64>,
+    /// Of `seconds`, the time spent writing that checkpoint (0 without
+    /// one): what checkpointing costs the run.
+    pub checkpoint_seconds: f64,
     /// How often it was redone after a failure (executor-hosted shards;
     /// with driver-held shards the scheduler retries single tasks instead).
     pub redone: u32,
@@ -693,10 +696,16 @@ impl<T: Data> DistributedTrainer<T> {
             .checkpoint
             .as_ref()
             .is_some_and(|p| p.due(self.pos.iteration, epoch_ended, self.last_checkpoint));
+        let checkpoint_started = Instant::now();
         let checkpoint = if due {
             Some(self.checkpoint().await?)
         } else {
             None
+        };
+        let checkpoint_seconds = if due {
+            checkpoint_started.elapsed().as_secs_f64()
+        } else {
+            0.0
         };
         Ok(IterationReport {
             position: self.pos,
@@ -705,6 +714,7 @@ impl<T: Data> DistributedTrainer<T> {
             seconds: started.elapsed().as_secs_f64(),
             epoch_ended,
             checkpoint,
+            checkpoint_seconds,
             redone: 0,
         })
     }
