@@ -39,7 +39,7 @@ use link::Link;
 /// executor-to-executor shuffle (peer address in `Register`). Version 3:
 /// shuffle blocks travel as raw bytes after their reply frame. Version 4:
 /// a task's shipped inputs are binary strings.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.

@@ -11,7 +11,7 @@
 //! each successful step, shards short of replicas get a copy on another
 //! executor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 
@@ -194,7 +194,8 @@ impl ExecutorShards {
         lr: f64,
         publish: u64,
     ) -> Result<()> {
-        let mut tasks = Vec::new();
+        // One task per holder, stepping every shard it holds.
+        let mut by_holder: BTreeMap<u64, (Vec<u32>, Vec<ShuffleFetch>)> = BTreeMap::new();
         for (i, r) in self.ranges.iter().enumerate() {
             let maps = stored_on
                 .iter()
@@ -206,18 +207,26 @@ impl ExecutorShards {
                 maps,
             };
             for &h in &self.holders[i] {
+                let (shards, fetches) = by_holder.entry(h).or_default();
+                shards.push(i as u32);
+                fetches.push(fetch.clone());
+            }
+        }
+        let tasks = by_holder
+            .into_iter()
+            .map(|(h, (shards, fetches))| {
                 let op = ShardOp::Step {
                     run: self.run,
-                    shard: i as u32,
+                    shards,
                     from: self.version,
                     gradients,
                     scale,
                     lr,
                     publish,
                 };
-                tasks.push((h, Action::Shard(op), vec![fetch.clone()]));
-            }
-        }
+                (h, Action::Shard(op), fetches)
+            })
+            .collect();
         data.run_on_executors(tasks).await?;
         data.free_blocks(vec![self.weights]);
         self.weights = publish;

@@ -99,14 +99,14 @@ pub(crate) enum ShardOp {
         state: Option<Vec<u8>>,
         publish: u64,
     },
-    /// Step the shard from version `from` with the gradient slices fetched
-    /// as input `(gradients, shard)` (one per partition, in partition
-    /// order), then publish the new weights as `(publish, shard)`. A shard
-    /// already at `from + 1` (an iteration redone after a failure) only
-    /// republishes.
+    /// Step each of `shards` (all hosted here: one task per holder, not per
+    /// shard) from version `from` with the gradient slices fetched as input
+    /// `(gradients, shard)` (one per partition, in partition order), then
+    /// publish its new weights as `(publish, shard)`. A shard already at
+    /// `from + 1` (an iteration redone after a failure) only republishes.
     Step {
         run: u64,
-        shard: u32,
+        shards: Vec<u32>,
         from: u64,
         gradients: u64,
         scale: f32,
@@ -142,6 +142,55 @@ struct HostedShard {
     /// Reused gradient accumulator.
     acc: Vec<f32>,
 }
+
+impl HostedShard {
+    /// Applies one iteration's gradient slices (summed in partition order,
+    /// then scaled) to the shard at version `from`; a shard already at
+    /// `from + 1` (the iteration redone) is left as it is.
+    fn step(
+        &mut self,
+        shard: u32,
+        from: u64,
+        slices: Option<&Vec<Bytes>>,
+        scale: f32,
+        lr: f64,
+    ) -> Result<()> {
+        if self.version == from + 1 {
+            return Ok(());
+        }
+        if self.version != from {
+            return Err(Error::Invalid(format!(
+                "shard {shard} is at version {}, asked to step from {from}",
+                self.version
+            )));
+        }
+        let slices = slices
+            .ok_or_else(|| Error::Invalid(format!("shard {shard}: gradient slices not fetched")))?;
+        self.acc.fill(0.0);
+        for (p, s) in slices.iter().enumerate() {
+            if s.len() != self.acc.len() * 4 {
+                return Err(Error::Invalid(format!(
+                    "shard {shard}: gradient slice of partition {p} has {} bytes, expected {}",
+                    s.len(),
+                    self.acc.len() * 4
+                )));
+            }
+            add_le_f32(&mut self.acc, s);
+        }
+        for a in &mut self.acc {
+            *a *= scale;
+        }
+        self.optimizer
+            .step(&mut self.params, &self.acc, lr)
+            .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))?;
+        self.version = from + 1;
+        Ok(())
+    }
+}
+
+/// Gradient bytes above which one task's shards step on threads of their
+/// own (below it, thread start-up costs more than the step).
+const CONCURRENT_STEP_BYTES: usize = 8 << 20;
 
 /// The shards one executor hosts. Cheap to clone (shared).
 #[derive(Clone, Default)]
@@ -218,48 +267,41 @@ impl ParamHost {
             }
             ShardOp::Step {
                 run,
-                shard,
+                shards,
                 from,
                 gradients,
                 scale,
                 lr,
                 publish,
             } => {
-                let hosted = self.shard(*run, *shard)?;
-                let mut guard = hosted.lock().map_err(|_| poisoned())?;
-                let h = &mut *guard;
-                if h.version == from + 1 {
-                    store.put_shared(*publish, *shard, vec![f32_to_shared_bytes(&h.params)])?;
-                    return Ok(TaskOutput::Done);
+                let step_one = |shard: u32| -> Result<()> {
+                    let hosted = self.shard(*run, shard)?;
+                    let mut guard = hosted.lock().map_err(|_| poisoned())?;
+                    let slices = inputs.get(&(*gradients, shard));
+                    guard.step(shard, *from, slices, *scale, *lr)?;
+                    store.put_shared(*publish, shard, vec![f32_to_shared_bytes(&guard.params)])
+                };
+                let bytes: usize = shards
+                    .iter()
+                    .filter_map(|s| inputs.get(&(*gradients, *s)))
+                    .flat_map(|slices| slices.iter().map(|b| b.len()))
+                    .sum();
+                if shards.len() > 1 && bytes >= CONCURRENT_STEP_BYTES {
+                    // Large shards step side by side, as separate tasks did.
+                    std::thread::scope(|scope| {
+                        let running: Vec<_> = shards
+                            .iter()
+                            .map(|&shard| scope.spawn(move || step_one(shard)))
+                            .collect();
+                        running.into_iter().try_for_each(|r| {
+                            r.join().map_err(|_| {
+                                Error::Invalid("a parameter shard's step panicked".into())
+                            })?
+                        })
+                    })?;
+                } else {
+                    shards.iter().try_for_each(|&shard| step_one(shard))?;
                 }
-                if h.version != *from {
-                    return Err(Error::Invalid(format!(
-                        "shard {shard} is at version {}, asked to step from {from}",
-                        h.version
-                    )));
-                }
-                let slices = inputs.get(&(*gradients, *shard)).ok_or_else(|| {
-                    Error::Invalid(format!("shard {shard}: gradient slices not fetched"))
-                })?;
-                h.acc.fill(0.0);
-                for (p, s) in slices.iter().enumerate() {
-                    if s.len() != h.acc.len() * 4 {
-                        return Err(Error::Invalid(format!(
-                            "shard {shard}: gradient slice of partition {p} has {} bytes, expected {}",
-                            s.len(),
-                            h.acc.len() * 4
-                        )));
-                    }
-                    add_le_f32(&mut h.acc, s);
-                }
-                for a in &mut h.acc {
-                    *a *= scale;
-                }
-                h.optimizer
-                    .step(&mut h.params, &h.acc, *lr)
-                    .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))?;
-                h.version = from + 1;
-                store.put_shared(*publish, *shard, vec![f32_to_shared_bytes(&h.params)])?;
                 Ok(TaskOutput::Done)
             }
             ShardOp::Get { run, shard, state } => {
@@ -371,7 +413,7 @@ mod tests {
     fn step(from: u64, scale: f32) -> ShardOp {
         ShardOp::Step {
             run: 1,
-            shard: 0,
+            shards: vec![0],
             from,
             gradients: 20,
             scale,
@@ -449,6 +491,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("version 1, asked to step from 5"), "{err}");
+    }
+
+    #[test]
+    fn one_task_steps_every_shard_it_names_sequentially_or_side_by_side() {
+        // Small shards step one after the other; shards whose slices add up
+        // to CONCURRENT_STEP_BYTES or more step on threads of their own.
+        for n in [3usize, CONCURRENT_STEP_BYTES / 16] {
+            let (r, store, host) = (registry(), ShuffleStore::default(), ParamHost::default());
+            let none = Inputs::new();
+            for shard in 0..2u32 {
+                let params = vec![shard as f32; n];
+                host.run(&r, &store, &none, &install(1, shard, &params, 10))
+                    .unwrap();
+            }
+            let mut inputs = Inputs::new();
+            for shard in 0..2u32 {
+                // Two partitions' slices: 1 and 3 for shard 0, 2 and 4 for 1.
+                let g = |p: f32| f32_to_bytes(&vec![p + shard as f32; n]).into();
+                inputs.insert((20, shard), vec![g(1.0), g(3.0)]);
+            }
+            let mut op = step(0, 0.5);
+            if let ShardOp::Step { shards, .. } = &mut op {
+                *shards = vec![0, 1];
+            }
+            host.run(&r, &store, &inputs, &op).unwrap();
+            // shard 0: 0 - (1 + 3) / 2 = -2; shard 1: 1 - (2 + 4) / 2 = -2.
+            for shard in 0..2u32 {
+                let b = store.block(11, shard, 0).unwrap().unwrap();
+                assert_eq!(&b[..], &f32_to_bytes(&vec![-2.0; n])[..], "shard {shard}");
+            }
+            // A shard that is missing its slices fails the task, naming it.
+            inputs.remove(&(20, 1));
+            let mut redo = step(1, 0.5);
+            if let ShardOp::Step { shards, .. } = &mut redo {
+                *shards = vec![0, 1];
+            }
+            let err = host
+                .run(&r, &store, &inputs, &redo)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("shard 1: gradient slices not fetched"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
