@@ -406,7 +406,15 @@ pub(crate) fn run_request(
         None => (entry.make)(&req.config)
             .map_err(|e| Error::Invalid(format!("trainer {:?}: {e}", req.trainer)))?,
     };
-    let result = (entry.run)(worker.as_mut(), req, params.values(), part);
+    // The whole computation runs on a thread of the compute pool, so the
+    // model's parallel operations start from inside it: entering the pool
+    // from this blocking thread for each of them (a wake-up and a wait
+    // per layer call) cost a small model like LeNet-5 a large share of
+    // its step when the pool has a single thread.
+    let run = &entry.run;
+    let worker_ref = worker.as_mut();
+    let values = params.values();
+    let result = rayon::scope(|_| run(worker_ref, req, values, part));
     drop(params);
     entry
         .pool
