@@ -166,10 +166,11 @@ pub(crate) fn f32_to_shared_bytes(v: &[f32]) -> bytes::Bytes {
     buf.into_bytes(len)
 }
 
-/// Writes `values` into `out` as little-endian bytes; `out` holds 4 bytes
-/// per value (extra bytes are left alone).
+/// Writes `values` into `out` as little-endian bytes (as many as `out`
+/// holds; extra bytes are left alone).
 pub(crate) fn write_le_f32(values: &[f32], out: &mut [u8]) {
-    let out = &mut out[..values.len() * 4];
+    let n = values.len().min(out.len() / 4);
+    let (values, out) = (&values[..n], &mut out[..n * 4]);
     if cfg!(target_endian = "little") {
         if let Ok(o) = bytemuck::try_cast_slice_mut::<u8, f32>(out) {
             o.copy_from_slice(values);
