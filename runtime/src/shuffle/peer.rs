@@ -271,6 +271,8 @@ impl PeerFetcher {
                             lost.push(lost_block(f.shuffle, loc));
                         }
                     }
+                } else if let Some(b) = self.held_copy(f.shuffle, f.reduce, loc) {
+                    blobs[i] = b;
                 } else {
                     let me = self.clone();
                     let (shuffle, reduce, loc, slot) = (f.shuffle, f.reduce, loc.clone(), i);
@@ -305,6 +307,19 @@ impl PeerFetcher {
         match first_error {
             None => Ok(out),
             Some(reason) => Err((lost, reason)),
+        }
+    }
+
+    /// A copy of a block named on another executor that this executor
+    /// holds itself, of the reported size: the weights of a replicated
+    /// parameter shard are published by every holder (identically, as
+    /// each steps the same shard with the same gradients), and any other
+    /// block here with the same id is the same task's output. Saves a
+    /// transfer from the named holder.
+    fn held_copy(&self, shuffle: u64, reduce: u32, loc: &MapLoc) -> Option<Bytes> {
+        match self.store.block(shuffle, loc.map, reduce) {
+            Ok(Some(b)) if b.len() as u64 == loc.size => Some(b),
+            _ => None,
         }
     }
 
@@ -467,6 +482,38 @@ mod tests {
             assert!(block[..] == data[..], "block changed on the way");
             assert_eq!(block.as_ptr() as usize % 4, 0, "f32-aligned");
         }
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_block_held_here_is_not_fetched_from_the_holder_named() {
+        let secret = [8u8; 32];
+        // Executor 1 is named as the holder but has nothing.
+        let (ep_a, a) = endpoint();
+        let server = tokio::spawn(serve_peers(
+            ep_a.clone(),
+            ShuffleStore::default(),
+            secret,
+            1 << 20,
+        ));
+        // Executor 2 holds a copy itself (a replica's published weights).
+        let (ep_b, _) = endpoint();
+        let store_b = ShuffleStore::default();
+        store_b.put(5, 0, vec![b"wxyz".to_vec()]).unwrap();
+        let fetcher = Arc::new(PeerFetcher::new(ep_b, secret, 1 << 20, 2, store_b.clone()));
+        let fetch = |size| ShuffleFetch {
+            shuffle: 5,
+            reduce: 0,
+            maps: vec![loc(0, 1, a, size)],
+        };
+        let got = fetcher.fetch_all(&[fetch(4)]).await.unwrap();
+        let held = store_b.block(5, 0, 0).unwrap().unwrap();
+        assert_eq!(got[&(5, 0)][0].as_ptr(), held.as_ptr());
+        // A copy of another size than reported is not used: the named
+        // holder is asked, and it has no such block.
+        let (lost, reason) = fetcher.fetch_all(&[fetch(3)]).await.unwrap_err();
+        assert_eq!(lost.len(), 1);
+        assert!(reason.contains("does not hold"), "{reason}");
         server.abort();
     }
 
