@@ -449,7 +449,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_large_block_arrives_intact_in_an_aligned_pooled_buffer() {
+    async fn a_large_block_arrives_intact_and_f32_aligned() {
         let secret = [7u8; 32];
         // Over the pool's threshold and not a whole number of f32.
         let len = 3 * crate::buffers::MIN_POOLED_BYTES + 3;
@@ -471,8 +471,9 @@ mod tests {
             reduce: 0,
             maps: vec![loc(0, 1, a, len as u64)],
         };
+        // Twice: the second fetch may get the first one's buffer back from
+        // the pool (not asserted: other tests share the process's pool).
         for _ in 0..2 {
-            // The second fetch may reuse the first one's buffer.
             let got = fetcher
                 .fetch_all(std::slice::from_ref(&fetch))
                 .await

@@ -696,16 +696,12 @@ impl<T: Data> DistributedTrainer<T> {
             .checkpoint
             .as_ref()
             .is_some_and(|p| p.due(self.pos.iteration, epoch_ended, self.last_checkpoint));
-        let checkpoint_started = Instant::now();
-        let checkpoint = if due {
-            Some(self.checkpoint().await?)
+        let (checkpoint, checkpoint_seconds) = if due {
+            let writing = Instant::now();
+            let id = self.checkpoint().await?;
+            (Some(id), writing.elapsed().as_secs_f64())
         } else {
-            None
-        };
-        let checkpoint_seconds = if due {
-            checkpoint_started.elapsed().as_secs_f64()
-        } else {
-            0.0
+            (None, 0.0)
         };
         Ok(IterationReport {
             position: self.pos,
