@@ -116,7 +116,9 @@ impl GradientWorker<Sample> for ClassifierWorker {
         let mut nll = ClassNll::<f32>::new().with_reduction(Reduction::Sum);
         let loss = nll.forward(&out, &y).map_err(|e| e.to_string())?;
         let g = nll.backward(&out, &y).map_err(|e| e.to_string())?;
-        self.model.backward(&x, &g).map_err(|e| e.to_string())?;
+        self.model
+            .backward_params(&x, &g)
+            .map_err(|e| e.to_string())?;
         let flat = self.model.flat_grads();
         grads.copy_from_slice(&flat);
         Ok(BatchStats {

@@ -7,6 +7,7 @@ pub use kiln_nn as nn;
 pub use kiln_runtime as runtime;
 pub use kiln_speech as speech;
 
+pub mod allocator;
 pub mod checkpoint_cli;
 pub mod cluster_train;
 pub mod detect_cli;

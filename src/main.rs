@@ -68,6 +68,7 @@ enum CheckpointCommand {
 }
 
 fn main() -> ExitCode {
+    let allocator_tuned = kiln::allocator::keep_freed_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tracing::debug!(allocator_tuned, "glibc malloc thresholds");
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Train(args) => match args.resume.clone() {

@@ -52,6 +52,15 @@ pub trait Module<F: Float>: Send {
     /// Accumulates parameter gradients and returns dLoss/dInput.
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>>;
 
+    /// Like [`Module::backward`] for an input that needs no gradient (a
+    /// model's data, as a PyTorch input without `requires_grad`): only the
+    /// parameter gradients are accumulated, and layers that can skip the
+    /// input-gradient computation do (convolutions, linear layers,
+    /// containers passing it to their first layer).
+    fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
+        self.backward(input, grad_output).map(|_| ())
+    }
+
     /// Inference: the output for an input the caller gives up, with nothing
     /// kept for a backward pass (like PyTorch under `no_grad`). Elementwise
     /// layers overwrite the input in place and containers free each
@@ -243,6 +252,9 @@ impl<F: Float> Module<F> for Box<dyn Module<F>> {
     }
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
         (**self).backward(input, grad_output)
+    }
+    fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
+        (**self).backward_params(input, grad_output)
     }
     fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
         (**self).infer(input)

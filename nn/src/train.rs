@@ -162,7 +162,7 @@ impl<F: Float> Trainer<F> {
         let out = model.forward(x)?;
         let loss = self.criterion.forward(&out, y)?;
         let g = self.criterion.backward(&out, y)?;
-        model.backward(x, &g)?;
+        model.backward_params(x, &g)?;
         let mut grads = model.flat_grads();
         if let Some(v) = self.config.clip_value {
             clip_by_value(&mut grads, v)?;

@@ -11,7 +11,9 @@ pub use conv2d::{Conv2d, Conv2dConfig};
 use ndarray::IxDyn;
 
 use crate::error::{Error, Result};
+use crate::module::Param;
 use crate::tensor::{Float, Tensor};
+use im2col::{ColumnCache, Geom};
 
 fn default_true() -> bool {
     true
@@ -35,6 +37,63 @@ fn tensor_of<F: Float>(op: &str, shape: &[usize], data: Vec<F>) -> Result<Tensor
     let n = data.len();
     Tensor::from_shape_vec(IxDyn(shape), data)
         .map_err(|_| Error::invalid(op, format!("{n} values do not fill shape {shape:?}")))
+}
+
+/// Forward pass of a convolution of geometry `g` over `n` inputs; keeps the
+/// columns in `cache` for the backward pass when given.
+fn conv_forward<F: Float>(
+    g: &Geom,
+    n: usize,
+    input: &Tensor<F>,
+    weight: &Param<F>,
+    bias: Option<&Param<F>>,
+    cache: Option<&mut ColumnCache<F>>,
+) -> Result<Vec<F>> {
+    let x = contiguous(input);
+    let w = contiguous(&weight.value);
+    let b = bias.map(|b| contiguous(&b.value));
+    im2col::forward(g, n, &x, &w, b.as_deref(), cache)
+}
+
+/// Backward pass of a convolution named `name`: checks `grad_output`
+/// against `out_shape`, adds the parameter gradients and returns the input
+/// gradient (empty unless `want_gx`).
+#[allow(clippy::too_many_arguments)]
+fn conv_backward<F: Float>(
+    name: &str,
+    g: &Geom,
+    n: usize,
+    input: &Tensor<F>,
+    grad_output: &Tensor<F>,
+    out_shape: &[usize],
+    weight: &mut Param<F>,
+    bias: Option<&mut Param<F>>,
+    cache: &ColumnCache<F>,
+    want_gx: bool,
+) -> Result<Vec<F>> {
+    if grad_output.shape() != out_shape {
+        return Err(Error::shape(
+            format!("{name} backward"),
+            format!("grad_output {out_shape:?}"),
+            grad_output.shape(),
+        ));
+    }
+    let x = contiguous(input);
+    let gy = contiguous(grad_output);
+    let w = contiguous(&weight.value);
+    let gw = weight
+        .grad
+        .as_slice_mut()
+        .ok_or_else(|| Error::invalid(name, "weight gradient is not contiguous"))?;
+    let gb = match bias {
+        Some(b) => Some(
+            b.grad
+                .as_slice_mut()
+                .ok_or_else(|| Error::invalid(name, "bias gradient is not contiguous"))?,
+        ),
+        None => None,
+    };
+    im2col::backward(g, n, &x, &w, &gy, gw, gb, Some(cache), want_gx)
 }
 
 /// Validates the channel/group/kernel settings shared by both convolutions.

@@ -106,6 +106,16 @@ impl<F: Float> Module<F> for Linear<F> {
     }
 
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
+        self.backward_params(input, grad_output)?;
+        let name = self.name();
+        let gy = view2(&name, grad_output)?;
+        let w = view2(&name, &self.weight.value)?;
+        let mut gx = Array2::zeros((gy.nrows(), self.config.in_features));
+        matmul::gemm(F::one(), gy, w, F::zero(), &mut gx.view_mut())?;
+        Ok(gx.into_dyn())
+    }
+
+    fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
         self.check_input(input)?;
         let name = self.name();
         let n = input.shape()[0];
@@ -129,10 +139,7 @@ impl<F: Float> Module<F> for Linear<F> {
             let gb = gy.sum_axis(Axis(0));
             b.grad.zip_mut_with(&gb.into_dyn(), |g, &d| *g += d);
         }
-        let w = view2(&name, &self.weight.value)?;
-        let mut gx = Array2::zeros((n, self.config.in_features));
-        matmul::gemm(F::one(), gy, w, F::zero(), &mut gx.view_mut())?;
-        Ok(gx.into_dyn())
+        Ok(())
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<F>)) {

@@ -109,6 +109,25 @@ impl<F: Float> Module<F> for Sequential<F> {
         Ok(g)
     }
 
+    fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
+        let n = self.layers.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if self.activations.len() + 1 != n {
+            return Err(Error::NoForward { op: self.name() });
+        }
+        let mut g = grad_output.clone();
+        for i in (1..n).rev() {
+            g = self.layers[i]
+                .backward(&self.activations[i - 1], &g)
+                .map_err(|e| wrap(i, e))?;
+        }
+        self.layers[0]
+            .backward_params(input, &g)
+            .map_err(|e| wrap(0, e))
+    }
+
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<F>)) {
         for (i, l) in self.layers.iter().enumerate() {
             l.visit_params(&qualified(prefix, &i.to_string()), f);

@@ -4,8 +4,8 @@
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::im2col::{self, out_len, Geom};
-use super::{contiguous, default_one, default_true, tensor_of, validate};
+use super::im2col::{out_len, ColumnCache, Geom};
+use super::{conv_backward, conv_forward, default_one, default_true, tensor_of, validate};
 use crate::error::{Error, Result};
 use crate::init;
 use crate::layers::LayerConfig;
@@ -107,6 +107,7 @@ impl Conv1dConfig {
             config: self.clone(),
             weight: Param::new(weight),
             bias,
+            cols: ColumnCache::default(),
         })
     }
 }
@@ -119,9 +120,34 @@ pub struct Conv1d<F> {
     pub weight: Param<F>,
     /// Bias, `[out_channels]`.
     pub bias: Option<Param<F>>,
+    /// Columns of the last training forward pass, for its backward pass.
+    cols: ColumnCache<F>,
 }
 
 impl<F: Float> Conv1d<F> {
+    /// Parameter gradients and (when `want_gx`) the input gradient as a
+    /// flat buffer, reading the columns the last forward pass kept.
+    fn backward_engine(
+        &mut self,
+        input: &Tensor<F>,
+        grad_output: &Tensor<F>,
+        want_gx: bool,
+    ) -> Result<Vec<F>> {
+        let (n, g) = self.geom(input)?;
+        conv_backward(
+            &self.name(),
+            &g,
+            n,
+            input,
+            grad_output,
+            &[n, g.o, g.ow],
+            &mut self.weight,
+            self.bias.as_mut(),
+            &self.cols,
+            want_gx,
+        )
+    }
+
     fn geom(&self, input: &Tensor<F>) -> Result<(usize, Geom)> {
         let c = &self.config;
         let expected = || format!("[N, {}, L]", c.in_channels);
@@ -174,41 +200,31 @@ impl<F: Float> Module<F> for Conv1d<F> {
 
     fn forward(&mut self, input: &Tensor<F>) -> Result<Tensor<F>> {
         let (n, g) = self.geom(input)?;
-        let x = contiguous(input);
-        let w = contiguous(&self.weight.value);
-        let b = self.bias.as_ref().map(|b| contiguous(&b.value));
-        let y = im2col::forward(&g, n, &x, &w, b.as_deref())?;
+        let y = conv_forward(
+            &g,
+            n,
+            input,
+            &self.weight,
+            self.bias.as_ref(),
+            Some(&mut self.cols),
+        )?;
+        tensor_of(&self.name(), &[n, g.o, g.ow], y)
+    }
+
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        let (n, g) = self.geom(&input)?;
+        self.cols.invalidate();
+        let y = conv_forward(&g, n, &input, &self.weight, self.bias.as_ref(), None)?;
         tensor_of(&self.name(), &[n, g.o, g.ow], y)
     }
 
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
-        let (n, g) = self.geom(input)?;
-        let name = self.name();
-        if grad_output.shape() != [n, g.o, g.ow] {
-            return Err(Error::shape(
-                format!("{name} backward"),
-                format!("grad_output {:?}", [n, g.o, g.ow]),
-                grad_output.shape(),
-            ));
-        }
-        let x = contiguous(input);
-        let gy = contiguous(grad_output);
-        let w = contiguous(&self.weight.value);
-        let gw = self
-            .weight
-            .grad
-            .as_slice_mut()
-            .ok_or_else(|| Error::invalid(&name, "weight gradient is not contiguous"))?;
-        let gb = match &mut self.bias {
-            Some(b) => Some(
-                b.grad
-                    .as_slice_mut()
-                    .ok_or_else(|| Error::invalid(&name, "bias gradient is not contiguous"))?,
-            ),
-            None => None,
-        };
-        let gx = im2col::backward(&g, n, &x, &w, &gy, gw, gb)?;
-        tensor_of(&name, input.shape(), gx)
+        let gx = self.backward_engine(input, grad_output, true)?;
+        tensor_of(&self.name(), input.shape(), gx)
+    }
+
+    fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
+        self.backward_engine(input, grad_output, false).map(|_| ())
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<F>)) {

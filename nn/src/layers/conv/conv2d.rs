@@ -3,8 +3,8 @@
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::im2col::{self, out_len, Geom};
-use super::{contiguous, default_one, default_true, tensor_of, validate};
+use super::im2col::{out_len, ColumnCache, Geom};
+use super::{conv_backward, conv_forward, default_one, default_true, tensor_of, validate};
 use crate::error::{Error, Result};
 use crate::init;
 use crate::layers::LayerConfig;
@@ -116,6 +116,7 @@ impl Conv2dConfig {
             config: self.clone(),
             weight: Param::new(weight),
             bias,
+            cols: ColumnCache::default(),
         })
     }
 }
@@ -128,9 +129,34 @@ pub struct Conv2d<F> {
     pub weight: Param<F>,
     /// Bias, `[out_channels]`.
     pub bias: Option<Param<F>>,
+    /// Columns of the last training forward pass, for its backward pass.
+    cols: ColumnCache<F>,
 }
 
 impl<F: Float> Conv2d<F> {
+    /// Parameter gradients and (when `want_gx`) the input gradient as a
+    /// flat buffer, reading the columns the last forward pass kept.
+    fn backward_engine(
+        &mut self,
+        input: &Tensor<F>,
+        grad_output: &Tensor<F>,
+        want_gx: bool,
+    ) -> Result<Vec<F>> {
+        let (n, g) = self.geom(input)?;
+        conv_backward(
+            &self.name(),
+            &g,
+            n,
+            input,
+            grad_output,
+            &[n, g.o, g.oh, g.ow],
+            &mut self.weight,
+            self.bias.as_mut(),
+            &self.cols,
+            want_gx,
+        )
+    }
+
     /// The configuration this layer was built from.
     pub fn conv_config(&self) -> &Conv2dConfig {
         &self.config
@@ -193,41 +219,31 @@ impl<F: Float> Module<F> for Conv2d<F> {
 
     fn forward(&mut self, input: &Tensor<F>) -> Result<Tensor<F>> {
         let (n, g) = self.geom(input)?;
-        let x = contiguous(input);
-        let w = contiguous(&self.weight.value);
-        let b = self.bias.as_ref().map(|b| contiguous(&b.value));
-        let y = im2col::forward(&g, n, &x, &w, b.as_deref())?;
+        let y = conv_forward(
+            &g,
+            n,
+            input,
+            &self.weight,
+            self.bias.as_ref(),
+            Some(&mut self.cols),
+        )?;
+        tensor_of(&self.name(), &[n, g.o, g.oh, g.ow], y)
+    }
+
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        let (n, g) = self.geom(&input)?;
+        self.cols.invalidate();
+        let y = conv_forward(&g, n, &input, &self.weight, self.bias.as_ref(), None)?;
         tensor_of(&self.name(), &[n, g.o, g.oh, g.ow], y)
     }
 
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
-        let (n, g) = self.geom(input)?;
-        let name = self.name();
-        if grad_output.shape() != [n, g.o, g.oh, g.ow] {
-            return Err(Error::shape(
-                format!("{name} backward"),
-                format!("grad_output {:?}", [n, g.o, g.oh, g.ow]),
-                grad_output.shape(),
-            ));
-        }
-        let x = contiguous(input);
-        let gy = contiguous(grad_output);
-        let w = contiguous(&self.weight.value);
-        let gw = self
-            .weight
-            .grad
-            .as_slice_mut()
-            .ok_or_else(|| Error::invalid(&name, "weight gradient is not contiguous"))?;
-        let gb = match &mut self.bias {
-            Some(b) => Some(
-                b.grad
-                    .as_slice_mut()
-                    .ok_or_else(|| Error::invalid(&name, "bias gradient is not contiguous"))?,
-            ),
-            None => None,
-        };
-        let gx = im2col::backward(&g, n, &x, &w, &gy, gw, gb)?;
-        tensor_of(&name, input.shape(), gx)
+        let gx = self.backward_engine(input, grad_output, true)?;
+        tensor_of(&self.name(), input.shape(), gx)
+    }
+
+    fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
+        self.backward_engine(input, grad_output, false).map(|_| ())
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<F>)) {
@@ -383,6 +399,68 @@ mod tests {
                 .all(|d| d.abs() < 1e-12));
         }
         assert!((&conv.weight.grad - &gw).iter().all(|d| d.abs() < 1e-10));
+    }
+
+    #[test]
+    fn an_inference_pass_between_forward_and_backward_leaves_no_stale_columns() {
+        let cfg = Conv2dConfig::new(2, 3, [3, 3]).with_padding([1, 1]);
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut conv = cfg.init::<f64>(&mut rng).unwrap();
+        let mut fresh = conv.clone();
+        let x = rand_input(&[3, 2, 7, 6], 1);
+        let other = rand_input(&[3, 2, 7, 6], 2);
+        let y = conv.forward(&x).unwrap();
+        let gy = rand_input(y.shape(), 3);
+        // same shape, other images: had `infer` kept its columns, backward
+        // would read them instead of x's
+        conv.infer(other).unwrap();
+        let gx = conv.backward(&x, &gy).unwrap();
+        fresh.forward(&x).unwrap();
+        assert_eq!(gx, fresh.backward(&x, &gy).unwrap());
+        assert_eq!(conv.weight.grad, fresh.weight.grad);
+    }
+
+    #[test]
+    fn backward_params_accumulates_what_backward_does() {
+        use crate::layers::{Flatten, LinearConfig, Sequential, Tanh};
+        use crate::module::ModuleExt;
+        // the same model twice (same seed): conv first, then linear first
+        let build = |conv_first: bool| {
+            let mut rng = StdRng::seed_from_u64(9);
+            let mut net = Sequential::<f64>::new();
+            if conv_first {
+                net = net
+                    .with(
+                        Conv2dConfig::new(1, 3, [3, 3])
+                            .init::<f64>(&mut rng)
+                            .unwrap(),
+                    )
+                    .with(Tanh::default())
+                    .with(
+                        Conv2dConfig::new(3, 2, [3, 3])
+                            .init::<f64>(&mut rng)
+                            .unwrap(),
+                    );
+            } else {
+                net = net
+                    .with(Flatten::new(1))
+                    .with(LinearConfig::new(64, 5).init::<f64>(&mut rng).unwrap())
+                    .with(Tanh::default())
+                    .with(LinearConfig::new(5, 3).init::<f64>(&mut rng).unwrap());
+            }
+            net
+        };
+        let x = rand_input(&[2, 1, 8, 8], 4);
+        for conv_first in [true, false] {
+            let (mut full, mut params_only) = (build(conv_first), build(conv_first));
+            let y = full.forward(&x).unwrap();
+            let gy = rand_input(y.shape(), 6);
+            full.backward(&x, &gy).unwrap();
+            params_only.forward(&x).unwrap();
+            params_only.backward_params(&x, &gy).unwrap();
+            assert_eq!(full.flat_grads(), params_only.flat_grads());
+            assert!(full.flat_grads().iter().any(|&g| g != 0.0));
+        }
     }
 
     #[test]

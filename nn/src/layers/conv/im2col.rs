@@ -3,7 +3,9 @@
 //! and weight/bias/input gradients (col2im) backward.
 //!
 //! Work is parallel over the batch (one rayon task per group of images; each
-//! image's gemm then runs on its own thread). The column buffer of an image
+//! image's gemm then runs on its own thread). Small layers (LeNet-sized: an
+//! image's columns within one band, the batch's within 32 MiB) keep their
+//! columns from a training forward pass for the backward pass. The column buffer of an image
 //! is built a band of output rows at a time: about 4 MiB per thread the gemm
 //! runs on, wide enough that the gemm packs the weights rarely (a one-row
 //! band of a 38x38 SSD layer is a 38-column product that repacks 9 MiB of
@@ -38,6 +40,68 @@ const MIN_IMAGES_PER_WINDOW: usize = 8;
 /// only, never on the pool.
 fn images_per_window(g: &Geom) -> usize {
     (WINDOW_GRAD_ELEMS / (g.o * g.k()).max(1)).max(MIN_IMAGES_PER_WINDOW)
+}
+
+/// Column values a batch's cache may hold (32 MiB of f32).
+const CACHE_MAX_ELEMS: usize = 1 << 23;
+
+/// The column matrices a small layer's training forward pass keeps for its
+/// backward pass (every image's `[groups * k, oh * ow]` columns, image after
+/// image), so that backward reads them instead of rebuilding them. The
+/// buffer is reused from one batch to the next.
+#[derive(Clone, Default)]
+pub(super) struct ColumnCache<F> {
+    cols: Vec<F>,
+    /// The geometry and batch size `cols` were built for; `None` when they
+    /// are stale or were never built.
+    key: Option<(Geom, usize)>,
+}
+
+impl<F> std::fmt::Debug for ColumnCache<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColumnCache")
+            .field("values", &self.cols.len())
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl<F: Float> ColumnCache<F> {
+    /// Forgets the columns (after an inference pass, which keeps none).
+    pub(super) fn invalidate(&mut self) {
+        self.key = None;
+    }
+
+    /// The columns of a batch of `n` images of geometry `g`, if the last
+    /// forward pass built them.
+    fn get(&self, g: &Geom, n: usize) -> Option<&[F]> {
+        (self.key == Some((*g, n))).then_some(self.cols.as_slice())
+    }
+}
+
+/// Whether a batch of `n` images of geometry `g` keeps its columns: an
+/// image's columns within one band of [`BAND_ELEMS_PER_THREAD`] (so each
+/// image is built whole), the batch's within [`CACHE_MAX_ELEMS`].
+fn cacheable(g: &Geom, n: usize) -> bool {
+    let per_image = g.groups * g.k() * g.p();
+    !g.pointwise()
+        && g.band_rows(1) >= g.oh
+        && n.checked_mul(per_image)
+            .is_some_and(|total| total > 0 && total <= CACHE_MAX_ELEMS)
+}
+
+/// The sum of `v`, over eight running sums (a plain fold is one serial
+/// chain of additions that does not vectorise).
+fn lane_sum<F: Float>(v: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let tail = chunks.remainder().iter().fold(F::zero(), |a, &x| a + x);
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
 }
 
 /// Geometry of one 2-D convolution (Conv1d uses `h = kh = 1`).
@@ -134,13 +198,15 @@ fn patch_row<F: Float>(g: &Geom, plane: &[F], ki: usize, kj: usize, oh0: usize, 
             continue;
         }
         let src = &plane[ih as usize * w..(ih as usize + 1) * w];
-        dst[..lo].fill(zero);
-        dst[hi..].fill(zero);
+        if lo > 0 {
+            dst[..lo].fill(zero);
+        }
+        if hi < ow {
+            dst[hi..].fill(zero);
+        }
         if g.sw == 1 {
             let s0 = start as usize;
-            for (d, &v) in dst[lo..hi].iter_mut().zip(&src[s0..s0 + hi - lo]) {
-                *d = v;
-            }
+            dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
         } else {
             for (j, d) in dst[lo..hi].iter_mut().enumerate() {
                 *d = src[start as usize + j * g.sw];
@@ -271,6 +337,9 @@ impl Plan {
 }
 
 /// Forward pass of one image: `x` is `[c, h, w]`, `out` is `[o, oh * ow]`.
+/// With `keep` (the image's `[groups * k, oh * ow]` slot of a
+/// [`ColumnCache`]) the columns are built there, the whole image at once.
+#[allow(clippy::too_many_arguments)]
 fn forward_image<F: Float>(
     g: &Geom,
     plan: Plan,
@@ -279,10 +348,14 @@ fn forward_image<F: Float>(
     bias: Option<&[F]>,
     out: &mut [F],
     col: &mut Vec<F>,
+    mut keep: Option<&mut [F]>,
 ) -> Result<()> {
     let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
     let Plan { band, split } = plan;
-    col.resize(g.band_len(band), F::zero());
+    let band = if keep.is_some() { g.oh } else { band };
+    if keep.is_none() {
+        col.resize(g.band_len(band), F::zero());
+    }
     for grp in 0..g.groups {
         let xg = &x[grp * cg * g.h * g.w..(grp + 1) * cg * g.h * g.w];
         let wg = view(og, k, &weight[grp * og * k..(grp + 1) * og * k])?;
@@ -295,12 +368,16 @@ fn forward_image<F: Float>(
         while oh0 < g.oh {
             let rows = band.min(g.oh - oh0);
             let nc = rows * g.ow;
-            im2col(g, xg, oh0, rows, &mut col[..k * nc], split);
+            let cols = match keep.as_deref_mut() {
+                Some(kept) => &mut kept[grp * k * p..(grp + 1) * k * p],
+                None => &mut col[..k * nc],
+            };
+            im2col(g, xg, oh0, rows, cols, split);
             let p0 = oh0 * g.ow;
             gemm(
                 F::one(),
                 wg,
-                view(k, nc, &col[..k * nc])?,
+                view(k, nc, cols)?,
                 F::zero(),
                 &mut yg.slice_mut(s![.., p0..p0 + nc]),
             )?;
@@ -369,40 +446,58 @@ struct Acc<F> {
 }
 
 impl<F: Float> Acc<F> {
-    fn new(g: &Geom, band: usize) -> Self {
+    /// Scratch for bands of `band` rows: column space unless the columns
+    /// are cached, column-gradient space when the input gradient is wanted.
+    fn new(g: &Geom, band: usize, cached: bool, want_gx: bool) -> Self {
+        let scratch = |wanted: bool| {
+            if wanted {
+                vec![F::zero(); g.band_len(band)]
+            } else {
+                Vec::new()
+            }
+        };
         Acc {
             gw: vec![F::zero(); g.o * g.k()],
             gb: vec![F::zero(); g.o],
-            col: vec![F::zero(); g.band_len(band)],
-            gcol: vec![F::zero(); g.band_len(band)],
+            col: scratch(!cached),
+            gcol: scratch(want_gx),
         }
     }
 }
 
 /// Backward pass of one image: accumulates weight and bias gradients into
-/// `acc` and adds the input gradient into `gx` (`[c, h, w]`, zero on entry).
+/// `acc` and, when `gx` is given (`[c, h, w]`, zero on entry), adds the
+/// input gradient into it. `cached` is the image's columns from the forward
+/// pass (then the whole image is one band), else they are rebuilt.
+#[allow(clippy::too_many_arguments)]
 fn backward_image<F: Float>(
     g: &Geom,
     plan: Plan,
     x: &[F],
     weight: &[F],
     gy: &[F],
-    gx: &mut [F],
+    mut gx: Option<&mut [F]>,
+    cached: Option<&[F]>,
     acc: &mut Acc<F>,
 ) -> Result<()> {
     let (cg, og, k, p) = (g.cg(), g.og(), g.k(), g.p());
     let plane = g.h * g.w;
     let Plan { band, split } = plan;
+    let band = if cached.is_some() { g.oh } else { band };
     for grp in 0..g.groups {
         let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
-        let gxg = &mut gx[grp * cg * plane..(grp + 1) * cg * plane];
+        let mut gxg = gx
+            .as_deref_mut()
+            .map(|gx| &mut gx[grp * cg * plane..(grp + 1) * cg * plane]);
         let wg = view(og, k, &weight[grp * og * k..(grp + 1) * og * k])?;
         let gyg = view(og, p, &gy[grp * og * p..(grp + 1) * og * p])?;
         let mut gwg = view_mut(og, k, &mut acc.gw[grp * og * k..(grp + 1) * og * k])?;
         if g.pointwise() {
             let xv = view(cg, p, xg)?;
             gemm(F::one(), gyg, xv.t(), F::one(), &mut gwg)?;
-            gemm(F::one(), wg.t(), gyg, F::zero(), &mut view_mut(cg, p, gxg)?)?;
+            if let Some(gxg) = gxg {
+                gemm(F::one(), wg.t(), gyg, F::zero(), &mut view_mut(cg, p, gxg)?)?;
+            }
             continue;
         }
         let mut oh0 = 0;
@@ -411,17 +506,30 @@ fn backward_image<F: Float>(
             let nc = rows * g.ow;
             let p0 = oh0 * g.ow;
             let gy_band = gyg.slice(s![.., p0..p0 + nc]);
-            im2col(g, xg, oh0, rows, &mut acc.col[..k * nc], split);
-            let colv = view(k, nc, &acc.col[..k * nc])?;
-            gemm(F::one(), gy_band, colv.t(), F::one(), &mut gwg)?;
-            let mut gcol = view_mut(k, nc, &mut acc.gcol[..k * nc])?;
-            gemm(F::one(), wg.t(), gy_band, F::zero(), &mut gcol)?;
-            col2im(g, &acc.gcol[..k * nc], oh0, rows, gxg, split);
+            let cols = match cached {
+                Some(c) => &c[grp * k * p..(grp + 1) * k * p],
+                None => {
+                    im2col(g, xg, oh0, rows, &mut acc.col[..k * nc], split);
+                    &acc.col[..k * nc]
+                }
+            };
+            gemm(
+                F::one(),
+                gy_band,
+                view(k, nc, cols)?.t(),
+                F::one(),
+                &mut gwg,
+            )?;
+            if let Some(gxg) = gxg.as_deref_mut() {
+                let mut gcol = view_mut(k, nc, &mut acc.gcol[..k * nc])?;
+                gemm(F::one(), wg.t(), gy_band, F::zero(), &mut gcol)?;
+                col2im(g, &acc.gcol[..k * nc], oh0, rows, gxg, split);
+            }
             oh0 += rows;
         }
     }
     for (b, row) in acc.gb.iter_mut().zip(gy.chunks_exact(p)) {
-        *b += row.iter().copied().sum::<F>();
+        *b += lane_sum(row);
     }
     Ok(())
 }
@@ -444,26 +552,54 @@ fn gemm_threads(batch_parallel: bool) -> usize {
 }
 
 /// Forward pass of a batch: `x` is `[n, c, h, w]` (row-major); returns
-/// `[n, o, oh, ow]` as a flat buffer.
+/// `[n, o, oh, ow]` as a flat buffer. With a `cache`, a small layer
+/// ([`cacheable`]) keeps its columns there for [`backward`] (the cache is
+/// marked stale otherwise).
 pub(super) fn forward<F: Float>(
     g: &Geom,
     n: usize,
     x: &[F],
     weight: &[F],
     bias: Option<&[F]>,
+    cache: Option<&mut ColumnCache<F>>,
 ) -> Result<Vec<F>> {
     let mut out = vec![F::zero(); n * g.out_len()];
+    let keep = match cache {
+        Some(c) => {
+            c.key = None;
+            cacheable(g, n).then_some(c)
+        }
+        None => None,
+    };
     if n == 0 || g.out_len() == 0 {
         return Ok(out);
     }
     let (il, ol) = (g.in_len(), g.out_len());
     let parallel = batch_parallel(n);
     let plan = Plan::new(g, parallel);
-    if parallel {
+    if let Some(cache) = keep {
+        let per_image = g.groups * g.k() * g.p();
+        cache.cols.resize(n * per_image, F::zero());
+        let image = |((y, xi), kept): ((&mut [F], &[F]), &mut [F])| {
+            forward_image(g, plan, xi, weight, bias, y, &mut Vec::new(), Some(kept))
+        };
+        if parallel {
+            out.par_chunks_mut(ol)
+                .zip(x.par_chunks(il))
+                .zip(cache.cols.par_chunks_mut(per_image))
+                .try_for_each(image)?;
+        } else {
+            out.chunks_mut(ol)
+                .zip(x.chunks(il))
+                .zip(cache.cols.chunks_mut(per_image))
+                .try_for_each(image)?;
+        }
+        cache.key = Some((*g, n));
+    } else if parallel {
         out.par_chunks_mut(ol)
             .zip(x.par_chunks(il))
             .try_for_each_init(Vec::new, |col, (y, xi)| {
-                forward_image(g, plan, xi, weight, bias, y, col)
+                forward_image(g, plan, xi, weight, bias, y, col, None)
             })?;
     } else if plan.split && !g.pointwise() {
         for (y, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
@@ -472,7 +608,7 @@ pub(super) fn forward<F: Float>(
     } else {
         let mut col = Vec::new();
         for (y, xi) in out.chunks_mut(ol).zip(x.chunks(il)) {
-            forward_image(g, plan, xi, weight, bias, y, &mut col)?;
+            forward_image(g, plan, xi, weight, bias, y, &mut col, None)?;
         }
     }
     Ok(out)
@@ -480,7 +616,9 @@ pub(super) fn forward<F: Float>(
 
 /// Backward pass of a batch: adds the weight gradient to `gw` and the bias
 /// gradient to `gb` (when given) and returns the input gradient as a flat
-/// `[n, c, h, w]` buffer.
+/// `[n, c, h, w]` buffer, or an empty one when `want_gx` is false (an input
+/// that needs no gradient, such as a model's images). Reads the columns
+/// from `cache` when the last forward pass kept them for this batch.
 ///
 /// Each image's weight and bias gradients are summed on their own and the
 /// images' sums are then added in image order (a window of images at a
@@ -488,6 +626,7 @@ pub(super) fn forward<F: Float>(
 /// were spread over the pool: the result does not depend on the number of
 /// threads or on how rayon split the batch (folding a share of the images
 /// per thread made it depend on both).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward<F: Float>(
     g: &Geom,
     n: usize,
@@ -496,21 +635,45 @@ pub(super) fn backward<F: Float>(
     gy: &[F],
     gw: &mut [F],
     gb: Option<&mut [F]>,
+    cache: Option<&ColumnCache<F>>,
+    want_gx: bool,
 ) -> Result<Vec<F>> {
     let (il, ol) = (g.in_len(), g.out_len());
-    let mut gx = vec![F::zero(); n * il];
+    let mut gx = if want_gx {
+        vec![F::zero(); n * il]
+    } else {
+        Vec::new()
+    };
     if n == 0 || ol == 0 || il == 0 {
         return Ok(gx);
     }
     let parallel = batch_parallel(n);
     let plan = Plan::new(g, parallel);
+    let cols = cache.and_then(|c| c.get(g, n));
+    let col_slots: Vec<Option<&[F]>> = match cols {
+        Some(c) => c.chunks_exact(c.len() / n).map(Some).collect(),
+        None => vec![None; n],
+    };
+    let mut gx_slots: Vec<Option<&mut [F]>> = if want_gx {
+        gx.chunks_mut(il).map(Some).collect()
+    } else {
+        (0..n).map(|_| None).collect()
+    };
+    let scratch = || {
+        let band = if cols.is_some() { g.oh } else { plan.band };
+        Acc::new(g, band, cols.is_some(), want_gx)
+    };
     // One image: its gradients go into fresh sums; the thread's column
     // scratch is reused.
-    let image = |scratch: &mut Acc<F>, ((gxi, xi), gyi): ((&mut [F], &[F]), &[F])| {
-        backward_image(g, plan, xi, weight, gyi, gxi, scratch)?;
+    type Item<'a, 'b, F> = (
+        ((&'a mut Option<&'b mut [F]>, &'a Option<&'b [F]>), &'b [F]),
+        &'b [F],
+    );
+    let image = |acc: &mut Acc<F>, (((gxi, ci), xi), gyi): Item<'_, '_, F>| {
+        backward_image(g, plan, xi, weight, gyi, gxi.as_deref_mut(), *ci, acc)?;
         Ok::<_, Error>((
-            std::mem::replace(&mut scratch.gw, vec![F::zero(); g.o * g.k()]),
-            std::mem::replace(&mut scratch.gb, vec![F::zero(); g.o]),
+            std::mem::replace(&mut acc.gw, vec![F::zero(); g.o * g.k()]),
+            std::mem::replace(&mut acc.gb, vec![F::zero(); g.o]),
         ))
     };
     let mut sum_w = vec![F::zero(); g.o * g.k()];
@@ -521,23 +684,26 @@ pub(super) fn backward<F: Float>(
     let mut run_windows = || -> Result<()> {
         let mut serial_scratch = None;
         let window = images_per_window(g);
-        let windows = gx
-            .chunks_mut(window * il)
+        let windows = gx_slots
+            .chunks_mut(window)
+            .zip(col_slots.chunks(window))
             .zip(x.chunks(window * il))
             .zip(gy.chunks(window * ol));
-        for ((gxs, xs), gys) in windows {
+        for (((gxs, cs), xs), gys) in windows {
             let per_image: Vec<(Vec<F>, Vec<F>)> = if parallel {
-                gxs.par_chunks_mut(il)
+                gxs.par_iter_mut()
+                    .zip(cs.par_iter())
                     .zip(xs.par_chunks(il))
                     .zip(gys.par_chunks(ol))
-                    .map_init(|| Acc::new(g, plan.band), image)
+                    .map_init(scratch, image)
                     .collect::<Result<_>>()?
             } else {
-                let scratch = serial_scratch.get_or_insert_with(|| Acc::new(g, plan.band));
-                gxs.chunks_mut(il)
+                let acc = serial_scratch.get_or_insert_with(scratch);
+                gxs.iter_mut()
+                    .zip(cs.iter())
                     .zip(xs.chunks(il))
                     .zip(gys.chunks(ol))
-                    .map(|item| image(scratch, item))
+                    .map(|item| image(acc, item))
                     .collect::<Result<_>>()?
             };
             for (w_i, b_i) in &per_image {
@@ -552,6 +718,7 @@ pub(super) fn backward<F: Float>(
     } else {
         run_windows()?;
     }
+    drop(gx_slots);
     gw.iter_mut().zip(&sum_w).for_each(|(a, &b)| *a += b);
     if let Some(gb) = gb {
         gb.iter_mut().zip(&sum_b).for_each(|(a, &b)| *a += b);
@@ -656,7 +823,7 @@ mod tests {
                 .collect();
             let run = || {
                 let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
-                let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb)).unwrap();
+                let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb), None, true).unwrap();
                 (gw, gb, gx)
             };
             let spread = run();
@@ -678,7 +845,7 @@ mod tests {
             for n in [1, 2] {
                 let x = random(&mut rng, n * g.in_len());
                 let w = random(&mut rng, g.o * g.k());
-                let y = forward(&g, n, &x, &w, None).unwrap();
+                let y = forward(&g, n, &x, &w, None, None).unwrap();
                 for b in 0..n {
                     let want = naive(&g, &x[b * g.in_len()..(b + 1) * g.in_len()], &w);
                     let got = &y[b * g.out_len()..(b + 1) * g.out_len()];
@@ -689,7 +856,7 @@ mod tests {
                 }
                 // the bias lands on every position of its output channel
                 let bias = random(&mut rng, g.o);
-                let yb = forward(&g, n, &x, &w, Some(&bias)).unwrap();
+                let yb = forward(&g, n, &x, &w, Some(&bias), None).unwrap();
                 for (i, (a, b)) in yb.iter().zip(&y).enumerate() {
                     let ch = (i / g.p()) % g.o;
                     assert!((a - b - bias[ch]).abs() < 1e-12, "{g:?} at {i}");
@@ -697,13 +864,105 @@ mod tests {
                 // backward is the adjoint: <gy, conv(x)> = <conv^T(gy), x> and = <gw, w>
                 let gy = random(&mut rng, n * g.out_len());
                 let mut gw = vec![0.0; w.len()];
-                let gx = backward(&g, n, &x, &w, &gy, &mut gw, None).unwrap();
+                let gx = backward(&g, n, &x, &w, &gy, &mut gw, None, None, true).unwrap();
                 let lhs: f64 = gy.iter().zip(&y).map(|(a, b)| a * b).sum();
                 let rhs: f64 = gx.iter().zip(&x).map(|(a, b)| a * b).sum();
                 let rhs_w: f64 = gw.iter().zip(&w).map(|(a, b)| a * b).sum();
                 assert!((lhs - rhs).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
                 assert!((lhs - rhs_w).abs() < 1e-8 * lhs.abs().max(1.0), "{g:?}");
             }
+        }
+    }
+
+    #[test]
+    fn cached_columns_give_the_gradients_of_rebuilt_ones() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for g in [
+            geom(1, 28, 28, 6, [5, 5], [1, 1], [0, 0], [1, 1], 1),
+            geom(6, 12, 12, 16, [5, 5], [1, 1], [0, 0], [1, 1], 1),
+            geom(4, 9, 11, 6, [3, 2], [2, 1], [1, 2], [1, 2], 2),
+        ] {
+            for n in [1, 3] {
+                let x: Vec<f32> = (0..n * g.in_len())
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let w: Vec<f32> = (0..g.o * g.k())
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let b: Vec<f32> = (0..g.o).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let gy: Vec<f32> = (0..n * g.out_len())
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let mut cache = ColumnCache::default();
+                let y = forward(&g, n, &x, &w, Some(&b), Some(&mut cache)).unwrap();
+                assert!(cache.get(&g, n).is_some(), "{g:?} n={n}: columns kept");
+                assert_eq!(y, forward(&g, n, &x, &w, Some(&b), None).unwrap());
+                let run = |cache: Option<&ColumnCache<f32>>, want_gx: bool| {
+                    let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
+                    let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb), cache, want_gx)
+                        .unwrap();
+                    (gw, gb, gx)
+                };
+                let rebuilt = run(None, true);
+                assert_eq!(run(Some(&cache), true), rebuilt, "{g:?} n={n}");
+                // without the input gradient: the same parameter gradients, no gx
+                let (gw, gb, gx) = run(Some(&cache), false);
+                assert!(gx.is_empty());
+                assert_eq!((gw, gb), (rebuilt.0.clone(), rebuilt.1.clone()));
+                let (gw, gb, gx) = run(None, false);
+                assert!(gx.is_empty());
+                assert_eq!((gw, gb), (rebuilt.0, rebuilt.1));
+            }
+        }
+    }
+
+    #[test]
+    fn columns_are_kept_only_for_the_batch_and_layer_they_were_built_for() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let g = geom(2, 6, 6, 3, [3, 3], [1, 1], [1, 1], [1, 1], 1);
+        let other = geom(2, 6, 6, 3, [3, 3], [1, 1], [0, 0], [1, 1], 1);
+        let x = random(&mut rng, 4 * g.in_len());
+        let w = random(&mut rng, g.o * g.k());
+        let mut cache = ColumnCache::default();
+        forward(&g, 4, &x, &w, None, Some(&mut cache)).unwrap();
+        assert!(cache.get(&g, 4).is_some());
+        assert!(cache.get(&g, 3).is_none() && cache.get(&other, 4).is_none());
+        // a stale cache is not read: backward of 3 of the images rebuilds
+        let gy = random(&mut rng, 3 * g.out_len());
+        let mut gw_cached = vec![0.0; w.len()];
+        let mut gw_plain = vec![0.0; w.len()];
+        let n3 = 3 * g.in_len();
+        let a = backward(
+            &g,
+            3,
+            &x[..n3],
+            &w,
+            &gy,
+            &mut gw_cached,
+            None,
+            Some(&cache),
+            true,
+        );
+        let b = backward(&g, 3, &x[..n3], &w, &gy, &mut gw_plain, None, None, true);
+        assert_eq!(a.unwrap(), b.unwrap());
+        assert_eq!(gw_cached, gw_plain);
+        // a layer too large to keep marks the cache stale
+        let large = geom(64, 40, 100, 3, [3, 3], [1, 1], [1, 1], [1, 1], 1);
+        assert!(!cacheable(&large, 1));
+        let xl = random(&mut rng, large.in_len());
+        let wl = random(&mut rng, large.o * large.k());
+        forward(&large, 1, &xl, &wl, None, Some(&mut cache)).unwrap();
+        assert!(cache.get(&large, 1).is_none() && cache.get(&g, 4).is_none());
+        // pointwise layers read their input directly: nothing to keep
+        let pw = geom(4, 5, 5, 2, [1, 1], [1, 1], [0, 0], [1, 1], 1);
+        assert!(!cacheable(&pw, 2));
+    }
+
+    #[test]
+    fn lane_sum_adds_every_element() {
+        for len in [0usize, 1, 7, 8, 9, 17, 100] {
+            let v: Vec<f64> = (0..len).map(|i| (i * i) as f64 + 0.5).collect();
+            assert_eq!(lane_sum(&v), v.iter().sum::<f64>(), "len {len}");
         }
     }
 
