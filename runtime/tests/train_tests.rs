@@ -2,6 +2,7 @@
 //! the same updates on 1, 2 and 3 executors, bit-exact resume from a
 //! checkpoint, and a corrupt newest checkpoint skipped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,9 +121,35 @@ impl GradientWorker<(f32, f32, f32)> for Centred {
     }
 }
 
+/// Training-task batches computed by [`Counted`] (only one test uses it).
+static COUNTED_BATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// [`Linear`], counting the batches it computes gradients for.
+struct Counted;
+
+impl GradientWorker<(f32, f32, f32)> for Counted {
+    fn num_params(&self) -> usize {
+        3
+    }
+    fn gradients(
+        &mut self,
+        p: &[f32],
+        samples: &[&(f32, f32, f32)],
+        seed: u64,
+        g: &mut [f32],
+    ) -> Result<BatchStats, String> {
+        COUNTED_BATCHES.fetch_add(1, Ordering::SeqCst);
+        Linear.gradients(p, samples, seed, g)
+    }
+    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, String> {
+        Linear.evaluate(p, s)
+    }
+}
+
 fn registry() -> Arc<Registry> {
     let mut r = Registry::new();
     r.register_trainer("linear", |_: &()| Ok(Linear))
+        .register_trainer("counted", |_: &()| Ok(Counted))
         .register_trainer("centred", |_: &()| Ok(Centred { m: 0.0 }))
         .register_optimizer("momentum", |_: &(), _| {
             Ok(Box::new(Momentum { buf: Vec::new() }) as Box<dyn ShardOptimizer>)
@@ -413,6 +440,43 @@ async fn executor_hosted_shards_match_driver_held_ones_bit_for_bit() {
             assert_eq!(ph, p, "{executors} executors, {replicas} replicas");
             assert_eq!(lh, l, "{executors} executors, {replicas} replicas");
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_hosted_training_computes_each_batch_once() {
+    // A batch launched with the driver's weights used to run beside the
+    // first executor-hosted iteration, its gradients never used: hosted
+    // training must compute exactly the tasks driver-held training does.
+    bounded(async {
+        let mut counts = Vec::new();
+        for placement in [ShardPlacement::Driver, hosted(2)] {
+            let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+            let d = cluster.driver().unwrap();
+            let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+            let mut s = TrainSpec::new("counted", &(), 16, 2, 9, 0.1).unwrap();
+            s.shards = 2;
+            s.placement = placement;
+            let before = COUNTED_BATCHES.load(Ordering::SeqCst);
+            let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+                .await
+                .unwrap();
+            let mut iterations = 0;
+            while !t.is_done() {
+                t.step().await.unwrap();
+                iterations += 1;
+            }
+            t.finish().await.unwrap();
+            cluster.shutdown().await;
+            counts.push(COUNTED_BATCHES.load(Ordering::SeqCst) - before);
+            assert_eq!(iterations, 2 * 13, "2 epochs of 13 batches of 16 of 200");
+        }
+        assert!(
+            counts[0] >= 26,
+            "every iteration computes at least one task"
+        );
+        assert_eq!(counts[0], counts[1], "driver-held vs executor-hosted tasks");
     })
     .await
 }

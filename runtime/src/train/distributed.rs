@@ -470,12 +470,16 @@ impl<T: Data> DistributedTrainer<T> {
             return Err(Error::Invalid("training is already complete".into()));
         }
         let started = Instant::now();
+        // Executor-hosted shards run their iterations one at a time, each
+        // launched by `step_hosted`: nothing may be launched ahead here (a
+        // batch launched with the driver's weights ran beside the first
+        // hosted iteration, its result never used).
+        if matches!(self.shards, Shards::Executors(_)) {
+            return self.step_hosted(started).await;
+        }
         let ahead = self.spec.staleness.unwrap_or(0) as usize;
         while self.in_flight.len() <= ahead && self.launched.epoch < self.spec.epochs {
             self.launch();
-        }
-        if matches!(self.shards, Shards::Executors(_)) {
-            return self.step_hosted(started).await;
         }
         let Some(flight) = self.in_flight.pop_front() else {
             return Err(Error::Invalid("no batch left to train on".into()));
