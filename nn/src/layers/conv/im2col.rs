@@ -49,12 +49,23 @@ const CACHE_MAX_ELEMS: usize = 1 << 23;
 /// backward pass (every image's `[groups * k, oh * ow]` columns, image after
 /// image), so that backward reads them instead of rebuilding them. The
 /// buffer is reused from one batch to the next.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct ColumnCache<F> {
     cols: Vec<F>,
     /// The geometry and batch size `cols` were built for; `None` when they
     /// are stale or were never built.
     key: Option<(Geom, usize)>,
+}
+
+/// A copy of a layer starts without columns: they belong to the original's
+/// last forward pass (and may be tens of MiB).
+impl<F> Clone for ColumnCache<F> {
+    fn clone(&self) -> Self {
+        ColumnCache {
+            cols: Vec::new(),
+            key: None,
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for ColumnCache<F> {
