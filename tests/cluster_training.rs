@@ -37,6 +37,23 @@ fn accuracy(lines: &[String]) -> f64 {
         .unwrap_or_else(|| panic!("no accuracy line: {lines:?}"))
 }
 
+/// The closing line's throughputs: over the epochs' wall time, and over it
+/// less the per-epoch evaluations.
+fn throughputs(lines: &[String]) -> (f64, f64) {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("trained ") && l.contains(" samples/s ("))
+        .unwrap_or_else(|| panic!("no throughput line: {lines:?}"));
+    let numbers: Vec<f64> = line
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "trained Cnn on 2 executors: A samples/s (B without the per-epoch
+    // evaluations), held-out accuracy C%"
+    assert!(numbers.len() >= 4, "{line}");
+    (numbers[1], numbers[2])
+}
+
 fn finish(mut g: Guard) -> Vec<String> {
     let lines = g.rest(LONG);
     let status = g.wait_exit(Duration::from_secs(30)).expect("exits");
@@ -75,6 +92,8 @@ fn reference() -> &'static (Vec<f32>, f64) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("reference");
         let lines = local_digits("2", &["--out", out.to_str().unwrap()]);
+        let (all, iterations) = throughputs(&lines);
+        assert!(all > 0.0 && iterations >= all, "{all} vs {iterations}");
         (flat_params(&out), accuracy(&lines))
     })
 }
