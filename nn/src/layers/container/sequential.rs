@@ -57,6 +57,25 @@ impl<F: Float> Sequential<F> {
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Module<F>>] {
         &mut self.layers
     }
+
+    /// Runs `backward` through children `n - 1` down to 1 and returns the
+    /// gradient for child 0's output (`None` for an empty container).
+    fn backward_to_first(&mut self, grad_output: &Tensor<F>) -> Result<Option<Tensor<F>>> {
+        let n = self.layers.len();
+        if n == 0 {
+            return Ok(None);
+        }
+        if self.activations.len() + 1 != n {
+            return Err(Error::NoForward { op: self.name() });
+        }
+        let mut g = grad_output.clone();
+        for i in (1..n).rev() {
+            g = self.layers[i]
+                .backward(&self.activations[i - 1], &g)
+                .map_err(|e| wrap(i, e))?;
+        }
+        Ok(Some(g))
+    }
 }
 
 impl<F: Float> Module<F> for Sequential<F> {
@@ -90,42 +109,19 @@ impl<F: Float> Module<F> for Sequential<F> {
     }
 
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
-        let n = self.layers.len();
-        if n == 0 {
-            return Ok(grad_output.clone());
+        match self.backward_to_first(grad_output)? {
+            Some(g) => self.layers[0].backward(input, &g).map_err(|e| wrap(0, e)),
+            None => Ok(grad_output.clone()),
         }
-        if self.activations.len() + 1 != n {
-            return Err(Error::NoForward { op: self.name() });
-        }
-        let mut g = grad_output.clone();
-        for i in (0..n).rev() {
-            let inp = if i == 0 {
-                input
-            } else {
-                &self.activations[i - 1]
-            };
-            g = self.layers[i].backward(inp, &g).map_err(|e| wrap(i, e))?;
-        }
-        Ok(g)
     }
 
     fn backward_params(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
-        let n = self.layers.len();
-        if n == 0 {
-            return Ok(());
+        match self.backward_to_first(grad_output)? {
+            Some(g) => self.layers[0]
+                .backward_params(input, &g)
+                .map_err(|e| wrap(0, e)),
+            None => Ok(()),
         }
-        if self.activations.len() + 1 != n {
-            return Err(Error::NoForward { op: self.name() });
-        }
-        let mut g = grad_output.clone();
-        for i in (1..n).rev() {
-            g = self.layers[i]
-                .backward(&self.activations[i - 1], &g)
-                .map_err(|e| wrap(i, e))?;
-        }
-        self.layers[0]
-            .backward_params(input, &g)
-            .map_err(|e| wrap(0, e))
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<F>)) {

@@ -460,6 +460,9 @@ mod tests {
             params_only.backward_params(&x, &gy).unwrap();
             assert_eq!(full.flat_grads(), params_only.flat_grads());
             assert!(full.flat_grads().iter().any(|&g| g != 0.0));
+            // before any forward pass there is nothing to go back through
+            let err = build(conv_first).backward_params(&x, &gy).unwrap_err();
+            assert!(matches!(err, Error::NoForward { .. }), "{err}");
         }
     }
 

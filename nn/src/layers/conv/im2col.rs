@@ -778,6 +778,10 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
+    fn random_f32(rng: &mut StdRng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
     /// Direct convolution of one image for reference.
     fn naive(g: &Geom, x: &[f64], w: &[f64]) -> Vec<f64> {
         let (cg, og) = (g.cg(), g.og());
@@ -823,15 +827,9 @@ mod tests {
         let large = geom(512, 3, 3, 512, [3, 3], [1, 1], [1, 1], [1, 1], 1);
         assert_eq!(images_per_window(&large), MIN_IMAGES_PER_WINDOW);
         for (g, n) in [(small, 1), (small, 2), (small, 7), (small, 19), (large, 19)] {
-            let x: Vec<f32> = (0..n * g.in_len())
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect();
-            let w: Vec<f32> = (0..g.o * g.k())
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect();
-            let gy: Vec<f32> = (0..n * g.out_len())
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect();
+            let x = random_f32(&mut rng, n * g.in_len());
+            let w = random_f32(&mut rng, g.o * g.k());
+            let gy = random_f32(&mut rng, n * g.out_len());
             let run = || {
                 let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
                 let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb), None, true).unwrap();
@@ -894,16 +892,10 @@ mod tests {
             geom(4, 9, 11, 6, [3, 2], [2, 1], [1, 2], [1, 2], 2),
         ] {
             for n in [1, 3] {
-                let x: Vec<f32> = (0..n * g.in_len())
-                    .map(|_| rng.random_range(-1.0f32..1.0))
-                    .collect();
-                let w: Vec<f32> = (0..g.o * g.k())
-                    .map(|_| rng.random_range(-1.0f32..1.0))
-                    .collect();
-                let b: Vec<f32> = (0..g.o).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                let gy: Vec<f32> = (0..n * g.out_len())
-                    .map(|_| rng.random_range(-1.0f32..1.0))
-                    .collect();
+                let x = random_f32(&mut rng, n * g.in_len());
+                let w = random_f32(&mut rng, g.o * g.k());
+                let b = random_f32(&mut rng, g.o);
+                let gy = random_f32(&mut rng, n * g.out_len());
                 let mut cache = ColumnCache::default();
                 let y = forward(&g, n, &x, &w, Some(&b), Some(&mut cache)).unwrap();
                 assert!(cache.get(&g, n).is_some(), "{g:?} n={n}: columns kept");
