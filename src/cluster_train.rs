@@ -172,6 +172,18 @@ impl ShardOptimizer for NnShardOptimizer {
             .map_err(|e| e.to_string())
     }
 
+    fn step_chunked(
+        &mut self,
+        params: &mut [f32],
+        fill: &mut dyn FnMut(usize, &mut [f32]),
+        lr: f64,
+    ) -> Result<(), String> {
+        self.optimizer.set_learning_rate(lr);
+        self.optimizer
+            .step_chunked(params, fill)
+            .map_err(|e| e.to_string())
+    }
+
     fn state(&self) -> Result<Vec<u8>, String> {
         rmp_serde::to_vec(&self.optimizer.state()).map_err(|e| e.to_string())
     }

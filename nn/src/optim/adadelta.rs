@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_non_negative, Core, Optimizer};
+use super::{check_non_negative, Core, Grads, Optimizer};
 use crate::error::{Error, Result};
 use crate::tensor::Float;
 
@@ -73,7 +73,7 @@ impl<F: Float> Optimizer<F> for Adadelta<F> {
         )
     }
 
-    fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
+    fn step_from(&mut self, params: &mut [F], grads: Grads<'_, F>) -> Result<()> {
         let c = self.cfg.clone();
         self.core.run(params, grads, |p, g, s| {
             let g = g + c.weight_decay * *p;

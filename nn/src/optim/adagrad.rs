@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_non_negative, Core, Optimizer};
+use super::{check_non_negative, Core, Grads, Optimizer};
 use crate::error::Result;
 use crate::tensor::Float;
 
@@ -84,7 +84,7 @@ impl<F: Float> Optimizer<F> for Adagrad<F> {
         )
     }
 
-    fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
+    fn step_from(&mut self, params: &mut [F], grads: Grads<'_, F>) -> Result<()> {
         let c = self.cfg.clone();
         let clr = c.lr / (1.0 + self.core.step as f64 * c.lr_decay);
         self.core.run(params, grads, |p, g, s| {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_non_negative, check_unit, Core, Optimizer};
+use super::{check_non_negative, check_unit, Core, Grads, Optimizer};
 use crate::error::Result;
 use crate::tensor::Float;
 
@@ -132,7 +132,7 @@ impl AdamWConfig {
 fn adam_step<F: Float>(
     core: &mut Core<F>,
     params: &mut [F],
-    grads: &[F],
+    grads: Grads<'_, F>,
     lr: f64,
     (b1, b2): (f64, f64),
     eps: f64,
@@ -178,7 +178,7 @@ impl<F: Float> Optimizer<F> for Adam<F> {
         )
     }
 
-    fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
+    fn step_from(&mut self, params: &mut [F], grads: Grads<'_, F>) -> Result<()> {
         let c = self.cfg.clone();
         adam_step(
             &mut self.core,
@@ -213,7 +213,7 @@ impl<F: Float> Optimizer<F> for AdamW<F> {
         )
     }
 
-    fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
+    fn step_from(&mut self, params: &mut [F], grads: Grads<'_, F>) -> Result<()> {
         let c = self.cfg.clone();
         adam_step(
             &mut self.core,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_non_negative, check_unit, Core, Optimizer};
+use super::{check_non_negative, check_unit, Core, Grads, Optimizer};
 use crate::error::Result;
 use crate::tensor::Float;
 
@@ -69,7 +69,7 @@ impl<F: Float> Optimizer<F> for Adamax<F> {
         )
     }
 
-    fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
+    fn step_from(&mut self, params: &mut [F], grads: Grads<'_, F>) -> Result<()> {
         let c = self.cfg.clone();
         let (b1, b2) = c.betas;
         let t = (self.core.step + 1) as f64;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_non_negative, Core, Optimizer};
+use super::{check_non_negative, Core, Grads, Optimizer};
 use crate::error::{Error, Result};
 use crate::tensor::Float;
 
@@ -95,7 +95,7 @@ impl<F: Float> Optimizer<F> for Sgd<F> {
         )
     }
 
-    fn step(&mut self, params: &mut [F], grads: &[F]) -> Result<()> {
+    fn step_from(&mut self, params: &mut [F], grads: Grads<'_, F>) -> Result<()> {
         let SgdConfig {
             lr,
             momentum,
@@ -104,18 +104,34 @@ impl<F: Float> Optimizer<F> for Sgd<F> {
             nesterov,
         } = self.cfg;
         let first = self.core.step == 0;
-        self.core.run(params, grads, |p, g, s| {
-            let mut d = g + weight_decay * *p;
-            if momentum != 0.0 {
-                s[0] = if first {
-                    d
-                } else {
-                    momentum * s[0] + (1.0 - dampening) * d
-                };
-                d = if nesterov { d + momentum * s[0] } else { s[0] };
-            }
-            *p -= lr * d;
-        })
+        // One closure per case, so no loop carries the settings' branches
+        // (which kept the momentum loop from vectorising); the arithmetic
+        // is the same in every case.
+        match (momentum != 0.0, first, nesterov) {
+            (false, _, _) => self.core.run(params, grads, |p, g, _| {
+                let d = g + weight_decay * *p;
+                *p -= lr * d;
+            }),
+            (true, true, false) => self.core.run(params, grads, |p, g, s| {
+                s[0] = g + weight_decay * *p;
+                *p -= lr * s[0];
+            }),
+            (true, true, true) => self.core.run(params, grads, |p, g, s| {
+                let d = g + weight_decay * *p;
+                s[0] = d;
+                *p -= lr * (d + momentum * s[0]);
+            }),
+            (true, false, false) => self.core.run(params, grads, |p, g, s| {
+                let d = g + weight_decay * *p;
+                s[0] = momentum * s[0] + (1.0 - dampening) * d;
+                *p -= lr * s[0];
+            }),
+            (true, false, true) => self.core.run(params, grads, |p, g, s| {
+                let d = g + weight_decay * *p;
+                s[0] = momentum * s[0] + (1.0 - dampening) * d;
+                *p -= lr * (d + momentum * s[0]);
+            }),
+        }
     }
 
     optimizer_common!();

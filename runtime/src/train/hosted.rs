@@ -139,8 +139,6 @@ struct HostedShard {
     version: u64,
     params: Vec<f32>,
     optimizer: Box<dyn ShardOptimizer>,
-    /// Reused gradient accumulator.
-    acc: Vec<f32>,
 }
 
 impl HostedShard {
@@ -166,26 +164,54 @@ impl HostedShard {
         }
         let slices = slices
             .ok_or_else(|| Error::Invalid(format!("shard {shard}: gradient slices not fetched")))?;
-        self.acc.fill(0.0);
+        let bytes = self.params.len() * 4;
         for (p, s) in slices.iter().enumerate() {
-            if s.len() != self.acc.len() * 4 {
+            if s.len() != bytes {
                 return Err(Error::Invalid(format!(
-                    "shard {shard}: gradient slice of partition {p} has {} bytes, expected {}",
+                    "shard {shard}: gradient slice of partition {p} has {} bytes, expected {bytes}",
                     s.len(),
-                    self.acc.len() * 4
                 )));
             }
-            add_le_f32(&mut self.acc, s);
         }
-        for a in &mut self.acc {
-            *a *= scale;
-        }
+        let mut in_range = true;
         self.optimizer
-            .step(&mut self.params, &self.acc, lr)
+            .step_chunked(
+                &mut self.params,
+                &mut |offset, out| in_range &= sum_scaled(out, offset, slices, scale),
+                lr,
+            )
             .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))?;
+        if !in_range {
+            return Err(Error::Invalid(format!(
+                "parameter shard {shard}: the optimizer asked for gradients past the shard's end"
+            )));
+        }
         self.version = from + 1;
         Ok(())
     }
+}
+
+/// Writes `(0 + s_0 + s_1 + …) · scale` of the gradient values
+/// `offset..offset + out.len()` of the little-endian `f32` slices into
+/// `out`, adding in the order given (the order every replica of a shard
+/// uses, so their steps stay bit-identical). Called chunk by chunk from the
+/// optimizer's step: zeroing, each addition and the scaling used to be
+/// separate passes over a whole-shard accumulator, then the optimizer read
+/// it once more. Returns false (leaving `out` zeroed) for a range past a
+/// slice's end.
+fn sum_scaled(out: &mut [f32], offset: usize, slices: &[Bytes], scale: f32) -> bool {
+    let (lo, hi) = (offset * 4, (offset + out.len()) * 4);
+    out.fill(0.0);
+    for s in slices {
+        match s.get(lo..hi) {
+            Some(b) => add_le_f32(out, b),
+            None => return false,
+        }
+    }
+    for a in out.iter_mut() {
+        *a *= scale;
+    }
+    true
 }
 
 /// Gradient bytes above which one task's shards step on threads of their
@@ -253,14 +279,12 @@ impl ParamHost {
                     })?;
                 }
                 store.put(*publish, *shard, vec![params.clone()])?;
-                let acc = vec![0.0; weights.len()];
                 self.shards.lock().map_err(|_| poisoned())?.insert(
                     (*run, *shard),
                     Arc::new(Mutex::new(HostedShard {
                         version: *version,
                         params: weights,
                         optimizer: opt,
-                        acc,
                     })),
                 );
                 Ok(TaskOutput::Done)
@@ -399,7 +423,7 @@ impl AsRef<[u8]> for F32Range {
 mod tests {
     use super::*;
 
-    use crate::train::shard::Plain;
+    use crate::train::shard::{Overreaching, Plain};
 
     fn registry() -> Registry {
         let mut r = Registry::new();
@@ -586,6 +610,65 @@ mod tests {
                 }
             )
             .is_err());
+    }
+
+    #[test]
+    fn chunked_sum_matches_whole_passes_bit_for_bit() {
+        // Values with signed zeros, so a sum that skipped the zero start
+        // would show; chunks of uneven sizes.
+        for n in [1, 4095, 4096, 2 * 4096 + 3] {
+            let slices: Vec<Vec<f32>> = (0..3)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| match (i + k) % 5 {
+                            0 => -0.0,
+                            1 => 1e-3 * i as f32,
+                            2 => -7.25 / (1 + i + k) as f32,
+                            _ => (i as f32).sin() * 1e4,
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut expected = vec![0.0f32; n];
+            for s in &slices {
+                for (e, x) in expected.iter_mut().zip(s) {
+                    *e += x;
+                }
+            }
+            for e in &mut expected {
+                *e *= 0.125;
+            }
+            // An aligned slice, and one read from an odd address (the
+            // byte-wise path).
+            let aligned = Bytes::from(f32_to_bytes(&slices[0]));
+            let mut shifted = vec![0u8];
+            shifted.extend(f32_to_bytes(&slices[1]));
+            let shifted = Bytes::from(shifted).slice(1..);
+            let third = Bytes::from(f32_to_bytes(&slices[2]));
+            let slices = [aligned, shifted, third];
+            let mut acc = vec![f32::NAN; n];
+            let mut offset = 0;
+            for (k, chunk) in acc.chunks_mut(1000).enumerate() {
+                assert!(sum_scaled(chunk, offset, &slices, 0.125), "chunk {k}");
+                offset += chunk.len();
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&acc), bits(&expected), "n = {n}");
+            // A range past the slices' end is refused, not a panic.
+            assert!(!sum_scaled(&mut [0.0; 2], n - 1, &slices, 1.0));
+        }
+    }
+
+    #[test]
+    fn an_optimizer_reading_past_the_shard_is_an_error() {
+        let mut shard = HostedShard {
+            version: 0,
+            params: vec![1.0; 3],
+            optimizer: Box::new(Overreaching),
+        };
+        let slices = vec![Bytes::from(f32_to_bytes(&[1.0; 3]))];
+        let err = shard.step(0, 0, Some(&slices), 1.0, 0.1).unwrap_err();
+        assert!(err.to_string().contains("past the shard's end"), "{err}");
     }
 
     #[test]

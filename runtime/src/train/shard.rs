@@ -26,6 +26,22 @@ pub trait ShardOptimizer: Send + 'static {
         grads: &[f32],
         lr: f64,
     ) -> std::result::Result<(), String>;
+    /// [`ShardOptimizer::step`] with the gradient produced a chunk at a
+    /// time: `fill(offset, out)` writes the gradient of `params[offset..
+    /// offset + out.len()]` into `out` (chunks in order). An elementwise
+    /// optimizer applies each chunk while it is in cache, so the summed
+    /// gradient of a large shard never goes through memory (kiln-nn's
+    /// `Optimizer::step_chunked`); the default builds it whole first.
+    fn step_chunked(
+        &mut self,
+        params: &mut [f32],
+        fill: &mut dyn FnMut(usize, &mut [f32]),
+        lr: f64,
+    ) -> std::result::Result<(), String> {
+        let mut grads = vec![0.0; params.len()];
+        fill(0, &mut grads);
+        self.step(params, &grads, lr)
+    }
     /// The shard's optimizer state, serialized (goes into checkpoints).
     fn state(&self) -> std::result::Result<Vec<u8>, String>;
     /// Restores a state produced by [`ShardOptimizer::state`].
@@ -110,14 +126,36 @@ struct ShardState {
 }
 
 impl ShardState {
+    /// Applies the accumulated gradient times `scale` and zeroes it, a
+    /// chunk at a time (one pass over the accumulator instead of three).
     fn step(&mut self, scale: f32, lr: f64) -> std::result::Result<Arc<Vec<f32>>, String> {
-        for g in &mut self.acc {
-            *g *= scale;
-        }
         let params = Arc::make_mut(&mut self.params);
-        let result = self.optimizer.step(params, &self.acc, lr);
-        self.acc.iter_mut().for_each(|g| *g = 0.0);
-        result.map(|()| self.params.clone())
+        let acc = &mut self.acc;
+        let (mut in_range, mut zeroed) = (true, 0);
+        let result = self.optimizer.step_chunked(
+            params,
+            &mut |offset, out| match acc.get_mut(offset..offset + out.len()) {
+                Some(a) => {
+                    for (o, g) in out.iter_mut().zip(a.iter_mut()) {
+                        *o = *g * scale;
+                        *g = 0.0;
+                    }
+                    zeroed += a.len();
+                }
+                None => in_range = false,
+            },
+            lr,
+        );
+        if zeroed != acc.len() {
+            // The optimizer failed or skipped chunks: whatever it read, the
+            // next iteration starts from zero.
+            acc.iter_mut().for_each(|g| *g = 0.0);
+        }
+        result?;
+        if !in_range {
+            return Err("the optimizer asked for gradients past the shard's end".into());
+        }
+        Ok(self.params.clone())
     }
 }
 
@@ -411,6 +449,33 @@ impl ParameterShards {
     }
 }
 
+/// A shard optimizer whose chunked step asks for one value too many (unit
+/// tests of both placements' gradient sources).
+#[cfg(test)]
+pub(crate) struct Overreaching;
+
+#[cfg(test)]
+impl ShardOptimizer for Overreaching {
+    fn step(&mut self, _: &mut [f32], _: &[f32], _: f64) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    fn step_chunked(
+        &mut self,
+        params: &mut [f32],
+        fill: &mut dyn FnMut(usize, &mut [f32]),
+        _: f64,
+    ) -> std::result::Result<(), String> {
+        fill(0, &mut vec![0.0; params.len() + 1]);
+        Ok(())
+    }
+    fn state(&self) -> std::result::Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+    fn load_state(&mut self, _: &[u8]) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
 /// A momentum-free SGD with a fixed one-byte state, for unit tests of
 /// either shard placement.
 #[cfg(test)]
@@ -439,6 +504,26 @@ impl ShardOptimizer for Plain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_reading_past_the_shard_is_an_error_and_clears_the_gradient() {
+        let mut st = ShardState {
+            index: 0,
+            range: 0..3,
+            params: Arc::new(vec![1.0; 3]),
+            acc: vec![2.0; 3],
+            optimizer: Box::new(Overreaching),
+        };
+        let err = st.step(0.5, 0.1).unwrap_err();
+        assert!(err.contains("past the shard's end"), "{err}");
+        assert_eq!(st.acc, vec![0.0; 3]);
+        // A well-behaved optimizer gets the scaled sum and leaves zeros.
+        st.optimizer = Box::new(Plain);
+        st.acc = vec![2.0, 4.0, -6.0];
+        let params = st.step(0.5, 0.1).unwrap();
+        assert_eq!(*params, vec![0.9, 0.8, 1.3]);
+        assert_eq!(st.acc, vec![0.0; 3]);
+    }
 
     #[test]
     fn ranges_cover_everything_and_differ_by_at_most_one() {
