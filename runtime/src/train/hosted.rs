@@ -205,7 +205,10 @@ fn sum_scaled(out: &mut [f32], offset: usize, slices: &[Bytes], scale: f32) -> b
     for s in slices {
         match s.get(lo..hi) {
             Some(b) => add_le_f32(out, b),
-            None => return false,
+            None => {
+                out.fill(0.0);
+                return false;
+            }
         }
     }
     for a in out.iter_mut() {
