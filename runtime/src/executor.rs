@@ -235,6 +235,7 @@ pub(crate) fn run_task(
     let side = TaskSide {
         inputs: &inputs,
         store,
+        host,
         partition,
         executor,
     };

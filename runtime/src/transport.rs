@@ -38,8 +38,10 @@ use link::Link;
 /// Protocol version sent in the preamble; a mismatch is refused. Version 2:
 /// executor-to-executor shuffle (peer address in `Register`). Version 3:
 /// shuffle blocks travel as raw bytes after their reply frame. Version 4:
-/// a task's shipped inputs are binary strings.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// a task's shipped inputs are binary strings. Version 5: one step task per
+/// shard holder. Version 6: training tasks may carry the previous
+/// iteration's step (`TrainRequest::step_first`).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.

@@ -529,6 +529,39 @@ async fn losing_a_shard_holder_mid_training_loses_no_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_an_executor_with_a_step_pending_redoes_that_iteration_too() {
+    // 2 executors holding both copies of every shard (the `kiln local`
+    // default) run one task round per iteration: each iteration's step is
+    // applied by the next iteration's training tasks. The gradients of a
+    // pending step die with a lost executor, so its iteration is redone as
+    // well, and the weights still equal an uninterrupted run's.
+    bounded(async {
+        let (uninterrupted, _) = train(2, 3).await;
+        let mut cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        let mut s = spec(3);
+        s.placement = hosted(2);
+        let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            assert_eq!(t.step().await.unwrap().redone, 0);
+        }
+        cluster.kill_executor(0).unwrap();
+        let mut redone = 0;
+        while !t.is_done() {
+            redone += t.step().await.unwrap().redone;
+        }
+        assert!(redone >= 1, "the iteration after the loss was redone");
+        let params = t.finish().await.unwrap();
+        assert_eq!(params, uninterrupted);
+        cluster.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_replicas_is_reported_lost() {
     bounded(async {
         let mut cluster = LocalCluster::start(config(2), registry()).await.unwrap();

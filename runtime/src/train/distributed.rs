@@ -26,7 +26,7 @@ use crate::train::checkpointing::{
     meta_u64, training_meta, CheckpointPolicy, Position, META_BATCH, META_BATCH_SIZE, META_PARAMS,
     META_SEED, META_SHARDS,
 };
-use crate::train::executor_shards::ExecutorShards;
+use crate::train::executor_shards::{ExecutorShards, PendingStep};
 use crate::train::hosted::OptimizerSpec;
 use crate::train::shard::{OptimizerFactory, ParameterShards};
 use crate::train::worker::{bytes_to_f32, f32_to_bytes, BatchStats, TrainRequest};
@@ -185,6 +185,20 @@ pub struct DistributedTrainer<T> {
     in_flight: VecDeque<InFlight>,
     store: Option<Arc<CheckpointStore>>,
     last_checkpoint: Instant,
+    /// Executor-hosted shards held by every executor: the last iteration's
+    /// step, applied by the next iteration's training tasks (or by
+    /// [`DistributedTrainer::apply_pending`] before anything reads the
+    /// shards).
+    pending: Option<Pending>,
+}
+
+/// An iteration whose gradients are computed and whose step is not yet
+/// applied, with what redoing it takes (its gradients die with an
+/// executor that is lost before the step).
+struct Pending {
+    step: PendingStep,
+    batch: Vec<u64>,
+    iteration: u64,
 }
 
 /// The parameter shards of a run, wherever they live.
@@ -296,6 +310,7 @@ impl<T: Data> DistributedTrainer<T> {
             in_flight: VecDeque::new(),
             store,
             last_checkpoint: Instant::now(),
+            pending: None,
         })
     }
 
@@ -381,6 +396,7 @@ impl<T: Data> DistributedTrainer<T> {
     /// The current weights, gathered from the executors first when they
     /// host the shards.
     pub async fn current_params(&mut self) -> Result<&[f32]> {
+        self.apply_pending().await?;
         if let (Shards::Executors(s), true) = (&self.shards, self.params_stale) {
             self.params = s.gather(&self.data).await?;
             self.params_stale = false;
@@ -425,6 +441,7 @@ impl<T: Data> DistributedTrainer<T> {
             buffers: buffers.to_vec(),
             weights_from: None,
             gradients_to: None,
+            step_first: None,
         }
     }
 
@@ -547,9 +564,13 @@ impl<T: Data> DistributedTrainer<T> {
 
     /// One synchronous iteration with executor-hosted shards: the tasks
     /// fetch the weights from the holders and leave their gradients in
-    /// their executors' stores; the holders fetch and apply them. A
-    /// failure (a lost executor) drops the lost holders and redoes the
-    /// iteration (the shards that had already stepped only republish).
+    /// their executors' stores; the holders fetch and apply them. When
+    /// every executor holds every shard, the step is left pending and the
+    /// next iteration's training tasks apply it before computing (one task
+    /// round per iteration instead of two). A failure (a lost executor)
+    /// drops the lost holders and redoes the iteration, two rounds and
+    /// the pending step first (the shards that had already stepped only
+    /// republish).
     async fn step_hosted(&mut self, started: Instant) -> Result<IterationReport> {
         let (iteration, epoch) = (self.pos.iteration, self.pos.epoch);
         self.launched = self.pos;
@@ -559,7 +580,7 @@ impl<T: Data> DistributedTrainer<T> {
         let mut redo = 0;
         let (stats, buffers) = loop {
             match self
-                .try_hosted_iteration(&batch, iteration, lr, publish)
+                .try_hosted_iteration(&batch, iteration, lr, publish, redo == 0)
                 .await
             {
                 Ok(r) => break r,
@@ -584,27 +605,131 @@ impl<T: Data> DistributedTrainer<T> {
         }
         self.params_stale = true;
         self.version += 1;
-        if let Shards::Executors(s) = &mut self.shards {
-            if let Err(e) = s.replenish(&self.data).await {
-                warn!(error = %e, "could not replicate the parameter shards; retrying next iteration");
-            }
+        if let Err(e) = self.replenish().await {
+            warn!(error = %e, "could not replicate the parameter shards; retrying next iteration");
         }
         let mut report = self.finish_iteration(iteration, lr, stats, started).await?;
         report.redone = redo;
         Ok(report)
     }
 
+    /// Copies shards short of replicas to other executors (after applying
+    /// a pending step: copies are taken at the current version).
+    async fn replenish(&mut self) -> Result<()> {
+        let members = self.data.members().await?;
+        let short =
+            matches!(&self.shards, Shards::Executors(s) if s.short_of_replicas(members.len()));
+        if short {
+            self.apply_pending().await?;
+        }
+        match &mut self.shards {
+            Shards::Executors(s) => s.replenish(&self.data).await,
+            Shards::Driver(_) => Ok(()),
+        }
+    }
+
+    /// One attempt at an executor-hosted iteration: in one task round
+    /// (applying the pending step) when `fused` is allowed and every
+    /// member holds every shard, else in two.
     async fn try_hosted_iteration(
         &mut self,
         batch: &[u64],
         iteration: u64,
         lr: f64,
         publish: u64,
+        fused: bool,
     ) -> Result<(BatchStats, Option<Vec<f32>>)> {
+        let members: Vec<u64> = self
+            .data
+            .members()
+            .await?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        let fused =
+            fused && matches!(&self.shards, Shards::Executors(s) if s.held_by_all(&members));
+        if !fused {
+            self.apply_pending().await?;
+            return self
+                .two_round_iteration(batch, iteration, lr, publish)
+                .await;
+        }
+        let pending = self.pending.take();
+        tracing::debug!(
+            iteration,
+            applies_pending = pending.is_some(),
+            "one-round iteration"
+        );
+        let round = self
+            .training_round(batch, iteration, lr, publish, pending.as_ref())
+            .await;
+        match round {
+            Ok((stats, buffers, step)) => {
+                if let (Some(p), Shards::Executors(s)) = (&pending, &mut self.shards) {
+                    s.commit_step(&self.data, &p.step);
+                    self.data.free_blocks(vec![p.step.gradients]);
+                }
+                self.pending = Some(Pending {
+                    step,
+                    batch: batch.to_vec(),
+                    iteration,
+                });
+                Ok((stats, buffers))
+            }
+            Err(e) => {
+                // Applied by some holders or none: redone before the retry.
+                self.pending = pending;
+                Err(e)
+            }
+        }
+    }
+
+    /// Gradients, then every holder's step, as two task rounds.
+    async fn two_round_iteration(
+        &mut self,
+        batch: &[u64],
+        iteration: u64,
+        lr: f64,
+        publish: u64,
+    ) -> Result<(BatchStats, Option<Vec<f32>>)> {
+        let (stats, buffers, step) = self
+            .training_round(batch, iteration, lr, publish, None)
+            .await?;
+        let Shards::Executors(shards) = &mut self.shards else {
+            return Err(Error::Invalid("no executor-hosted shards".into()));
+        };
+        let stepped = shards.step(&self.data, &step).await;
+        self.data.free_blocks(vec![step.gradients]);
+        stepped.map(|()| (stats, buffers))
+    }
+
+    /// The training tasks of one iteration: each applies `pending` first
+    /// (then reads the weights it publishes from its own store) or fetches
+    /// the current weights, and leaves its gradient slices in its store.
+    /// Returns the batch's statistics, the averaged buffers and the step
+    /// the gradients make (its gradient block is freed on failure).
+    async fn training_round(
+        &self,
+        batch: &[u64],
+        iteration: u64,
+        lr: f64,
+        publish: u64,
+        pending: Option<&Pending>,
+    ) -> Result<(BatchStats, Option<Vec<f32>>, PendingStep)> {
+        let Shards::Executors(shards) = &self.shards else {
+            return Err(Error::Invalid("no executor-hosted shards".into()));
+        };
         let gradients = self.data.fresh_id();
-        let ((weights, fetch), sink) = match &self.shards {
-            Shards::Executors(s) => (s.weights_fetch()?, s.sink(gradients)),
-            Shards::Driver(_) => return Err(Error::Invalid("no executor-hosted shards".into())),
+        let sink = shards.sink(gradients);
+        let (weights, fetches, step_first) = match pending {
+            Some(p) => {
+                let (op, fetches) = shards.step_everywhere(&p.step)?;
+                (p.step.publish, fetches, Some(op))
+            }
+            None => {
+                let (weights, fetch) = shards.weights_fetch()?;
+                (weights, vec![fetch], None)
+            }
         };
         let buffers = f32_to_bytes(&self.buffers);
         let actions: Vec<(u32, Action, Vec<crate::protocol::ShuffleFetch>)> = self
@@ -616,12 +741,13 @@ impl<T: Data> DistributedTrainer<T> {
                 let mut req = self.train_request(idx, seed, false, (&[], &buffers));
                 req.weights_from = Some(weights);
                 req.gradients_to = Some(sink.clone());
-                (p, Action::Train(req), vec![fetch.clone()])
+                req.step_first = step_first.clone();
+                (p, Action::Train(req), fetches.clone())
             })
             .collect();
         let partitions: Vec<u32> = actions.iter().map(|(p, _, _)| *p).collect();
         let outs = self.data.run_partitions_fetching(actions).await;
-        let result = async {
+        let result = (|| {
             let mut stats = BatchStats::default();
             let mut mean = BufferMean::default();
             let mut stored_on = Vec::with_capacity(partitions.len());
@@ -640,17 +766,49 @@ impl<T: Data> DistributedTrainer<T> {
                     _ => return Err(Error::Invalid("a training task left no gradients".into())),
                 }
             }
-            let scale = 1.0 / stats.samples.max(1) as f32;
-            let Shards::Executors(shards) = &mut self.shards else {
-                return Err(Error::Invalid("no executor-hosted shards".into()));
+            let step = PendingStep {
+                gradients,
+                stored_on,
+                scale: 1.0 / stats.samples.max(1) as f32,
+                lr,
+                publish,
             };
-            shards
-                .step(&self.data, gradients, &stored_on, scale, lr, publish)
-                .await?;
-            Ok((stats, mean.mean()))
+            Ok((stats, mean.mean(), step))
+        })();
+        if result.is_err() {
+            self.data.free_blocks(vec![gradients]);
         }
-        .await;
-        self.data.free_blocks(vec![gradients]);
+        result
+    }
+
+    /// Applies the pending step, if any: every holder fetches the gradient
+    /// slices and steps (two-round style). When that fails (an executor
+    /// that held some of the slices is gone), the pending iteration is
+    /// redone in two rounds on the survivors; the holders that had already
+    /// stepped only republish.
+    async fn apply_pending(&mut self) -> Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let Shards::Executors(shards) = &mut self.shards else {
+            return Err(Error::Invalid("no executor-hosted shards".into()));
+        };
+        let mut result = shards.step(&self.data, &p.step).await;
+        let mut redo = 0;
+        while let Err(e) = result {
+            if redo >= MAX_ITERATION_REDOS {
+                result = Err(e);
+                break;
+            }
+            redo += 1;
+            warn!(iteration = p.iteration, redo, error = %e, "pending step failed; redoing its iteration");
+            settle_after_failure(&mut self.shards, &self.data, redo).await?;
+            result = self
+                .two_round_iteration(&p.batch, p.iteration, p.step.lr, p.step.publish)
+                .await
+                .map(|_| ());
+        }
+        self.data.free_blocks(vec![p.step.gradients]);
         result
     }
 
@@ -731,6 +889,10 @@ impl<T: Data> DistributedTrainer<T> {
     /// Writes a checkpoint now: every parameter actor writes its own shard
     /// blobs, then the commit record goes in last.
     pub async fn checkpoint(&mut self) -> Result<u64> {
+        if self.store.is_none() {
+            return Err(Error::Invalid("no checkpoint directory configured".into()));
+        }
+        self.apply_pending().await?;
         let Some(store) = &self.store else {
             return Err(Error::Invalid("no checkpoint directory configured".into()));
         };
@@ -779,6 +941,7 @@ impl<T: Data> DistributedTrainer<T> {
     /// executors. With executor-hosted shards, a lost holder is dropped and
     /// the evaluation redone (as an iteration is).
     pub async fn evaluate(&mut self, data: &Dataset<T>) -> Result<BatchStats> {
+        self.apply_pending().await?;
         let mut redo = 0;
         loop {
             match self.evaluate_once(data).await {

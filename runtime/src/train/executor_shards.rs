@@ -42,6 +42,18 @@ pub(crate) struct ExecutorShards {
     len: usize,
 }
 
+/// One iteration's step of every shard: its gradient slices (block
+/// `gradients`, left by partition `p` on executor `stored_on[p]`), their
+/// scale, the learning rate and the id the new weights are published under.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingStep {
+    pub(crate) gradients: u64,
+    pub(crate) stored_on: Vec<(u32, u64)>,
+    pub(crate) scale: f32,
+    pub(crate) lr: f64,
+    pub(crate) publish: u64,
+}
+
 fn expect_data(out: TaskOutput, what: &str) -> Result<Vec<u8>> {
     match out {
         TaskOutput::Data(b) => Ok(b),
@@ -182,30 +194,48 @@ impl ExecutorShards {
         }
     }
 
-    /// Every holder steps its shard with the slices of gradient block
-    /// `gradients`, which partition `p` left on executor `stored_on[p]`
-    /// (summed in the order given). `publish` names the new weights.
+    /// The fetch of shard `shard`'s gradient slices of block `gradients`,
+    /// which partition `p` left on executor `stored_on[p]` (in that order).
+    fn gradient_fetch(
+        &self,
+        gradients: u64,
+        stored_on: &[(u32, u64)],
+        shard: usize,
+    ) -> Result<ShuffleFetch> {
+        let len = self.ranges[shard].len();
+        let maps = stored_on
+            .iter()
+            .map(|&(p, e)| self.loc(p, e, len))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ShuffleFetch {
+            shuffle: gradients,
+            reduce: shard as u32,
+            maps,
+        })
+    }
+
+    fn step_op(&self, shards: Vec<u32>, step: &PendingStep) -> ShardOp {
+        ShardOp::Step {
+            run: self.run,
+            shards,
+            from: self.version,
+            gradients: step.gradients,
+            scale: step.scale,
+            lr: step.lr,
+            publish: step.publish,
+        }
+    }
+
+    /// Every holder steps its shards with `step`'s gradient slices (one
+    /// task per holder), then the new weights become current.
     pub(crate) async fn step<T: Data>(
         &mut self,
         data: &Dataset<T>,
-        gradients: u64,
-        stored_on: &[(u32, u64)],
-        scale: f32,
-        lr: f64,
-        publish: u64,
+        step: &PendingStep,
     ) -> Result<()> {
-        // One task per holder, stepping every shard it holds.
         let mut by_holder: BTreeMap<u64, (Vec<u32>, Vec<ShuffleFetch>)> = BTreeMap::new();
-        for (i, r) in self.ranges.iter().enumerate() {
-            let maps = stored_on
-                .iter()
-                .map(|&(p, e)| self.loc(p, e, r.len()))
-                .collect::<Result<Vec<_>>>()?;
-            let fetch = ShuffleFetch {
-                shuffle: gradients,
-                reduce: i as u32,
-                maps,
-            };
+        for i in 0..self.ranges.len() {
+            let fetch = self.gradient_fetch(step.gradients, &step.stored_on, i)?;
             for &h in &self.holders[i] {
                 let (shards, fetches) = by_holder.entry(h).or_default();
                 shards.push(i as u32);
@@ -214,24 +244,52 @@ impl ExecutorShards {
         }
         let tasks = by_holder
             .into_iter()
-            .map(|(h, (shards, fetches))| {
-                let op = ShardOp::Step {
-                    run: self.run,
-                    shards,
-                    from: self.version,
-                    gradients,
-                    scale,
-                    lr,
-                    publish,
-                };
-                (h, Action::Shard(op), fetches)
-            })
+            .map(|(h, (shards, fetches))| (h, Action::Shard(self.step_op(shards, step)), fetches))
             .collect();
         data.run_on_executors(tasks).await?;
-        data.free_blocks(vec![self.weights]);
-        self.weights = publish;
-        self.version += 1;
+        self.commit_step(data, step);
         Ok(())
+    }
+
+    /// True when every one of `members` holds every shard: a training task
+    /// anywhere can then apply the pending step itself and read the new
+    /// weights from its own store ([`ExecutorShards::step_everywhere`]).
+    pub(crate) fn held_by_all(&self, members: &[u64]) -> bool {
+        !members.is_empty()
+            && self
+                .holders
+                .iter()
+                .all(|h| members.iter().all(|m| h.contains(m)))
+    }
+
+    /// `step` for every shard as one operation, with the fetches of its
+    /// gradient slices, for training tasks to apply before computing
+    /// (when [`ExecutorShards::held_by_all`]); [`ExecutorShards::commit_step`]
+    /// once every task did.
+    pub(crate) fn step_everywhere(
+        &self,
+        step: &PendingStep,
+    ) -> Result<(ShardOp, Vec<ShuffleFetch>)> {
+        let fetches = (0..self.ranges.len())
+            .map(|i| self.gradient_fetch(step.gradients, &step.stored_on, i))
+            .collect::<Result<Vec<_>>>()?;
+        let shards = (0..self.ranges.len() as u32).collect();
+        Ok((self.step_op(shards, step), fetches))
+    }
+
+    /// Records that every holder applied `step`: its weights are current
+    /// (the previous ones are freed).
+    pub(crate) fn commit_step<T: Data>(&mut self, data: &Dataset<T>, step: &PendingStep) {
+        data.free_blocks(vec![self.weights]);
+        self.weights = step.publish;
+        self.version += 1;
+    }
+
+    /// True when some shard has fewer holders than asked for and a member
+    /// that could take a copy.
+    pub(crate) fn short_of_replicas(&self, members: usize) -> bool {
+        let want = self.replicas.min(members);
+        self.holders.iter().any(|h| h.len() < want)
     }
 
     /// After a failed iteration: forget holders that are gone (returns how

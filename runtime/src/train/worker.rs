@@ -16,6 +16,7 @@ use crate::buffers::Pooled;
 use crate::error::{Error, Result};
 use crate::protocol::TaskOutput;
 use crate::registry::{Data, Part, Registry};
+use crate::train::hosted::{ParamHost, ShardOp};
 
 /// Loss and counts of one batch share.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -139,6 +140,13 @@ pub(crate) struct TrainRequest {
     /// block store, cut by shard, instead of returning it.
     #[serde(default)]
     pub(crate) gradients_to: Option<GradientSink>,
+    /// With executor-hosted shards all held by this executor: the previous
+    /// iteration's step of every shard (a [`ShardOp::Step`], its gradient
+    /// slices among the fetched inputs), applied before computing; the
+    /// weights `weights_from` it publishes are then read from this
+    /// executor's store (one task round per iteration instead of two).
+    #[serde(default)]
+    pub(crate) step_first: Option<ShardOp>,
 }
 
 /// Where a training task leaves its gradient: block `(id, partition,
@@ -390,9 +398,34 @@ pub(crate) fn run_request(
 ) -> Result<TaskOutput> {
     let entry = registry.trainer(&req.trainer)?;
     crate::registry::check_type(&req.trainer, entry.elem, part.elem_type())?;
-    let params = match req.weights_from {
-        None => Pooled::new(bytes_to_f32(&req.params, "weights")?),
-        Some(id) => gather_weights(side.inputs, id)?,
+    let params = match (req.weights_from, &req.step_first) {
+        (None, None) => Pooled::new(bytes_to_f32(&req.params, "weights")?),
+        (Some(id), None) => {
+            let blocks = side
+                .inputs
+                .get(&(id, 0))
+                .ok_or_else(|| Error::Invalid(format!("weights {id} were not fetched")))?;
+            gather_weights(blocks)?
+        }
+        (Some(id), Some(step)) => {
+            side.host.run(registry, side.store, side.inputs, step)?;
+            let shards = req.gradients_to.as_ref().map_or(0, |s| s.ranges.len());
+            let blocks = (0..shards)
+                .map(|shard| {
+                    side.store.block(id, shard as u32, 0)?.ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "shard {shard}'s weights {id} are not held by this executor"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            gather_weights(&blocks)?
+        }
+        (None, Some(_)) => {
+            return Err(Error::Invalid(
+                "a step before training needs the weights it publishes".into(),
+            ))
+        }
     };
     let key = config_key(&req.config);
     let lock_err = || Error::Invalid("trainer pool lock poisoned".into());
@@ -456,18 +489,18 @@ pub(crate) struct TaskSide<'a> {
     pub(crate) inputs: &'a crate::protocol::Inputs,
     /// The executor's block store (where gradient slices are left).
     pub(crate) store: &'a crate::shuffle::ShuffleStore,
+    /// The parameter shards this executor hosts (stepped first when the
+    /// request says so).
+    pub(crate) host: &'a ParamHost,
     /// The data partition the task computes.
     pub(crate) partition: u32,
     /// The executor's id.
     pub(crate) executor: u64,
 }
 
-/// The full weight vector from the fetched shard blocks `(id, 0)`, in a
-/// pooled buffer.
-fn gather_weights(inputs: &crate::protocol::Inputs, id: u64) -> Result<Pooled> {
-    let blocks = inputs
-        .get(&(id, 0))
-        .ok_or_else(|| Error::Invalid(format!("weights {id} were not fetched")))?;
+/// The full weight vector from the shards' weight blocks (in shard order),
+/// in a pooled buffer.
+fn gather_weights(blocks: &[bytes::Bytes]) -> Result<Pooled> {
     if let Some((shard, b)) = blocks
         .iter()
         .enumerate()
