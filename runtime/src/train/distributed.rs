@@ -325,6 +325,11 @@ impl<T: Data> DistributedTrainer<T> {
         }
         let (record, skipped) = store.latest_valid()?;
         self.check_compatible(&record)?;
+        // The shards are replaced by the checkpoint's: a step computed for
+        // the old ones no longer applies.
+        if let Some(p) = self.pending.take() {
+            self.data.free_blocks(vec![p.step.gradients]);
+        }
         let read = |name: &str| -> Result<Vec<u8>> { Ok(store.read(&record, name)?) };
         let params = match &mut self.shards {
             Shards::Driver(s) => s.restore(read).await?,
@@ -605,26 +610,41 @@ impl<T: Data> DistributedTrainer<T> {
         }
         self.params_stale = true;
         self.version += 1;
-        if let Err(e) = self.replenish().await {
-            warn!(error = %e, "could not replicate the parameter shards; retrying next iteration");
-        }
+        self.replenish().await;
         let mut report = self.finish_iteration(iteration, lr, stats, started).await?;
         report.redone = redo;
         Ok(report)
     }
 
-    /// Copies shards short of replicas to other executors (after applying
-    /// a pending step: copies are taken at the current version).
-    async fn replenish(&mut self) -> Result<()> {
-        let members = self.data.members().await?;
-        let short =
-            matches!(&self.shards, Shards::Executors(s) if s.short_of_replicas(members.len()));
-        if short {
-            self.apply_pending().await?;
+    /// Copies shards short of replicas to other executors, after applying
+    /// a pending step (copies are taken at the current version). Anything
+    /// that fails is retried after the next iteration (a step that could
+    /// not be applied stays pending, and the next iteration applies it
+    /// first).
+    async fn replenish(&mut self) {
+        let members = match self.data.members().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "could not list the executors; replicating the shards later");
+                return;
+            }
+        };
+        let Shards::Executors(s) = &mut self.shards else {
+            return;
+        };
+        // Gradient slices may be left on executors that joined since.
+        s.set_members(&members);
+        if !s.short_of_replicas(members.len()) {
+            return;
         }
-        match &mut self.shards {
-            Shards::Executors(s) => s.replenish(&self.data).await,
-            Shards::Driver(_) => Ok(()),
+        if let Err(e) = self.apply_pending().await {
+            warn!(error = %e, "could not apply the pending step; replicating the shards later");
+            return;
+        }
+        if let Shards::Executors(s) = &mut self.shards {
+            if let Err(e) = s.replenish(&self.data).await {
+                warn!(error = %e, "could not replicate the parameter shards; retrying next iteration");
+            }
         }
     }
 
@@ -785,11 +805,26 @@ impl<T: Data> DistributedTrainer<T> {
     /// slices and steps (two-round style). When that fails (an executor
     /// that held some of the slices is gone), the pending iteration is
     /// redone in two rounds on the survivors; the holders that had already
-    /// stepped only republish.
+    /// stepped only republish. A step that cannot be applied stays pending
+    /// (and the error is returned): nothing may train on the weights
+    /// before it.
     async fn apply_pending(&mut self) -> Result<()> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
+        match self.apply(&p).await {
+            Ok(()) => {
+                self.data.free_blocks(vec![p.step.gradients]);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending = Some(p);
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(&mut self, p: &Pending) -> Result<()> {
         let Shards::Executors(shards) = &mut self.shards else {
             return Err(Error::Invalid("no executor-hosted shards".into()));
         };
@@ -797,8 +832,7 @@ impl<T: Data> DistributedTrainer<T> {
         let mut redo = 0;
         while let Err(e) = result {
             if redo >= MAX_ITERATION_REDOS {
-                result = Err(e);
-                break;
+                return Err(e);
             }
             redo += 1;
             warn!(iteration = p.iteration, redo, error = %e, "pending step failed; redoing its iteration");
@@ -808,8 +842,7 @@ impl<T: Data> DistributedTrainer<T> {
                 .await
                 .map(|_| ());
         }
-        self.data.free_blocks(vec![p.step.gradients]);
-        result
+        Ok(())
     }
 
     /// The element indices of the batch at `self.launched`.

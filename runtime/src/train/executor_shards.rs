@@ -285,6 +285,12 @@ impl ExecutorShards {
         self.version += 1;
     }
 
+    /// Records the current members (where training tasks may leave their
+    /// gradient slices).
+    pub(crate) fn set_members(&mut self, members: &[(u64, PeerAddr)]) {
+        self.peers = members.iter().copied().collect();
+    }
+
     /// True when some shard has fewer holders than asked for and a member
     /// that could take a copy.
     pub(crate) fn short_of_replicas(&self, members: usize) -> bool {
@@ -323,7 +329,7 @@ impl ExecutorShards {
     /// from their primary) on the executors holding the fewest shards.
     pub(crate) async fn replenish<T: Data>(&mut self, data: &Dataset<T>) -> Result<()> {
         let members = data.members().await?;
-        self.peers = members.iter().copied().collect();
+        self.set_members(&members);
         let want = self.replicas.min(members.len());
         let short: Vec<usize> = (0..self.ranges.len())
             .filter(|&i| self.holders[i].len() < want)
