@@ -666,8 +666,7 @@ impl<T: Data> DistributedTrainer<T> {
             .into_iter()
             .map(|(e, _)| e)
             .collect();
-        let fused =
-            fused && matches!(&self.shards, Shards::Executors(s) if s.held_by_all(&members));
+        let fused = fused && matches!(&self.shards, Shards::Executors(s) if s.one_round(&members));
         if !fused {
             self.apply_pending().await?;
             return self
