@@ -891,6 +891,8 @@ impl<T: Data> DistributedTrainer<T> {
             .as_ref()
             .is_some_and(|p| p.due(self.pos.iteration, epoch_ended, self.last_checkpoint));
         let (checkpoint, checkpoint_seconds) = if due {
+            // A pending step is training's cost, not the checkpoint's.
+            self.apply_pending().await?;
             let writing = Instant::now();
             let id = self.checkpoint().await?;
             (Some(id), writing.elapsed().as_secs_f64())
