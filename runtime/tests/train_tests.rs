@@ -445,6 +445,34 @@ async fn executor_hosted_shards_match_driver_held_ones_bit_for_bit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_iterations_whose_batch_skips_an_executor_stay_consistent() {
+    // Batches of 2 of 200 points in 4 partitions often fall on one
+    // executor's partitions only: the other holder runs no task of the
+    // round and must still apply the pending step.
+    bounded(async {
+        let mut results = Vec::new();
+        for placement in [ShardPlacement::Driver, hosted(2)] {
+            let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+            let d = cluster.driver().unwrap();
+            let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+            let mut s = TrainSpec::new("linear", &(), 2, 1, 5, 0.05).unwrap();
+            s.shards = 2;
+            s.placement = placement;
+            let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+                .await
+                .unwrap();
+            while !t.is_done() {
+                t.step().await.unwrap();
+            }
+            results.push(t.finish().await.unwrap());
+            cluster.shutdown().await;
+        }
+        assert_eq!(results[0], results[1], "driver-held vs executor-hosted");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_hosted_training_computes_each_batch_once() {
     // A batch launched with the driver's weights used to run beside the
     // first executor-hosted iteration, its gradients never used: hosted

@@ -682,6 +682,22 @@ impl<T: Data> DistributedTrainer<T> {
         let round = self
             .training_round(batch, iteration, lr, publish, pending.as_ref())
             .await;
+        let round = match (round, &pending, &self.shards) {
+            // A holder that ran none of the round's tasks (a batch within
+            // fewer partitions than executors, or two partitions on one
+            // executor) has not applied the pending step: it steps now.
+            (Ok((stats, buffers, step)), Some(p), Shards::Executors(s)) => {
+                let ran: Vec<u64> = step.stored_on.iter().map(|&(_, e)| e).collect();
+                match s.step_holders(&self.data, &p.step, &ran).await {
+                    Ok(()) => Ok((stats, buffers, step)),
+                    Err(e) => {
+                        self.data.free_blocks(vec![step.gradients]);
+                        Err(e)
+                    }
+                }
+            }
+            (round, _, _) => round,
+        };
         match round {
             Ok((stats, buffers, step)) => {
                 if let (Some(p), Shards::Executors(s)) = (&pending, &mut self.shards) {

@@ -243,22 +243,36 @@ impl ExecutorShards {
         data: &Dataset<T>,
         step: &PendingStep,
     ) -> Result<()> {
+        self.step_holders(data, step, &[]).await?;
+        self.commit_step(data, step);
+        Ok(())
+    }
+
+    /// The holders other than `done` step their shards with `step`'s
+    /// gradient slices (one task per holder); nothing is committed.
+    pub(crate) async fn step_holders<T: Data>(
+        &self,
+        data: &Dataset<T>,
+        step: &PendingStep,
+        done: &[u64],
+    ) -> Result<()> {
         let mut by_holder: BTreeMap<u64, (Vec<u32>, Vec<ShuffleFetch>)> = BTreeMap::new();
         for i in 0..self.ranges.len() {
             let fetch = self.gradient_fetch(step.gradients, &step.stored_on, i)?;
-            for &h in &self.holders[i] {
+            for &h in self.holders[i].iter().filter(|h| !done.contains(h)) {
                 let (shards, fetches) = by_holder.entry(h).or_default();
                 shards.push(i as u32);
                 fetches.push(fetch.clone());
             }
         }
+        if by_holder.is_empty() {
+            return Ok(());
+        }
         let tasks = by_holder
             .into_iter()
             .map(|(h, (shards, fetches))| (h, Action::Shard(self.step_op(shards, step)), fetches))
             .collect();
-        data.run_on_executors(tasks).await?;
-        self.commit_step(data, step);
-        Ok(())
+        data.run_on_executors(tasks).await.map(|_| ())
     }
 
     /// True when iterations may take one task round: the model is small
@@ -277,8 +291,9 @@ impl ExecutorShards {
 
     /// `step` for every shard as one operation, with the fetches of its
     /// gradient slices, for training tasks to apply before computing
-    /// (when [`ExecutorShards::one_round`]); [`ExecutorShards::commit_step`]
-    /// once every task did.
+    /// (when [`ExecutorShards::one_round`]); then the holders that ran no
+    /// task step on their own ([`ExecutorShards::step_holders`]) and
+    /// [`ExecutorShards::commit_step`].
     pub(crate) fn step_everywhere(
         &self,
         step: &PendingStep,
