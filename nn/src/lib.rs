@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod module;
 pub mod optim;
 pub mod serialize;
+mod simd;
 pub mod tensor;
 pub mod train;
 

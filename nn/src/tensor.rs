@@ -6,6 +6,7 @@ use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 use ndarray::{ArrayD, IxDyn, LinalgScalar, ScalarOperand};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -52,6 +53,20 @@ pub trait Float:
     fn fast_tanh(self) -> Self {
         self.tanh()
     }
+    /// `dst[i] = src[i].fast_tanh()` over the shorter slice; f32 runs the
+    /// loop at the CPU's widest vector width (same bits).
+    fn fast_tanh_slice(src: &[Self], dst: &mut [Self]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = x.fast_tanh();
+        }
+    }
+    /// `dst[i] = g[i] * (1 - y[i]^2)`, tanh's backward pass from its output,
+    /// over the shortest slice; f32 as [`Float::fast_tanh_slice`].
+    fn tanh_grad_slice(y: &[Self], g: &[Self], dst: &mut [Self]) {
+        for ((d, &y), &g) in dst.iter_mut().zip(y).zip(g) {
+            *d = g * (Self::one() - y * y);
+        }
+    }
 }
 
 impl Float for f32 {
@@ -84,6 +99,12 @@ impl Float for f32 {
         } else {
             y
         }
+    }
+    fn fast_tanh_slice(src: &[Self], dst: &mut [Self]) {
+        crate::simd::tanh(src, dst)
+    }
+    fn tanh_grad_slice(y: &[Self], g: &[Self], dst: &mut [Self]) {
+        crate::simd::tanh_grad(y, g, dst)
     }
     fn of(v: f64) -> Self {
         v as f32
@@ -221,6 +242,55 @@ pub fn par_map<F: Float>(t: &Tensor<F>, f: impl Fn(F) -> F + Sync + Send) -> Ten
     } else {
         t.mapv(f)
     }
+}
+
+/// Rayon chunk length for slice kernels over large tensors (a multiple of
+/// every vector width).
+const PAR_CHUNK: usize = 1 << 14;
+
+/// A tensor of `t`'s shape whose elements `kernel(src, dst)` writes from
+/// `t`'s (in row-major order), chunk by chunk over the rayon pool for large
+/// tensors.
+pub fn par_map_slices<F: Float>(
+    t: &Tensor<F>,
+    kernel: impl Fn(&[F], &mut [F]) + Sync + Send,
+) -> Tensor<F> {
+    let src = t.as_standard_layout();
+    let mut out = Tensor::zeros(t.raw_dim());
+    if let (Some(s), Some(d)) = (src.as_slice(), out.as_slice_mut()) {
+        if s.len() >= PAR_MIN_LEN && rayon::current_thread_index().is_none() {
+            d.par_chunks_mut(PAR_CHUNK)
+                .zip(s.par_chunks(PAR_CHUNK))
+                .for_each(|(d, s)| kernel(s, d));
+        } else {
+            kernel(s, d);
+        }
+    }
+    out
+}
+
+/// `kernel(a, b, dst)` over two same-shaped tensors' elements (row-major)
+/// into a new tensor, chunk by chunk over the rayon pool for large tensors.
+pub fn par_zip_slices<F: Float>(
+    op: &str,
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    kernel: impl Fn(&[F], &[F], &mut [F]) + Sync + Send,
+) -> Result<Tensor<F>> {
+    expect_same_shape(op, a, b)?;
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+    let mut out = Tensor::zeros(a.raw_dim());
+    if let (Some(x), Some(y), Some(d)) = (a.as_slice(), b.as_slice(), out.as_slice_mut()) {
+        if d.len() >= PAR_MIN_LEN && rayon::current_thread_index().is_none() {
+            d.par_chunks_mut(PAR_CHUNK)
+                .zip(x.par_chunks(PAR_CHUNK))
+                .zip(y.par_chunks(PAR_CHUNK))
+                .for_each(|((d, x), y)| kernel(x, y, d));
+        } else {
+            kernel(x, y, d);
+        }
+    }
+    Ok(out)
 }
 
 /// Replaces every element `x` of `t` by `f(x)`, in parallel for large tensors.

@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::layers::LayerConfig;
 use crate::module::Module;
 use crate::tensor::{
-    expect_same_shape, par_map, par_map_inplace, par_zip_map, resolve_dim, Float, Tensor,
+    expect_same_shape, par_map, par_map_inplace, par_map_slices, par_zip_map, par_zip_slices,
+    resolve_dim, Float, Tensor,
 };
 
 fn check_grad<F: Float>(op: &str, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<()> {
@@ -96,9 +97,12 @@ impl<F: Float> Module<F> for Tanh<F> {
         "Tanh".into()
     }
     fn forward(&mut self, input: &Tensor<F>) -> Result<Tensor<F>> {
-        let y = par_map(input, |x| x.fast_tanh());
+        let y = par_map_slices(input, F::fast_tanh_slice);
         self.output = Some(y.clone());
         Ok(y)
+    }
+    fn infer(&mut self, input: Tensor<F>) -> Result<Tensor<F>> {
+        Ok(par_map_slices(&input, F::fast_tanh_slice))
     }
     fn backward(&mut self, input: &Tensor<F>, grad_output: &Tensor<F>) -> Result<Tensor<F>> {
         check_grad("Tanh", input, grad_output)?;
@@ -106,9 +110,7 @@ impl<F: Float> Module<F> for Tanh<F> {
             .output
             .as_ref()
             .ok_or_else(|| Error::NoForward { op: "Tanh".into() })?;
-        par_zip_map("Tanh backward", y, grad_output, |y, g| {
-            g * (F::one() - y * y)
-        })
+        par_zip_slices("Tanh backward", y, grad_output, F::tanh_grad_slice)
     }
     fn config(&self) -> LayerConfig {
         LayerConfig::Tanh

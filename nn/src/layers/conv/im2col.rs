@@ -42,6 +42,11 @@ fn images_per_window(g: &Geom) -> usize {
     (WINDOW_GRAD_ELEMS / (g.o * g.k()).max(1)).max(MIN_IMAGES_PER_WINDOW)
 }
 
+/// Output channels (per group) below which a forward gemm runs transposed:
+/// the gemm crate's f32 kernels fill 16 rows of the product at a time, so
+/// LeNet-5's 6-channel first layer left most of each kernel call empty.
+const FEW_OUTPUT_CHANNELS: usize = 16;
+
 /// Column values a batch's cache may hold (32 MiB of f32).
 const CACHE_MAX_ELEMS: usize = 1 << 23;
 
@@ -183,7 +188,15 @@ impl Geom {
 
 /// The output positions `ow` in `0..n_out` whose input column
 /// `ow * s + off` lies in `0..len`.
+#[inline]
 fn valid_range(off: isize, s: usize, len: usize, n_out: usize) -> (usize, usize) {
+    if s == 1 {
+        // No divisions for the common stride.
+        let lo = (-off).max(0) as usize;
+        let hi = (len as isize - off).max(0) as usize;
+        let lo = lo.min(n_out);
+        return (lo, hi.min(n_out).max(lo));
+    }
     let s = s as isize;
     let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
     let room = len as isize - off;
@@ -191,6 +204,37 @@ fn valid_range(off: isize, s: usize, len: usize, n_out: usize) -> (usize, usize)
     let lo = (lo as usize).min(n_out);
     let hi = (hi as usize).min(n_out).max(lo);
     (lo, hi)
+}
+
+/// Copies `src` into `dst` (equal lengths) eight values at a time: patch
+/// rows are short (LeNet-5's are 8 and 24 values), and a `memcpy` call per
+/// row cost more than the copy.
+#[inline(always)]
+fn copy_short<F: Float>(dst: &mut [F], src: &[F]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        d.copy_from_slice(s);
+    }
+    for (d, &s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = s;
+    }
+}
+
+/// Adds `src` into `dst` (equal lengths) eight values at a time, as
+/// [`copy_short`].
+#[inline(always)]
+fn add_short<F: Float>(dst: &mut [F], src: &[F]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        for k in 0..8 {
+            d[k] += s[k];
+        }
+    }
+    for (d, &s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d += s;
+    }
 }
 
 /// Fills `dst` (`rows * ow` values) with the input values that kernel tap
@@ -217,7 +261,7 @@ fn patch_row<F: Float>(g: &Geom, plane: &[F], ki: usize, kj: usize, oh0: usize, 
         }
         if g.sw == 1 {
             let s0 = start as usize;
-            dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+            copy_short(&mut dst[lo..hi], &src[s0..s0 + hi - lo]);
         } else {
             for (j, d) in dst[lo..hi].iter_mut().enumerate() {
                 *d = src[start as usize + j * g.sw];
@@ -242,9 +286,7 @@ fn patch_row_add<F: Float>(g: &Geom, src: &[F], ki: usize, kj: usize, oh0: usize
         let dst = &mut plane[ih as usize * w..(ih as usize + 1) * w];
         if g.sw == 1 {
             let s0 = start as usize;
-            for (d, &v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                *d += v;
-            }
+            add_short(&mut dst[s0..s0 + hi - lo], &src[lo..hi]);
         } else {
             for (j, &v) in src[lo..hi].iter().enumerate() {
                 dst[start as usize + j * g.sw] += v;
@@ -385,13 +427,20 @@ fn forward_image<F: Float>(
             };
             im2col(g, xg, oh0, rows, cols, split);
             let p0 = oh0 * g.ow;
-            gemm(
-                F::one(),
-                wg,
-                view(k, nc, cols)?,
-                F::zero(),
-                &mut yg.slice_mut(s![.., p0..p0 + nc]),
-            )?;
+            let mut yb = yg.slice_mut(s![.., p0..p0 + nc]);
+            if og < FEW_OUTPUT_CHANNELS {
+                // `y^T = cols^T · w^T`: the output positions become the
+                // gemm's rows, which its kernels fill 16 at a time.
+                gemm(
+                    F::one(),
+                    view(k, nc, cols)?.t(),
+                    wg.t(),
+                    F::zero(),
+                    &mut yb.view_mut().reversed_axes(),
+                )?;
+            } else {
+                gemm(F::one(), wg, view(k, nc, cols)?, F::zero(), &mut yb)?;
+            }
             oh0 += rows;
         }
     }
