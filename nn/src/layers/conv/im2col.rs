@@ -42,11 +42,6 @@ fn images_per_window(g: &Geom) -> usize {
     (WINDOW_GRAD_ELEMS / (g.o * g.k()).max(1)).max(MIN_IMAGES_PER_WINDOW)
 }
 
-/// Output channels (per group) below which a forward gemm runs transposed:
-/// the gemm crate's f32 kernels fill 16 rows of the product at a time, so
-/// LeNet-5's 6-channel first layer left most of each kernel call empty.
-const FEW_OUTPUT_CHANNELS: usize = 16;
-
 /// Column values a batch's cache may hold (32 MiB of f32).
 const CACHE_MAX_ELEMS: usize = 1 << 23;
 
@@ -427,20 +422,13 @@ fn forward_image<F: Float>(
             };
             im2col(g, xg, oh0, rows, cols, split);
             let p0 = oh0 * g.ow;
-            let mut yb = yg.slice_mut(s![.., p0..p0 + nc]);
-            if og < FEW_OUTPUT_CHANNELS {
-                // `y^T = cols^T · w^T`: the output positions become the
-                // gemm's rows, which its kernels fill 16 at a time.
-                gemm(
-                    F::one(),
-                    view(k, nc, cols)?.t(),
-                    wg.t(),
-                    F::zero(),
-                    &mut yb.view_mut().reversed_axes(),
-                )?;
-            } else {
-                gemm(F::one(), wg, view(k, nc, cols)?, F::zero(), &mut yb)?;
-            }
+            gemm(
+                F::one(),
+                wg,
+                view(k, nc, cols)?,
+                F::zero(),
+                &mut yg.slice_mut(s![.., p0..p0 + nc]),
+            )?;
             oh0 += rows;
         }
     }
