@@ -211,11 +211,16 @@ impl<F: Float> Module<F> for MaxPool2d {
                 argmax_sweep(plane, &g, &taps, out)
             });
         }
-        let y: Vec<F> = x
-            .chunks(ip.max(1))
+        let mut y = vec![F::zero(); idx.len()];
+        for ((yp, plane), ix) in y
+            .chunks_mut(op.max(1))
+            .zip(x.chunks(ip.max(1)))
             .zip(idx.chunks(op.max(1)))
-            .flat_map(|(plane, ix)| ix.iter().map(move |&i| plane[i as usize]))
-            .collect();
+        {
+            for (v, &i) in yp.iter_mut().zip(ix) {
+                *v = plane[i as usize];
+            }
+        }
         self.indices = Some((input.shape().to_vec(), idx));
         tensor_of(&Module::<F>::name(self), &g.out_shape(), y)
     }
