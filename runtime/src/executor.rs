@@ -35,7 +35,7 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::shuffle::{bind_peer_endpoint, serve_peers, PeerFetcher, ShuffleStore};
-use crate::supervise::{panic_message, spawn_watched};
+use crate::supervise::{panic_message, payload_message, spawn_watched};
 use crate::train::{ParamHost, TaskSide};
 use crate::transport::{
     self, read_frame, with_timeout, write_frame, JoinToken, PeerIdentity, Role,
@@ -172,18 +172,21 @@ impl Actor for ExecutorActor {
                             }
                             Ok(blocks) => {
                                 task.inputs.extend(blocks);
-                                let joined = tokio::task::spawn_blocking(move || {
+                                let compute = move || {
                                     run_task(&registry, &cache, &store, &host, executor_id, task)
-                                })
-                                .await;
+                                };
+                                let joined = if rayon::current_num_threads() == 1 {
+                                    run_on_compute_thread(compute).await
+                                } else {
+                                    tokio::task::spawn_blocking(compute)
+                                        .await
+                                        .map_err(panic_message)
+                                };
                                 match joined {
                                     Ok(r) => r,
                                     Err(e) => TaskReport {
                                         key,
-                                        result: Err(TaskFailure::Failed(format!(
-                                            "task {}",
-                                            panic_message(e)
-                                        ))),
+                                        result: Err(TaskFailure::Failed(format!("task {e}"))),
                                         cached: Vec::new(),
                                     },
                                 }
@@ -208,8 +211,29 @@ impl Actor for ExecutorActor {
     }
 }
 
+/// Runs `compute` on the rayon pool's one thread and awaits its result (or
+/// its panic's message).
+///
+/// With a one-thread pool (`kiln local` gives each executor of a small
+/// model one), a task run on a blocking thread handed every parallel
+/// tensor operation to that thread and waited for it: two thread wake-ups
+/// per layer, each slow on a virtual machine. Run inside the pool, the
+/// layers take their serial paths on the thread itself.
+async fn run_on_compute_thread<R: Send + 'static>(
+    compute: impl FnOnce() -> R + Send + 'static,
+) -> std::result::Result<R, String> {
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(compute))
+            .map_err(payload_message);
+        let _ = tx.send(out);
+    });
+    rx.await
+        .unwrap_or_else(|_| Err("was dropped by the compute pool".into()))
+}
+
 /// Compute one task whose shuffle blocks are already in its inputs. Runs
-/// on a blocking thread.
+/// on a blocking thread, or inside a one-thread rayon pool.
 pub(crate) fn run_task(
     registry: &Registry,
     cache: &Cache,
@@ -607,4 +631,23 @@ fn hostname() -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_compute_thread_returns_results_and_reports_panics() {
+        let inside = run_on_compute_thread(|| rayon::current_thread_index().is_some())
+            .await
+            .unwrap();
+        assert!(inside, "the closure ran outside the rayon pool");
+        let err = run_on_compute_thread(|| -> u32 { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert_eq!(err, "panicked: boom");
+        // The pool survived the panic.
+        assert_eq!(run_on_compute_thread(|| 7).await.unwrap(), 7);
+    }
 }

@@ -9,16 +9,20 @@ use tokio::task::{AbortHandle, JoinError};
 /// The message of a panicked or cancelled task.
 pub(crate) fn panic_message(e: JoinError) -> String {
     if e.is_panic() {
-        let p = e.into_panic();
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into());
-        format!("panicked: {msg}")
+        payload_message(e.into_panic())
     } else {
         format!("cancelled: {e}")
     }
+}
+
+/// "panicked: <message>" for a caught panic's payload.
+pub(crate) fn payload_message(p: Box<dyn std::any::Any + Send>) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    format!("panicked: {msg}")
 }
 
 /// Spawn `fut`; if it panics, call `on_panic` with `what` and the panic
