@@ -60,6 +60,15 @@ pub trait Float:
             *d = x.fast_tanh();
         }
     }
+    /// The slice as `f32`s when `Self` is `f32` (kernels written for one
+    /// type only), else `None`.
+    fn as_f32(_s: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// [`Float::as_f32`] for a mutable slice.
+    fn as_f32_mut(_s: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
     /// `dst[i] = g[i] * (1 - y[i]^2)`, tanh's backward pass from its output,
     /// over the shortest slice; f32 as [`Float::fast_tanh_slice`].
     fn tanh_grad_slice(y: &[Self], g: &[Self], dst: &mut [Self]) {
@@ -102,6 +111,12 @@ impl Float for f32 {
     }
     fn fast_tanh_slice(src: &[Self], dst: &mut [Self]) {
         crate::simd::tanh(src, dst)
+    }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
     }
     fn tanh_grad_slice(y: &[Self], g: &[Self], dst: &mut [Self]) {
         crate::simd::tanh_grad(y, g, dst)

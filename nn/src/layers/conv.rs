@@ -3,6 +3,7 @@
 
 mod conv1d;
 mod conv2d;
+mod direct;
 mod im2col;
 
 pub use conv1d::{Conv1d, Conv1dConfig};

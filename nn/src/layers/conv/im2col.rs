@@ -16,6 +16,7 @@
 use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use super::direct;
 use crate::error::{Error, Result};
 use crate::matmul::gemm;
 use crate::tensor::Float;
@@ -599,6 +600,78 @@ fn gemm_threads(batch_parallel: bool) -> usize {
     }
 }
 
+/// The forward pass of a batch through the [`direct`] kernels when they
+/// take this layer (`f32`, [`direct::usable`]); `false`, with `out`
+/// untouched, otherwise.
+fn forward_direct<F: Float>(
+    g: &Geom,
+    x: &[F],
+    weight: &[F],
+    bias: Option<&[F]>,
+    out: &mut [F],
+    parallel: bool,
+) -> bool {
+    if !direct::usable(g) {
+        return false;
+    }
+    let (Some(x), Some(w), Some(out)) = (F::as_f32(x), F::as_f32(weight), F::as_f32_mut(out))
+    else {
+        return false;
+    };
+    let bias = match bias.map(F::as_f32) {
+        Some(None) => return false,
+        b => b.flatten(),
+    };
+    let packed = direct::pack_weights(g, w);
+    let (il, ol) = (g.in_len(), g.out_len());
+    let image = |(y, xi): (&mut [f32], &[f32])| direct::forward_image(g, xi, &packed, bias, y);
+    if parallel {
+        out.par_chunks_mut(ol).zip(x.par_chunks(il)).for_each(image);
+    } else {
+        out.chunks_mut(ol).zip(x.chunks(il)).for_each(image);
+    }
+    true
+}
+
+/// Backward pass of one image through the [`direct`] weight-gradient kernel
+/// (the input gradient, when wanted, as in [`backward_image`]: one gemm
+/// into column gradients, then col2im). Only for layers
+/// [`direct::usable`] takes, in `f32`.
+fn backward_image_direct<F: Float>(
+    g: &Geom,
+    x: &[F],
+    weight: &[F],
+    gy: &[F],
+    gx: Option<&mut [F]>,
+    acc: &mut Acc<F>,
+) -> Result<()> {
+    let (k, p) = (g.k(), g.p());
+    match (F::as_f32(x), F::as_f32(gy), F::as_f32_mut(&mut acc.gw)) {
+        (Some(x), Some(gy), Some(gw)) => direct::weight_grad_image(g, x, gy, gw),
+        _ => {
+            return Err(Error::invalid(
+                "conv backward",
+                "the direct kernels take f32 only",
+            ))
+        }
+    }
+    if let Some(gx) = gx {
+        let mut gcol = view_mut(k, p, &mut acc.gcol[..k * p])?;
+        gemm(
+            F::one(),
+            view(g.o, k, weight)?.t(),
+            view(g.o, p, gy)?,
+            F::zero(),
+            &mut gcol,
+        )?;
+        col2im(g, &acc.gcol[..k * p], 0, g.oh, gx, false);
+    }
+    for (b, row) in acc.gb.iter_mut().zip(gy.chunks_exact(p)) {
+        *b += lane_sum(row);
+    }
+    Ok(())
+}
+
 /// Forward pass of a batch: `x` is `[n, c, h, w]` (row-major); returns
 /// `[n, o, oh, ow]` as a flat buffer. With a `cache`, a small layer
 /// ([`cacheable`]) keeps its columns there for [`backward`] (the cache is
@@ -624,6 +697,9 @@ pub(super) fn forward<F: Float>(
     }
     let (il, ol) = (g.in_len(), g.out_len());
     let parallel = batch_parallel(n);
+    if forward_direct(g, x, weight, bias, &mut out, parallel) {
+        return Ok(out);
+    }
     let plan = Plan::new(g, parallel);
     if let Some(cache) = keep {
         let per_image = g.groups * g.k() * g.p();
@@ -697,6 +773,7 @@ pub(super) fn backward<F: Float>(
     }
     let parallel = batch_parallel(n);
     let plan = Plan::new(g, parallel);
+    let direct = direct::usable(g) && F::as_f32(x).is_some();
     let cols = cache.and_then(|c| c.get(g, n));
     let col_slots: Vec<Option<&[F]>> = match cols {
         Some(c) => c.chunks_exact(c.len() / n).map(Some).collect(),
@@ -708,8 +785,11 @@ pub(super) fn backward<F: Float>(
         (0..n).map(|_| None).collect()
     };
     let scratch = || {
-        let band = if cols.is_some() { g.oh } else { plan.band };
-        Acc::new(g, band, cols.is_some(), want_gx)
+        // The direct kernels read the image itself: no column scratch, and
+        // the column gradients of the whole image at once.
+        let whole = cols.is_some() || direct;
+        let band = if whole { g.oh } else { plan.band };
+        Acc::new(g, band, whole, want_gx)
     };
     // One image: its gradients go into fresh sums; the thread's column
     // scratch is reused.
@@ -718,7 +798,11 @@ pub(super) fn backward<F: Float>(
         &'b [F],
     );
     let image = |acc: &mut Acc<F>, (((gxi, ci), xi), gyi): Item<'_, '_, F>| {
-        backward_image(g, plan, xi, weight, gyi, gxi.as_deref_mut(), *ci, acc)?;
+        if direct {
+            backward_image_direct(g, xi, weight, gyi, gxi.as_deref_mut(), acc)?;
+        } else {
+            backward_image(g, plan, xi, weight, gyi, gxi.as_deref_mut(), *ci, acc)?;
+        }
         Ok::<_, Error>((
             std::mem::replace(&mut acc.gw, vec![F::zero(); g.o * g.k()]),
             std::mem::replace(&mut acc.gb, vec![F::zero(); g.o]),
@@ -879,6 +963,82 @@ mod tests {
     }
 
     #[test]
+    fn direct_kernels_match_the_f64_im2col_path_and_ignore_thread_counts() {
+        // Layers the direct f32 kernels take (LeNet-5's two, channel blocks
+        // with remainders, an odd number of output vectors, a non-square
+        // kernel) against the same batch in f64, which runs im2col + gemm.
+        let mut rng = StdRng::seed_from_u64(33);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let cases = [
+            (geom(1, 28, 28, 6, [5, 5], [1, 1], [0, 0], [1, 1], 1), 5),
+            (geom(6, 12, 12, 16, [5, 5], [1, 1], [0, 0], [1, 1], 1), 4),
+            (geom(3, 5, 10, 10, [3, 3], [1, 1], [0, 0], [1, 1], 1), 3),
+            (geom(2, 7, 20, 9, [2, 5], [1, 1], [0, 0], [1, 1], 1), 2),
+        ];
+        for (g, n) in cases {
+            assert!(direct::usable(&g) || !direct::cpu_has_avx2_fma(), "{g:?}");
+            let x = random_f32(&mut rng, n * g.in_len());
+            let w = random_f32(&mut rng, g.o * g.k());
+            let b = random_f32(&mut rng, g.o);
+            let gy = random_f32(&mut rng, n * g.out_len());
+            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let close = |got: &[f32], want: &[f64], what: &str| {
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (i, (&a, &e)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (a as f64 - e).abs() < 1e-4 * e.abs().max(1.0),
+                        "{g:?} {what}[{i}]: {a} vs {e}"
+                    );
+                }
+            };
+            let y = forward(&g, n, &x, &w, Some(&b), None).unwrap();
+            let y64 = forward(&g, n, &wide(&x), &wide(&w), Some(&wide(&b)), None).unwrap();
+            close(&y, &y64, "output");
+            let run = || {
+                let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
+                let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb), None, true).unwrap();
+                (gw, gb, gx)
+            };
+            let (gw, gb, gx) = run();
+            let (mut gw64, mut gb64) = (vec![0.5f64; w.len()], vec![0.25f64; g.o]);
+            let gx64 = backward(
+                &g,
+                n,
+                &wide(&x),
+                &wide(&w),
+                &wide(&gy),
+                &mut gw64,
+                Some(&mut gb64),
+                None,
+                true,
+            )
+            .unwrap();
+            close(&gw, &gw64, "weight gradient");
+            close(&gb, &gb64, "bias gradient");
+            close(&gx, &gx64, "input gradient");
+            // Spread over the pool or one image after another: same bits.
+            assert!(
+                one.install(run) == (gw, gb, gx),
+                "{g:?}: thread counts matter"
+            );
+            assert!(one.install(|| forward(&g, n, &x, &w, Some(&b), None).unwrap()) == y);
+        }
+        // What the kernels leave to im2col.
+        for g in [
+            geom(3, 12, 12, 4, [3, 3], [1, 1], [1, 1], [1, 1], 1),
+            geom(3, 12, 19, 4, [3, 3], [1, 1], [0, 0], [1, 1], 1),
+            geom(3, 12, 17, 4, [3, 3], [2, 2], [0, 0], [1, 1], 1),
+            geom(4, 12, 12, 4, [3, 3], [1, 1], [0, 0], [2, 2], 1),
+            geom(4, 12, 10, 4, [3, 3], [1, 1], [0, 0], [1, 1], 2),
+        ] {
+            assert!(!direct::usable(&g), "{g:?}");
+        }
+    }
+
+    #[test]
     fn multi_band_images_match_direct_convolution_and_adjoint() {
         let mut rng = StdRng::seed_from_u64(9);
         for g in [
@@ -923,9 +1083,10 @@ mod tests {
     #[test]
     fn cached_columns_give_the_gradients_of_rebuilt_ones() {
         let mut rng = StdRng::seed_from_u64(5);
+        // LeNet-sized layers the direct kernels leave to im2col (padding).
         for g in [
-            geom(1, 28, 28, 6, [5, 5], [1, 1], [0, 0], [1, 1], 1),
-            geom(6, 12, 12, 16, [5, 5], [1, 1], [0, 0], [1, 1], 1),
+            geom(1, 28, 28, 6, [5, 5], [1, 1], [2, 2], [1, 1], 1),
+            geom(6, 12, 12, 16, [5, 5], [1, 1], [1, 1], [1, 1], 1),
             geom(4, 9, 11, 6, [3, 2], [2, 1], [1, 2], [1, 2], 2),
         ] {
             for n in [1, 3] {
