@@ -1,14 +1,16 @@
 //! Direct convolution of small `f32` layers with AVX2 and FMA: stride 1,
 //! no padding or dilation, one group, output rows a multiple of 8 wide
-//! (LeNet-5's two layers). The forward pass and the weight gradient read
-//! the image in place instead of building an im2col matrix and calling a
+//! (LeNet-5's two layers). The forward and backward passes read the image
+//! and the output gradient in place instead of building an im2col matrix and calling a
 //! gemm per image: for such layers the column copies and the gemm's
 //! packing of small operands cost as much as the multiply-adds.
 //!
 //! The forward pass keeps 2 output vectors (8 positions each) of up to 6
 //! channels in registers and runs over every input channel and kernel tap;
 //! the weight gradient keeps up to 8 channels' sums for one tap and runs
-//! over every output position. Other geometries, `f64` and CPUs without
+//! over every output position; the input gradient keeps one output
+//! vector's gradients of up to 8 channels and adds their weighted sum to
+//! every input row they touch. Other geometries, `f64` and CPUs without
 //! AVX2/FMA take the im2col path.
 #![allow(unsafe_code)]
 
@@ -98,6 +100,21 @@ pub(super) fn weight_grad_image(g: &Geom, x: &[f32], gy: &[f32], gw: &mut [f32])
     // SAFETY: as in `forward_image`.
     unsafe {
         weight_grad_avx2(g, x, gy, gw)
+    }
+}
+
+/// Adds the input gradient of one image to `gx` (`[c, h, w]`): `packed` is
+/// the weights from [`pack_weights`], `gy` the output gradient
+/// `[o, oh, ow]`.
+pub(super) fn input_grad_image(g: &Geom, packed: &[f32], gy: &[f32], gx: &mut [f32]) {
+    assert!(
+        usable(g) && lengths_fit(g, gx.len(), packed.len(), gy.len()),
+        "direct convolution called outside its geometry"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `forward_image`.
+    unsafe {
+        input_grad_avx2(g, packed, gy, gx)
     }
 }
 
@@ -249,6 +266,71 @@ unsafe fn weight_grad_block<const B: usize>(
                 let at = c * taps + ki * g.kw + kj;
                 for (j, s) in sums.iter().enumerate().take(B) {
                     gw[(o0 + j) * g.c * taps + at] += *s;
+                }
+            }
+        }
+    }
+}
+
+/// Output channels per input-gradient block (their output-gradient
+/// vectors stay in registers while every tap is visited).
+const INPUT_GRAD_CHANNELS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_grad_avx2(g: &Geom, packed: &[f32], gy: &[f32], gx: &mut [f32]) {
+    let mut o0 = 0;
+    while o0 < g.o {
+        let block = INPUT_GRAD_CHANNELS.min(g.o - o0);
+        macro_rules! run {
+            ($($n:literal),*) => {
+                match block {
+                    $($n => input_grad_block::<$n>(g, packed, gy, gx, o0),)*
+                    _ => unreachable!("channel blocks are 1 to {INPUT_GRAD_CHANNELS} wide"),
+                }
+            };
+        }
+        run!(1, 2, 3, 4, 5, 6, 7, 8);
+        o0 += block;
+    }
+}
+
+/// Scatters channels `o0..o0 + B` of the output gradient back over the
+/// input: for each output vector, every tap of every input channel gets
+/// the weighted sum of the block's gradients.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn input_grad_block<const B: usize>(
+    g: &Geom,
+    packed: &[f32],
+    gy: &[f32],
+    gx: &mut [f32],
+    o0: usize,
+) {
+    let (gyp, wp, gxp) = (gy.as_ptr(), packed.as_ptr(), gx.as_mut_ptr());
+    let plane = g.oh * g.ow;
+    for oh in 0..g.oh {
+        for col in (0..g.ow).step_by(LANES) {
+            let mut d = [_mm256_setzero_ps(); B];
+            for (j, v) in d.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(gyp.add((o0 + j) * plane + oh * g.ow + col));
+            }
+            // Taps outermost: consecutive updates go to different rows (the
+            // taps of one row overlap, and a load of a vector just stored one
+            // value over stalls until the store is done).
+            for kj in 0..g.kw {
+                for c in 0..g.c {
+                    for ki in 0..g.kh {
+                        // In bounds: oh + ki < h and col + kj + 8 <= ow + kw - 1 = w.
+                        let at = gxp.add((c * g.h + oh + ki) * g.w + col + kj);
+                        let wt = wp.add(((c * g.kh + ki) * g.kw + kj) * g.o + o0);
+                        let mut acc = _mm256_mul_ps(_mm256_broadcast_ss(&*wt), d[0]);
+                        for (j, v) in d.iter().enumerate().skip(1) {
+                            acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&*wt.add(j)), *v, acc);
+                        }
+                        _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), acc));
+                    }
                 }
             }
         }

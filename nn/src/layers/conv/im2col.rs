@@ -633,40 +633,28 @@ fn forward_direct<F: Float>(
     true
 }
 
-/// Backward pass of one image through the [`direct`] weight-gradient kernel
-/// (the input gradient, when wanted, as in [`backward_image`]: one gemm
-/// into column gradients, then col2im). Only for layers
+/// Backward pass of one image through the [`direct`] kernels: the weight
+/// gradient into `acc`, the input gradient (when wanted) into `gx`, from
+/// the weights `packed` by [`direct::pack_weights`]. Only for layers
 /// [`direct::usable`] takes, in `f32`.
 fn backward_image_direct<F: Float>(
     g: &Geom,
     x: &[F],
-    weight: &[F],
+    packed: &[f32],
     gy: &[F],
     gx: Option<&mut [F]>,
     acc: &mut Acc<F>,
 ) -> Result<()> {
-    let (k, p) = (g.k(), g.p());
-    match (F::as_f32(x), F::as_f32(gy), F::as_f32_mut(&mut acc.gw)) {
-        (Some(x), Some(gy), Some(gw)) => direct::weight_grad_image(g, x, gy, gw),
-        _ => {
-            return Err(Error::invalid(
-                "conv backward",
-                "the direct kernels take f32 only",
-            ))
-        }
+    let not_f32 = || Error::invalid("conv backward", "the direct kernels take f32 only");
+    let gy32 = F::as_f32(gy).ok_or_else(not_f32)?;
+    match (F::as_f32(x), F::as_f32_mut(&mut acc.gw)) {
+        (Some(x), Some(gw)) => direct::weight_grad_image(g, x, gy32, gw),
+        _ => return Err(not_f32()),
     }
     if let Some(gx) = gx {
-        let mut gcol = view_mut(k, p, &mut acc.gcol[..k * p])?;
-        gemm(
-            F::one(),
-            view(g.o, k, weight)?.t(),
-            view(g.o, p, gy)?,
-            F::zero(),
-            &mut gcol,
-        )?;
-        col2im(g, &acc.gcol[..k * p], 0, g.oh, gx, false);
+        direct::input_grad_image(g, packed, gy32, F::as_f32_mut(gx).ok_or_else(not_f32)?);
     }
-    for (b, row) in acc.gb.iter_mut().zip(gy.chunks_exact(p)) {
+    for (b, row) in acc.gb.iter_mut().zip(gy.chunks_exact(g.p())) {
         *b += lane_sum(row);
     }
     Ok(())
@@ -773,7 +761,12 @@ pub(super) fn backward<F: Float>(
     }
     let parallel = batch_parallel(n);
     let plan = Plan::new(g, parallel);
-    let direct = direct::usable(g) && F::as_f32(x).is_some();
+    // The weights in the direct kernels' order, when they take this layer.
+    let packed = match F::as_f32(weight) {
+        Some(w) if direct::usable(g) => Some(direct::pack_weights(g, w)),
+        _ => None,
+    };
+    let direct = packed.is_some();
     let cols = cache.and_then(|c| c.get(g, n));
     let col_slots: Vec<Option<&[F]>> = match cols {
         Some(c) => c.chunks_exact(c.len() / n).map(Some).collect(),
@@ -785,11 +778,10 @@ pub(super) fn backward<F: Float>(
         (0..n).map(|_| None).collect()
     };
     let scratch = || {
-        // The direct kernels read the image itself: no column scratch, and
-        // the column gradients of the whole image at once.
+        // The direct kernels read the image itself: no column scratch.
         let whole = cols.is_some() || direct;
         let band = if whole { g.oh } else { plan.band };
-        Acc::new(g, band, whole, want_gx)
+        Acc::new(g, band, whole, want_gx && !direct)
     };
     // One image: its gradients go into fresh sums; the thread's column
     // scratch is reused.
@@ -798,8 +790,8 @@ pub(super) fn backward<F: Float>(
         &'b [F],
     );
     let image = |acc: &mut Acc<F>, (((gxi, ci), xi), gyi): Item<'_, '_, F>| {
-        if direct {
-            backward_image_direct(g, xi, weight, gyi, gxi.as_deref_mut(), acc)?;
+        if let Some(packed) = &packed {
+            backward_image_direct(g, xi, packed, gyi, gxi.as_deref_mut(), acc)?;
         } else {
             backward_image(g, plan, xi, weight, gyi, gxi.as_deref_mut(), *ci, acc)?;
         }
