@@ -1,5 +1,7 @@
 //! Convolutions: [`Conv2d`] over NCHW images and [`Conv1d`] over `[N, C, L]`
-//! sequences, sharing one im2col + gemm engine.
+//! sequences, sharing one im2col + gemm engine; small stride-1 `f32`
+//! layers (LeNet-5's) take direct AVX2/FMA kernels instead when the CPU
+//! has them.
 
 mod conv1d;
 mod conv2d;

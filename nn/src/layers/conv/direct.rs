@@ -89,17 +89,22 @@ pub(super) fn forward_image(
     }
 }
 
-/// Adds the weight gradient of one image to `gw` (`[o, c, kh, kw]`): `x` is
-/// the image `[c, h, w]`, `gy` the output gradient `[o, oh, ow]`.
-pub(super) fn weight_grad_image(g: &Geom, x: &[f32], gy: &[f32], gw: &mut [f32]) {
+/// Adds the weight gradient of a run of images to `gw` (`[o, c, kh, kw]`):
+/// `x` holds the images `[m, c, h, w]`, `gy` their output gradients
+/// `[m, o, oh, ow]`. Each weight's products are summed over all the images
+/// in vector lanes before the lanes are added up, so a run of small images
+/// pays for one horizontal sum per weight, not one per image.
+pub(super) fn weight_grad_images(g: &Geom, x: &[f32], gy: &[f32], gw: &mut [f32]) {
+    let (il, ol) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
+    let m = x.len() / il.max(1);
     assert!(
-        usable(g) && lengths_fit(g, x.len(), gw.len(), gy.len()),
+        usable(g) && lengths_fit(g, il, gw.len(), ol) && x.len() == m * il && gy.len() == m * ol,
         "direct convolution called outside its geometry"
     );
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `forward_image`.
     unsafe {
-        weight_grad_avx2(g, x, gy, gw)
+        weight_grad_avx2(g, m, x, gy, gw)
     }
 }
 
@@ -215,14 +220,14 @@ const GRAD_CHANNELS: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weight_grad_avx2(g: &Geom, x: &[f32], gy: &[f32], gw: &mut [f32]) {
+unsafe fn weight_grad_avx2(g: &Geom, m: usize, x: &[f32], gy: &[f32], gw: &mut [f32]) {
     let mut o0 = 0;
     while o0 < g.o {
         let block = GRAD_CHANNELS.min(g.o - o0);
         macro_rules! run {
             ($($n:literal),*) => {
                 match block {
-                    $($n => weight_grad_block::<$n>(g, x, gy, gw, o0),)*
+                    $($n => weight_grad_block::<$n>(g, m, x, gy, gw, o0),)*
                     _ => unreachable!("channel blocks are 1 to {GRAD_CHANNELS} wide"),
                 }
             };
@@ -233,12 +238,13 @@ unsafe fn weight_grad_avx2(g: &Geom, x: &[f32], gy: &[f32], gw: &mut [f32]) {
 }
 
 /// The weight gradients of channels `o0..o0 + B`, every input channel and
-/// tap.
+/// tap, summed over the `m` images.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn weight_grad_block<const B: usize>(
     g: &Geom,
+    m: usize,
     x: &[f32],
     gy: &[f32],
     gw: &mut [f32],
@@ -246,19 +252,22 @@ unsafe fn weight_grad_block<const B: usize>(
 ) {
     let (xp, gyp) = (x.as_ptr(), gy.as_ptr());
     let plane = g.oh * g.ow;
+    let (il, ol) = (g.c * g.h * g.w, g.o * plane);
     let taps = g.kh * g.kw;
     for c in 0..g.c {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let mut acc = [_mm256_setzero_ps(); B];
-                for oh in 0..g.oh {
-                    let xr = xp.add((c * g.h + oh + ki) * g.w + kj);
-                    let gr = gyp.add(o0 * plane + oh * g.ow);
-                    for col in (0..g.ow).step_by(LANES) {
-                        let xv = _mm256_loadu_ps(xr.add(col));
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            let gv = _mm256_loadu_ps(gr.add(j * plane + col));
-                            *a = _mm256_fmadd_ps(gv, xv, *a);
+                for img in 0..m {
+                    for oh in 0..g.oh {
+                        let xr = xp.add(img * il + (c * g.h + oh + ki) * g.w + kj);
+                        let gr = gyp.add(img * ol + o0 * plane + oh * g.ow);
+                        for col in (0..g.ow).step_by(LANES) {
+                            let xv = _mm256_loadu_ps(xr.add(col));
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                let gv = _mm256_loadu_ps(gr.add(j * plane + col));
+                                *a = _mm256_fmadd_ps(gv, xv, *a);
+                            }
                         }
                     }
                 }

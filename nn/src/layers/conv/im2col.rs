@@ -11,7 +11,9 @@
 //! band of a 38x38 SSD layer is a 38-column product that repacks 9 MiB of
 //! weights per call) and small enough to stay in the last-level cache
 //! between im2col and the gemm that reads it. 1x1 convolutions with stride 1
-//! and no padding skip im2col altogether.
+//! and no padding skip im2col altogether, and layers the
+//! [`direct`](super::direct) kernels take skip both im2col and the gemm
+//! (same batch parallelism, same per-image gradient sums).
 
 use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -633,31 +635,91 @@ fn forward_direct<F: Float>(
     true
 }
 
-/// Backward pass of one image through the [`direct`] kernels: the weight
-/// gradient into `acc`, the input gradient (when wanted) into `gx`, from
-/// the weights `packed` by [`direct::pack_weights`]. Only for layers
-/// [`direct::usable`] takes, in `f32`.
-fn backward_image_direct<F: Float>(
+/// Bytes of images and output gradients the direct weight-gradient kernel
+/// sums in one pass: as many images as fit in L1 (each tap re-reads them).
+const DIRECT_RUN_BYTES: usize = 32 << 10;
+
+/// Images whose weight gradients the direct kernels sum in one pass (one
+/// horizontal sum per weight per run instead of per image: LeNet-5's
+/// second layer, 4 images; its first, whose images are larger, 1); the
+/// runs' sums are then added in order, whatever the number of threads.
+/// Depends on the geometry only.
+fn direct_run_images(g: &Geom) -> usize {
+    let bytes = (g.in_len() + g.out_len()) * std::mem::size_of::<f32>();
+    (DIRECT_RUN_BYTES / bytes.max(1)).clamp(1, 8)
+}
+
+/// [`backward`] through the [`direct`] kernels, when they take this layer
+/// (`f32`, [`direct::usable`]); `None`, with nothing touched, otherwise.
+#[allow(clippy::too_many_arguments)]
+fn backward_direct<F: Float>(
     g: &Geom,
+    n: usize,
     x: &[F],
-    packed: &[f32],
+    weight: &[F],
     gy: &[F],
-    gx: Option<&mut [F]>,
-    acc: &mut Acc<F>,
-) -> Result<()> {
-    let not_f32 = || Error::invalid("conv backward", "the direct kernels take f32 only");
-    let gy32 = F::as_f32(gy).ok_or_else(not_f32)?;
-    match (F::as_f32(x), F::as_f32_mut(&mut acc.gw)) {
-        (Some(x), Some(gw)) => direct::weight_grad_image(g, x, gy32, gw),
-        _ => return Err(not_f32()),
+    gw: &mut [F],
+    gb: Option<&mut [F]>,
+    want_gx: bool,
+    parallel: bool,
+) -> Option<Vec<F>> {
+    if !direct::usable(g) {
+        return None;
     }
-    if let Some(gx) = gx {
-        direct::input_grad_image(g, packed, gy32, F::as_f32_mut(gx).ok_or_else(not_f32)?);
+    let (il, ol) = (g.in_len(), g.out_len());
+    let x = F::as_f32(x.get(..n * il)?)?;
+    let gy = F::as_f32(gy.get(..n * ol)?)?;
+    let gw = F::as_f32_mut(gw)?;
+    let packed = direct::pack_weights(g, F::as_f32(weight)?);
+    let mut gx = vec![F::zero(); if want_gx { n * il } else { 0 }];
+    let per_run = direct_run_images(g);
+    let runs = n.div_ceil(per_run);
+    let mut gx_runs: Vec<Option<&mut [f32]>> = match F::as_f32_mut(&mut gx) {
+        Some(gx) if want_gx => gx.chunks_mut(per_run * il).map(Some).collect(),
+        _ => (0..runs).map(|_| None).collect(),
+    };
+    // One run of images: its weight and bias gradient sums; its input
+    // gradients go straight to their place.
+    type Run<'a, 'b> = ((&'b [f32], &'b [f32]), &'a mut Option<&'b mut [f32]>);
+    let run = |((xs, gys), gxs): Run<'_, '_>| {
+        let mut w_sum = vec![0f32; g.o * g.k()];
+        direct::weight_grad_images(g, xs, gys, &mut w_sum);
+        let mut b_sum = vec![0f32; g.o];
+        for gyi in gys.chunks_exact(ol) {
+            for (b, row) in b_sum.iter_mut().zip(gyi.chunks_exact(g.p())) {
+                *b += lane_sum(row);
+            }
+        }
+        if let Some(gxs) = gxs.as_deref_mut() {
+            for (gxi, gyi) in gxs.chunks_exact_mut(il).zip(gys.chunks_exact(ol)) {
+                direct::input_grad_image(g, &packed, gyi, gxi);
+            }
+        }
+        (w_sum, b_sum)
+    };
+    let (xr, gyr) = (per_run * il, per_run * ol);
+    let sums: Vec<(Vec<f32>, Vec<f32>)> = if parallel {
+        x.par_chunks(xr)
+            .zip(gy.par_chunks(gyr))
+            .zip(gx_runs.par_iter_mut())
+            .map(run)
+            .collect()
+    } else {
+        x.chunks(xr)
+            .zip(gy.chunks(gyr))
+            .zip(gx_runs.iter_mut())
+            .map(run)
+            .collect()
+    };
+    drop(gx_runs);
+    let mut gb = gb.and_then(F::as_f32_mut);
+    for (w_sum, b_sum) in &sums {
+        gw.iter_mut().zip(w_sum).for_each(|(a, &b)| *a += b);
+        if let Some(gb) = gb.as_deref_mut() {
+            gb.iter_mut().zip(b_sum).for_each(|(a, &b)| *a += b);
+        }
     }
-    for (b, row) in acc.gb.iter_mut().zip(gy.chunks_exact(g.p())) {
-        *b += lane_sum(row);
-    }
-    Ok(())
+    Some(gx)
 }
 
 /// Forward pass of a batch: `x` is `[n, c, h, w]` (row-major); returns
@@ -746,7 +808,7 @@ pub(super) fn backward<F: Float>(
     weight: &[F],
     gy: &[F],
     gw: &mut [F],
-    gb: Option<&mut [F]>,
+    mut gb: Option<&mut [F]>,
     cache: Option<&ColumnCache<F>>,
     want_gx: bool,
 ) -> Result<Vec<F>> {
@@ -760,13 +822,20 @@ pub(super) fn backward<F: Float>(
         return Ok(gx);
     }
     let parallel = batch_parallel(n);
+    if let Some(gx) = backward_direct(
+        g,
+        n,
+        x,
+        weight,
+        gy,
+        gw,
+        gb.as_deref_mut(),
+        want_gx,
+        parallel,
+    ) {
+        return Ok(gx);
+    }
     let plan = Plan::new(g, parallel);
-    // The weights in the direct kernels' order, when they take this layer.
-    let packed = match F::as_f32(weight) {
-        Some(w) if direct::usable(g) => Some(direct::pack_weights(g, w)),
-        _ => None,
-    };
-    let direct = packed.is_some();
     let cols = cache.and_then(|c| c.get(g, n));
     let col_slots: Vec<Option<&[F]>> = match cols {
         Some(c) => c.chunks_exact(c.len() / n).map(Some).collect(),
@@ -778,10 +847,8 @@ pub(super) fn backward<F: Float>(
         (0..n).map(|_| None).collect()
     };
     let scratch = || {
-        // The direct kernels read the image itself: no column scratch.
-        let whole = cols.is_some() || direct;
-        let band = if whole { g.oh } else { plan.band };
-        Acc::new(g, band, whole, want_gx && !direct)
+        let band = if cols.is_some() { g.oh } else { plan.band };
+        Acc::new(g, band, cols.is_some(), want_gx)
     };
     // One image: its gradients go into fresh sums; the thread's column
     // scratch is reused.
@@ -790,11 +857,7 @@ pub(super) fn backward<F: Float>(
         &'b [F],
     );
     let image = |acc: &mut Acc<F>, (((gxi, ci), xi), gyi): Item<'_, '_, F>| {
-        if let Some(packed) = &packed {
-            backward_image_direct(g, xi, packed, gyi, gxi.as_deref_mut(), acc)?;
-        } else {
-            backward_image(g, plan, xi, weight, gyi, gxi.as_deref_mut(), *ci, acc)?;
-        }
+        backward_image(g, plan, xi, weight, gyi, gxi.as_deref_mut(), *ci, acc)?;
         Ok::<_, Error>((
             std::mem::replace(&mut acc.gw, vec![F::zero(); g.o * g.k()]),
             std::mem::replace(&mut acc.gb, vec![F::zero(); g.o]),
@@ -969,6 +1032,8 @@ mod tests {
             (geom(6, 12, 12, 16, [5, 5], [1, 1], [0, 0], [1, 1], 1), 4),
             (geom(3, 5, 10, 10, [3, 3], [1, 1], [0, 0], [1, 1], 1), 3),
             (geom(2, 7, 20, 9, [2, 5], [1, 1], [0, 0], [1, 1], 1), 2),
+            // several runs of images, spread over the pool from outside it
+            (geom(6, 12, 12, 16, [5, 5], [1, 1], [0, 0], [1, 1], 1), 19),
         ];
         for (g, n) in cases {
             assert!(direct::usable(&g) || !direct::cpu_has_avx2_fma(), "{g:?}");
