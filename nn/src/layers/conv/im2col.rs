@@ -13,7 +13,8 @@
 //! between im2col and the gemm that reads it. 1x1 convolutions with stride 1
 //! and no padding skip im2col altogether, and layers the
 //! [`direct`](super::direct) kernels take skip both im2col and the gemm
-//! (same batch parallelism, same per-image gradient sums).
+//! (same batch parallelism; their weight gradients are summed over fixed
+//! runs of images, then run after run, as independent of the thread count).
 
 use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
