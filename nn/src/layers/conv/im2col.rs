@@ -989,6 +989,20 @@ mod tests {
         y
     }
 
+    /// Weight, bias and input gradients of a batch in `f32`, the parameter
+    /// gradients starting from non-zero values (they accumulate).
+    fn f32_gradients(
+        g: &Geom,
+        n: usize,
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
+        let gx = backward(g, n, x, w, gy, &mut gw, Some(&mut gb), None, true).unwrap();
+        (gw, gb, gx)
+    }
+
     #[test]
     fn weight_gradients_do_not_depend_on_how_the_batch_is_spread_over_threads() {
         // The same batch from outside the pool (images spread over its
@@ -1007,11 +1021,7 @@ mod tests {
             let x = random_f32(&mut rng, n * g.in_len());
             let w = random_f32(&mut rng, g.o * g.k());
             let gy = random_f32(&mut rng, n * g.out_len());
-            let run = || {
-                let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
-                let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb), None, true).unwrap();
-                (gw, gb, gx)
-            };
+            let run = || f32_gradients(&g, n, &x, &w, &gy);
             let spread = run();
             let serial = one.install(run);
             assert!(spread == serial, "n={n}: gradients differ");
@@ -1055,11 +1065,7 @@ mod tests {
             let y = forward(&g, n, &x, &w, Some(&b), None).unwrap();
             let y64 = forward(&g, n, &wide(&x), &wide(&w), Some(&wide(&b)), None).unwrap();
             close(&y, &y64, "output");
-            let run = || {
-                let (mut gw, mut gb) = (vec![0.5f32; w.len()], vec![0.25f32; g.o]);
-                let gx = backward(&g, n, &x, &w, &gy, &mut gw, Some(&mut gb), None, true).unwrap();
-                (gw, gb, gx)
-            };
+            let run = || f32_gradients(&g, n, &x, &w, &gy);
             let (gw, gb, gx) = run();
             let (mut gw64, mut gb64) = (vec![0.5f64; w.len()], vec![0.25f64; g.o]);
             let gx64 = backward(
