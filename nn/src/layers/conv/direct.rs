@@ -215,26 +215,38 @@ unsafe fn forward_block<const B: usize, const V: usize>(
     }
 }
 
-/// Output channels per weight-gradient block (8 sums of one tap).
+/// Output channels per gradient block: the weight gradient's 8 sums of one
+/// tap, or the input gradient's 8 output-gradient vectors that stay in
+/// registers while every tap is visited.
 const GRAD_CHANNELS: usize = 8;
+
+/// Calls `$kernel::<B>($args.., o0)` for each block `o0..o0 + B` of
+/// [`GRAD_CHANNELS`] output channels (the last block may be narrower).
+macro_rules! per_channel_block {
+    ($channels:expr, $kernel:ident, $($arg:expr),*) => {{
+        let mut o0 = 0;
+        while o0 < $channels {
+            let block = GRAD_CHANNELS.min($channels - o0);
+            match block {
+                1 => $kernel::<1>($($arg,)* o0),
+                2 => $kernel::<2>($($arg,)* o0),
+                3 => $kernel::<3>($($arg,)* o0),
+                4 => $kernel::<4>($($arg,)* o0),
+                5 => $kernel::<5>($($arg,)* o0),
+                6 => $kernel::<6>($($arg,)* o0),
+                7 => $kernel::<7>($($arg,)* o0),
+                8 => $kernel::<8>($($arg,)* o0),
+                _ => unreachable!("channel blocks are 1 to {GRAD_CHANNELS} wide"),
+            }
+            o0 += block;
+        }
+    }};
+}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_grad_avx2(g: &Geom, m: usize, x: &[f32], gy: &[f32], gw: &mut [f32]) {
-    let mut o0 = 0;
-    while o0 < g.o {
-        let block = GRAD_CHANNELS.min(g.o - o0);
-        macro_rules! run {
-            ($($n:literal),*) => {
-                match block {
-                    $($n => weight_grad_block::<$n>(g, m, x, gy, gw, o0),)*
-                    _ => unreachable!("channel blocks are 1 to {GRAD_CHANNELS} wide"),
-                }
-            };
-        }
-        run!(1, 2, 3, 4, 5, 6, 7, 8);
-        o0 += block;
-    }
+    per_channel_block!(g.o, weight_grad_block, g, m, x, gy, gw)
 }
 
 /// The weight gradients of channels `o0..o0 + B`, every input channel and
@@ -281,27 +293,10 @@ unsafe fn weight_grad_block<const B: usize>(
     }
 }
 
-/// Output channels per input-gradient block (their output-gradient
-/// vectors stay in registers while every tap is visited).
-const INPUT_GRAD_CHANNELS: usize = 8;
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn input_grad_avx2(g: &Geom, packed: &[f32], gy: &[f32], gx: &mut [f32]) {
-    let mut o0 = 0;
-    while o0 < g.o {
-        let block = INPUT_GRAD_CHANNELS.min(g.o - o0);
-        macro_rules! run {
-            ($($n:literal),*) => {
-                match block {
-                    $($n => input_grad_block::<$n>(g, packed, gy, gx, o0),)*
-                    _ => unreachable!("channel blocks are 1 to {INPUT_GRAD_CHANNELS} wide"),
-                }
-            };
-        }
-        run!(1, 2, 3, 4, 5, 6, 7, 8);
-        o0 += block;
-    }
+    per_channel_block!(g.o, input_grad_block, g, packed, gy, gx)
 }
 
 /// Scatters channels `o0..o0 + B` of the output gradient back over the

@@ -989,6 +989,22 @@ mod tests {
         y
     }
 
+    fn one_thread_pool() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+    }
+
+    /// Input, weights and output gradient of a random `f32` batch.
+    fn random_batch(rng: &mut StdRng, g: &Geom, n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        (
+            random_f32(rng, n * g.in_len()),
+            random_f32(rng, g.o * g.k()),
+            random_f32(rng, n * g.out_len()),
+        )
+    }
+
     /// Weight, bias and input gradients of a batch in `f32`, the parameter
     /// gradients starting from non-zero values (they accumulate).
     fn f32_gradients(
@@ -1009,18 +1025,13 @@ mod tests {
         // threads, several windows) and from inside a one-thread pool
         // (images in turn): bit-identical gradients.
         let mut rng = StdRng::seed_from_u64(21);
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let one = one_thread_pool();
         let small = geom(5, 9, 8, 7, [3, 3], [1, 1], [1, 1], [1, 1], 1);
         // weights large enough that 19 images take three windows
         let large = geom(512, 3, 3, 512, [3, 3], [1, 1], [1, 1], [1, 1], 1);
         assert_eq!(images_per_window(&large), MIN_IMAGES_PER_WINDOW);
         for (g, n) in [(small, 1), (small, 2), (small, 7), (small, 19), (large, 19)] {
-            let x = random_f32(&mut rng, n * g.in_len());
-            let w = random_f32(&mut rng, g.o * g.k());
-            let gy = random_f32(&mut rng, n * g.out_len());
+            let (x, w, gy) = random_batch(&mut rng, &g, n);
             let run = || f32_gradients(&g, n, &x, &w, &gy);
             let spread = run();
             let serial = one.install(run);
@@ -1034,10 +1045,7 @@ mod tests {
         // with remainders, an odd number of output vectors, a non-square
         // kernel) against the same batch in f64, which runs im2col + gemm.
         let mut rng = StdRng::seed_from_u64(33);
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let one = one_thread_pool();
         let cases = [
             (geom(1, 28, 28, 6, [5, 5], [1, 1], [0, 0], [1, 1], 1), 5),
             (geom(6, 12, 12, 16, [5, 5], [1, 1], [0, 0], [1, 1], 1), 4),
@@ -1048,10 +1056,8 @@ mod tests {
         ];
         for (g, n) in cases {
             assert!(direct::usable(&g) || !direct::cpu_has_avx2_fma(), "{g:?}");
-            let x = random_f32(&mut rng, n * g.in_len());
-            let w = random_f32(&mut rng, g.o * g.k());
+            let (x, w, gy) = random_batch(&mut rng, &g, n);
             let b = random_f32(&mut rng, g.o);
-            let gy = random_f32(&mut rng, n * g.out_len());
             let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             let close = |got: &[f32], want: &[f64], what: &str| {
                 assert_eq!(got.len(), want.len(), "{what}");
@@ -1154,10 +1160,8 @@ mod tests {
             geom(4, 9, 11, 6, [3, 2], [2, 1], [1, 2], [1, 2], 2),
         ] {
             for n in [1, 3] {
-                let x = random_f32(&mut rng, n * g.in_len());
-                let w = random_f32(&mut rng, g.o * g.k());
+                let (x, w, gy) = random_batch(&mut rng, &g, n);
                 let b = random_f32(&mut rng, g.o);
-                let gy = random_f32(&mut rng, n * g.out_len());
                 let mut cache = ColumnCache::default();
                 let y = forward(&g, n, &x, &w, Some(&b), Some(&mut cache)).unwrap();
                 assert!(cache.get(&g, n).is_some(), "{g:?} n={n}: columns kept");
