@@ -506,7 +506,7 @@ fn stage_task(
     plan.visit(p, &mut |node, q| match node {
         Plan::Parallelize { id, .. } => match parallel.get(id).and_then(|d| d.get(q as usize)) {
             Some(bytes) => {
-                inputs.insert((*id, q), vec![bytes::Bytes::from(bytes.clone())]);
+                inputs.insert((*id, q), vec![bytes.clone().into()]);
             }
             None => missing = Some(format!("parallelize data {id} partition {q}")),
         },

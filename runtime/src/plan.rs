@@ -170,12 +170,13 @@ impl EvalCtx<'_> {
                     .inputs
                     .get(&(*id, p))
                     .and_then(|v| v.first())
+                    .map(|b| b.to_contiguous())
                     .ok_or_else(|| {
                         Error::Invalid(format!(
                             "parallelize input {id} not shipped with task for partition {p}"
                         ))
                     })?;
-                (self.registry.decoder(elem)?)(bytes)
+                (self.registry.decoder(elem)?)(&bytes)
             }
             Plan::Source {
                 name,
@@ -214,7 +215,10 @@ impl EvalCtx<'_> {
                 let blobs = self.inputs.get(&(*id, p)).ok_or_else(|| {
                     Error::Invalid(format!("shuffle {id} blocks not fetched for partition {p}"))
                 })?;
-                (s.read)(blobs)
+                // Blocks that arrived in pieces are joined here (one copy,
+                // as reading them into one buffer used to be).
+                let blobs: Vec<bytes::Bytes> = blobs.iter().map(|b| b.to_contiguous()).collect();
+                (s.read)(&blobs)
             }
             Plan::Cache { id, parent } => {
                 let hit = self

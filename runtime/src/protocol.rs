@@ -9,8 +9,8 @@ use crate::plan::Plan;
 
 /// Inputs of a task by `(plan node id, partition of that node)`: the
 /// driver ships parallelize data; the executor adds the shuffle blocks it
-/// fetched (one blob per map partition, in map order).
-pub(crate) type Inputs = HashMap<(u64, u32), Vec<bytes::Bytes>>;
+/// fetched (one blob per map partition, in map order), as they arrived.
+pub(crate) type Inputs = HashMap<(u64, u32), Vec<crate::shuffle::Block>>;
 
 /// Identifies one attempt of one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -13,10 +13,12 @@
 //!   driver forgets the lost outputs, recomputes them from lineage and
 //!   reruns the task.
 
+mod block;
 mod peer;
 mod store;
 mod tracker;
 
+pub(crate) use block::Block;
 pub(crate) use peer::{bind_peer_endpoint, serve_peers, PeerFetcher};
 pub(crate) use store::ShuffleStore;
 pub(crate) use tracker::{MapOutputs, Readiness};

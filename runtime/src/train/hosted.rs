@@ -25,7 +25,7 @@ use crate::checkpoint::BlobRef;
 use crate::error::{Error, Result};
 use crate::protocol::{Inputs, TaskOutput};
 use crate::registry::Registry;
-use crate::shuffle::ShuffleStore;
+use crate::shuffle::{Block, ShuffleStore};
 use crate::train::shard::{write_shard_blobs, ShardOptimizer};
 use crate::train::worker::{add_le_f32, bytes_to_f32, f32_to_bytes, f32_to_shared_bytes};
 use crate::transport::encode;
@@ -149,7 +149,7 @@ impl HostedShard {
         &mut self,
         shard: u32,
         from: u64,
-        slices: Option<&Vec<Bytes>>,
+        slices: Option<&Vec<Block>>,
         scale: f32,
         lr: f64,
     ) -> Result<()> {
@@ -199,16 +199,15 @@ impl HostedShard {
 /// separate passes over a whole-shard accumulator, then the optimizer read
 /// it once more. Returns false (leaving `out` zeroed) for a range past a
 /// slice's end.
-fn sum_scaled(out: &mut [f32], offset: usize, slices: &[Bytes], scale: f32) -> bool {
+fn sum_scaled(out: &mut [f32], offset: usize, slices: &[Block], scale: f32) -> bool {
     let (lo, hi) = (offset * 4, (offset + out.len()) * 4);
     out.fill(0.0);
     for s in slices {
-        match s.get(lo..hi) {
-            Some(b) => add_le_f32(out, b),
-            None => {
-                out.fill(0.0);
-                return false;
-            }
+        // Read from the pieces the slice arrived in. Added to zeros, not
+        // copied in: -0.0 + 0.0 is 0.0, as in the driver's sums.
+        if !s.for_each_f32_run(lo..hi, |at, bytes| add_le_f32(&mut out[at..], bytes)) {
+            out.fill(0.0);
+            return false;
         }
     }
     for a in out.iter_mut() {
@@ -578,7 +577,7 @@ mod tests {
         host.run(&r, &store, &none, &install(1, 0, &[1.0], 10))
             .unwrap();
         let mut inputs = Inputs::new();
-        inputs.insert((20, 0), vec![Bytes::from_static(&[1, 2, 3])]);
+        inputs.insert((20, 0), vec![Bytes::from_static(&[1, 2, 3]).into()]);
         let step = step(0, 1.0);
         let err = host
             .run(&r, &store, &inputs, &step)
@@ -643,11 +642,19 @@ mod tests {
             }
             // An aligned slice, and one read from an odd address (the
             // byte-wise path).
-            let aligned = Bytes::from(f32_to_bytes(&slices[0]));
+            let aligned = Bytes::from(f32_to_bytes(&slices[0])).into();
             let mut shifted = vec![0u8];
             shifted.extend(f32_to_bytes(&slices[1]));
-            let shifted = Bytes::from(shifted).slice(1..);
-            let third = Bytes::from(f32_to_bytes(&slices[2]));
+            let shifted = Bytes::from(shifted).slice(1..).into();
+            // The third as a transfer delivers it: pieces of odd sizes,
+            // values split between pieces.
+            let bytes = Bytes::from(f32_to_bytes(&slices[2]));
+            let cuts = [0, 3, 7, 4000, 4001, 4002, 9999, bytes.len()];
+            let pieces = cuts
+                .windows(2)
+                .map(|w| bytes.slice(w[0].min(bytes.len())..w[1].min(bytes.len())))
+                .collect();
+            let third = Block::from_pieces(pieces);
             let slices = [aligned, shifted, third];
             let mut acc = vec![f32::NAN; n];
             let mut offset = 0;
@@ -669,7 +676,7 @@ mod tests {
             params: vec![1.0; 3],
             optimizer: Box::new(Overreaching),
         };
-        let slices = vec![Bytes::from(f32_to_bytes(&[1.0; 3]))];
+        let slices = vec![Bytes::from(f32_to_bytes(&[1.0; 3])).into()];
         let err = shard.step(0, 0, Some(&slices), 1.0, 0.1).unwrap_err();
         assert!(err.to_string().contains("past the shard's end"), "{err}");
     }

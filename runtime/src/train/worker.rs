@@ -16,6 +16,7 @@ use crate::buffers::Pooled;
 use crate::error::{Error, Result};
 use crate::protocol::TaskOutput;
 use crate::registry::{Data, Part, Registry};
+use crate::shuffle::Block;
 use crate::train::hosted::{ParamHost, ShardOp};
 
 /// Loss and counts of one batch share.
@@ -412,7 +413,8 @@ pub(crate) fn run_request(
             let shards = req.gradients_to.as_ref().map_or(0, |s| s.ranges.len());
             let blocks = (0..shards)
                 .map(|shard| {
-                    side.store.block(id, shard as u32, 0)?.ok_or_else(|| {
+                    let held = side.store.block(id, shard as u32, 0)?;
+                    held.map(Block::from).ok_or_else(|| {
                         Error::Invalid(format!(
                             "shard {shard}'s weights {id} are not held by this executor"
                         ))
@@ -500,7 +502,7 @@ pub(crate) struct TaskSide<'a> {
 
 /// The full weight vector from the shards' weight blocks (in shard order),
 /// in a pooled buffer.
-fn gather_weights(blocks: &[bytes::Bytes]) -> Result<Pooled> {
+fn gather_weights(blocks: &[Block]) -> Result<Pooled> {
     if let Some((shard, b)) = blocks
         .iter()
         .enumerate()
@@ -516,7 +518,9 @@ fn gather_weights(blocks: &[bytes::Bytes]) -> Result<Pooled> {
     let mut at = 0;
     for b in blocks {
         let n = b.len() / 4;
-        read_le_f32(b, &mut out.values_mut()[at..at + n]);
+        let to = &mut out.values_mut()[at..at + n];
+        // Whole values (checked above), so every run is inside `to`.
+        b.for_each_f32_run(0..b.len(), |i, bytes| read_le_f32(bytes, &mut to[i..]));
         at += n;
     }
     Ok(out)
