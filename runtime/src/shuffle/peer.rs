@@ -453,7 +453,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_block_arrives_intact() {
         let secret = [7u8; 32];
-        // Over the pool's threshold and not a whole number of f32.
+        // Many datagrams long (so it arrives in many pieces) and not a
+        // whole number of f32.
         let len = 3 * crate::buffers::MIN_POOLED_BYTES + 3;
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
         let (ep_a, a) = endpoint();
@@ -481,6 +482,7 @@ mod tests {
                 .unwrap();
             let block = &got[&(4, 0)][0];
             assert_eq!(block.len(), len);
+            assert!(block.slices(0..len).unwrap().count() > 1, "kept in pieces");
             assert!(
                 block.to_contiguous()[..] == data[..],
                 "block changed on the way"
