@@ -2,7 +2,8 @@
 //!
 //! Every training iteration of a large model moves buffers of the same few
 //! sizes through an executor: the gathered weights, the gradient, the
-//! blocks fetched from peers, the published weights of its shards. Fresh
+//! published weights of its shards (blocks fetched from peers stay in the
+//! pieces quinn received, see `shuffle::Block`). Fresh
 //! allocations of that size come from `mmap` and are returned with
 //! `munmap`, so each iteration page-faulted and zeroed them all over again
 //! (~38 % of an executor's time in a profile of the sync benchmark). The pool
