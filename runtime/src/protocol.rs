@@ -54,7 +54,7 @@ pub(crate) enum Action {
     },
     /// Gradients (or an evaluation) of a registered trainer on some
     /// elements of the partition.
-    Train(Box<crate::train::TrainRequest>),
+    Train(crate::train::TrainRequest),
     /// An operation on a parameter shard hosted by the executor.
     Shard(crate::train::ShardOp),
 }

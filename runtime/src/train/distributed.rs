@@ -465,7 +465,7 @@ impl<T: Data> DistributedTrainer<T> {
             .map(|(p, idx)| {
                 let seed = share_seed(self.spec.seed, iteration, p);
                 let req = self.train_request(idx, seed, false, (&weights, &buffers));
-                (p, Action::Train(Box::new(req)))
+                (p, Action::Train(req))
             })
             .collect();
         let data = self.data.clone();
@@ -777,7 +777,7 @@ impl<T: Data> DistributedTrainer<T> {
                 req.weights_from = Some(weights);
                 req.gradients_to = Some(sink.clone());
                 req.step_first = step_first.clone();
-                (p, Action::Train(Box::new(req)), fetches.clone())
+                (p, Action::Train(req), fetches.clone())
             })
             .collect();
         let partitions: Vec<u32> = actions.iter().map(|(p, _, _)| *p).collect();
@@ -1026,7 +1026,7 @@ impl<T: Data> DistributedTrainer<T> {
                         vec![fetch.clone()]
                     }
                 };
-                (p, Action::Train(Box::new(req)), fetches)
+                (p, Action::Train(req), fetches)
             })
             .collect();
         let mut stats = BatchStats::default();
