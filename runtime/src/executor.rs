@@ -161,8 +161,6 @@ impl Actor for ExecutorActor {
                     async move {
                         let key = task.key;
                         let mut task = *task;
-                        let push = GradientPush::of(&task);
-                        let push_side = (store.clone(), fetcher.clone());
                         let report = match fetcher.fetch_all(&task.fetches).await {
                             Err((lost, reason)) => {
                                 warn!(task = %key, blocks = lost.len(), %reason, "shuffle fetch failed");
@@ -194,16 +192,6 @@ impl Actor for ExecutorActor {
                                 }
                             }
                         };
-                        if let (
-                            Some(push),
-                            Ok(TaskOutput::Train {
-                                stored_on: Some(_), ..
-                            }),
-                        ) = (push, &report.result)
-                        {
-                            // Side by side with the report.
-                            push.start(&push_side.0, &push_side.1, executor_id);
-                        }
                         let sent = conn.send_bulk(&report, max, Duration::from_secs(120)).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         if let Err(e) = sent {
@@ -220,62 +208,6 @@ impl Actor for ExecutorActor {
             ExecMsg::Failed(reason) => return Err(reason.into()),
         }
         Ok(())
-    }
-}
-
-/// The gradient slices a training task leaves in the store and the peers
-/// to push copies to ([`crate::train::GradientSink`]'s `push_to`).
-struct GradientPush {
-    id: u64,
-    partition: u32,
-    shards: u32,
-    to: Vec<(u64, PeerAddr)>,
-}
-
-impl GradientPush {
-    /// The push a task asks for, if any.
-    fn of(task: &Task) -> Option<Self> {
-        match &task.action {
-            Action::Train(req) if !req.evaluate => {
-                let sink = req.gradients_to.as_ref()?;
-                (!sink.push_to.is_empty()).then(|| GradientPush {
-                    id: sink.id,
-                    partition: task.partition,
-                    shards: sink.ranges.len() as u32,
-                    to: sink.push_to.clone(),
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// Pushes the slices (shared with the store, not copied) to every
-    /// target but `me`, in the background. A push that fails or is
-    /// declined costs nothing but itself: the target fetches the slices
-    /// when it needs them, as without a push.
-    fn start(self, store: &ShuffleStore, fetcher: &Arc<PeerFetcher>, me: u64) {
-        let buckets: Option<Vec<bytes::Bytes>> = (0..self.shards)
-            .map(|shard| store.block(self.id, self.partition, shard).ok().flatten())
-            .collect();
-        let Some(buckets) = buckets else { return };
-        for (executor, peer) in self.to.into_iter().filter(|(e, _)| *e != me) {
-            let (fetcher, buckets) = (fetcher.clone(), buckets.clone());
-            let (id, partition) = (self.id, self.partition);
-            tokio::spawn(async move {
-                match fetcher.push(&peer, id, partition, buckets).await {
-                    Ok(kept) => debug!(
-                        executor,
-                        block = id,
-                        partition,
-                        kept,
-                        "gradient slices pushed"
-                    ),
-                    Err(e) => {
-                        debug!(executor, block = id, partition, error = %e, "gradient push failed")
-                    }
-                }
-            });
-        }
     }
 }
 

@@ -140,31 +140,6 @@ pub(crate) struct FetchRequest {
     pub(crate) reduce: u32,
 }
 
-/// Peer → peer, the first frame of a bidirectional stream.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum PeerRequest {
-    /// Send one block back ([`FetchReply`]).
-    Fetch(FetchRequest),
-    /// Keep a copy of map output `(shuffle, map)`: its buckets' lengths
-    /// (by reduce partition); their bytes follow the frame, in order. The
-    /// receiver answers with a [`PushReply`].
-    Push {
-        shuffle: u64,
-        map: u32,
-        lens: Vec<u64>,
-    },
-}
-
-/// The answer to a [`PeerRequest::Push`].
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum PushReply {
-    /// The copy is kept until its shuffle is freed.
-    Stored,
-    /// Not kept: the receiver holds that map output already, or its
-    /// shuffle was freed (a copy arriving late would never be freed).
-    Declined,
-}
-
 /// The answer to a [`FetchRequest`], on the same stream: a frame, then
 /// for [`FetchReply::Block`] that many raw bytes (no re-encoding of the
 /// block on either side).

@@ -12,10 +12,7 @@ use tracing::{debug, warn};
 
 use super::{Block, ShuffleStore};
 use crate::error::{Error, Result};
-use crate::protocol::{
-    FetchReply, FetchRequest, Inputs, LostBlock, MapLoc, PeerAddr, PeerRequest, PushReply,
-    ShuffleFetch,
-};
+use crate::protocol::{FetchReply, FetchRequest, Inputs, LostBlock, MapLoc, ShuffleFetch};
 use crate::transport::{
     self, read_frame, with_timeout, write_frame, PeerIdentity, Role, DEFAULT_MAX_CONTROL_FRAME,
 };
@@ -133,18 +130,11 @@ async fn serve_block(
     store: ShuffleStore,
     max_bulk: u64,
 ) -> Result<()> {
-    let req: Option<PeerRequest> = with_timeout(peer, "block request", HANDSHAKE_TIMEOUT, async {
+    let req: Option<FetchRequest> = with_timeout(peer, "block request", HANDSHAKE_TIMEOUT, async {
         read_frame(&mut recv, peer, DEFAULT_MAX_CONTROL_FRAME).await
     })
     .await?;
-    let req = match req {
-        None => return Ok(()),
-        Some(PeerRequest::Fetch(req)) => req,
-        Some(PeerRequest::Push { shuffle, map, lens }) => {
-            return keep_pushed_copy(peer, send, recv, &store, max_bulk, (shuffle, map), &lens)
-                .await
-        }
-    };
+    let Some(req) = req else { return Ok(()) };
     let block = store.block(req.shuffle, req.map, req.reduce)?;
     if let Some(b) = &block {
         if b.len() as u64 > max_bulk {
@@ -168,55 +158,6 @@ async fn serve_block(
                 .map_err(|e| transport::conn_err(peer, e))?;
         }
         Ok(())
-    })
-    .await?;
-    let _ = send.finish();
-    Ok(())
-}
-
-/// Receives a peer's copy of map output `id` (buckets of `lens` bytes) and
-/// keeps it unless the store declines it; answers with a [`PushReply`].
-async fn keep_pushed_copy(
-    peer: SocketAddr,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    store: &ShuffleStore,
-    max_bulk: u64,
-    (shuffle, map): (u64, u32),
-    lens: &[u64],
-) -> Result<()> {
-    let total = lens
-        .iter()
-        .try_fold(0u64, |a, &l| a.checked_add(l))
-        .filter(|&t| t <= max_bulk)
-        .ok_or_else(|| Error::FrameTooLarge {
-            peer,
-            len: lens.iter().fold(0u64, |a, &l| a.saturating_add(l)),
-            max: max_bulk,
-        })?;
-    let block = with_timeout(peer, "pushed copy", BLOCK_TIMEOUT, async {
-        read_block(&mut recv, peer, total).await
-    })
-    .await?;
-    // Small by construction (trainers push only small gradients): joined
-    // into one buffer, then cut into the buckets.
-    let all = block.to_contiguous();
-    let mut at = 0;
-    let buckets = lens
-        .iter()
-        .map(|&l| {
-            let b = all.slice(at..at + l as usize);
-            at += l as usize;
-            b
-        })
-        .collect();
-    let reply = if store.put_copy(shuffle, map, buckets)? {
-        PushReply::Stored
-    } else {
-        PushReply::Declined
-    };
-    with_timeout(peer, "push reply", HANDSHAKE_TIMEOUT, async {
-        write_frame(&mut send, peer, &reply, DEFAULT_MAX_CONTROL_FRAME).await
     })
     .await?;
     let _ = send.finish();
@@ -397,11 +338,11 @@ impl PeerFetcher {
             .connection(addr, &loc.peer.fingerprint)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let req = PeerRequest::Fetch(FetchRequest {
+        let req = FetchRequest {
             shuffle,
             map: loc.map,
             reduce,
-        });
+        };
         let max = self.max_bulk;
         with_timeout(addr, "shuffle block", BLOCK_TIMEOUT, async {
             let (mut send, mut recv) = conn
@@ -436,47 +377,6 @@ impl PeerFetcher {
             e @ Error::FetchFailed { .. } => e,
             e => fail(e.to_string()),
         })
-    }
-
-    /// Sends a copy of this executor's map output `(shuffle, map)`
-    /// (`buckets`, by reduce partition, shared: not copied) to the peer at
-    /// `to`, so that its tasks find the blocks in their own store instead
-    /// of fetching them. Returns whether the peer kept it.
-    pub(crate) async fn push(
-        &self,
-        to: &PeerAddr,
-        shuffle: u64,
-        map: u32,
-        buckets: Vec<Bytes>,
-    ) -> Result<bool> {
-        let addr = to.addr;
-        let conn = self.connection(addr, &to.fingerprint).await?;
-        let req = PeerRequest::Push {
-            shuffle,
-            map,
-            lens: buckets.iter().map(|b| b.len() as u64).collect(),
-        };
-        with_timeout(addr, "push", BLOCK_TIMEOUT, async {
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| transport::conn_err(addr, e))?;
-            write_frame(&mut send, addr, &req, DEFAULT_MAX_CONTROL_FRAME).await?;
-            for b in buckets {
-                send.write_chunk(b)
-                    .await
-                    .map_err(|e| transport::conn_err(addr, e))?;
-            }
-            let _ = send.finish();
-            match read_frame::<PushReply>(&mut recv, addr, DEFAULT_MAX_CONTROL_FRAME).await? {
-                Some(reply) => Ok(reply == PushReply::Stored),
-                None => Err(transport::conn_err(
-                    addr,
-                    "peer closed the stream without a reply",
-                )),
-            }
-        })
-        .await
     }
 
     /// The cached connection to a peer, or a new one (TLS pinned to
@@ -722,7 +622,7 @@ mod tests {
         // A dishonest peer: says 10 bytes, sends 3, then finishes.
         async fn dishonest(conn: quinn::Connection, addr: SocketAddr) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let _: Option<PeerRequest> = read_frame(&mut recv, addr, 1 << 20).await.unwrap();
+                let _: Option<FetchRequest> = read_frame(&mut recv, addr, 1 << 20).await.unwrap();
                 write_frame(&mut send, addr, &FetchReply::Block(10), 1 << 20)
                     .await
                     .unwrap();
@@ -813,51 +713,6 @@ mod tests {
                 || reason.contains("connection lost"),
             "{reason}"
         );
-        server.abort();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_pushed_copy_is_used_instead_of_a_fetch_and_late_copies_are_declined() {
-        let secret = [4u8; 32];
-        // Executor 2 receives pushes; executor 1 pushes.
-        let (ep_b, b) = endpoint();
-        let store_b = ShuffleStore::default();
-        let server = tokio::spawn(serve_peers(ep_b.clone(), store_b.clone(), secret, 64));
-        let (ep_a, a) = endpoint();
-        let pusher = Arc::new(PeerFetcher::new(
-            ep_a,
-            secret,
-            1 << 20,
-            1,
-            ShuffleStore::default(),
-        ));
-        let buckets = vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")];
-        assert!(pusher.push(&b, 9, 3, buckets.clone()).await.unwrap());
-        // Executor 2's fetch of the blocks named on executor 1 (whose
-        // endpoint serves nothing: it is not even listening) finds them
-        // in its own store.
-        let fetcher = Arc::new(PeerFetcher::new(ep_b, secret, 1 << 20, 2, store_b.clone()));
-        let fetch = |reduce, size| ShuffleFetch {
-            shuffle: 9,
-            reduce,
-            maps: vec![loc(3, 1, a, size)],
-        };
-        let got = fetcher
-            .fetch_all(&[fetch(0, 3), fetch(1, 5)])
-            .await
-            .unwrap();
-        assert_eq!(contents(&got[&(9, 0)]), vec![b"abc".to_vec()]);
-        assert_eq!(contents(&got[&(9, 1)]), vec![b"defgh".to_vec()]);
-        // A second copy is declined; so is one arriving after its shuffle
-        // was freed (it would never be freed).
-        assert!(!pusher.push(&b, 9, 3, buckets.clone()).await.unwrap());
-        store_b.free(9).unwrap();
-        assert!(!pusher.push(&b, 9, 3, buckets).await.unwrap());
-        assert_eq!(store_b.block(9, 3, 0).unwrap(), None);
-        // A copy above the receiver's bulk limit is refused, not read.
-        let big = vec![Bytes::from(vec![1u8; 40]), Bytes::from(vec![2u8; 40])];
-        assert!(pusher.push(&b, 10, 0, big).await.is_err());
-        assert_eq!(store_b.block(10, 0, 0).unwrap(), None);
         server.abort();
     }
 }

@@ -52,13 +52,6 @@ pub(crate) struct ExecutorShards {
 /// 0.53-0.57 s), so they keep the memory.
 pub(crate) const ONE_ROUND_MAX_BYTES: usize = 32 << 20;
 
-/// Largest weight vector whose gradient slices the training tasks push to
-/// the shards' holders (see [`GradientSink::push_to`]). For LeNet-5's
-/// 44 k weights the push takes the peer's gradient fetch (~0.3 ms on
-/// loopback) off the next task's start; for large models a fetch that
-/// starts before a push lands would move the slices twice.
-pub(crate) const PUSH_MAX_BYTES: usize = 4 << 20;
-
 /// One iteration's step of every shard: its gradient slices (block
 /// `gradients`, left by partition `p` on executor `stored_on[p]`), their
 /// scale, the learning rate and the id the new weights are published under.
@@ -205,21 +198,9 @@ impl ExecutorShards {
 
     /// Where training tasks leave their gradients.
     pub(crate) fn sink(&self, id: u64) -> GradientSink {
-        let push_to = if self.len * 4 <= PUSH_MAX_BYTES {
-            let mut holders: Vec<u64> = self.holders.iter().flatten().copied().collect();
-            holders.sort_unstable();
-            holders.dedup();
-            holders
-                .into_iter()
-                .filter_map(|e| self.peers.get(&e).map(|p| (e, *p)))
-                .collect()
-        } else {
-            Vec::new()
-        };
         GradientSink {
             id,
             ranges: self.ranges.clone(),
-            push_to,
         }
     }
 

@@ -156,13 +156,6 @@ pub(crate) struct TrainRequest {
 pub(crate) struct GradientSink {
     pub(crate) id: u64,
     pub(crate) ranges: Vec<std::ops::Range<usize>>,
-    /// Executors that will step the shards with this gradient: once the
-    /// task is done, its executor pushes a copy of the slices to each of
-    /// them (but itself), so that their next tasks find the slices in
-    /// their own store instead of fetching them (small models only: a
-    /// fetch that starts before the copy lands moves the slices twice).
-    #[serde(default)]
-    pub(crate) push_to: Vec<(u64, crate::protocol::PeerAddr)>,
 }
 
 /// `f32`s as little-endian bytes (the wire format of weights and gradients).
