@@ -3,7 +3,7 @@
 //!
 //! A fetched parameter-shard block (up to hundreds of MB) arrives as
 //! quinn's stream chunks, each a slice of one received datagram. Copying
-//! them into one buffer was a tenth of a large parameter sync's CPU time;
+//! them into one buffer was ~7 % of a 256 MB parameter sync's CPU time;
 //! the gradient sums and the weight gathers read the pieces instead.
 
 use std::ops::Range;
