@@ -331,7 +331,7 @@ impl ClusterIdentity {
 /// the same construction; 10 AES rounds per block instead of 14 make bulk
 /// tensor traffic, whose encryption and decryption are a sixth of a
 /// parameter sync's CPU time, cheaper. The client's order decides (rustls
-/// servers follow it), so every Kiln process must offer the same order.
+/// servers follow it); a peer with another order still connects.
 fn crypto_provider() -> rustls::crypto::CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
