@@ -240,4 +240,19 @@ mod tests {
         let block = Block::from(b.clone());
         assert_eq!(block.to_contiguous().as_ptr(), b.as_ptr());
     }
+
+    #[test]
+    fn a_block_in_pieces_travels_as_its_bytes() {
+        let bytes = le_bytes(&values(9));
+        let b = cut(&bytes, &[2, 17, 30]);
+        let wire = rmp_serde::to_vec(&b).unwrap();
+        assert_eq!(
+            wire,
+            rmp_serde::to_vec(&serde_bytes::Bytes::new(&bytes)).unwrap()
+        );
+        let back: Block = rmp_serde::from_slice(&wire).unwrap();
+        assert_eq!(&back.to_contiguous()[..], &bytes[..]);
+        // Anything but a binary string is refused.
+        assert!(rmp_serde::from_slice::<Block>(&rmp_serde::to_vec(&7u32).unwrap()).is_err());
+    }
 }
