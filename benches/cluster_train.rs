@@ -24,15 +24,24 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::cluster_train::{executor_placement, optimizer_factory, SYNC_BENCH_TRAINER};
-use kiln::digits_cluster::{train_on_cluster, ClusterDigitsJob};
-use kiln::digits_job::{DigitsJob, DigitsModel};
+use kiln::cli::cluster::{core_share, executor_args};
+use kiln::digits::DigitsModel;
+use kiln::jobs::digits::{
+    ClassifierConfig, DigitsSettings, DigitsSource, CLASSIFIER_TRAINER, DIGITS_SOURCE,
+};
+use kiln::jobs::{JobEnv, JobKinds};
+use kiln::nn::objective::LabelledSample;
 use kiln::nn::optim::{OptimizerConfig, SgdConfig};
-use kiln::run_checkpoints::CheckpointOptions;
 use kiln::runtime::checkpoint::{CheckpointRecord, CheckpointStore};
+use kiln::runtime::jobs::JobEvent;
 use kiln::runtime::train::{ParameterShards, ShardPlacement};
 use kiln::runtime::{
-    DistributedTrainer, DriverConfig, ExecutorMode, LocalCluster, LocalConfig, Registry, TrainSpec,
+    ClusterClient, DistributedTrainer, Driver, DriverConfig, ExecutorMode, JobState, LocalCluster,
+    LocalConfig, Registry, TrainSpec,
+};
+use kiln::training::{
+    optimizer_factory, placement, CheckpointSettings, RunSettings, TrainingSettings,
+    SYNC_BENCH_TRAINER,
 };
 
 const MB: usize = 1 << 20;
@@ -89,7 +98,7 @@ fn opts() -> Opts {
 /// heartbeat and loss timeout (5 s), each executor with its share of the
 /// machine's cores (as `kiln local` starts them).
 fn cluster_config(o: &Opts, executors: usize) -> LocalConfig {
-    cluster_with_threads(o, executors, kiln::local_run::core_share(executors))
+    cluster_with_threads(o, executors, core_share(executors))
 }
 
 /// [`cluster_config`] with `threads` compute threads per executor.
@@ -99,7 +108,7 @@ fn cluster_with_threads(o: &Opts, executors: usize, threads: usize) -> LocalConf
         cores_per_executor: 1,
         mode: ExecutorMode::Processes {
             program: o.kiln.clone(),
-            args: kiln::local_run::executor_args(Some(threads)),
+            args: executor_args(Some(threads)),
         },
         driver: DriverConfig::default(),
         startup_timeout: Duration::from_secs(30),
@@ -121,10 +130,52 @@ fn quick_loss_config(o: &Opts, executors: usize) -> LocalConfig {
 }
 
 fn registry() -> Arc<Registry> {
-    let mut r = Registry::new();
-    kiln::cluster_train::register(&mut r);
-    kiln::digits_cluster::register(&mut r);
-    Arc::new(r)
+    JobKinds::builtin().registry()
+}
+
+/// A local cluster whose driver runs the built-in job kinds (its jobs'
+/// directories in the returned temporary directory).
+async fn job_cluster(config: LocalConfig) -> anyhow::Result<(LocalCluster, tempfile::TempDir)> {
+    let work = tempfile::tempdir()?;
+    let cluster = LocalCluster::start(config, registry()).await?;
+    cluster
+        .driver()?
+        .accept_jobs(JobKinds::builtin().runner(JobEnv::here()), work.path())?;
+    Ok((cluster, work))
+}
+
+/// Submits a job as `kiln submit` does and returns its output lines.
+async fn run_job(d: &Driver, kind: &str, settings: &str) -> anyhow::Result<Vec<String>> {
+    let client = ClusterClient::connect(d.addr(), d.token(), Duration::from_secs(30)).await?;
+    let job = client.submit(kind, settings).await?;
+    let mut lines = Vec::new();
+    let info = client
+        .follow(job.id, 0, true, |e| {
+            if let JobEvent::Line { text, .. } = e {
+                lines.push(text.clone());
+            }
+        })
+        .await?;
+    anyhow::ensure!(
+        info.state == JobState::Succeeded,
+        "job {} {}: {lines:?}",
+        job.id,
+        info.state
+    );
+    Ok(lines)
+}
+
+/// The value of `key=` on the line starting with `prefix`.
+fn field(lines: &[String], prefix: &str, key: &str) -> anyhow::Result<f64> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with(prefix))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {key}= on a {prefix} line: {lines:?}"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,8 +196,8 @@ async fn sync(o: &Opts) -> anyhow::Result<()> {
     let data = d.parallelize(vec![0u64, 1], 2)?;
     let placements = [
         ("driver", ShardPlacement::Driver),
-        ("executors", executor_placement(&sgd(), 1)?),
-        ("executors_replicated", executor_placement(&sgd(), 2)?),
+        ("executors", placement(&sgd(), 1)?),
+        ("executors_replicated", placement(&sgd(), 2)?),
     ];
     for &mb in &o.sync_sizes {
         for (placement, where_) in &placements {
@@ -202,59 +253,63 @@ async fn sync(o: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A digits job's settings (shards on the executors, 2 copies: the
+/// default of `kiln local`), as JSON.
 fn digits(
     model: DigitsModel,
     epochs: u64,
     batch: usize,
     lr: f64,
     partitions: u32,
-) -> ClusterDigitsJob {
-    ClusterDigitsJob {
-        job: DigitsJob {
+    replicas: usize,
+    checkpoint_dir: Option<PathBuf>,
+) -> anyhow::Result<String> {
+    let settings = TrainingSettings {
+        job: DigitsSettings {
             model,
             epochs,
             batch_size: batch,
             learning_rate: lr,
-            progress: false,
-            ..DigitsJob::default()
+            ..DigitsSettings::default()
         },
-        partitions,
-        shards: 4,
-        // The default of `kiln local`: shards on the executors, 2 copies.
-        shard_replicas: 2,
-    }
+        run: RunSettings {
+            partitions: Some(partitions),
+            shards: Some(4),
+            shard_replicas: replicas,
+            checkpoint: CheckpointSettings {
+                dir: checkpoint_dir,
+                keep_last: 2,
+                ..CheckpointSettings::default()
+            },
+            stage: false,
+        },
+    };
+    Ok(serde_json::to_string(&settings)?)
 }
 
 async fn recovery(o: &Opts) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(quick_loss_config(o, 3), registry()).await?;
     let d = cluster.driver()?;
-    let run = digits(DigitsModel::Cnn, 3, 32, 0.05, 3);
-    let data = d.source::<_, kiln::cluster_train::Sample>(
-        kiln::digits_cluster::DIGITS_SOURCE,
-        &kiln::digits_cluster::DigitsSource {
-            path: run.job.data.clone(),
-            model: run.job.model,
+    let job = DigitsSettings::default();
+    let data = d.source::<_, LabelledSample>(
+        DIGITS_SOURCE,
+        &DigitsSource {
+            path: job.data.clone(),
+            model: DigitsModel::Cnn,
             held_out: false,
         },
         3,
     )?;
-    let config = kiln::cluster_train::ClassifierConfig {
-        model: kiln::digits_job::digits_cnn(),
+    let config = ClassifierConfig {
+        model: kiln::digits::digits_cnn(),
         sample_shape: vec![1, 8, 8],
     };
     let init = kiln::nn::ModuleExt::flat_params(
-        kiln::digits_job::digits_cnn()
+        kiln::digits::digits_cnn()
             .build::<f32>(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1))?
             .as_ref(),
     );
-    let spec = TrainSpec::new(
-        kiln::cluster_train::CLASSIFIER_TRAINER,
-        &config,
-        32,
-        3,
-        1,
-        0.05,
-    )?;
+    let spec = TrainSpec::new(CLASSIFIER_TRAINER, &config, 32, 3, 1, 0.05)?;
     let mut t = DistributedTrainer::start(&data, spec, init, optimizer_factory(sgd())).await?;
     let mut normal = Vec::new();
     for _ in 0..20 {
@@ -308,29 +363,34 @@ async fn checkpoint(o: &Opts) -> anyhow::Result<()> {
     // A checkpoint's share of a digits epoch (the README's job): one
     // warm-up run (connections, trainer pools), then runs with and without
     // a checkpoint at every epoch, alternating, medians compared.
-    let cluster = LocalCluster::start(cluster_config(o, 2), registry()).await?;
+    let (cluster, _work) = job_cluster(cluster_config(o, 2)).await?;
     let d = cluster.driver()?;
     let dir = tempfile::tempdir()?;
     let epochs = 3;
-    let run = digits(DigitsModel::Cnn, epochs, 32, 0.05, 2);
-    let with = CheckpointOptions {
-        dir: Some(dir.path().to_path_buf()),
-        every_iterations: None,
-        keep_last: 2,
-        resume: false,
-    };
-    train_on_cluster(d, &run, &CheckpointOptions::default()).await?;
+    let with = digits(
+        DigitsModel::Cnn,
+        epochs,
+        32,
+        0.05,
+        2,
+        2,
+        Some(dir.path().to_path_buf()),
+    )?;
+    let without = digits(DigitsModel::Cnn, epochs, 32, 0.05, 2, 2, None)?;
+    run_job(d, "digits", &without).await?;
     let (mut with_ts, mut without_ts, mut shares) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         // A fresh store each time: every run writes all its checkpoints.
         std::fs::remove_dir_all(dir.path())?;
         let s = Instant::now();
-        let report = train_on_cluster(d, &run, &with).await?;
+        let lines = run_job(d, "digits", &with).await?;
         with_ts.push(s.elapsed().as_secs_f64());
         // Measured inside the run: the checkpoints' share of the epochs.
-        shares.push(report.checkpoint_seconds / report.training_seconds * 100.0);
+        shares.push(
+            field(&lines, "TIMES", "checkpoint_s")? / field(&lines, "TIMES", "training_s")? * 100.0,
+        );
         let s = Instant::now();
-        train_on_cluster(d, &run, &CheckpointOptions::default()).await?;
+        run_job(d, "digits", &without).await?;
         without_ts.push(s.elapsed().as_secs_f64());
     }
     cluster.shutdown().await;
@@ -352,7 +412,7 @@ async fn throughput(o: &Opts) -> anyhow::Result<()> {
         // driver (0), side by side; each executor with its share of the
         // cores (the default of `kiln local`) and, for comparison, with
         // all of them.
-        let share = kiln::local_run::core_share;
+        let share = core_share;
         // share(1): all of the machine's cores
         for (executors, replicas, threads) in [
             (1usize, 2usize, share(1)),
@@ -361,19 +421,22 @@ async fn throughput(o: &Opts) -> anyhow::Result<()> {
             (2, 2, share(1)),
         ] {
             let config = cluster_with_threads(o, executors, threads);
-            let cluster = LocalCluster::start(config, registry()).await?;
+            let (cluster, _work) = job_cluster(config).await?;
             let d = cluster.driver()?;
-            let mut run = digits(model, epochs, batch, lr, executors as u32);
-            run.shard_replicas = replicas;
+            let run = digits(model, epochs, batch, lr, executors as u32, replicas, None)?;
             let s = Instant::now();
-            let report = train_on_cluster(d, &run, &CheckpointOptions::default()).await?;
+            let lines = run_job(d, "digits", &run).await?;
             let secs = s.elapsed().as_secs_f64();
             cluster.shutdown().await;
+            let accuracy = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("HELD-OUT-ACCURACY "))
+                .and_then(|a| a.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
             println!(
-                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"executor_threads\":{threads},\"shard_replicas\":{replicas},\"samples_per_s\":{:.0},\"iteration_samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{:.4}}}",
-                report.samples_per_second,
-                report.iteration_samples_per_second,
-                report.held_out_accuracy
+                "{{\"bench\":\"digits_throughput\",\"model\":\"{model:?}\",\"batch\":{batch},\"epochs\":{epochs},\"executors\":{executors},\"executor_threads\":{threads},\"shard_replicas\":{replicas},\"samples_per_s\":{:.0},\"iteration_samples_per_s\":{:.0},\"seconds\":{secs:.2},\"held_out_accuracy\":{accuracy:.4}}}",
+                field(&lines, "TIMES", "samples_per_s")?,
+                field(&lines, "TIMES", "iteration_samples_per_s")?,
             );
         }
     }

@@ -6,14 +6,14 @@
 //! comparable across runs and machines.
 
 use anyhow::{bail, Result};
-use kiln::digits_job::{self, DigitsJob};
+use kiln::digits::{self, DigitsJob};
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
     let job = DigitsJob::default();
-    let (_, report) = digits_job::run(&job)?;
+    let (_, report) = digits::run(&job)?;
     println!("held-out: {}", report.held_out);
     println!(
         "training: {} epochs, {:.1} s, {:.0} samples/s",

@@ -1,6 +1,12 @@
 //! Kiln: a distributed deep learning runtime. This facade re-exports the
-//! workspace crates and holds the glue between them (the digits job, the
-//! CLI's commands as library functions that tests call).
+//! workspace crates and holds what joins them:
+//! * [`jobs`]: the job model (every workload is a registered job kind with
+//!   serializable settings: digits, Deep Speech 2, SSD, word count, or a
+//!   user's own) and the runner a driver uses for submitted jobs;
+//! * [`training`]: the one generic training loop every training kind runs
+//!   in, and the bridge from kiln-nn objectives and optimizers to the
+//!   runtime's trainer;
+//! * [`cli`]: the `kiln` commands as library functions that tests call.
 
 pub use kiln_detection as detection;
 pub use kiln_nn as nn;
@@ -8,19 +14,10 @@ pub use kiln_runtime as runtime;
 pub use kiln_speech as speech;
 
 pub mod allocator;
-pub mod checkpoint_cli;
-pub mod cluster_train;
-pub mod detect_cli;
-pub mod detect_cluster;
-pub mod digits_cluster;
-pub mod digits_job;
-pub mod local_run;
-pub mod run_checkpoints;
-pub mod run_output;
-pub mod shard_placement;
-pub mod speech_cli;
-pub mod speech_cluster;
-pub mod train_cli;
+pub mod cli;
+pub mod digits;
+pub mod jobs;
+pub mod training;
 
 /// Prints the build's version, matrix-multiply backend and thread count.
 pub fn print_info() {

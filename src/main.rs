@@ -1,11 +1,11 @@
 //! The `kiln` command-line launcher: parses arguments, sets up tracing and
 //! maps errors to exit codes. All logic lives in library functions.
 
-mod cluster_cli;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kiln::cli::{checkpoint, cluster, detect, speech, submit, train};
+use kiln::jobs::JobKinds;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -23,48 +23,53 @@ struct Cli {
 enum Command {
     /// Print build information: version, matrix-multiply backend, threads.
     Info,
-    /// Train a model (the digits CNN by default) and report held-out
+    /// Train the digits model in this process and report held-out
     /// accuracy; `--resume DIR` continues a cluster run from its checkpoints.
-    Train(kiln::train_cli::TrainArgs),
+    Train(train::TrainArgs),
     /// Evaluate a saved digits model on the held-out split.
-    Eval(kiln::train_cli::EvalArgs),
+    Eval(train::EvalArgs),
     /// Deep Speech 2 commands.
     Speech {
         #[command(subcommand)]
-        command: kiln::speech_cli::SpeechCommand,
+        command: speech::SpeechCommand,
     },
     /// SSD object-detection commands.
     Detect {
         #[command(subcommand)]
-        command: kiln::detect_cli::DetectCommand,
+        command: detect::DetectCommand,
     },
     /// Checkpoint stores: list, show, export weights, resume a run.
     Checkpoint {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
-    // CLUSTER-COMMANDS
-    /// Run a driver and N executors on this machine (child processes, or
-    /// in-process with --in-process), optionally running a built-in job.
-    Local(cluster_cli::LocalArgs),
-    /// Run a cluster driver: prints the join token, accepts executors.
-    Driver(cluster_cli::DriverArgs),
-    /// Join a driver as an executor: `kiln executor --join TOKEN@ADDR`.
-    Executor(cluster_cli::ExecutorArgs),
+    /// Run a driver and N executors on this machine and a job on them
+    /// (submitted as `kiln submit` would); without a job, serve.
+    Local(cluster::LocalArgs),
+    /// Run a cluster driver: prints the join token, accepts executors and
+    /// submitted jobs.
+    Driver(cluster::DriverArgs),
+    /// Join a driver as an executor: `kiln executor --join TOKEN@HOST:PORT`.
+    Executor(cluster::ExecutorArgs),
+    /// Submit a job to a running cluster and follow it.
+    Submit(submit::SubmitArgs),
+    /// See, follow, cancel and fetch a cluster's jobs.
+    Jobs(submit::JobsArgs),
     /// Show a driver's executors and counters.
-    Status(cluster_cli::StatusArgs),
+    Status(cluster::StatusArgs),
 }
 
 #[derive(Subcommand)]
 enum CheckpointCommand {
     /// Every committed checkpoint and whether it verifies.
-    List(kiln::checkpoint_cli::StoreArgs),
+    List(checkpoint::StoreArgs),
     /// One checkpoint's record (blobs, counters, job) as JSON.
-    Show(kiln::checkpoint_cli::StoreArgs),
-    /// Write a checkpoint's weights as a safetensors model file.
-    Export(kiln::checkpoint_cli::ExportArgs),
-    /// Continue the run from its newest valid checkpoint on a local cluster.
-    Resume(cluster_cli::ResumeArgs),
+    Show(checkpoint::StoreArgs),
+    /// Write a checkpoint's weights as the model file of its job.
+    Export(checkpoint::ExportArgs),
+    /// Continue the run from its newest valid checkpoint (on a local
+    /// cluster, or `--cluster` a running one).
+    Resume(checkpoint::ResumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,27 +83,30 @@ fn main() -> ExitCode {
         .init();
     tracing::debug!(allocator_tuned, "glibc malloc thresholds");
     let cli = Cli::parse();
+    let kinds = JobKinds::builtin();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Train(args) => match args.resume.clone() {
-            Some(dir) => cluster_cli::resume(cluster_cli::ResumeArgs::from_train(&args, dir)),
-            None => kiln::train_cli::train(&args),
+        Command::Train(args) => match args.resume_args() {
+            Some(resume) => checkpoint::resume(&resume, &kinds),
+            None => train::train(&args),
         },
-        Command::Eval(args) => kiln::train_cli::eval(&args),
-        Command::Speech { command } => kiln::speech_cli::run(&command, cluster_cli::registry),
-        Command::Detect { command } => kiln::detect_cli::run(&command, cluster_cli::registry),
+        Command::Eval(args) => train::eval(&args),
+        Command::Speech { command } => speech::run(&command, &kinds),
+        Command::Detect { command } => detect::run(&command, &kinds),
         Command::Info => {
             kiln::print_info();
             Ok(())
         }
-        Command::Local(a) => cluster_cli::local(a),
-        Command::Driver(a) => cluster_cli::driver(a),
-        Command::Executor(a) => cluster_cli::executor(a),
-        Command::Status(a) => cluster_cli::status(a),
+        Command::Local(a) => cluster::local(a, &kinds),
+        Command::Driver(a) => cluster::driver(a, &kinds),
+        Command::Executor(a) => cluster::executor(a, &kinds),
+        Command::Submit(a) => submit::submit(a),
+        Command::Jobs(a) => submit::jobs(a),
+        Command::Status(a) => cluster::status(a),
         Command::Checkpoint { command } => match command {
-            CheckpointCommand::List(a) => kiln::checkpoint_cli::list(&a),
-            CheckpointCommand::Show(a) => kiln::checkpoint_cli::show(&a),
-            CheckpointCommand::Export(a) => kiln::checkpoint_cli::export(&a),
-            CheckpointCommand::Resume(a) => cluster_cli::resume(a),
+            CheckpointCommand::List(a) => checkpoint::list(&a),
+            CheckpointCommand::Show(a) => checkpoint::show(&a),
+            CheckpointCommand::Export(a) => checkpoint::export(&a, &kinds),
+            CheckpointCommand::Resume(a) => checkpoint::resume(&a, &kinds),
         },
     };
     match result {

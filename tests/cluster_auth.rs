@@ -7,7 +7,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::{corpus, driver, executor, read_counts};
+use helpers::{corpus, driver, executor, read_counts, submit, wait_executors};
 use kiln_runtime::transport::{self, JoinToken, Role, PROTOCOL_VERSION};
 use kiln_runtime::Error;
 
@@ -36,22 +36,27 @@ async fn bad_connections_are_refused_while_the_driver_keeps_serving() {
     std::fs::create_dir(&input).unwrap();
     let expected = corpus(&input, 8, 100);
     let out = dir.path().join("counts.tsv");
-    let (mut d, join) = driver(&[
-        "--expect-executors",
-        "2",
-        "--job",
-        "word-count",
-        "--input",
-        input.to_str().unwrap(),
-        "--partitions",
-        "8",
-        "--slow-ms",
-        "400",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let (_d, join) = driver(&[]);
     let _a = executor(&join, "a");
     let _b = executor(&join, "b");
+    let j = join.clone();
+    tokio::task::spawn_blocking(move || wait_executors(&j, 2, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut d = submit(
+        &join,
+        &[
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--partitions",
+            "8",
+            "--slow-ms",
+            "400",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     let (token, addr) = transport::parse_join(&join).unwrap();
 
     // Wrong token (right CA): refused with a reason.
@@ -167,23 +172,22 @@ fn a_driver_with_user_certificates_runs_a_job_and_names_a_bad_key_file() {
     std::fs::create_dir(&input).unwrap();
     let expected = corpus(&input, 4, 50);
     let counts = dir.path().join("counts.tsv");
-    let (mut d, join) = driver(&[
-        "--cert",
-        cert,
-        "--key",
-        key,
-        "--job",
-        "word-count",
-        "--input",
-        input.to_str().unwrap(),
-        "--partitions",
-        "4",
-        "--output",
-        counts.to_str().unwrap(),
-    ]);
+    let (_d, join) = driver(&["--cert", cert, "--key", key]);
     let (token, _) = transport::parse_join(&join).unwrap();
     assert_eq!(token.ca_fingerprint, transport::fingerprint(ck.cert.der()));
     let _e = executor(&join, "a");
+    let mut d = submit(
+        &join,
+        &[
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--partitions",
+            "4",
+            "--output",
+            counts.to_str().unwrap(),
+        ],
+    );
     let lines = d.rest(Duration::from_secs(60));
     assert!(lines.iter().any(|l| l.starts_with("DONE")), "{lines:?}");
     assert_eq!(read_counts(&counts), expected);

@@ -6,7 +6,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::{corpus, driver, executor, kiln, read_counts};
+use helpers::{corpus, driver, executor, kiln, read_counts, submit, wait_executors};
 
 const FAST: [&str; 4] = ["--heartbeat-ms", "100", "--executor-timeout-ms", "1500"];
 
@@ -17,31 +17,31 @@ fn kill_9_an_executor_mid_job_and_the_result_is_identical() {
     std::fs::create_dir(&input).unwrap();
     let expected = corpus(&input, 12, 200);
     let out = dir.path().join("counts.tsv");
-    let mut args = vec![
-        "--expect-executors",
-        "3",
-        "--job",
-        "word-count",
-        "--input",
-        input.to_str().unwrap(),
-        "--partitions",
-        "12",
-        "--slow-ms",
-        "300",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&FAST);
-    let (mut d, join) = driver(&args);
+    let (_driver, join) = driver(&FAST);
     let _a = executor(&join, "a");
     let mut b = executor(&join, "b");
     let _c = executor(&join, "c");
+    wait_executors(&join, 3, Duration::from_secs(60));
+    let mut d = submit(
+        &join,
+        &[
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--partitions",
+            "12",
+            "--slow-ms",
+            "300",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     // Let the job start, then kill b while it holds a task.
     std::thread::sleep(Duration::from_millis(1200));
     b.kill9();
     let lines = d.rest(Duration::from_secs(90));
-    let status = d.wait_exit(Duration::from_secs(20)).expect("driver exits");
-    assert!(status.success(), "driver failed: {lines:?}");
+    let status = d.wait_exit(Duration::from_secs(20)).expect("submit exits");
+    assert!(status.success(), "the job failed: {lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("DONE")), "{lines:?}");
     // b is gone from the final membership.
     assert!(
@@ -58,23 +58,23 @@ fn an_executor_joining_mid_job_receives_tasks() {
     std::fs::create_dir(&input).unwrap();
     let expected = corpus(&input, 12, 50);
     let out = dir.path().join("counts.tsv");
-    let mut args = vec![
-        "--expect-executors",
-        "1",
-        "--job",
-        "word-count",
-        "--input",
-        input.to_str().unwrap(),
-        "--partitions",
-        "12",
-        "--slow-ms",
-        "300",
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&FAST);
-    let (mut d, join) = driver(&args);
+    let (_driver, join) = driver(&FAST);
     let _first = executor(&join, "first");
+    wait_executors(&join, 1, Duration::from_secs(60));
+    let mut d = submit(
+        &join,
+        &[
+            "word-count",
+            "--input",
+            input.to_str().unwrap(),
+            "--partitions",
+            "12",
+            "--slow-ms",
+            "300",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     std::thread::sleep(Duration::from_millis(700));
     let _late = executor(&join, "late");
     let lines = d.rest(Duration::from_secs(90));
@@ -99,12 +99,11 @@ fn a_panicking_task_is_retried_then_fails_the_job_clearly_and_the_driver_survive
         "local",
         "--executors",
         "2",
-        "--job",
+        "--max-attempts",
+        "3",
         "panic-then-count",
         "--partitions",
         "2",
-        "--max-attempts",
-        "3",
     ]);
     let lines = local.rest(Duration::from_secs(90));
     let status = local.wait_exit(Duration::from_secs(20)).expect("exits");

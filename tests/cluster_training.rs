@@ -12,20 +12,15 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use helpers::{driver, executor, kiln, Guard};
-use kiln::digits_job::{self, DigitsJob};
+use helpers::{driver, executor, kiln, submit, wait_executors, Guard};
+use kiln::digits::{self, DigitsJob};
 use kiln::nn::ModuleExt;
 
-/// Fast failure detection, and a fixed partition count so every run sums
-/// gradients in the same order whatever the number of executors.
-const FAST: [&str; 6] = [
-    "--heartbeat-ms",
-    "100",
-    "--executor-timeout-ms",
-    "1500",
-    "--partitions",
-    "6",
-];
+/// Fast failure detection (driver flags).
+const FAST: [&str; 4] = ["--heartbeat-ms", "100", "--executor-timeout-ms", "1500"];
+/// A fixed partition count so every run sums gradients in the same order
+/// whatever the number of executors (job flags).
+const PARTS: [&str; 2] = ["--partitions", "6"];
 const EPOCHS: &str = "5";
 const LONG: Duration = Duration::from_secs(240);
 
@@ -62,19 +57,28 @@ fn finish(mut g: Guard) -> Vec<String> {
 }
 
 fn local_digits(executors: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "local",
-        "--executors",
-        executors,
-        "--job",
-        "digits",
-        "--epochs",
-        EPOCHS,
-        "--no-progress",
-    ];
+    let mut args = vec!["local", "--executors", executors];
     args.extend_from_slice(&FAST);
+    args.extend_from_slice(&["digits", "--epochs", EPOCHS, "--no-progress"]);
+    args.extend_from_slice(&PARTS);
     args.extend_from_slice(extra);
     finish(kiln(&args))
+}
+
+/// A driver (fast failure detection) with `names` executors registered.
+fn cluster(names: &[&str]) -> (Guard, String, Vec<Guard>) {
+    let (d, join) = driver(&FAST);
+    let executors = names.iter().map(|n| executor(&join, n)).collect();
+    wait_executors(&join, names.len(), Duration::from_secs(60));
+    (d, join, executors)
+}
+
+/// `kiln submit` of the digits job with `extra` job flags.
+fn submit_digits(join: &str, epochs: &str, extra: &[&str]) -> Guard {
+    let mut args = vec!["digits", "--epochs", epochs, "--no-progress"];
+    args.extend_from_slice(&PARTS);
+    args.extend_from_slice(extra);
+    submit(join, &args)
 }
 
 fn flat_params(path: &Path) -> Vec<f32> {
@@ -127,7 +131,7 @@ fn two_and_three_executors_train_identically_and_match_single_process() {
         progress: false,
         ..DigitsJob::default()
     };
-    let (_, single) = digits_job::run(&job).expect("single-process training");
+    let (_, single) = digits::run(&job).expect("single-process training");
     assert!(
         (a2 - single.held_out.top1).abs() <= 0.005 + 1e-9,
         "cluster {a2:.4} vs single process {:.4}",
@@ -142,29 +146,22 @@ fn an_executor_killed_mid_training_costs_nothing_but_its_share() {
     let ckpt = dir.path().join("ckpt");
     let after_kill = dir.path().join("killed");
 
-    let mut args = vec![
-        "--expect-executors",
-        "3",
-        "--job",
-        "digits",
-        "--epochs",
+    let (_d, join, mut executors) = cluster(&["a", "b", "c"]);
+    let mut job = submit_digits(
+        &join,
         EPOCHS,
-        "--no-progress",
-        "--checkpoint-dir",
-        ckpt.to_str().unwrap(),
-        "--checkpoint-every",
-        "10",
-        "--out",
-        after_kill.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&FAST);
-    let (mut d, join) = driver(&args);
-    let _a = executor(&join, "a");
-    let mut b = executor(&join, "b");
-    let _c = executor(&join, "c");
-    d.wait_for("EPOCH 1 ", LONG);
-    b.kill9();
-    let lines = finish(d);
+        &[
+            "--checkpoint-dir",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-every",
+            "10",
+            "--out",
+            after_kill.to_str().unwrap(),
+        ],
+    );
+    job.wait_for("EPOCH 1 ", LONG);
+    executors[1].kill9();
+    let lines = finish(job);
     assert!(
         lines
             .iter()
@@ -208,11 +205,9 @@ fn a_killed_driver_resumes_bit_exactly_past_a_corrupt_checkpoint() {
     let ckpt = dir.path().join("ckpt");
     let resumed = dir.path().join("resumed");
 
-    let mut args = vec![
-        "local",
-        "--executors",
-        "2",
-        "--job",
+    let mut args = vec!["local", "--executors", "2"];
+    args.extend_from_slice(&FAST);
+    args.extend_from_slice(&[
         "digits",
         "--epochs",
         EPOCHS,
@@ -223,8 +218,8 @@ fn a_killed_driver_resumes_bit_exactly_past_a_corrupt_checkpoint() {
         "20",
         "--keep-checkpoints",
         "0",
-    ];
-    args.extend_from_slice(&FAST);
+    ]);
+    args.extend_from_slice(&PARTS);
     let mut first = kiln(&args);
     first.wait_for("EPOCH 3 ", LONG);
     first.wait_for("CHECKPOINT ", LONG);
@@ -273,21 +268,11 @@ fn a_killed_driver_resumes_bit_exactly_past_a_corrupt_checkpoint() {
 
 #[test]
 fn an_executor_joining_mid_training_gets_work() {
-    let mut args = vec![
-        "--expect-executors",
-        "1",
-        "--job",
-        "digits",
-        "--epochs",
-        "4",
-        "--no-progress",
-    ];
-    args.extend_from_slice(&FAST);
-    let (mut d, join) = driver(&args);
-    let _first = executor(&join, "first");
-    d.wait_for("EPOCH 1 ", LONG);
+    let (_d, join, _first) = cluster(&["first"]);
+    let mut job = submit_digits(&join, "4", &[]);
+    job.wait_for("EPOCH 1 ", LONG);
     let _late = executor(&join, "late");
-    let lines = finish(d);
+    let lines = finish(job);
     let late = lines
         .iter()
         .find(|l| l.starts_with("EXECUTOR late "))
@@ -306,22 +291,10 @@ fn an_executor_joining_mid_training_gets_work() {
 fn an_executor_leaving_gracefully_hands_its_partitions_back() {
     let dir = tempfile::tempdir().unwrap();
     let after = dir.path().join("after");
-    let mut args = vec![
-        "--expect-executors",
-        "2",
-        "--job",
-        "digits",
-        "--epochs",
-        EPOCHS,
-        "--no-progress",
-        "--out",
-        after.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&FAST);
-    let (mut d, join) = driver(&args);
-    let _stays = executor(&join, "stays");
-    let mut goes = executor(&join, "goes");
-    d.wait_for("EPOCH 1 ", LONG);
+    let (_d, join, mut executors) = cluster(&["stays", "goes"]);
+    let mut job = submit_digits(&join, EPOCHS, &["--out", after.to_str().unwrap()]);
+    job.wait_for("EPOCH 1 ", LONG);
+    let goes = &mut executors[1];
     let term = Command::new("kill")
         .args(["-TERM", &goes.pid().to_string()])
         .status()
@@ -331,7 +304,7 @@ fn an_executor_leaving_gracefully_hands_its_partitions_back() {
         .wait_exit(Duration::from_secs(60))
         .expect("the executor leaves");
     assert!(left.success(), "{left:?}");
-    let lines = finish(d);
+    let lines = finish(job);
     assert!(lines.iter().any(|l| l == "LOST 0 LEFT 1"), "{lines:?}");
     assert!(
         !lines.iter().any(|l| l.starts_with("EXECUTOR goes ")),

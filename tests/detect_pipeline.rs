@@ -328,7 +328,7 @@ fn cluster_training_checkpoints_every_epoch_and_resumes_from_the_last() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
-        err.contains("ssd.photometric = true, this run has false"),
+        err.contains("detection.train.photometric = true, this run has false"),
         "{err}"
     );
 

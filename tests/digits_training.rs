@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use kiln::digits_job::{self, DigitsJob};
+use kiln::digits::{self, DigitsJob};
 use kiln::nn::serialize;
 use kiln::nn::ModuleExt;
 
@@ -13,7 +13,7 @@ fn digits_cnn_reaches_97_percent_and_round_trips_through_a_file() {
         progress: false,
         ..DigitsJob::default()
     };
-    let (mut model, report) = digits_job::run(&job).expect("training runs");
+    let (mut model, report) = digits::run(&job).expect("training runs");
     assert!(
         report.held_out.top1 >= 0.97,
         "held-out accuracy {:.4} below 0.97",
@@ -25,7 +25,7 @@ fn digits_cnn_reaches_97_percent_and_round_trips_through_a_file() {
     let path = dir.path().join("digits.safetensors");
     serialize::save(model.as_ref(), &path, &Default::default()).expect("save");
     let mut loaded = serialize::load::<f32>(&path).expect("load");
-    let (_, test) = digits_job::load_split(&job.data, job.model).expect("data");
+    let (_, test) = digits::load_split(&job.data, job.model).expect("data");
     let (x, _) = test.batch(&(0..50).collect::<Vec<_>>());
     model.eval_mode();
     loaded.eval_mode();

@@ -39,7 +39,6 @@ fn kiln_train_resume_continues_a_killed_cluster_run_to_its_end() {
         "local",
         "--executors",
         "2",
-        "--job",
         "digits",
         "--epochs",
         &epochs_arg,

@@ -1,7 +1,7 @@
 //! LeNet-5 training step at batch 128 on 28x28 inputs (forward, backward,
 //! SGD step), inference, and the peak memory of a training run.
 
-use kiln::digits_job::lenet5;
+use kiln::digits::lenet5;
 use kiln_nn::criterion::{ClassNll, Criterion};
 use kiln_nn::optim::{Optimizer, OptimizerConfig, SgdConfig};
 use kiln_nn::{Module, ModuleExt, Tensor};

@@ -24,6 +24,7 @@ pub mod layers;
 pub mod matmul;
 pub mod metrics;
 pub mod module;
+pub mod objective;
 pub mod optim;
 pub mod serialize;
 mod simd;
@@ -32,4 +33,5 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use module::{Module, ModuleExt, Param};
+pub use objective::{BatchLoss, Objective};
 pub use tensor::{Float, Tensor};

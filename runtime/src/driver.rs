@@ -14,6 +14,7 @@ mod executor_link;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::connection::{memory_pair, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
+use crate::jobs::{JobInfo, JobRunner, JobService};
 use crate::plan::Plan;
 use crate::protocol::{
     Action, ClientRequest, ClusterStatus, ExecutorStatus, MapLoc, PeerAddr, ShuffleFetch, Task,
@@ -980,6 +982,8 @@ pub(crate) struct DriverShared {
     pub(crate) actor: ActorRef<DriverMsg>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) next_id: AtomicU64,
+    /// Submitted jobs.
+    pub(crate) jobs: Arc<JobService>,
 }
 
 impl DriverShared {
@@ -1049,6 +1053,9 @@ impl DriverShared {
 }
 
 /// A running driver: the QUIC endpoint, the actor and the join token.
+/// Clones are handles on the same driver (a submitted job gets one); any of
+/// them can shut it down.
+#[derive(Clone)]
 pub struct Driver {
     pub(crate) shared: Arc<DriverShared>,
     endpoint: quinn::Endpoint,
@@ -1056,7 +1063,7 @@ pub struct Driver {
     memory: mpsc::UnboundedSender<ServerEnd>,
     addr: SocketAddr,
     token: JoinToken,
-    actor_handle: Option<tokio::task::JoinHandle<()>>,
+    actor_handle: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Driver {
@@ -1074,21 +1081,24 @@ impl Driver {
         let (actor, handle) = Actor::spawn(None, DriverActor, config.clone())
             .await
             .map_err(|e| Error::DriverGone(e.to_string()))?;
+        let jobs = Arc::new(JobService::default());
         let shared = Arc::new(DriverShared {
             actor: actor.clone(),
             registry,
             next_id: AtomicU64::new(1),
+            jobs: jobs.clone(),
         });
         let ep = endpoint.clone();
         let secret = token.secret;
-        let (quic_actor, quic_config) = (actor.clone(), config.clone());
+        let (quic_actor, quic_config, quic_jobs) = (actor.clone(), config.clone(), jobs.clone());
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let actor = quic_actor.clone();
                 let config = quic_config.clone();
+                let jobs = quic_jobs.clone();
                 tokio::spawn(async move {
                     let peer = incoming.remote_address();
-                    if let Err(e) = serve_quic(incoming, actor, config, secret).await {
+                    if let Err(e) = serve_quic(incoming, actor, config, secret, jobs).await {
                         warn!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -1101,9 +1111,11 @@ impl Driver {
             while let Some((conn, send, recv)) = incoming.recv().await {
                 let actor = actor.clone();
                 let config = config.clone();
+                let jobs = jobs.clone();
                 tokio::spawn(async move {
                     let peer = conn.peer();
-                    if let Err(e) = serve_connection(conn, send, recv, actor, config, secret).await
+                    if let Err(e) =
+                        serve_connection(conn, send, recv, actor, config, secret, jobs).await
                     {
                         warn!(%peer, error = %e, "in-process connection ended with an error");
                     }
@@ -1117,8 +1129,29 @@ impl Driver {
             memory,
             addr,
             token,
-            actor_handle: Some(handle),
+            actor_handle: Arc::new(std::sync::Mutex::new(Some(handle))),
         })
+    }
+
+    /// Runs submitted jobs from now on: clients' submissions are checked
+    /// and run by `runner`, one at a time in order of submission, each in a
+    /// directory of its own under `work_dir/jobs/` on this host. Before
+    /// this, submissions are refused. Must be called inside the driver's
+    /// tokio runtime; a second call is an error.
+    pub fn accept_jobs(&self, runner: Arc<dyn JobRunner>, work_dir: &Path) -> Result<()> {
+        self.shared
+            .jobs
+            .install(self.clone(), runner, work_dir.to_path_buf())
+    }
+
+    /// Queues a job as a client's submission would (the same checks).
+    pub fn submit(&self, kind: &str, settings: &str) -> Result<JobInfo> {
+        self.shared.jobs.submit(kind, settings)
+    }
+
+    /// Every submitted job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobInfo>> {
+        self.shared.jobs.list()
     }
 
     /// Open an in-memory connection to this driver (for an executor in
@@ -1183,10 +1216,12 @@ impl Driver {
         }
     }
 
-    /// Tell executors to exit, stop the actor and close the endpoint.
-    pub async fn shutdown(mut self) {
+    /// Tell executors to exit, stop the actor and close the endpoint
+    /// (for every handle of this driver).
+    pub async fn shutdown(self) {
         let _ = self.shared.actor.cast(DriverMsg::Shutdown);
-        if let Some(h) = self.actor_handle.take() {
+        let handle = self.actor_handle.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
         }
         // Let the Shutdown frames leave before closing.
@@ -1207,6 +1242,7 @@ async fn serve_quic(
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
     secret: [u8; 32],
+    jobs: Arc<JobService>,
 ) -> Result<()> {
     let peer = incoming.remote_address();
     let hs = config.handshake_timeout;
@@ -1227,6 +1263,7 @@ async fn serve_quic(
         actor,
         config,
         secret,
+        jobs,
     )
     .await
 }
@@ -1240,6 +1277,7 @@ async fn serve_connection(
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
     secret: [u8; 32],
+    jobs: Arc<JobService>,
 ) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let peer = conn.peer();
@@ -1277,7 +1315,7 @@ async fn serve_connection(
     })
     .await?;
     match role {
-        Role::Client => serve_client(conn, send, recv, actor, config).await,
+        Role::Client => serve_client(conn, send, recv, actor, config, jobs).await,
         Role::Executor => serve_executor(conn, send, recv, actor, config).await,
     }
 }
@@ -1288,6 +1326,7 @@ async fn serve_client(
     mut recv: RecvHalf,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
+    jobs: Arc<JobService>,
 ) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let peer = conn.peer();
@@ -1297,18 +1336,33 @@ async fn serve_client(
     })
     .await?;
     match req {
-        Some(ClientRequest::Status) => {
-            let (tx, rx) = oneshot::channel();
-            actor
-                .cast(DriverMsg::Status(tx))
-                .map_err(|e| Error::DriverGone(e.to_string()))?;
-            let status = rx
-                .await
-                .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
-            with_timeout(peer, "status reply", t, async {
-                write_frame(&mut send, peer, &status, config.max_bulk_frame).await
-            })
-            .await?;
+        Some(ClientRequest::Session) => {
+            let Connection::Quic(quic) = &conn else {
+                return Err(Error::Invalid(format!(
+                    "{peer}: client sessions need a QUIC connection"
+                )));
+            };
+            // Each request on a bidirectional stream of its own, until the
+            // client closes the connection.
+            while let Ok((s, r)) = quic.accept_bi().await {
+                let (actor, config, jobs) = (actor.clone(), config.clone(), jobs.clone());
+                tokio::spawn(async move {
+                    let mut send: SendHalf = Box::pin(s);
+                    let mut recv: RecvHalf = Box::pin(r);
+                    if let Err(e) = crate::jobs::serve_request(
+                        &mut send, &mut recv, peer, &actor, &config, &jobs,
+                    )
+                    .await
+                    {
+                        debug!(%peer, error = %e, "client request ended with an error");
+                    }
+                    let _ = send.shutdown().await;
+                });
+            }
+        }
+        Some(request) => {
+            crate::jobs::answer(request, &mut send, &mut recv, peer, &actor, &config, &jobs)
+                .await?;
             let _ = send.shutdown().await;
             let _ = tokio::time::timeout(t, conn.closed()).await;
         }

@@ -185,6 +185,54 @@ pub enum Error {
         /// Its value in this run.
         in_run: String,
     },
+    /// The driver takes no submitted jobs.
+    #[error("the driver runs no submitted jobs: {reason}")]
+    JobsUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The driver refused a submission before queuing it (unknown kind,
+    /// unknown or invalid settings, missing data); nothing ran.
+    #[error("job of kind {kind:?} refused: {reason}")]
+    SubmissionRefused {
+        /// The job kind submitted.
+        kind: String,
+        /// Why it was refused (names the setting or path).
+        reason: String,
+    },
+    /// No job with this id on the driver.
+    #[error("no job {id} on this driver")]
+    UnknownJob {
+        /// The id asked for.
+        id: u64,
+    },
+    /// A finished job cannot be cancelled.
+    #[error("job {id} has already finished ({state}): nothing to cancel")]
+    JobFinished {
+        /// The job.
+        id: u64,
+        /// How it ended.
+        state: String,
+    },
+    /// A job's output file cannot be fetched.
+    #[error("job {id}: output {output:?}: {reason}")]
+    JobOutput {
+        /// The job.
+        id: u64,
+        /// The output name.
+        output: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A job ended with an error (or was cancelled) while a client waited
+    /// for it.
+    #[error("job {id} {state}")]
+    JobEnded {
+        /// The job.
+        id: u64,
+        /// How it ended (`failed: <error>` or `cancelled`).
+        state: String,
+    },
     /// A checkpoint could not be written, read or verified.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

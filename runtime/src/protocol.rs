@@ -216,10 +216,95 @@ pub(crate) enum ToExecutor {
     },
 }
 
-/// Client → driver.
+/// Client → driver: the first frame on a client's control stream, and the
+/// one frame opening each further bidirectional stream of a
+/// [`ClientRequest::Session`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ClientRequest {
+    /// Answered with a [`ClusterStatus`] on the same stream.
     Status,
+    /// Only on the control stream: keep the connection; every further
+    /// request comes on a bidirectional stream of its own.
+    Session,
+    /// Queue a job: answered with `Result<JobInfo, WireError>`.
+    Submit { kind: String, settings: String },
+    /// Every job: answered with `Vec<JobInfo>`.
+    Jobs,
+    /// One job: answered with `Result<JobInfo, WireError>`.
+    Job { id: u64 },
+    /// The job's output from line `from_line` on, then live: a stream of
+    /// `Result<JobEvent, WireError>` frames ending with
+    /// [`crate::jobs::JobEvent::Finished`] (or with `follow: false`, once
+    /// the lines so far are sent).
+    Follow {
+        id: u64,
+        from_line: u64,
+        follow: bool,
+    },
+    /// Cancel a job: answered with `Result<JobInfo, WireError>`.
+    Cancel { id: u64 },
+    /// Output `name` of a job: answered with `Result<FileHeader,
+    /// WireError>`, then the file's `len` raw bytes.
+    Fetch { id: u64, name: String },
+}
+
+/// The header before a fetched file's raw bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FileHeader {
+    /// Bytes that follow.
+    pub(crate) len: u64,
+    /// SHA-256 of those bytes.
+    pub(crate) sha256: [u8; 32],
+}
+
+/// An error answered to a client request, as the client's
+/// [`crate::Error`] variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    JobsUnavailable(String),
+    SubmissionRefused {
+        kind: String,
+        reason: String,
+    },
+    UnknownJob(u64),
+    JobFinished {
+        id: u64,
+        state: String,
+    },
+    JobOutput {
+        id: u64,
+        output: String,
+        reason: String,
+    },
+    Other(String),
+}
+
+impl From<crate::Error> for WireError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error as E;
+        match e {
+            E::JobsUnavailable { reason } => WireError::JobsUnavailable(reason),
+            E::SubmissionRefused { kind, reason } => WireError::SubmissionRefused { kind, reason },
+            E::UnknownJob { id } => WireError::UnknownJob(id),
+            E::JobFinished { id, state } => WireError::JobFinished { id, state },
+            E::JobOutput { id, output, reason } => WireError::JobOutput { id, output, reason },
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for crate::Error {
+    fn from(e: WireError) -> Self {
+        use crate::Error as E;
+        match e {
+            WireError::JobsUnavailable(reason) => E::JobsUnavailable { reason },
+            WireError::SubmissionRefused { kind, reason } => E::SubmissionRefused { kind, reason },
+            WireError::UnknownJob(id) => E::UnknownJob { id },
+            WireError::JobFinished { id, state } => E::JobFinished { id, state },
+            WireError::JobOutput { id, output, reason } => E::JobOutput { id, output, reason },
+            WireError::Other(m) => E::Invalid(m),
+        }
+    }
 }
 
 /// One executor as the driver sees it.

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 pub(crate) struct Guard {
     pub(crate) child: Child,
     lines: Option<mpsc::Receiver<String>>,
+    /// A directory that lives as long as the process (a driver's work
+    /// directory).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Guard {
@@ -111,17 +114,59 @@ pub(crate) fn kiln(args: &[&str]) -> Guard {
     Guard {
         child,
         lines: Some(rx),
+        _dir: None,
     }
 }
 
-/// Start `kiln driver` with `args` and return it with its `TOKEN@ADDR`.
+/// Start `kiln driver` with `args` (its work directory a temporary one)
+/// and return it with its `TOKEN@ADDR`.
 pub(crate) fn driver(args: &[&str]) -> (Guard, String) {
-    let mut all = vec!["driver", "--listen", "127.0.0.1:0"];
+    let work = tempfile::tempdir().expect("a work directory");
+    let work_arg = work.path().to_str().expect("a UTF-8 path").to_owned();
+    let mut all = vec!["driver", "--listen", "127.0.0.1:0", "--work-dir", &work_arg];
     all.extend_from_slice(args);
     let mut g = kiln(&all);
+    g._dir = Some(work);
     let line = g.wait_for("JOIN ", Duration::from_secs(30));
     let join = line["JOIN ".len()..].trim().to_owned();
     (g, join)
+}
+
+/// Executors the driver at `join` lists (`kiln status`).
+pub(crate) fn executors_listed(join: &str) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["status", "--join", join])
+        .output()
+        .expect("kiln status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("lost executors:"))
+        .count()
+}
+
+/// Wait until the driver at `join` lists `n` executors.
+pub(crate) fn wait_executors(join: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listed = executors_listed(join);
+        if listed >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {listed} of {n} executors registered within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `kiln submit --cluster JOIN args…` (following the job; its lines on
+/// stdout).
+pub(crate) fn submit(join: &str, args: &[&str]) -> Guard {
+    let mut all = vec!["submit", "--cluster", join];
+    all.extend_from_slice(args);
+    kiln(&all)
 }
 
 /// Start `kiln executor --join JOIN --name NAME --cores 1`.

@@ -17,6 +17,7 @@ pub mod eval;
 pub mod infer;
 pub mod model;
 pub mod multibox;
+pub mod objective;
 pub mod priors;
 pub mod train;
 pub mod voc;

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use kiln_nn::optim::schedule::LrSchedule as Schedule;
 use kiln_nn::optim::{Optimizer, SgdConfig};
 use kiln_nn::{Float, ModuleExt, Tensor};
 use ndarray::Array3;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::infer::stack_images;
 use crate::model::{Backbone, SmallBackbone, Ssd, SsdConfig};
 use crate::multibox::{encode_targets, multibox_loss, GroundTruth, MultiBoxConfig, MultiBoxOutput};
-use crate::voc::VocDataset;
+use crate::voc::{load_annotated_image, Annotation, VocDataset};
 
 /// Training settings (a JSON file for `kiln detect train --config`; every
 /// field has a default).
@@ -125,25 +126,44 @@ impl TrainConfig {
         }
     }
 
-    /// The learning-rate plan for `iters_per_epoch` iterations an epoch.
-    pub fn lr_plan(&self, iters_per_epoch: usize) -> LrPlan {
-        let milestones = if self.milestones.is_empty() {
-            let total = self.epochs * iters_per_epoch;
-            vec![total * 2 / 3, total * 5 / 6]
-        } else {
-            self.milestones
-                .iter()
-                .map(|m| m * iters_per_epoch)
-                .collect()
+    /// The learning-rate schedule for `iters_per_epoch` iterations an
+    /// epoch, as one of kiln-nn's schedules counted in iterations (evaluate
+    /// it with [`Schedule::lr_at`]`(lr, iteration)`): a linear warm-up over
+    /// `warmup_iters` from `warmup_factor · lr`, then the multi-step decay
+    /// (milestones in epochs, default two thirds and five sixths of the
+    /// run, counted from the start of the run) or half a cosine from `lr`
+    /// to 0 at the end of the run. A milestone inside the warm-up takes
+    /// effect when the warm-up ends.
+    pub fn lr_schedule(&self, iters_per_epoch: usize) -> Schedule {
+        let total = self.epochs * iters_per_epoch;
+        let warmup = self.warmup_iters as u64;
+        let after = match self.lr_schedule {
+            LrSchedule::MultiStep => {
+                let milestones: Vec<usize> = if self.milestones.is_empty() {
+                    vec![total * 2 / 3, total * 5 / 6]
+                } else {
+                    self.milestones
+                        .iter()
+                        .map(|m| m * iters_per_epoch)
+                        .collect()
+                };
+                Schedule::MultiStep {
+                    milestones: milestones
+                        .into_iter()
+                        .map(|m| (m as u64).saturating_sub(warmup))
+                        .collect(),
+                    gamma: self.gamma,
+                }
+            }
+            LrSchedule::Cosine => Schedule::Cosine {
+                t_max: (total as u64).saturating_sub(warmup).max(1),
+                eta_min: 0.0,
+            },
         };
-        LrPlan {
-            base: self.lr,
-            warmup_iters: self.warmup_iters,
-            warmup_factor: self.warmup_factor,
-            milestones,
-            gamma: self.gamma,
-            schedule: self.lr_schedule,
-            total_iters: self.epochs * iters_per_epoch,
+        Schedule::Warmup {
+            warmup_steps: warmup,
+            start_factor: self.warmup_factor,
+            after: Box::new(after),
         }
     }
 
@@ -155,6 +175,7 @@ impl TrainConfig {
                 "batch_size and epochs must be positive",
             ));
         }
+        self.lr_schedule(1).validate()?;
         if self.max_expand.is_nan() || self.max_expand < 1.0 {
             return Err(Error::config(
                 "TrainConfig",
@@ -176,49 +197,6 @@ pub enum LrSchedule {
     Cosine,
 }
 
-/// Warm-up then multi-step or cosine learning rate, by iteration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LrPlan {
-    /// Base rate.
-    pub base: f64,
-    /// Iterations of linear warm-up.
-    pub warmup_iters: usize,
-    /// Starting fraction during warm-up.
-    pub warmup_factor: f64,
-    /// Iterations at which the rate decays by `gamma`.
-    pub milestones: Vec<usize>,
-    /// Decay factor.
-    pub gamma: f64,
-    /// Multi-step or cosine after the warm-up.
-    pub schedule: LrSchedule,
-    /// Iterations of the whole run (where the cosine reaches 0).
-    pub total_iters: usize,
-}
-
-impl LrPlan {
-    /// The rate at iteration `t` (0-based).
-    pub fn lr_at(&self, t: usize) -> f64 {
-        let decay = match self.schedule {
-            LrSchedule::MultiStep => {
-                let decays = self.milestones.iter().filter(|&&m| m <= t).count();
-                self.gamma.powi(decays as i32)
-            }
-            LrSchedule::Cosine => {
-                let span = self.total_iters.saturating_sub(self.warmup_iters).max(1);
-                let done = t.saturating_sub(self.warmup_iters).min(span);
-                0.5 * (1.0 + (std::f64::consts::PI * done as f64 / span as f64).cos())
-            }
-        };
-        let warm = if t < self.warmup_iters {
-            let f = t as f64 / self.warmup_iters as f64;
-            self.warmup_factor + (1.0 - self.warmup_factor) * f
-        } else {
-            1.0
-        };
-        self.base * warm * decay
-    }
-}
-
 /// Forward, MultiBox loss and backward for one batch; parameter gradients
 /// are accumulated (call `zero_grad` on the graph first).
 pub fn train_step<F: Float>(
@@ -227,11 +205,29 @@ pub fn train_step<F: Float>(
     gts: &[GroundTruth],
     loss_cfg: &MultiBoxConfig,
 ) -> Result<MultiBoxOutput<F>> {
+    train_step_scaled(model, images, gts, loss_cfg, F::one())
+}
+
+/// [`train_step`] with the gradient of `scale` times the loss accumulated
+/// (the returned losses are not scaled): a data-parallel share scales by
+/// its image count, so that adding the shares' gradients and dividing by
+/// the batch size averages the shares' normalised losses, as DDP does.
+pub fn train_step_scaled<F: Float>(
+    model: &mut Ssd<F>,
+    images: &Tensor<F>,
+    gts: &[GroundTruth],
+    loss_cfg: &MultiBoxConfig,
+    scale: F,
+) -> Result<MultiBoxOutput<F>> {
     let targets = encode_targets(gts, model.priors(), loss_cfg)?;
     let out = model.forward(images)?;
     let mut loss = multibox_loss(&out.loc, &out.conf, &targets, loss_cfg)?;
-    let grad_loc = std::mem::take(&mut loss.grad_loc);
-    let grad_conf = std::mem::take(&mut loss.grad_conf);
+    let mut grad_loc = std::mem::take(&mut loss.grad_loc);
+    let mut grad_conf = std::mem::take(&mut loss.grad_conf);
+    if scale != F::one() {
+        grad_loc.mapv_inplace(|g| g * scale);
+        grad_conf.mapv_inplace(|g| g * scale);
+    }
     model.backward(grad_loc, grad_conf)?;
     Ok(loss)
 }
@@ -261,16 +257,65 @@ pub fn augmented_batch(
         .par_iter()
         .map(|&i| {
             let (image, ann) = ds.sample(i)?;
-            let kept: Vec<_> = ann.objects.iter().filter(|o| !o.difficult).collect();
-            let sample = Sample {
-                image,
-                boxes: kept.iter().map(|o| o.pixel_box()).collect(),
-                labels: kept.iter().map(|o| o.class + 1).collect(),
-            };
-            let mut rng = StdRng::seed_from_u64(sample_seed(seed, epoch, i));
-            aug.apply(sample, &mut rng)
+            augment_one(i, image, &ann, aug, seed, epoch)
         })
         .collect::<Result<Vec<_>>>()?;
+    stack_samples(samples, aug.size)
+}
+
+/// Loads and augments the images of `samples` (in parallel) into a batch
+/// `[N, 3, S, S]` and its ground truth, as [`augmented_batch`] does for
+/// images of a dataset: sample `s` is augmented from the stream of
+/// `(seed, epoch, s.index)`.
+pub fn augmented_samples(
+    samples: &[&VocSample],
+    aug: &SsdAugment,
+    seed: u64,
+    epoch: usize,
+) -> Result<(Tensor<f32>, Vec<GroundTruth>)> {
+    let augmented = samples
+        .par_iter()
+        .map(|s| {
+            let image = load_annotated_image(&s.image, &s.annotation)?;
+            augment_one(s.index as usize, image, &s.annotation, aug, seed, epoch)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    stack_samples(augmented, aug.size)
+}
+
+/// One image of a split with its annotation, by path: what a training
+/// dataset of SSD holds (the image is decoded when a batch needs it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VocSample {
+    /// Index of the image in its split (seeds its augmentation).
+    pub index: u32,
+    /// The image file.
+    pub image: std::path::PathBuf,
+    /// Its annotation.
+    pub annotation: Annotation,
+}
+
+/// Augments one decoded image (labels shifted by one: 0 is background;
+/// difficult objects are left out).
+fn augment_one(
+    index: usize,
+    image: Array3<f32>,
+    ann: &Annotation,
+    aug: &SsdAugment,
+    seed: u64,
+    epoch: usize,
+) -> Result<Sample> {
+    let kept: Vec<_> = ann.objects.iter().filter(|o| !o.difficult).collect();
+    let sample = Sample {
+        image,
+        boxes: kept.iter().map(|o| o.pixel_box()).collect(),
+        labels: kept.iter().map(|o| o.class + 1).collect(),
+    };
+    let mut rng = StdRng::seed_from_u64(sample_seed(seed, epoch, index));
+    aug.apply(sample, &mut rng)
+}
+
+fn stack_samples(samples: Vec<Sample>, size: usize) -> Result<(Tensor<f32>, Vec<GroundTruth>)> {
     let mut images: Vec<Array3<f32>> = Vec::with_capacity(samples.len());
     let mut gts = Vec::with_capacity(samples.len());
     for s in samples {
@@ -280,7 +325,7 @@ pub fn augmented_batch(
             labels: s.labels,
         });
     }
-    Ok((stack_images(&images, aug.size)?, gts))
+    Ok((stack_images(&images, size)?, gts))
 }
 
 /// What a training run reached.
@@ -326,7 +371,7 @@ pub fn train_model(
         variances: model.config().priors.variances,
     };
     let iters_per_epoch = ds.len().div_ceil(cfg.batch_size);
-    let plan = cfg.lr_plan(iters_per_epoch);
+    let plan = cfg.lr_schedule(iters_per_epoch);
     let mut opt = SgdConfig {
         lr: cfg.lr,
         momentum: cfg.momentum,
@@ -355,7 +400,7 @@ pub fn train_model(
                     format!("loss became {loss} at epoch {epoch}, iteration {iteration}: lower the learning rate"),
                 ));
             }
-            let lr = plan.lr_at(iteration);
+            let lr = plan.lr_at(cfg.lr, iteration as u64);
             opt.set_learning_rate(lr);
             let grads = model.graph().flat_grads();
             opt.step(&mut params, &grads)?;

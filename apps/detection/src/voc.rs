@@ -291,6 +291,25 @@ pub fn chw_to_rgb(t: &Array3<f32>) -> Result<image::RgbImage> {
     Ok(img)
 }
 
+/// Loads the image at `path` that `annotation` describes; an error when
+/// the decoded size differs from the annotated one.
+pub fn load_annotated_image(path: &Path, annotation: &Annotation) -> Result<Array3<f32>> {
+    let img = load_image(path)?;
+    if img.shape()[1] != annotation.height || img.shape()[2] != annotation.width {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            reason: format!(
+                "decoded {}x{} but the annotation says {}x{}",
+                img.shape()[2],
+                img.shape()[1],
+                annotation.width,
+                annotation.height
+            ),
+        });
+    }
+    Ok(img)
+}
+
 /// A VOC-layout dataset split.
 #[derive(Debug, Clone)]
 pub struct VocDataset {
@@ -380,20 +399,7 @@ impl VocDataset {
     /// differs from the annotated one.
     pub fn sample(&self, i: usize) -> Result<(Array3<f32>, Annotation)> {
         let a = self.annotation(i)?;
-        let path = self.image_path(&a.id);
-        let img = load_image(&path)?;
-        if img.shape()[1] != a.height || img.shape()[2] != a.width {
-            return Err(Error::Image {
-                path,
-                reason: format!(
-                    "decoded {}x{} but the annotation says {}x{}",
-                    img.shape()[2],
-                    img.shape()[1],
-                    a.width,
-                    a.height
-                ),
-            });
-        }
+        let img = load_annotated_image(&self.image_path(&a.id), &a)?;
         Ok((img, a))
     }
 

@@ -26,6 +26,7 @@ pub mod features;
 pub mod lm;
 pub mod mel;
 pub mod metrics;
+pub mod objective;
 pub mod pipeline;
 pub mod resample;
 pub mod score;

@@ -15,23 +15,35 @@ fn lr_plan_warms_up_then_steps() {
         warmup_factor: 0.1,
         ..TrainConfig::default()
     };
-    let plan = cfg.lr_plan(5);
-    assert_eq!(plan.milestones, vec![20, 25]);
-    assert!((plan.lr_at(0) - 0.01).abs() < 1e-12);
-    assert!((plan.lr_at(5) - 0.055).abs() < 1e-12);
-    assert!((plan.lr_at(10) - 0.1).abs() < 1e-12);
-    assert!((plan.lr_at(20) - 0.01).abs() < 1e-12);
-    assert!((plan.lr_at(29) - 0.001).abs() < 1e-12);
+    let plan = cfg.lr_schedule(5);
+    let lr = |t: u64| plan.lr_at(0.1, t);
+    assert!((lr(0) - 0.01).abs() < 1e-12);
+    assert!((lr(5) - 0.055).abs() < 1e-12);
+    assert!((lr(10) - 0.1).abs() < 1e-12);
+    assert!((lr(19) - 0.1).abs() < 1e-12);
+    assert!((lr(20) - 0.01).abs() < 1e-12);
+    assert!((lr(24) - 0.01).abs() < 1e-12);
+    assert!((lr(29) - 0.001).abs() < 1e-12);
+    let milestones = |c: &TrainConfig, per_epoch: usize| {
+        let plan = c.lr_schedule(per_epoch);
+        (1..c.epochs as u64 * per_epoch as u64)
+            .filter(|&t| plan.lr_at(1.0, t) < plan.lr_at(1.0, t - 1) * 0.5)
+            .collect::<Vec<_>>()
+    };
     let one = TrainConfig {
         epochs: 1,
+        warmup_iters: 0,
         ..TrainConfig::default()
     };
-    assert_eq!(one.lr_plan(25).milestones, vec![16, 20]);
+    assert_eq!(milestones(&one, 25), vec![16, 20]);
     let given = TrainConfig {
         milestones: vec![4],
-        ..cfg
+        ..cfg.clone()
     };
-    assert_eq!(given.lr_plan(5).milestones, vec![20]);
+    assert_eq!(milestones(&given, 5), vec![20]);
+    // A schedule nn refuses is refused by the config.
+    let bad = TrainConfig { gamma: -0.5, ..cfg };
+    assert!(bad.validate().is_err());
 }
 
 #[test]
@@ -45,21 +57,19 @@ fn cosine_plan_warms_up_then_anneals_to_zero() {
         lr_schedule: LrSchedule::Cosine,
         ..TrainConfig::default()
     };
-    let plan = cfg.lr_plan(15);
-    assert_eq!(plan.total_iters, 60);
-    assert!((plan.lr_at(0) - 0.01).abs() < 1e-12);
-    assert!((plan.lr_at(5) - 0.055).abs() < 1e-12);
+    let plan = cfg.lr_schedule(15);
+    let lr = |t: u64| plan.lr_at(0.1, t);
+    assert!((lr(0) - 0.01).abs() < 1e-12);
+    assert!((lr(5) - 0.055).abs() < 1e-12);
     // Milestones do not apply: full rate right after the warm-up, half at
-    // the middle of the remaining 50 iterations, 0 at the end.
-    assert!((plan.lr_at(10) - 0.1).abs() < 1e-12);
-    assert!(
-        (plan.lr_at(15) - 0.1 * 0.5 * (1.0 + (0.1 * std::f64::consts::PI).cos())).abs() < 1e-12
-    );
-    assert!((plan.lr_at(35) - 0.05).abs() < 1e-12);
-    assert!(plan.lr_at(59) > 0.0 && plan.lr_at(59) < 1e-3);
-    assert!(plan.lr_at(60).abs() < 1e-12 && plan.lr_at(99).abs() < 1e-12);
+    // the middle of the remaining 50 iterations, 0 at the end of the run.
+    assert!((lr(10) - 0.1).abs() < 1e-12);
+    assert!((lr(15) - 0.1 * 0.5 * (1.0 + (0.1 * std::f64::consts::PI).cos())).abs() < 1e-12);
+    assert!((lr(35) - 0.05).abs() < 1e-12);
+    assert!(lr(59) > 0.0 && lr(59) < 1e-3);
+    assert!(lr(60).abs() < 1e-12);
     for t in 10..60 {
-        assert!(plan.lr_at(t + 1) <= plan.lr_at(t));
+        assert!(lr(t + 1) <= lr(t));
     }
     // The JSON names, and an unknown one is an error.
     let json: TrainConfig = serde_json::from_str(r#"{"lr_schedule": "cosine"}"#).unwrap();

@@ -1,28 +1,27 @@
 //! `kiln speech …`: the Deep Speech 2 commands: training on a local
-//! cluster, evaluation (WER/CER), transcription, scoring transcripts and
-//! building an n-gram language model.
+//! cluster (the `speech` job kind through the submission path),
+//! evaluation (WER/CER), transcription, scoring transcripts and building
+//! an n-gram language model.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use kiln_runtime::{LocalCluster, Registry};
-use kiln_speech::augment::SpecAugment;
-use kiln_speech::ds2::{Ds2, Ds2Config};
+use kiln_speech::ds2::Ds2;
 use kiln_speech::lm::NgramLm;
 use kiln_speech::pipeline::{self, Decoder, Example};
 
-use crate::run_checkpoints::CheckpointArgs;
-use crate::shard_placement::ShardArgs;
-use crate::speech_cluster::{read_split, score, train_speech_on_cluster, SpeechJob};
+use super::cluster::{run_local, LocalClusterArgs};
+use super::job_args::SpeechTrainArgs;
+use crate::jobs::speech::{find_split, read_split, score};
+use crate::jobs::JobKinds;
 
 /// `kiln speech` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SpeechCommand {
     /// Train DS2 with CTC on a local cluster (executor processes on
     /// 127.0.0.1); prints a line per epoch with the dev WER/CER.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// WER and CER of a trained model on a LibriSpeech-layout split.
     Eval(EvalArgs),
     /// Print `<utterance-id> TEXT` for audio files or LibriSpeech
@@ -36,77 +35,15 @@ pub enum SpeechCommand {
     Lm(LmArgs),
 }
 
-/// The small CPU-friendly DS2 (apps/speech/configs/ds2_small.toml).
-const DS2_SMALL: &str = include_str!("../apps/speech/configs/ds2_small.toml");
-
-/// Arguments of `kiln speech train`.
+/// Arguments of `kiln speech train`: a local cluster and the job.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Corpus root holding `train-*` and `dev-*` splits (LibriSpeech
-    /// layout), or one split directory.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Training split under `--data` (default: the first `train*` directory).
-    #[arg(long)]
-    pub train_split: Option<String>,
-    /// Dev split under `--data` (default: the first `dev*` directory, if any).
-    #[arg(long)]
-    pub dev_split: Option<String>,
-    /// Executor processes of the local cluster.
-    #[arg(long, default_value_t = 2)]
-    pub executors: usize,
-    /// Executors as tasks in this process (tests, debugging).
-    #[arg(long)]
-    pub in_process: bool,
-    /// Default: all cores for each executor.
     #[command(flatten)]
-    pub threads: crate::local_run::ExecutorThreadsArgs,
-    /// DS2 configuration (TOML); default: the small configuration.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Epochs.
-    #[arg(long, default_value_t = 40)]
-    pub epochs: u64,
-    /// Global batch size (utterances).
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Adam's initial learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Divide the learning rate by this after every epoch.
-    #[arg(long, default_value_t = 1.05)]
-    pub anneal: f64,
-    /// Seed of the weights and the data order.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Partitions of the training set (default: the executor count; keep it
-    /// fixed to reproduce a run on a different cluster).
-    #[arg(long)]
-    pub partitions: Option<u32>,
-    /// Parameter actors.
-    #[arg(long, default_value_t = 2)]
-    pub shards: usize,
-    /// Where the parameter shards live.
+    #[allow(missing_docs)]
+    pub cluster: LocalClusterArgs,
     #[command(flatten)]
-    pub placement: ShardArgs,
-    /// Skip training utterances longer than this (seconds).
-    #[arg(long, default_value_t = 20.0)]
-    pub max_seconds: f64,
-    /// Mask bands of frequency bins and runs of frames of every training
-    /// utterance (SpecAugment without time warping: two frequency masks of
-    /// up to 27 bins, two time masks of up to 40 frames and a fifth of the
-    /// utterance).
-    #[arg(long)]
-    pub spec_augment: bool,
-    /// Checkpoints and resume.
-    #[command(flatten)]
-    pub checkpoints: CheckpointArgs,
-    /// Where to save the trained model.
-    #[arg(long, default_value = "ds2.safetensors")]
-    pub out: PathBuf,
-    /// Hide the progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
+    #[allow(missing_docs)]
+    pub job: SpeechTrainArgs,
 }
 
 /// Decoder options shared by `eval` and `transcribe`.
@@ -186,11 +123,14 @@ pub struct LmArgs {
     pub transcripts: Vec<PathBuf>,
 }
 
-/// Runs a `kiln speech` subcommand; `registry` gives the named functions
-/// every process of a cluster registers (the binary's).
-pub fn run(cmd: &SpeechCommand, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
+/// Runs a `kiln speech` subcommand; training runs `kinds`' speech job.
+pub fn run(cmd: &SpeechCommand, kinds: &JobKinds) -> anyhow::Result<()> {
     match cmd {
-        SpeechCommand::Train(a) => train(a, registry),
+        SpeechCommand::Train(a) => {
+            // Each executor gets all cores by default: DS2's convolutions
+            // and GRUs gain from them.
+            run_local(&a.cluster, None, Some(a.job.submission()?), kinds)
+        }
         SpeechCommand::Eval(a) => eval(a),
         SpeechCommand::Transcribe(a) => transcribe(a),
         SpeechCommand::Score(a) => {
@@ -219,82 +159,6 @@ pub fn run(cmd: &SpeechCommand, registry: fn() -> Arc<Registry>) -> anyhow::Resu
     }
 }
 
-/// The first subdirectory of `root` whose name starts with `prefix`.
-fn find_split(root: &Path, prefix: &str) -> anyhow::Result<Option<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix))
-        })
-        .collect();
-    dirs.sort();
-    Ok(dirs.into_iter().next())
-}
-
-fn split_dir(root: &Path, name: &Option<String>, prefix: &str) -> anyhow::Result<Option<PathBuf>> {
-    match name {
-        Some(n) => {
-            let dir = root.join(n);
-            if !dir.is_dir() {
-                bail!("split {} does not exist", dir.display());
-            }
-            Ok(Some(dir))
-        }
-        None => find_split(root, prefix),
-    }
-}
-
-fn train(a: &TrainArgs, registry: fn() -> Arc<Registry>) -> anyhow::Result<()> {
-    let config = crate::local_run::local_config(a.executors, a.in_process, a.threads.or(None))?;
-    let model = match &a.config {
-        Some(path) => Ds2Config::from_file(path)?,
-        None => Ds2Config::from_toml_str(DS2_SMALL)?,
-    };
-    let train_dir = split_dir(&a.data, &a.train_split, "train")?.unwrap_or_else(|| a.data.clone());
-    let dev = split_dir(&a.data, &a.dev_split, "dev")?;
-    let job = SpeechJob {
-        train: train_dir,
-        dev,
-        model,
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        learning_rate: a.lr,
-        anneal: a.anneal,
-        seed: a.seed,
-        partitions: a.partitions.unwrap_or(a.executors as u32).max(1),
-        shards: a.shards,
-        shard_replicas: a.placement.replicas(),
-        max_seconds: a.max_seconds,
-        spec_augment: a.spec_augment.then(SpecAugment::default),
-        progress: !a.no_progress,
-    };
-    let ckpt = a.checkpoints.options();
-    let rt = crate::local_run::tokio_runtime()?;
-    rt.block_on(async {
-        let cluster = LocalCluster::start(config, registry()).await?;
-        let result = async {
-            let report = train_speech_on_cluster(cluster.driver()?, &job, &ckpt).await?;
-            report
-                .model
-                .save(&a.out)
-                .with_context(|| format!("saving {}", a.out.display()))?;
-            println!(
-                "MODEL {} ({:.1} utterances/s)",
-                a.out.display(),
-                report.utterances_per_second
-            );
-            anyhow::Ok(())
-        }
-        .await;
-        cluster.shutdown().await;
-        result
-    })
-}
-
 fn load_lm(d: &DecodeArgs) -> anyhow::Result<Option<NgramLm>> {
     d.lm.as_ref()
         .map(|p| NgramLm::read_arpa(p).with_context(|| format!("reading {}", p.display())))
@@ -316,7 +180,9 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let split = if a.data.is_dir() && list_is_split(&a.data) {
         a.data.clone()
     } else {
-        find_split(&a.data, "dev")?
+        find_split(&a.data, "dev")
+            .with_context(|| format!("reading {}", a.data.display()))?
+            .map(|name| a.data.join(name))
             .with_context(|| format!("{} has no dev* split", a.data.display()))?
     };
     let mut model = load_model(&a.model)?;

@@ -1,23 +1,22 @@
-//! `kiln checkpoint list|show|export`: inspect a checkpoint store and turn
-//! a training checkpoint (or the average of several) into the model file of
-//! the job that wrote it. (`resume` needs a cluster and lives with the
-//! cluster commands.)
+//! `kiln checkpoint list|show|export|resume`: inspect a checkpoint store,
+//! turn a training checkpoint (or the average of several) into the model
+//! file of the job that wrote it, and continue its run. Every checkpoint
+//! records its job kind and settings, so none of this guesses.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use clap::builder::TypedValueParser as _;
 use clap::Args;
-use kiln_nn::layers::LayerConfig;
-use kiln_nn::ModuleExt;
 use kiln_runtime::checkpoint::{CheckpointRecord, CheckpointStore};
 use kiln_runtime::train::{bytes_to_f32, BUFFERS_BLOB};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
-use crate::detect_cluster::ssd_from_checkpoint;
-use crate::digits_cluster::META_MODEL;
-use crate::speech_cluster::ds2_from_checkpoint;
+use super::cluster::{core_share, run_local, LocalClusterArgs, DEFAULT_EXECUTORS};
+use super::job_args::{JobCommand, ResumeArgs as ResumeJobArgs};
+use super::submit::{connect, submit_and_follow};
+use super::tokio_runtime;
+use crate::jobs::JobKinds;
+use crate::training::resume::checkpointed_job;
 
 /// Which store (and checkpoint) a command works on.
 #[derive(Debug, Args)]
@@ -79,6 +78,11 @@ fn pick(store: &CheckpointStore, id: Option<u64>) -> anyhow::Result<CheckpointRe
 /// `kiln checkpoint list`: every committed checkpoint and whether it verifies.
 pub fn list(args: &StoreArgs) -> anyhow::Result<()> {
     let store = open(&args.dir)?;
+    if let Ok((record, _)) = store.latest_valid() {
+        if let Ok((kind, _)) = checkpointed_job(&args.dir, &record) {
+            eprintln!("{}: the store of a {kind} job", args.dir.display());
+        }
+    }
     println!(
         "{:>6}  {:>9}  {:>5}  {:>10}  status",
         "id", "iteration", "epoch", "bytes"
@@ -224,64 +228,38 @@ pub fn checkpoint_state(
     ))
 }
 
-/// Writes the model of the job that wrote `record` (digits, SSD or DS2),
-/// with `params` and `buffers`, to `out`.
+/// Writes the model of the job that wrote `record` (as its kind and
+/// settings say), with `params` and `buffers`, to `out`.
 fn write_model(
+    kinds: &JobKinds,
+    dir: &Path,
     record: &CheckpointRecord,
     params: &[f32],
     buffers: &[f32],
     out: &Path,
 ) -> anyhow::Result<()> {
-    let writing = || format!("writing {}", out.display());
-    if let Some(model) = ssd_from_checkpoint(&record.meta, params, buffers)
-        .with_context(|| format!("checkpoint {} does not fit its SSD model", record.id))?
-    {
-        return model.save(out).with_context(writing);
-    }
-    if let Some(model) = ds2_from_checkpoint(&record.meta, params, buffers)
-        .with_context(|| format!("checkpoint {} does not fit its DS2 model", record.id))?
-    {
-        return model.save(out).with_context(writing);
-    }
-    let config: LayerConfig = serde_json::from_str(record.meta.get(META_MODEL).with_context(
-        || {
+    let (kind, settings) = checkpointed_job(dir, record)?;
+    kinds
+        .get(&kind)?
+        .export(&settings, params, buffers, out)
+        .with_context(|| {
             format!(
-                "checkpoint {} does not record its model (not written by a digits, SSD or speech job)",
-                record.id
+                "writing checkpoint {}'s {kind} model to {}",
+                record.id,
+                out.display()
             )
-        },
-    )?)
-    .context("decoding the model config of the checkpoint")?;
-    let mut model = config.build::<f32>(&mut StdRng::seed_from_u64(0))?;
-    model
-        .set_flat_params(params)
-        .with_context(|| format!("checkpoint {} does not fit its model", record.id))?;
-    if !buffers.is_empty() {
-        model
-            .set_flat_buffers(buffers)
-            .with_context(|| format!("checkpoint {} does not fit its model", record.id))?;
-    }
-    let mut meta = HashMap::new();
-    if let Some(job) = record.meta.get(kiln_runtime::train::META_JOB) {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(job) {
-            if let Some(m) = v.pointer("/job/model").and_then(|m| m.as_str()) {
-                meta.insert("kiln.digits_model".to_string(), m.to_string());
-            }
-        }
-    }
-    meta.insert("kiln.checkpoint".to_string(), record.id.to_string());
-    kiln_nn::serialize::save(model.as_ref(), out, &meta).with_context(writing)
+        })
 }
 
 /// `kiln checkpoint export`: the checkpoint's weights (or the average of a
 /// range of checkpoints) as the model file of the job that wrote it: a
 /// digits model for `kiln eval --model`, an SSD model for `kiln detect
-/// eval|predict`, a DS2 model for `kiln speech`.
-pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
+/// eval|predict`, a DS2 model for `kiln speech`, or a user kind's.
+pub fn export(args: &ExportArgs, kinds: &JobKinds) -> anyhow::Result<()> {
     let store = open(&args.store.dir)?;
     let r = pick(&store, args.store.id)?;
     let (params, buffers, used) = checkpoint_state(&store, &r, args.average_from)?;
-    write_model(&r, &params, &buffers, &args.out)?;
+    write_model(kinds, &args.store.dir, &r, &params, &buffers, &args.out)?;
     if used.len() > 1 {
         println!(
             "exported the average of checkpoints {used:?} (up to iteration {}, epoch {}) to {}",
@@ -299,6 +277,50 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `kiln checkpoint resume` (and `kiln train --resume`): continue the
+/// run of a store from its newest valid checkpoint.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The checkpoint store of the run (with `--cluster`: on the driver's
+    /// host).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Submit the resumed run to this cluster (`TOKEN@HOST:PORT`) instead
+    /// of starting a local one.
+    #[arg(long, value_name = "TOKEN@HOST:PORT")]
+    pub cluster: Option<String>,
+    /// Executors of the new local cluster (without --cluster).
+    #[arg(long, default_value_t = DEFAULT_EXECUTORS, value_parser = clap::value_parser!(u64).range(1..=1024).map(|n| n as usize))]
+    pub executors: usize,
+    /// Save the trained model here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Runs `kiln checkpoint resume`: the job and its settings come from the
+/// checkpoint (nothing to guess, nothing to repeat).
+pub fn resume(args: &ResumeArgs, kinds: &JobKinds) -> anyhow::Result<()> {
+    let job = JobCommand::Resume(ResumeJobArgs {
+        dir: args.dir.clone(),
+        out: args.out.clone(),
+        no_progress: args.no_progress,
+    })
+    .submission()?;
+    match &args.cluster {
+        Some(cluster) => tokio_runtime()?.block_on(async {
+            let client = connect(cluster).await?;
+            submit_and_follow(&client, &job, false).await
+        }),
+        None => {
+            let cluster = LocalClusterArgs::with_executors(args.executors);
+            run_local(&cluster, Some(core_share(args.executors)), Some(job), kinds)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -382,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_of_no_known_job_is_refused_on_export() {
+    fn a_checkpoint_that_records_no_job_is_refused_on_export() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_of_three(dir.path());
         let args = ExportArgs {
@@ -394,11 +416,8 @@ mod tests {
             average_from: Some(2),
         };
         drop(store);
-        let err = format!("{:#}", export(&args).unwrap_err());
-        assert!(
-            err.contains("checkpoint 3 does not record its model"),
-            "{err}"
-        );
+        let err = format!("{:#}", export(&args, &JobKinds::builtin()).unwrap_err());
+        assert!(err.contains("records no job.kind"), "{err}");
         assert!(!args.out.exists());
     }
 }

@@ -8,14 +8,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::digits_job::{self, DigitsJob, DigitsModel};
-use crate::local_run::DEFAULT_EXECUTORS;
+use super::checkpoint::ResumeArgs;
+use super::cluster::DEFAULT_EXECUTORS;
+use crate::digits::{self as digits_job, DigitsJob, DigitsModel};
 
 /// Arguments of `kiln train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Continue the cluster training run whose checkpoint store is DIR
-    /// (`kiln local --job digits --checkpoint-dir DIR`) from its newest
+    /// (`kiln local digits --checkpoint-dir DIR`) from its newest
     /// valid checkpoint on a local cluster, as `kiln checkpoint resume
     /// --dir DIR` does. The job's settings (data, model, epochs, batch
     /// size, learning rate, seed) come from the checkpoint, so those flags
@@ -64,6 +65,19 @@ pub struct EvalArgs {
     /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
     #[arg(long)]
     pub data: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// `kiln train --resume DIR` as `kiln checkpoint resume --dir DIR`.
+    pub fn resume_args(&self) -> Option<ResumeArgs> {
+        self.resume.as_ref().map(|dir| ResumeArgs {
+            dir: dir.clone(),
+            cluster: None,
+            executors: self.executors,
+            out: self.out.clone(),
+            no_progress: self.no_progress,
+        })
+    }
 }
 
 /// Runs `kiln train`: trains, prints the held-out accuracy, optionally saves the model.

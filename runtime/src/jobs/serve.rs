@@ -1,0 +1,200 @@
+//! The driver's answers to client requests: cluster status, and submitting,
+//! listing, following, cancelling and fetching jobs. One request per
+//! stream; a follower's stream stays open until its job ends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::service::JobService;
+use super::{JobEvent, JobInfo};
+use crate::connection::{RecvHalf, SendHalf};
+use crate::driver::{DriverConfig, DriverMsg};
+use crate::error::{Error, Result};
+use crate::protocol::{ClientRequest, FileHeader, WireError};
+use crate::transport::{conn_err, read_frame, with_timeout, write_frame};
+
+/// Bytes of a fetched file per write.
+const FETCH_CHUNK: usize = 1 << 20;
+
+/// How often a follower re-reads its job when nothing was announced (a
+/// safety net; changes are announced).
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// Reads one request from a fresh stream and answers it.
+pub(crate) async fn serve_request(
+    send: &mut SendHalf,
+    recv: &mut RecvHalf,
+    peer: SocketAddr,
+    actor: &ActorRef<DriverMsg>,
+    config: &DriverConfig,
+    jobs: &JobService,
+) -> Result<()> {
+    let req: Option<ClientRequest> =
+        with_timeout(peer, "client request", config.handshake_timeout, async {
+            read_frame(recv, peer, config.max_control_frame).await
+        })
+        .await?;
+    match req {
+        Some(r) => answer(r, send, recv, peer, actor, config, jobs).await,
+        None => Ok(()),
+    }
+}
+
+fn wire<T>(r: Result<T>) -> std::result::Result<T, WireError> {
+    r.map_err(WireError::from)
+}
+
+/// Answers one request on its stream.
+pub(crate) async fn answer(
+    request: ClientRequest,
+    send: &mut SendHalf,
+    _recv: &mut RecvHalf,
+    peer: SocketAddr,
+    actor: &ActorRef<DriverMsg>,
+    config: &DriverConfig,
+    jobs: &JobService,
+) -> Result<()> {
+    let max = config.max_bulk_frame;
+    match request {
+        ClientRequest::Status => {
+            let (tx, rx) = oneshot::channel();
+            actor
+                .cast(DriverMsg::Status(tx))
+                .map_err(|e| Error::DriverGone(e.to_string()))?;
+            let status = rx
+                .await
+                .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
+            write_frame(send, peer, &status, max).await
+        }
+        ClientRequest::Session => Err(Error::Invalid(format!(
+            "{peer}: a session is opened on the control stream only"
+        ))),
+        ClientRequest::Submit { kind, settings } => {
+            // The runner's checks read the disk: off the async threads.
+            let reply = wire(jobs.submit(&kind, &settings));
+            write_frame(send, peer, &reply, max).await
+        }
+        ClientRequest::Jobs => {
+            let reply = jobs.list()?;
+            write_frame(send, peer, &reply, max).await
+        }
+        ClientRequest::Job { id } => write_frame(send, peer, &wire(jobs.info(id)), max).await,
+        ClientRequest::Cancel { id } => write_frame(send, peer, &wire(jobs.cancel(id)), max).await,
+        ClientRequest::Follow {
+            id,
+            from_line,
+            follow,
+        } => follow_job(send, peer, jobs, id, from_line, follow, max).await,
+        ClientRequest::Fetch { id, name } => fetch(send, peer, jobs, id, &name, max).await,
+    }
+}
+
+/// Streams job `id`'s lines from `from` on, its progress, and its end.
+async fn follow_job(
+    send: &mut SendHalf,
+    peer: SocketAddr,
+    jobs: &JobService,
+    id: u64,
+    from: u64,
+    follow: bool,
+    max: u64,
+) -> Result<()> {
+    let mut changes = jobs.watch();
+    let mut cursor = from;
+    let mut last_progress = None;
+    loop {
+        changes.borrow_and_update();
+        let (lines, info) = match jobs.lines_since(id, cursor) {
+            Ok(r) => r,
+            Err(e) => {
+                let reply: std::result::Result<JobEvent, WireError> = Err(e.into());
+                return write_frame(send, peer, &reply, max).await;
+            }
+        };
+        for (n, text) in lines {
+            cursor = n + 1;
+            let event: std::result::Result<JobEvent, WireError> = Ok(JobEvent::Line { n, text });
+            write_frame(send, peer, &event, max).await?;
+        }
+        if info.progress != last_progress {
+            if let Some(p) = &info.progress {
+                let event: std::result::Result<JobEvent, WireError> =
+                    Ok(JobEvent::Progress(p.clone()));
+                write_frame(send, peer, &event, max).await?;
+            }
+            last_progress = info.progress.clone();
+        }
+        if info.state.is_finished() || !follow {
+            // Lines added between the read and the state change were sent
+            // above: the state is read with the lines, under one lock.
+            return finish(send, peer, info, max).await;
+        }
+        let _ = tokio::time::timeout(FOLLOW_POLL, changes.changed()).await;
+    }
+}
+
+async fn finish(send: &mut SendHalf, peer: SocketAddr, info: JobInfo, max: u64) -> Result<()> {
+    let event: std::result::Result<JobEvent, WireError> = Ok(JobEvent::Finished(info));
+    write_frame(send, peer, &event, max).await
+}
+
+/// Sends output `name` of job `id`: a header with its length and SHA-256,
+/// then its bytes in chunks (never whole in memory).
+async fn fetch(
+    send: &mut SendHalf,
+    peer: SocketAddr,
+    jobs: &JobService,
+    id: u64,
+    name: &str,
+    max: u64,
+) -> Result<()> {
+    let path = match jobs.output(id, name) {
+        Ok(o) => o.path,
+        Err(e) => {
+            let reply: std::result::Result<FileHeader, WireError> = Err(e.into());
+            return write_frame(send, peer, &reply, max).await;
+        }
+    };
+    let io = |e: std::io::Error| Error::JobOutput {
+        id,
+        output: name.to_string(),
+        reason: format!("{}: {e}", path.display()),
+    };
+    let hashed = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::staging::hash_file(&path))
+            .await
+            .map_err(|e| Error::Invalid(format!("hashing an output: {e}")))?
+    };
+    let (len, sha256) = match hashed {
+        Ok(h) => h,
+        Err(e) => {
+            let reply: std::result::Result<FileHeader, WireError> = Err(io(e).into());
+            return write_frame(send, peer, &reply, max).await;
+        }
+    };
+    let reply: std::result::Result<FileHeader, WireError> = Ok(FileHeader { len, sha256 });
+    write_frame(send, peer, &reply, max).await?;
+    let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
+    let mut buf = vec![0u8; FETCH_CHUNK];
+    let mut sent = 0u64;
+    while sent < len {
+        let want = ((len - sent) as usize).min(buf.len());
+        let n = file.read(&mut buf[..want]).await.map_err(io)?;
+        if n == 0 {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was sent",
+            )));
+        }
+        send.write_all(&buf[..n])
+            .await
+            .map_err(|e| conn_err(peer, e))?;
+        sent += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! The `speech` job kind: Deep Speech 2 trained with CTC on a
+//! LibriSpeech-layout corpus. Executors read their partitions of the
+//! training split and compute the features themselves (bad files skipped
+//! and logged); the dev split's WER and CER (greedy decoding) are computed
+//! on the driver after every epoch.
+
+use std::path::{Path, PathBuf};
+
+use kiln_nn::optim::schedule::LrSchedule;
+use kiln_nn::optim::{AdamConfig, OptimizerConfig};
+use kiln_nn::ModuleExt;
+use kiln_runtime::train::BatchStats;
+use kiln_runtime::transport::encode;
+use kiln_runtime::{DistributedTrainer, JobContext, Registry};
+use kiln_speech::audio::read_audio_at;
+use kiln_speech::augment::SpecAugment;
+use kiln_speech::corpus::list_utterances;
+use kiln_speech::ds2::{Ds2, Ds2Config};
+use kiln_speech::metrics::{cer, wer};
+use kiln_speech::objective::{Ds2Objective, Ds2ObjectiveConfig};
+use kiln_speech::pipeline::{self, Decoder, Example, SAMPLE_RATE};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::jobs::{positive, positive_number, JobEnv, JobError, Result};
+use crate::training::{
+    register_objective, LearningRate, Metric, RunSettings, TrainingJob, TrainingPlan,
+    TrainingReport,
+};
+
+/// The kind's name.
+pub const KIND: &str = "speech";
+/// Name of the speech corpus source in the registry.
+pub const SPEECH_SOURCE: &str = "kiln.speech_corpus";
+/// Name of the DS2 trainer in the registry.
+pub const DS2_TRAINER: &str = "kiln.ds2";
+/// The small CPU-friendly DS2 (apps/speech/configs/ds2_small.toml).
+pub const DS2_SMALL: &str = include_str!("../../apps/speech/configs/ds2_small.toml");
+
+/// Settings of a DS2 run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechSettings {
+    /// Corpus root holding `train*` and `dev*` splits (LibriSpeech layout),
+    /// or one split directory, on the driver's host.
+    pub data: PathBuf,
+    /// Training split under `data` (default: its first `train*`
+    /// directory; none when `data` is itself the split).
+    #[serde(default)]
+    pub train_split: Option<String>,
+    /// Dev split under `data` (default: its first `dev*` directory, if
+    /// any): WER/CER after every epoch.
+    #[serde(default)]
+    pub dev_split: Option<String>,
+    /// The network.
+    pub model: Ds2Config,
+    /// Epochs.
+    pub epochs: u64,
+    /// Global batch size (utterances).
+    pub batch_size: usize,
+    /// Adam's initial learning rate.
+    pub learning_rate: f64,
+    /// The learning rate is divided by this after every epoch (DS2's
+    /// annealing; 1 keeps it constant).
+    pub anneal: f64,
+    /// Seed of the initial weights and the data order.
+    pub seed: u64,
+    /// Longest training utterance, in seconds (longer ones are skipped).
+    pub max_seconds: f64,
+    /// Feature masking of training utterances.
+    #[serde(default)]
+    pub spec_augment: Option<SpecAugment>,
+}
+
+impl SpeechSettings {
+    /// The defaults of `kiln speech train` for corpus `data`.
+    pub fn new(data: PathBuf) -> Result<Self> {
+        Ok(SpeechSettings {
+            data,
+            train_split: None,
+            dev_split: None,
+            model: Ds2Config::from_toml_str(DS2_SMALL)?,
+            epochs: 40,
+            batch_size: 8,
+            learning_rate: 1e-3,
+            anneal: 1.05,
+            seed: 1,
+            max_seconds: 20.0,
+            spec_augment: None,
+        })
+    }
+
+    /// The training split's directory.
+    pub fn train_dir(&self) -> PathBuf {
+        match &self.train_split {
+            Some(s) => self.data.join(s),
+            None => self.data.clone(),
+        }
+    }
+
+    /// The dev split's directory, if any.
+    pub fn dev_dir(&self) -> Option<PathBuf> {
+        self.dev_split.as_ref().map(|s| self.data.join(s))
+    }
+}
+
+/// The first subdirectory of `root` whose name starts with `prefix`.
+pub fn find_split(root: &Path, prefix: &str) -> std::io::Result<Option<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    Ok(names.into_iter().next())
+}
+
+/// Arguments of the speech source: a split directory
+/// (`<split>/<speaker>/<chapter>/…`) and the longest utterance kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeechSource {
+    /// The split directory, as named on the driver's host.
+    pub split: PathBuf,
+    /// Utterances longer than this many seconds are skipped (logged).
+    pub max_seconds: f64,
+}
+
+/// Reads partition `p` of `n` of a split: a contiguous range of the
+/// utterances sorted by id. Unreadable audio, transcripts with characters
+/// outside the alphabet and over-long utterances are skipped with a
+/// warning naming the file.
+pub fn read_speech_partition(
+    a: &SpeechSource,
+    p: u32,
+    n: u32,
+) -> std::result::Result<Vec<Example>, String> {
+    let (utts, bad) =
+        list_utterances(&a.split, true).map_err(|e| format!("{}: {e}", a.split.display()))?;
+    for (path, e) in &bad {
+        warn!(file = %path.display(), error = %e, "skipped");
+    }
+    let (n, p) = (n.max(1) as usize, p as usize);
+    let (lo, hi) = (p * utts.len() / n, (p + 1) * utts.len() / n);
+    let mut out = Vec::with_capacity(hi - lo);
+    for u in &utts[lo..hi] {
+        let example = read_audio_at(&u.audio_path, SAMPLE_RATE).and_then(|audio| {
+            if audio.duration_s() > a.max_seconds {
+                return Ok(None);
+            }
+            Example::new(&u.id, &u.transcript, &audio).map(Some)
+        });
+        match example {
+            Ok(Some(e)) => out.push(e),
+            Ok(None) => {
+                warn!(file = %u.audio_path.display(), max_seconds = a.max_seconds, "skipped: too long")
+            }
+            Err(e) => warn!(file = %u.audio_path.display(), error = %e, "skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a whole split on this process (for evaluation), skipping bad
+/// files with a warning; an error if nothing is usable.
+pub fn read_split(split: &Path) -> Result<Vec<Example>> {
+    let examples = read_speech_partition(
+        &SpeechSource {
+            split: split.to_path_buf(),
+            max_seconds: f64::INFINITY,
+        },
+        0,
+        1,
+    )
+    .map_err(|e| JobError::step(format!("reading {}", split.display()), e))?;
+    if examples.is_empty() {
+        return Err(JobError::step(
+            format!("reading {}", split.display()),
+            "no usable utterance",
+        ));
+    }
+    Ok(examples)
+}
+
+/// WER and CER of `model` on `examples` with `decoder`.
+pub fn score(
+    model: &mut Ds2<f32>,
+    examples: &[Example],
+    decoder: &Decoder<'_>,
+) -> Result<(f64, f64)> {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let hyps = pipeline::transcribe(model, &refs, decoder)?;
+    let pairs: Vec<(&str, &str)> = examples
+        .iter()
+        .zip(&hyps)
+        .map(|(e, h)| (e.transcript.as_str(), h.as_str()))
+        .collect();
+    Ok((
+        wer(pairs.iter().copied()).rate(),
+        cer(pairs.iter().copied()).rate(),
+    ))
+}
+
+/// `config`'s DS2 with `params` and `buffers` (batch-norm statistics).
+pub fn load_model(config: &Ds2Config, params: &[f32], buffers: &[f32]) -> Result<Ds2<f32>> {
+    let mut model = config.init::<f32>(&mut StdRng::seed_from_u64(0))?;
+    model.set_flat_params(params)?;
+    if !buffers.is_empty() {
+        model.set_flat_buffers(buffers)?;
+    }
+    Ok(model)
+}
+
+/// The speech kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Speech;
+
+/// What the kind keeps on the driver: the dev split and its latest score.
+pub struct SpeechEval {
+    dev: Vec<Example>,
+    last: Option<(f64, f64)>,
+}
+
+impl TrainingJob for Speech {
+    type Settings = SpeechSettings;
+    type Sample = Example;
+    type Eval = SpeechEval;
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn trainer(&self) -> &'static str {
+        DS2_TRAINER
+    }
+
+    fn free_on_resume(&self) -> &'static [&'static str] {
+        &["epochs", "learning_rate", "anneal", "dev_split"]
+    }
+
+    fn default_shards(&self) -> usize {
+        2
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register_source(SPEECH_SOURCE, read_speech_partition);
+        register_objective::<Example, Ds2ObjectiveConfig, _, _>(r, DS2_TRAINER, Ds2Objective::new);
+    }
+
+    fn validate(&self, s: &mut SpeechSettings, env: &JobEnv) -> Result<String> {
+        s.data = env.existing(KIND, "job.data", &s.data)?;
+        let io = |e| JobError::Io {
+            path: s.data.clone(),
+            source: e,
+        };
+        if s.train_split.is_none() {
+            s.train_split = find_split(&s.data, "train").map_err(io)?;
+        }
+        if s.dev_split.is_none() && s.train_split.is_some() {
+            s.dev_split = find_split(&s.data, "dev").map_err(io)?;
+        }
+        let train = s.train_dir();
+        if !train.is_dir() {
+            return Err(JobError::MissingPath {
+                kind: KIND.into(),
+                setting: "job.train_split".into(),
+                path: train,
+            });
+        }
+        if let Some(dev) = s.dev_dir() {
+            if !dev.is_dir() {
+                return Err(JobError::MissingPath {
+                    kind: KIND.into(),
+                    setting: "job.dev_split".into(),
+                    path: dev,
+                });
+            }
+        }
+        s.model.validate()?;
+        if let Some(a) = &s.spec_augment {
+            a.validate()?;
+        }
+        positive(KIND, "job.epochs", s.epochs)?;
+        positive(KIND, "job.batch_size", s.batch_size as u64)?;
+        positive_number(KIND, "job.learning_rate", s.learning_rate)?;
+        positive_number(KIND, "job.max_seconds", s.max_seconds)?;
+        if !(s.anneal.is_finite() && s.anneal >= 1.0) {
+            return Err(JobError::invalid(
+                KIND,
+                "job.anneal",
+                s.anneal,
+                "must be a number of at least 1 (the rate is divided by it every epoch)",
+            ));
+        }
+        Ok(format!(
+            "DS2 on {}{}, {} epochs, batch {}",
+            train.display(),
+            s.dev_dir()
+                .map(|d| format!(" (dev {})", d.display()))
+                .unwrap_or_default(),
+            s.epochs,
+            s.batch_size
+        ))
+    }
+
+    async fn plan(
+        &self,
+        s: &SpeechSettings,
+        _run: &RunSettings,
+        partitions: u32,
+        ctx: &JobContext,
+    ) -> Result<TrainingPlan<Example, SpeechEval>> {
+        let initial = s.model.init::<f32>(&mut StdRng::seed_from_u64(s.seed))?;
+        let source = SpeechSource {
+            split: s.train_dir(),
+            max_seconds: s.max_seconds,
+        };
+        let data = ctx.driver().source(SPEECH_SOURCE, &source, partitions)?;
+        let dev = match s.dev_dir() {
+            Some(dir) => {
+                let dir2 = dir.clone();
+                tokio::task::spawn_blocking(move || read_split(&dir2))
+                    .await
+                    .map_err(|e| JobError::step(format!("reading {}", dir.display()), e))??
+            }
+            None => Vec::new(),
+        };
+        let worker = Ds2ObjectiveConfig {
+            model: s.model.clone(),
+            spec_augment: s.spec_augment.clone(),
+        };
+        Ok(TrainingPlan {
+            data,
+            worker_config: encode(&worker)?,
+            params: initial.flat_params(),
+            buffers: initial.flat_buffers(),
+            optimizer: OptimizerConfig::Adam(AdamConfig {
+                lr: s.learning_rate,
+                ..AdamConfig::default()
+            }),
+            learning_rate: LearningRate {
+                base: s.learning_rate,
+                schedule: LrSchedule::Exponential {
+                    gamma: 1.0 / s.anneal,
+                },
+            },
+            epochs: s.epochs,
+            batch_size: s.batch_size,
+            seed: s.seed,
+            eval: SpeechEval { dev, last: None },
+        })
+    }
+
+    async fn evaluate(
+        &self,
+        s: &SpeechSettings,
+        eval: &mut SpeechEval,
+        _epoch: &BatchStats,
+        trainer: &mut DistributedTrainer<Example>,
+    ) -> Result<Vec<Metric>> {
+        if eval.dev.is_empty() {
+            return Ok(Vec::new());
+        }
+        trainer.current_params().await?;
+        let mut model = load_model(&s.model, trainer.params(), trainer.buffers())?;
+        let (w, c) = score(&mut model, &eval.dev, &Decoder::Greedy)?;
+        eval.last = Some((w, c));
+        Ok(vec![("dev_wer".into(), w), ("dev_cer".into(), c)])
+    }
+
+    async fn finish(
+        &self,
+        _s: &SpeechSettings,
+        eval: &mut SpeechEval,
+        report: &TrainingReport,
+        _trainer: &mut DistributedTrainer<Example>,
+    ) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        if let Some((w, c)) = eval.last {
+            lines.push(format!("DEV-WER {w:.4} DEV-CER {c:.4} (greedy)"));
+        }
+        lines.push(format!(
+            "trained DS2 on {} executors: {:.1} utterances/s",
+            report.executors, report.samples_per_second
+        ));
+        Ok(lines)
+    }
+
+    fn save_model(
+        &self,
+        s: &SpeechSettings,
+        params: &[f32],
+        buffers: &[f32],
+        path: &Path,
+    ) -> Result<()> {
+        load_model(&s.model, params, buffers)?.save(path)?;
+        Ok(())
+    }
+}
