@@ -40,8 +40,11 @@ use link::Link;
 /// shuffle blocks travel as raw bytes after their reply frame. Version 4:
 /// a task's shipped inputs are binary strings. Version 5: one step task per
 /// shard holder. Version 6: training tasks may carry the previous
-/// iteration's step (`TrainRequest::step_first`).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// iteration's step (`TrainRequest::step_first`). Version 7: holders of
+/// executor-hosted shards stage their checkpoint blobs as blocks for the
+/// driver to fetch (`ShardOp::Stage`) instead of writing files
+/// (`ShardOp::Snapshot`).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.
