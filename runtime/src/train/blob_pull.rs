@@ -55,12 +55,15 @@ pub(crate) const STAGE_BLOCK_BYTES: u64 = 16 << 20;
 pub(crate) struct StagedShard {
     /// The shard (the staged blocks' map partition).
     pub(crate) shard: u32,
-    /// The executor holding the blocks, and its peer endpoint.
+    /// The executor holding the blocks.
     pub(crate) executor: u64,
+    /// Its peer endpoint (address and certificate fingerprint).
     pub(crate) peer: PeerAddr,
-    /// The staged blocks' id, their size, and the blobs they make.
+    /// The staged blocks' id (their shuffle id in the holder's store).
     pub(crate) block: u64,
+    /// The size of every block but a blob's last.
     pub(crate) block_bytes: u64,
+    /// The blobs, as the holder described them.
     pub(crate) blobs: Vec<StagedBlob>,
 }
 
@@ -114,6 +117,7 @@ enum Piece {
     End,
 }
 
+/// One holder's connection, opened by the first transfer that needs it.
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 /// Pulls staged shards into checkpoint `id` of the store in `dir`, over

@@ -142,10 +142,11 @@ pub(crate) enum ShardOp {
 pub(crate) struct StagedBlob {
     /// Name, length and CRC32 (IEEE) of the whole payload.
     pub(crate) blob: BlobRef,
-    /// Its blocks are reduce partitions `first..first + blocks` of
-    /// `(block, shard)`, in payload order; each holds `block_bytes` bytes
-    /// but the last, which holds the rest (an empty blob has none).
+    /// Its first block: its blocks are reduce partitions `first..first +
+    /// blocks` of `(block, shard)`, in payload order; each holds
+    /// `block_bytes` bytes but the last, which holds the rest.
     pub(crate) first: u32,
+    /// How many blocks it takes (none for an empty blob).
     pub(crate) blocks: u32,
 }
 
