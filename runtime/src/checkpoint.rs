@@ -7,10 +7,14 @@
 //! DIR/manifest/            sled database: one commit record per checkpoint
 //! DIR/blobs/<id>/<name>    blob files (header with magic, version, length, CRC32)
 //! ```
-//! Protocol: every writer (in data-parallel training, each parameter shard's
-//! owner) writes its blobs with [`write_blob`], which writes a temporary
-//! file, syncs it and renames it into place, and returns a [`BlobRef`]
-//! (name, length, checksum). When all blobs of a checkpoint are written, one
+//! Protocol: blobs are written with [`write_blob`] (a payload in memory)
+//! or [`BlobWriter`] (a payload streamed in, a chunk at a time), which
+//! write a temporary file, sync it and rename it into place, and return a
+//! [`BlobRef`] (name, length, checksum). In data-parallel training the
+//! driver writes every blob: driver-held parameter actors hand it their
+//! payloads in memory, executor-hosted shards are streamed from the
+//! executors (see `docs/runtime-protocol.md`), so the store lives on the
+//! driver's host only. When all blobs of a checkpoint are written, one
 //! process (the driver) calls [`CheckpointStore::commit`] with the record
 //! listing every blob; the record is inserted and flushed last, so a
 //! checkpoint exists only once all of its data is durable. Readers verify
@@ -25,7 +29,7 @@ mod error;
 mod record;
 mod store;
 
-pub use blob::{read_blob, write_blob, BlobRef, BLOB_MAGIC};
+pub use blob::{read_blob, verify_blob, write_blob, BlobRef, BlobWriter, BLOB_MAGIC};
 pub use error::CheckpointError;
 pub use record::{CheckpointRecord, FORMAT_VERSION};
 pub use store::{CheckpointStore, Skipped};

@@ -363,6 +363,13 @@ impl<T: Data> Dataset<T> {
         self.driver.free_blocks(ids);
     }
 
+    /// The driver's QUIC endpoint and the cluster's join secret, to
+    /// connect to executors' peer endpoints from the driver (see
+    /// [`DriverShared::endpoint`]).
+    pub(crate) fn peer_dialer(&self) -> (quinn::Endpoint, [u8; 32]) {
+        (self.driver.endpoint.clone(), self.driver.secret)
+    }
+
     /// A fresh id (job, shuffle or block ids share one counter).
     pub(crate) fn fresh_id(&self) -> u64 {
         self.driver.fresh_id()

@@ -984,6 +984,23 @@ pub(crate) struct DriverShared {
     pub(crate) next_id: AtomicU64,
     /// Submitted jobs.
     pub(crate) jobs: Arc<JobService>,
+    /// The driver's QUIC endpoint. Besides serving executors and clients
+    /// it connects out, as a client, to executors' peer endpoints: the
+    /// driver pulls the checkpoint blobs of executor-hosted parameter
+    /// shards from their holders ([`crate::train`]). One endpoint rather
+    /// than a client endpoint of its own: a node keeps to one UDP port
+    /// (ARCHITECTURE.md), so a driver host's firewall needs no second
+    /// rule and there is no second socket (8 MiB buffers) to bind and
+    /// close; quinn routes packets by connection id, so outgoing
+    /// connections never reach the accept loop, and each takes its TLS
+    /// configuration (the executor's pinned certificate) per connection
+    /// (`quinn::Endpoint::connect_with`). The pulls share the socket with
+    /// the control streams, but their flow-control windows are small and
+    /// their number bounded (`transport::checkpoint_client_config`), and
+    /// QUIC recovers a heartbeat datagram lost in a burst.
+    pub(crate) endpoint: quinn::Endpoint,
+    /// The cluster's join secret: peer links open with it.
+    pub(crate) secret: [u8; 32],
 }
 
 impl DriverShared {
@@ -1087,6 +1104,8 @@ impl Driver {
             registry,
             next_id: AtomicU64::new(1),
             jobs: jobs.clone(),
+            endpoint: endpoint.clone(),
+            secret: token.secret,
         });
         let ep = endpoint.clone();
         let secret = token.secret;

@@ -233,6 +233,23 @@ pub enum Error {
         /// How it ended (`failed: <error>` or `cancelled`).
         state: String,
     },
+    /// A checkpoint blob of an executor-hosted parameter shard could not
+    /// be brought from its holder into the driver's store (the holder
+    /// failed to stage it, the transfer broke, or the bytes did not match
+    /// the length or checksum the holder reported). No blob file is left.
+    #[error("checkpoint {id}: blob {blob:?} of parameter shard {shard} from executor {executor}: {reason}")]
+    CheckpointTransfer {
+        /// The checkpoint's id.
+        id: u64,
+        /// The parameter shard.
+        shard: u32,
+        /// The blob's name.
+        blob: String,
+        /// The executor holding the shard.
+        executor: u64,
+        /// What went wrong.
+        reason: String,
+    },
     /// A checkpoint could not be written, read or verified.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

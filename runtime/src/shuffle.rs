@@ -19,6 +19,8 @@ mod store;
 mod tracker;
 
 pub(crate) use block::Block;
-pub(crate) use peer::{bind_peer_endpoint, serve_peers, PeerFetcher};
+pub(crate) use peer::{
+    bind_peer_endpoint, request_block, serve_peers, PeerFetcher, BLOCK_TIMEOUT, HANDSHAKE_TIMEOUT,
+};
 pub(crate) use store::ShuffleStore;
 pub(crate) use tracker::{MapOutputs, Readiness};

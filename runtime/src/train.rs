@@ -6,6 +6,7 @@
 //! [`ParameterShards`] actors, checkpoints and resume.
 
 mod batches;
+mod blob_pull;
 mod checkpointing;
 mod distributed;
 mod executor_shards;

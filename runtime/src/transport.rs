@@ -40,8 +40,11 @@ use link::Link;
 /// shuffle blocks travel as raw bytes after their reply frame. Version 4:
 /// a task's shipped inputs are binary strings. Version 5: one step task per
 /// shard holder. Version 6: training tasks may carry the previous
-/// iteration's step (`TrainRequest::step_first`).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// iteration's step (`TrainRequest::step_first`). Version 7: holders of
+/// executor-hosted shards stage their checkpoint blobs as blocks for the
+/// driver to fetch (`ShardOp::Stage`) instead of writing files
+/// (`ShardOp::Snapshot`).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// ALPN protocol id.
@@ -868,6 +871,45 @@ pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A quinn client configuration that trusts exactly one peer certificate,
 /// for a peer at `addr` (its datagram sizes follow the link there).
 pub fn peer_client_config(fingerprint: &[u8; 32], addr: SocketAddr) -> Result<quinn::ClientConfig> {
+    pinned_client_config(fingerprint, addr, |_| {})
+}
+
+/// Receive window of one stream on which the driver pulls a checkpoint
+/// blob from an executor (see [`checkpoint_client_config`]).
+pub const CHECKPOINT_STREAM_WINDOW: u32 = 8 << 20;
+
+/// [`peer_client_config`] for the driver's connections to executors'
+/// peer endpoints, on which it pulls checkpoint blobs and writes them to
+/// disk as they arrive: flow-control windows of
+/// [`CHECKPOINT_STREAM_WINDOW`] per stream and `streams` times that per
+/// connection (instead of 64 and 256 MiB), so what quinn buffers ahead of
+/// a disk slower than the network stays that small, whatever the blob's
+/// size. An 8 MiB window still covers the bandwidth-delay product of a
+/// 10 Gbit/s link with a 6 ms round trip.
+pub fn checkpoint_client_config(
+    fingerprint: &[u8; 32],
+    addr: SocketAddr,
+    streams: u32,
+) -> Result<quinn::ClientConfig> {
+    pinned_client_config(fingerprint, addr, |t| {
+        t.stream_receive_window(quinn::VarInt::from_u32(CHECKPOINT_STREAM_WINDOW));
+        t.receive_window(
+            quinn::VarInt::from_u64(
+                u64::from(CHECKPOINT_STREAM_WINDOW) * u64::from(streams.max(1)),
+            )
+            .unwrap_or(quinn::VarInt::MAX),
+        );
+    })
+}
+
+/// A client configuration pinning `fingerprint`, with the peer links'
+/// transport (the link towards `addr`, [`PEER_IDLE_TIMEOUT`]) adjusted by
+/// `tune`.
+fn pinned_client_config(
+    fingerprint: &[u8; 32],
+    addr: SocketAddr,
+    tune: impl FnOnce(&mut quinn::TransportConfig),
+) -> Result<quinn::ClientConfig> {
     let provider = Arc::new(crypto_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -885,6 +927,7 @@ pub fn peer_client_config(fingerprint: &[u8; 32], addr: SocketAddr) -> Result<qu
     if let Ok(idle) = quinn::IdleTimeout::try_from(PEER_IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
+    tune(&mut t);
     cfg.transport_config(Arc::new(t));
     Ok(cfg)
 }
@@ -905,12 +948,23 @@ pub async fn connect_peer_on(
     secret: &[u8; 32],
     timeout: Duration,
 ) -> Result<quinn::Connection> {
+    let config = peer_client_config(fingerprint, addr)?;
+    connect_peer_with(ep, config, addr, secret, timeout).await
+}
+
+/// [`connect_peer_on`] with a client configuration of the caller's (one
+/// that pins the peer's certificate: [`peer_client_config`],
+/// [`checkpoint_client_config`]). `ep` may be any endpoint, a serving one
+/// included: the configuration is the connection's own.
+pub async fn connect_peer_with(
+    ep: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    secret: &[u8; 32],
+    timeout: Duration,
+) -> Result<quinn::Connection> {
     let connecting = ep
-        .connect_with(
-            peer_client_config(fingerprint, addr)?,
-            addr,
-            PEER_SERVER_NAME,
-        )
+        .connect_with(config, addr, PEER_SERVER_NAME)
         .map_err(|e| conn_err(addr, e))?;
     let conn = with_timeout(addr, "peer TLS handshake", timeout, async {
         connecting.await.map_err(|e| conn_err(addr, e))

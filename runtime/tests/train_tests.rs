@@ -1,11 +1,13 @@
 //! Distributed training on an in-process cluster with a tiny linear model:
 //! the same updates on 1, 2 and 3 executors, bit-exact resume from a
-//! checkpoint, and a corrupt newest checkpoint skipped.
+//! checkpoint (also of executor-hosted shards, whose blobs the driver
+//! pulls into its store), and a corrupt newest checkpoint skipped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_runtime::checkpoint::CheckpointStore;
 use kiln_runtime::train::{
     BatchStats, CheckpointPolicy, GradientWorker, OptimizerFactory, OptimizerSpec, ShardOptimizer,
     ShardPlacement,
@@ -644,8 +646,26 @@ async fn executor_hosted_checkpoints_resume_bit_exact() {
             }
         };
         // Stops after 2 of 4 epochs; a new cluster resumes from the
-        // checkpoint the executors wrote.
+        // checkpoint the driver pulled from the executors.
         run(4, 2).await;
+        let store = CheckpointStore::open_for_reading(dir.path()).unwrap();
+        let (record, skipped) = store.latest_valid().unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(record.epoch, 2);
+        for i in 0..2 {
+            for name in [format!("params.shard.{i}"), format!("optim.shard.{i}")] {
+                assert!(record.blob(&name).is_some(), "{name} missing");
+            }
+        }
+        drop(store);
+        // Only finished blobs: no transfer left a temporary file.
+        let blobs = dir.path().join("blobs");
+        for d in std::fs::read_dir(&blobs).unwrap() {
+            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                let name = f.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(!name.ends_with(".tmp"), "{name} left behind");
+            }
+        }
         let resumed = run(4, 4).await;
         assert_eq!(resumed, uninterrupted);
     })

@@ -32,6 +32,18 @@ pub enum CheckpointError {
         /// What does not match.
         reason: String,
     },
+    /// A blob being written does not match the length or checksum its
+    /// writer was told (a stream cut short, extra or changed bytes); no
+    /// blob file was left behind.
+    #[error("checkpoint {id} blob {name:?}: {reason}")]
+    BlobMismatch {
+        /// Checkpoint id.
+        id: u64,
+        /// Blob name.
+        name: String,
+        /// What does not match.
+        reason: String,
+    },
     /// A commit record cannot be decoded or fails its checksum.
     #[error("checkpoint {id} record: {reason}")]
     CorruptRecord {

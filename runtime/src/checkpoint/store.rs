@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::blob::{blob_dir, read_blob};
+use super::blob::{blob_dir, read_blob, verify_blob};
 use super::error::CheckpointError;
 use super::record::CheckpointRecord;
 
@@ -176,7 +176,7 @@ impl CheckpointStore {
             )));
         }
         for b in &record.blobs {
-            read_blob(&self.dir, record.id, b)?;
+            verify_blob(&self.dir, record.id, b)?;
         }
         let bytes = record.encode()?;
         self.commits
@@ -218,7 +218,7 @@ impl CheckpointStore {
     pub fn verify(&self, id: u64) -> Result<CheckpointRecord, CheckpointError> {
         let r = self.record(id)?;
         for b in &r.blobs {
-            read_blob(&self.dir, id, b)?;
+            verify_blob(&self.dir, id, b)?;
         }
         Ok(r)
     }

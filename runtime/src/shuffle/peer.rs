@@ -18,9 +18,9 @@ use crate::transport::{
 };
 
 /// Time allowed for a peer's TLS handshake and preamble.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one block to arrive once requested.
-const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
 /// Block fetches in flight per executor, over all its tasks.
 pub(crate) const MAX_CONCURRENT_FETCHES: usize = 16;
 
@@ -202,6 +202,25 @@ async fn read_block(recv: &mut quinn::RecvStream, peer: SocketAddr, len: u64) ->
     Ok(Block::from_pieces(pieces))
 }
 
+/// Asks the peer at `addr` for one block on a bidirectional stream of
+/// its own: writes the request, then reads the reply frame. Returns the
+/// reply (`None`: the peer closed the stream without one) and the stream
+/// on which a [`FetchReply::Block`]'s bytes follow.
+pub(crate) async fn request_block(
+    conn: &quinn::Connection,
+    addr: SocketAddr,
+    req: &FetchRequest,
+) -> Result<(Option<FetchReply>, quinn::RecvStream)> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| transport::conn_err(addr, e))?;
+    write_frame(&mut send, addr, req, DEFAULT_MAX_CONTROL_FRAME).await?;
+    let _ = send.finish();
+    let reply = read_frame::<FetchReply>(&mut recv, addr, DEFAULT_MAX_CONTROL_FRAME).await?;
+    Ok((reply, recv))
+}
+
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 /// Fetches shuffle blocks for this executor's tasks: one reused
@@ -345,13 +364,8 @@ impl PeerFetcher {
         };
         let max = self.max_bulk;
         with_timeout(addr, "shuffle block", BLOCK_TIMEOUT, async {
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| transport::conn_err(addr, e))?;
-            write_frame(&mut send, addr, &req, DEFAULT_MAX_CONTROL_FRAME).await?;
-            let _ = send.finish();
-            match read_frame::<FetchReply>(&mut recv, addr, DEFAULT_MAX_CONTROL_FRAME).await? {
+            let (reply, mut recv) = request_block(&conn, addr, &req).await?;
+            match reply {
                 Some(FetchReply::Block(len)) if len == loc.size && len <= max => {
                     read_block(&mut recv, addr, len).await
                 }

@@ -936,8 +936,10 @@ impl<T: Data> DistributedTrainer<T> {
         self.launched = self.pos;
     }
 
-    /// Writes a checkpoint now: every parameter actor writes its own shard
-    /// blobs, then the commit record goes in last.
+    /// Writes a checkpoint now: every shard's blobs go into the store (the
+    /// driver-held parameter actors write their own; executor-hosted
+    /// shards are staged by their holders and streamed into the store by
+    /// the driver, see `blob_pull`), then the commit record goes in last.
     pub async fn checkpoint(&mut self) -> Result<u64> {
         // The checkpoint holds the shards with every computed step applied.
         self.apply_pending().await?;
@@ -983,6 +985,15 @@ impl<T: Data> DistributedTrainer<T> {
         self.last_checkpoint = Instant::now();
         info!(id, iteration = self.pos.iteration, epoch = self.pos.epoch, removed = ?removed, "checkpoint committed");
         Ok(id)
+    }
+
+    /// With executor-hosted shards: the size of the blocks holders stage
+    /// checkpoint blobs in (tests make blobs span several).
+    #[cfg(test)]
+    pub(crate) fn set_stage_block_bytes(&mut self, bytes: u64) {
+        if let Shards::Executors(s) = &mut self.shards {
+            s.set_stage_block_bytes(bytes);
+        }
     }
 
     /// Loss and accuracy of the current weights on `data`, computed on the

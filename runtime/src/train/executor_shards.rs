@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
@@ -22,9 +23,10 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::protocol::{Action, MapLoc, PeerAddr, ShuffleFetch, TaskOutput};
 use crate::registry::Data;
-use crate::train::hosted::{OptimizerSpec, ShardCopy, ShardOp};
-use crate::train::shard::{read_shard_blobs, shard_ranges};
-use crate::train::worker::{bytes_to_f32, f32_to_bytes, GradientSink};
+use crate::train::blob_pull::{BlobPuller, StagedShard, STAGE_BLOCK_BYTES};
+use crate::train::hosted::{OptimizerSpec, ShardCopy, ShardOp, StagedBlob};
+use crate::train::shard::{read_shard_blob_bytes, shard_ranges};
+use crate::train::worker::{bytes_to_f32, f32_to_bytes, read_le_f32, GradientSink};
 
 /// Placement of every shard of one training run on the executors.
 pub(crate) struct ExecutorShards {
@@ -40,6 +42,37 @@ pub(crate) struct ExecutorShards {
     /// Block id under which the holders publish the current weights.
     weights: u64,
     len: usize,
+    /// Size of the blocks holders stage checkpoint blobs in
+    /// ([`STAGE_BLOCK_BYTES`]).
+    stage_block_bytes: u64,
+}
+
+/// The blocks holders staged a checkpoint's blobs in, until freed: one
+/// by one as transfers end ([`StagedBlocks::free`]), the rest when
+/// dropped (an error, or the checkpoint abandoned).
+struct StagedBlocks<'a, T: Data> {
+    data: &'a Dataset<T>,
+    left: Mutex<Vec<u64>>,
+}
+
+impl<T: Data> StagedBlocks<'_, T> {
+    /// Holders drop staged block `block` now.
+    fn free(&self, block: u64) {
+        if let Ok(mut left) = self.left.lock() {
+            left.retain(|&b| b != block);
+        }
+        self.data.free_blocks(vec![block]);
+    }
+}
+
+impl<T: Data> Drop for StagedBlocks<'_, T> {
+    fn drop(&mut self) {
+        let left = match self.left.get_mut() {
+            Ok(left) => std::mem::take(left),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        self.data.free_blocks(left);
+    }
 }
 
 /// Largest weight vector trained in one task round per iteration. The
@@ -107,6 +140,7 @@ impl ExecutorShards {
             version: 0,
             weights: data.fresh_id(),
             len: init.len(),
+            stage_block_bytes: STAGE_BLOCK_BYTES,
         };
         let params: Vec<Vec<u8>> = s
             .ranges
@@ -139,11 +173,34 @@ impl ExecutorShards {
     ) -> Result<()> {
         let mut tasks = Vec::new();
         for (i, (p, st)) in params.into_iter().zip(states).enumerate() {
-            for &h in &self.holders[i] {
-                tasks.push((h, self.install(i, p.clone(), st.clone()), Vec::new()));
-            }
+            tasks.extend(self.install_on_holders(i, p, st));
         }
         data.run_on_executors(tasks).await.map(|_| ())
+    }
+
+    /// The tasks installing shard `shard` on each of its holders (the
+    /// last one takes `params` and `state`, the others copies).
+    fn install_on_holders(
+        &self,
+        shard: usize,
+        params: Vec<u8>,
+        state: Option<Vec<u8>>,
+    ) -> Vec<(u64, Action, Vec<ShuffleFetch>)> {
+        let Some((&last, others)) = self.holders[shard].split_last() else {
+            return Vec::new();
+        };
+        let mut tasks: Vec<_> = others
+            .iter()
+            .map(|&h| {
+                (
+                    h,
+                    self.install(shard, params.clone(), state.clone()),
+                    Vec::new(),
+                )
+            })
+            .collect();
+        tasks.push((last, self.install(shard, params, state), Vec::new()));
+        tasks
     }
 
     fn install(&self, shard: usize, params: Vec<u8>, state: Option<Vec<u8>>) -> Action {
@@ -453,52 +510,96 @@ impl ExecutorShards {
         Ok(out)
     }
 
-    /// Each primary writes its shard's blobs of checkpoint `id` under `dir`.
+    /// Writes every shard's blobs into checkpoint `id` of the driver's
+    /// store in `dir`: each primary stages its shard's blobs as blocks
+    /// of its own store ([`ShardOp::Stage`]: the holder is told neither
+    /// the directory nor the id), then the driver pulls them from the
+    /// holders' peer endpoints and writes them as they arrive
+    /// ([`BlobPuller`]; no whole blob passes through its memory). The
+    /// staged blocks are freed on the holders as each shard's transfer
+    /// ends, and whatever is left when this returns or is dropped.
     pub(crate) async fn snapshot<T: Data>(
         &self,
         data: &Dataset<T>,
         dir: &Path,
         id: u64,
     ) -> Result<Vec<BlobRef>> {
-        let tasks = (0..self.ranges.len())
-            .map(|i| {
-                let op = ShardOp::Snapshot {
+        let blocks: Vec<u64> = self.ranges.iter().map(|_| data.fresh_id()).collect();
+        let staging = StagedBlocks {
+            data,
+            left: Mutex::new(blocks.clone()),
+        };
+        let tasks = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, &block)| {
+                let op = ShardOp::Stage {
                     run: self.run,
                     shard: i as u32,
-                    dir: dir.to_path_buf(),
-                    id,
+                    block,
+                    block_bytes: self.stage_block_bytes,
                 };
                 (self.holders[i][0], Action::Shard(op), Vec::new())
             })
             .collect();
-        let mut blobs = Vec::new();
-        for out in data.run_on_executors(tasks).await? {
-            let bytes = expect_data(out, "checkpoint blobs")?;
-            let b: Vec<BlobRef> = rmp_serde::from_slice(&bytes)
-                .map_err(|e| Error::Invalid(format!("checkpoint blob list: {e}")))?;
-            blobs.extend(b);
+        let outs = data.run_on_executors(tasks).await?;
+        let mut staged = Vec::with_capacity(outs.len());
+        for ((i, out), block) in outs.into_iter().enumerate().zip(blocks) {
+            let bytes = expect_data(out, "staged checkpoint blobs")?;
+            let blobs: Vec<StagedBlob> = rmp_serde::from_slice(&bytes).map_err(|e| {
+                Error::Invalid(format!(
+                    "staged checkpoint blobs of parameter shard {i}: {e}"
+                ))
+            })?;
+            let executor = self.holders[i][0];
+            let peer = *self.peers.get(&executor).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "parameter shard {i}: its holder, executor {executor}, is not a member"
+                ))
+            })?;
+            staged.push(StagedShard {
+                shard: i as u32,
+                executor,
+                peer,
+                block,
+                block_bytes: self.stage_block_bytes,
+                blobs,
+            });
         }
-        Ok(blobs)
+        let (endpoint, secret) = data.peer_dialer();
+        let puller = Arc::new(BlobPuller::new(endpoint, secret, dir, id));
+        puller.pull_all(staged, &|block| staging.free(block)).await
+    }
+
+    /// Blocks in which holders stage checkpoint blobs (tests use small
+    /// ones, so that a blob spans several).
+    #[cfg(test)]
+    pub(crate) fn set_stage_block_bytes(&mut self, bytes: u64) {
+        self.stage_block_bytes = bytes;
     }
 
     /// Replaces every shard with the blobs read by `read(name)` (as
     /// written by a checkpoint with the same shard count); returns the
-    /// full weights.
+    /// full weights. One shard at a time: its blobs are read, installed
+    /// on all its holders (one stage) and dropped before the next shard's
+    /// are read, so the driver holds one shard's blobs at most (plus the
+    /// full weight vector it returns).
     pub(crate) async fn restore<T: Data>(
         &mut self,
         data: &Dataset<T>,
         read: impl Fn(&str) -> Result<Vec<u8>>,
     ) -> Result<Vec<f32>> {
         let mut full = Vec::with_capacity(self.len);
-        let (mut params, mut states) = (Vec::new(), Vec::new());
-        for blobs in read_shard_blobs(&self.ranges, read)? {
-            full.extend_from_slice(&blobs.params);
-            params.push(f32_to_bytes(&blobs.params));
-            states.push(Some(blobs.state));
-        }
         let old = self.weights;
         self.weights = data.fresh_id();
-        self.install_all(data, params, states).await?;
+        for (i, range) in self.ranges.iter().enumerate() {
+            let (params, state) = read_shard_blob_bytes(i, range, &read)?;
+            let at = full.len();
+            full.resize(at + range.len(), 0.0);
+            read_le_f32(&params, &mut full[at..]);
+            let tasks = self.install_on_holders(i, params, Some(state));
+            data.run_on_executors(tasks).await?;
+        }
         data.free_blocks(vec![old]);
         Ok(full)
     }

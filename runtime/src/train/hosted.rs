@@ -10,11 +10,12 @@
 //! every partition, sums them in partition order (so the result does not
 //! depend on where the partitions ran), applies the optimizer and
 //! publishes the new weights as block `(next weights id, shard)`. The
-//! driver only orchestrates; no tensor passes through it.
+//! driver only orchestrates; no tensor of an iteration passes through
+//! it. For a checkpoint the primary stages the shard's blobs as blocks
+//! ([`ShardOp::Stage`]) and the driver streams them into its store.
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{Inputs, TaskOutput};
 use crate::registry::Registry;
 use crate::shuffle::{Block, ShuffleStore};
-use crate::train::shard::{write_shard_blobs, ShardOptimizer};
+use crate::train::shard::{shard_blobs, ShardOptimizer};
 use crate::train::worker::{add_le_f32, bytes_to_f32, f32_to_bytes, f32_to_shared_bytes};
 use crate::transport::encode;
 
@@ -115,15 +116,90 @@ pub(crate) enum ShardOp {
     },
     /// The shard's version, weights and (if asked) optimizer state.
     Get { run: u64, shard: u32, state: bool },
-    /// Write the shard's checkpoint blobs `id` under `dir`.
-    Snapshot {
+    /// Stage the shard's checkpoint blobs for the driver to fetch
+    /// (version 7; `Snapshot { dir, id }`, which wrote them into a
+    /// directory on the holder's own file system, before): the blobs
+    /// [`shard_blobs`] makes, cut into blocks of at most `block_bytes`,
+    /// left in this executor's store as `(block, shard, k)` for `k` =
+    /// 0, 1, … (each blob's blocks in payload order, the blobs one after
+    /// the other). Replies with a [`StagedBlob`] per blob. The holder is
+    /// not told where or under which id the checkpoint is stored; the
+    /// driver fetches the blocks over the peer endpoint, writes them into
+    /// its store and frees them (`FreeShuffle { block }`).
+    Stage {
         run: u64,
         shard: u32,
-        dir: PathBuf,
-        id: u64,
+        block: u64,
+        block_bytes: u64,
     },
     /// Forget every shard of `run`.
     Drop { run: u64 },
+}
+
+/// One checkpoint blob as [`ShardOp::Stage`] left it in the holder's
+/// store: its name, length and CRC32, and its blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StagedBlob {
+    /// Name, length and CRC32 (IEEE) of the whole payload.
+    pub(crate) blob: BlobRef,
+    /// Its first block: its blocks are reduce partitions `first..first +
+    /// blocks` of `(block, shard)`, in payload order; each holds
+    /// `block_bytes` bytes but the last, which holds the rest.
+    pub(crate) first: u32,
+    /// How many blocks it takes (none for an empty blob).
+    pub(crate) blocks: u32,
+}
+
+/// Cuts `blobs` into blocks of at most `block_bytes` (views of each
+/// payload, not copies), keeps them in `store` as `(block, shard, k)` and
+/// describes them.
+pub(crate) fn stage_blobs(
+    store: &ShuffleStore,
+    block: u64,
+    shard: u32,
+    blobs: [(String, Vec<u8>); 2],
+    block_bytes: u64,
+) -> Result<Vec<StagedBlob>> {
+    let piece = usize::try_from(block_bytes)
+        .ok()
+        .filter(|&b| b > 0)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "shard {shard}: staging blocks of {block_bytes} bytes"
+            ))
+        })?;
+    let mut pieces = Vec::new();
+    let mut staged = Vec::with_capacity(blobs.len());
+    let count = |n: usize| {
+        u32::try_from(n).map_err(|_| {
+            Error::Invalid(format!(
+                "shard {shard}: too many staging blocks of {block_bytes} bytes"
+            ))
+        })
+    };
+    for (name, payload) in blobs {
+        let crc32 = crc32fast::hash(&payload);
+        let len = payload.len();
+        let first = count(pieces.len())?;
+        let bytes = Bytes::from(payload);
+        let mut at = 0;
+        while at < len {
+            let end = len.min(at + piece);
+            pieces.push(bytes.slice(at..end));
+            at = end;
+        }
+        staged.push(StagedBlob {
+            blob: BlobRef {
+                name,
+                len: len as u64,
+                crc32,
+            },
+            first,
+            blocks: count(pieces.len())? - first,
+        });
+    }
+    store.put_shared(block, shard, pieces)?;
+    Ok(staged)
 }
 
 /// A shard as [`ShardOp::Get`] returns it.
@@ -216,6 +292,11 @@ fn sum_scaled(out: &mut [f32], offset: usize, slices: &[Block], scale: f32) -> b
     true
 }
 
+/// Every [`ShardOp::Stage`] the executors of this test binary ran, as
+/// they received it: tests check what a holder is told.
+#[cfg(test)]
+pub(crate) static STAGED_OPS: Mutex<Vec<ShardOp>> = Mutex::new(Vec::new());
+
 /// Gradient bytes above which one task's shards step on threads of their
 /// own (below it, thread start-up costs more than the step).
 const CONCURRENT_STEP_BYTES: usize = 8 << 20;
@@ -244,8 +325,8 @@ impl ParamHost {
             .ok_or_else(|| Error::Invalid(format!("shard {shard} of run {run} is not hosted here")))
     }
 
-    /// Runs one operation (on a blocking thread: steps and snapshots
-    /// compute and write files).
+    /// Runs one operation (on a blocking thread: steps compute, stages
+    /// serialise and checksum).
     pub(crate) fn run(
         &self,
         registry: &Registry,
@@ -253,6 +334,10 @@ impl ParamHost {
         inputs: &Inputs,
         op: &ShardOp,
     ) -> Result<TaskOutput> {
+        #[cfg(test)]
+        if let (ShardOp::Stage { .. }, Ok(mut seen)) = (op, STAGED_OPS.lock()) {
+            seen.push(op.clone());
+        }
         match op {
             ShardOp::Install {
                 run,
@@ -347,24 +432,24 @@ impl ParamHost {
                 };
                 Ok(TaskOutput::Data(encode(&copy)?))
             }
-            ShardOp::Snapshot {
+            ShardOp::Stage {
                 run,
                 shard,
-                dir,
-                id,
+                block,
+                block_bytes,
             } => {
-                let (params, state) = {
+                // Serialised under the shard's lock (one consistent
+                // version), cut and checksummed after it.
+                let blobs = {
                     let hosted = self.shard(*run, *shard)?;
                     let h = hosted.lock().map_err(|_| poisoned())?;
                     let state = h.optimizer.state().map_err(|e| {
                         Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
                     })?;
-                    (h.params.clone(), state)
+                    shard_blobs(*shard as usize, &h.params, state)
                 };
-                let blobs: Vec<BlobRef> =
-                    write_shard_blobs(dir, *id, *shard as usize, &params, &state)
-                        .map_err(|e| Error::Invalid(format!("shard {shard} checkpoint: {e}")))?;
-                Ok(TaskOutput::Data(encode(&blobs)?))
+                let staged = stage_blobs(store, *block, *shard, blobs, *block_bytes)?;
+                Ok(TaskOutput::Data(encode(&staged)?))
             }
             ShardOp::Drop { run } => {
                 self.shards
@@ -562,6 +647,77 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A staged shard's blocks, joined, are the payloads write_shard_blobs
+    /// writes (same names, bytes and checksums), so stores written before
+    /// staging existed and after read alike.
+    #[test]
+    fn staged_blobs_are_the_blobs_the_holder_used_to_write() {
+        let (r, store, host) = (registry(), ShuffleStore::default(), ParamHost::default());
+        let none = Inputs::new();
+        let weights: Vec<f32> = (0..7).map(|i| i as f32 * 0.5 - 1.0).collect();
+        host.run(&r, &store, &none, &install(3, 2, &weights, 10))
+            .unwrap();
+        let stage = |block, block_bytes| ShardOp::Stage {
+            run: 3,
+            shard: 2,
+            block,
+            block_bytes,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let written =
+            crate::train::shard::write_shard_blobs(dir.path(), 1, 2, &weights, vec![7]).unwrap();
+        // Blocks of 5 bytes: 28 bytes of weights in 6 blocks, the state in 1.
+        for (block, block_bytes) in [(40u64, 5u64), (41, 1 << 20)] {
+            let TaskOutput::Data(bytes) = host
+                .run(&r, &store, &none, &stage(block, block_bytes))
+                .unwrap()
+            else {
+                panic!("Stage returns data");
+            };
+            let staged: Vec<StagedBlob> = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(
+                staged.iter().map(|s| s.blob.clone()).collect::<Vec<_>>(),
+                written
+            );
+            let mut k = 0;
+            for s in &staged {
+                assert_eq!(s.first, k);
+                let mut joined = Vec::new();
+                for b in s.first..s.first + s.blocks {
+                    let piece = store.block(block, 2, b).unwrap().unwrap();
+                    assert!(piece.len() as u64 <= block_bytes);
+                    joined.extend_from_slice(&piece);
+                }
+                k += s.blocks;
+                let on_disk = crate::checkpoint::read_blob(dir.path(), 1, &s.blob).unwrap();
+                assert_eq!(joined, on_disk, "{}", s.blob.name);
+            }
+            assert_eq!(store.block(block, 2, k).unwrap(), None);
+            if block_bytes == 5 {
+                assert_eq!((staged[0].blocks, staged[1].blocks), (6, 1));
+            }
+        }
+        // Nothing staged for a shard not hosted here, or with empty blocks.
+        let err = host.run(
+            &r,
+            &store,
+            &none,
+            &ShardOp::Stage {
+                run: 3,
+                shard: 0,
+                block: 42,
+                block_bytes: 5,
+            },
+        );
+        assert!(err.unwrap_err().to_string().contains("not hosted here"));
+        let err = host
+            .run(&r, &store, &none, &stage(43, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shard 2: staging blocks of 0 bytes"), "{err}");
+        assert_eq!(store.block(43, 2, 0).unwrap(), None);
     }
 
     #[test]

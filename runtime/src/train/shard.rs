@@ -159,26 +159,39 @@ impl ShardState {
     }
 }
 
-/// Writes one shard's weight and optimizer-state blobs (blocking: temp
-/// file, fsync, rename).
+/// One shard's checkpoint blobs, named and laid out as every placement
+/// stores them (so either placement resumes the other's checkpoints):
+/// `params.shard.i` (the weights, little-endian `f32`) then
+/// `optim.shard.i` (the optimizer's state as it serialises it).
+pub(crate) fn shard_blobs(index: usize, params: &[f32], state: Vec<u8>) -> [(String, Vec<u8>); 2] {
+    [
+        (params_blob(index), f32_to_bytes(params)),
+        (optim_blob(index), state),
+    ]
+}
+
+/// Writes one shard's weight and optimizer-state blobs
+/// ([`shard_blobs`]; blocking: temp file, fsync, rename).
 pub(crate) fn write_shard_blobs(
     dir: &Path,
     id: u64,
     index: usize,
     params: &[f32],
-    state: &[u8],
+    state: Vec<u8>,
 ) -> std::result::Result<Vec<BlobRef>, String> {
-    let p = write_blob(dir, id, &params_blob(index), &f32_to_bytes(params))
-        .map_err(|e| e.to_string())?;
-    let o = write_blob(dir, id, &optim_blob(index), state).map_err(|e| e.to_string())?;
-    Ok(vec![p, o])
+    shard_blobs(index, params, state)
+        .iter()
+        .map(|(name, payload)| write_blob(dir, id, name, payload).map_err(|e| e.to_string()))
+        .collect()
 }
 
-fn params_blob(index: usize) -> String {
+/// Name of shard `index`'s weights blob.
+pub(crate) fn params_blob(index: usize) -> String {
     format!("params.shard.{index}")
 }
 
-fn optim_blob(index: usize) -> String {
+/// Name of shard `index`'s optimizer-state blob.
+pub(crate) fn optim_blob(index: usize) -> String {
     format!("optim.shard.{index}")
 }
 
@@ -188,28 +201,36 @@ pub(crate) struct ShardBlobs {
     pub(crate) state: Vec<u8>,
 }
 
-/// Reads every shard's blobs through `read(name)`, checking each against
-/// this run's shard `ranges` (whichever placement wrote them).
-pub(crate) fn read_shard_blobs(
-    ranges: &[Range<usize>],
+/// Reads shard `i`'s blobs through `read(name)`, checking them against
+/// this run's shard range `range` (whichever placement wrote them). The
+/// weights come back as the blob's bytes (little-endian `f32`).
+pub(crate) fn read_shard_blob_bytes(
+    i: usize,
+    range: &Range<usize>,
     read: impl Fn(&str) -> Result<Vec<u8>>,
-) -> Result<Vec<ShardBlobs>> {
-    ranges
-        .iter()
-        .enumerate()
-        .map(|(i, range)| {
-            let params = bytes_to_f32(&read(&params_blob(i))?, "shard parameters")?;
-            if params.len() != range.len() {
-                return Err(Error::Invalid(format!(
-                    "checkpoint shard {i} holds {} parameters, this run's shard {} (the shard count or model differs)",
-                    params.len(),
-                    range.len()
-                )));
-            }
-            let state = read(&optim_blob(i))?;
-            Ok(ShardBlobs { params, state })
-        })
-        .collect()
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let params = read(&params_blob(i))?;
+    if params.len() != range.len() * 4 {
+        return Err(Error::Invalid(format!(
+            "checkpoint shard {i} holds {} bytes of weights, this run's shard needs {} ({} parameters; the shard count or model differs)",
+            params.len(),
+            range.len() * 4,
+            range.len()
+        )));
+    }
+    let state = read(&optim_blob(i))?;
+    Ok((params, state))
+}
+
+/// [`read_shard_blob_bytes`] with the weights as `f32`.
+pub(crate) fn read_shard_blobs(
+    i: usize,
+    range: &Range<usize>,
+    read: impl Fn(&str) -> Result<Vec<u8>>,
+) -> Result<ShardBlobs> {
+    let (params, state) = read_shard_blob_bytes(i, range, read)?;
+    let params = bytes_to_f32(&params, "shard parameters")?;
+    Ok(ShardBlobs { params, state })
 }
 
 impl Actor for ShardActor {
@@ -254,7 +275,7 @@ impl Actor for ShardActor {
                     // step copies on write).
                     let (index, params) = (st.index, st.params.clone());
                     tokio::task::spawn_blocking(move || {
-                        let _ = reply.send(write_shard_blobs(&dir, id, index, &params, &state));
+                        let _ = reply.send(write_shard_blobs(&dir, id, index, &params, state));
                     });
                 }
             },
@@ -418,13 +439,12 @@ impl ParameterShards {
     }
 
     /// Restores every shard from blobs read by `read(name)` (as written by
-    /// [`ParameterShards::snapshot`] with the same shard count).
+    /// [`ParameterShards::snapshot`] with the same shard count), one shard
+    /// at a time.
     pub async fn restore(&self, read: impl Fn(&str) -> Result<Vec<u8>>) -> Result<Vec<f32>> {
         let mut full = Vec::with_capacity(self.len);
-        for (i, ShardBlobs { params, state }) in read_shard_blobs(&self.ranges, read)?
-            .into_iter()
-            .enumerate()
-        {
+        for (i, range) in self.ranges.iter().enumerate() {
+            let ShardBlobs { params, state } = read_shard_blobs(i, range, &read)?;
             full.extend_from_slice(&params);
             let (tx, rx) = oneshot::channel();
             self.send(
