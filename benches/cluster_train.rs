@@ -294,7 +294,8 @@ async fn recovery(o: &Opts) -> anyhow::Result<()> {
     let data = d.source::<_, LabelledSample>(
         DIGITS_SOURCE,
         &DigitsSource {
-            path: job.data.clone(),
+            file: d.publish(&job.data)?,
+            stage: false,
             model: DigitsModel::Cnn,
             held_out: false,
         },

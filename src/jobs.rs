@@ -16,6 +16,7 @@ pub mod detection;
 pub mod digits;
 pub mod fault_demo;
 pub mod speech;
+pub mod staged;
 pub mod word_count;
 
 use std::collections::BTreeMap;

@@ -1173,6 +1173,22 @@ impl Driver {
         self.shared.jobs.list()
     }
 
+    /// Publishes the file at `path` (on this host) for executors to stage:
+    /// hashes it (once while it keeps its length and modification time)
+    /// and serves its contents by hash. See [`crate::staging`].
+    pub fn publish(&self, path: &Path) -> Result<crate::staging::FileRef> {
+        self.shared.jobs.staged.publish(path)
+    }
+
+    /// Bytes of published files served to executors so far.
+    pub fn staged_bytes_served(&self) -> u64 {
+        self.shared
+            .jobs
+            .staged
+            .served
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Open an in-memory connection to this driver (for an executor in
     /// this process): the client end and its control stream, before the
     /// preamble.

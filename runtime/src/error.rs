@@ -250,6 +250,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A data file could not be staged to an executor (not published, the
+    /// transfer failed, or the bytes did not match its length and hash).
+    #[error("staging {}: {reason}", path.display())]
+    Staging {
+        /// The file, as named on the driver's host.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A checkpoint could not be written, read or verified.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

@@ -19,6 +19,7 @@ mod supervisor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::shuffle::{bind_peer_endpoint, serve_peers, PeerFetcher, ShuffleStore};
+use crate::staging::Stager;
 use crate::supervise::{panic_message, payload_message, spawn_watched};
 use crate::train::{ParamHost, TaskSide};
 use crate::transport::{
@@ -60,6 +62,9 @@ pub struct ExecutorConfig {
     /// running ones, tell the driver (which hands this executor's
     /// partitions to the others) and return `Ok(())`.
     pub leave: Option<Arc<tokio::sync::Notify>>,
+    /// Where data files staged from the driver's host are kept, by
+    /// content (see [`crate::staging`]).
+    pub cache_dir: PathBuf,
 }
 
 impl ExecutorConfig {
@@ -75,6 +80,7 @@ impl ExecutorConfig {
             connect_timeout: Duration::from_secs(10),
             max_bulk_frame: transport::DEFAULT_MAX_BULK_FRAME,
             leave: None,
+            cache_dir: crate::staging::default_cache_dir(),
         }
     }
 }
@@ -100,6 +106,7 @@ pub(crate) struct ExecArgs {
     fetcher: Arc<PeerFetcher>,
     host: ParamHost,
     executor_id: u64,
+    stager: Arc<Stager>,
 }
 
 pub(crate) struct ExecState {
@@ -112,6 +119,7 @@ pub(crate) struct ExecState {
     fetcher: Arc<PeerFetcher>,
     host: ParamHost,
     executor_id: u64,
+    stager: Arc<Stager>,
 }
 
 impl Actor for ExecutorActor {
@@ -134,6 +142,7 @@ impl Actor for ExecutorActor {
             fetcher: a.fetcher,
             host: a.host,
             executor_id: a.executor_id,
+            stager: a.stager,
         })
     }
 
@@ -152,6 +161,7 @@ impl Actor for ExecutorActor {
                 let running = st.running.clone();
                 let (store, fetcher) = (st.store.clone(), st.fetcher.clone());
                 let (host, executor_id) = (st.host.clone(), st.executor_id);
+                let stager = st.stager.clone();
                 running.fetch_add(1, Ordering::SeqCst);
                 let (me, on_panic) = (myself.clone(), myself.clone());
                 // The actor never blocks: fetches are async, compute goes
@@ -173,7 +183,16 @@ impl Actor for ExecutorActor {
                             Ok(blocks) => {
                                 task.inputs.extend(blocks);
                                 let compute = move || {
-                                    run_task(&registry, &cache, &store, &host, executor_id, task)
+                                    stager.scope(|| {
+                                        run_task(
+                                            &registry,
+                                            &cache,
+                                            &store,
+                                            &host,
+                                            executor_id,
+                                            task,
+                                        )
+                                    })
                                 };
                                 let joined = if rayon::current_num_threads() == 1 {
                                     run_on_compute_thread(compute).await
@@ -445,6 +464,12 @@ async fn serve(
             fetcher,
             host: ParamHost::default(),
             executor_id,
+            stager: Arc::new(Stager::new(
+                config.driver,
+                config.token.clone(),
+                config.cache_dir.clone(),
+                tokio::runtime::Handle::current(),
+            )),
         },
         supervisor.get_cell(),
     )

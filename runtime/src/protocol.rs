@@ -246,6 +246,9 @@ pub(crate) enum ClientRequest {
     /// Output `name` of a job: answered with `Result<FileHeader,
     /// WireError>`, then the file's `len` raw bytes.
     Fetch { id: u64, name: String },
+    /// A published data file, by SHA-256 (executors staging a job's data):
+    /// answered like `Fetch`.
+    Stage { sha256: [u8; 32] },
 }
 
 /// The header before a fetched file's raw bytes.

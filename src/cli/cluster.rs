@@ -337,6 +337,10 @@ pub struct ExecutorArgs {
     /// closes when it dies, so executors never outlive it).
     #[arg(long)]
     pub exit_on_stdin_eof: bool,
+    /// Where data staged from the driver's host is cached, by content
+    /// (default: $KILN_CACHE_DIR, else ~/.cache/kiln/staged).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Runs `kiln executor`.
@@ -365,6 +369,9 @@ pub fn executor(args: ExecutorArgs, kinds: &JobKinds) -> anyhow::Result<()> {
     let (token, addr) = transport::parse_join(&args.join)?;
     let mut config = ExecutorConfig::new(addr, token);
     config.name = args.name;
+    if let Some(dir) = args.cache_dir {
+        config.cache_dir = dir;
+    }
     if let Some(c) = args.cores {
         config.cores = c;
     }

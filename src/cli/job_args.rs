@@ -263,6 +263,10 @@ pub struct WordCountArgs {
     /// file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Executors fetch the input from the driver's host even where they
+    /// have the path.
+    #[arg(long)]
+    pub stage: bool,
 }
 
 /// Options of `panic-then-count`.
@@ -452,6 +456,7 @@ impl JobCommand {
                         input: a.input.clone(),
                         partitions: a.partitions,
                         slow_ms: a.slow_ms,
+                        stage: a.stage,
                     },
                 )?,
                 fetch: a.output.clone().map(|p| ("counts".to_string(), p)),

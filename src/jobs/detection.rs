@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use kiln_detection::model::Ssd;
 use kiln_detection::objective::{SsdObjective, SsdObjectiveConfig};
 use kiln_detection::train::{TrainConfig, VocSample};
-use kiln_detection::voc::VocDataset;
+use kiln_detection::voc::{Annotation, VocDataset};
 use kiln_nn::optim::{OptimizerConfig, SgdConfig};
 use kiln_nn::ModuleExt;
+use kiln_runtime::staging::FileRef;
 use kiln_runtime::train::BatchStats;
 use kiln_runtime::transport::encode;
 use kiln_runtime::{DistributedTrainer, JobContext, Registry};
@@ -19,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::staged::{local, partition_range, publish_all, publish_manifest, read_manifest};
 use crate::jobs::{JobEnv, JobError, Result};
 use crate::training::{
     register_objective, LearningRate, Metric, RunSettings, TrainingJob, TrainingPlan,
@@ -47,35 +49,45 @@ pub struct DetectionSettings {
     pub train: TrainConfig,
 }
 
-/// Arguments of the VOC source: which directory, image set and classes.
+/// One image of the training split as the driver lists it: its index in
+/// the split, its annotation (parsed on the driver) and its file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VocItem {
+    /// Index in the split (seeds its augmentation).
+    pub index: u32,
+    /// Its annotation.
+    pub annotation: Annotation,
+    /// The image on the driver's host.
+    pub image: FileRef,
+}
+
+/// Arguments of the VOC source: the split's images (a staged manifest of
+/// [`VocItem`]s) and whether to stage even where the paths exist.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VocSource {
-    /// VOC-layout directory, as named on the driver's host.
-    pub voc: PathBuf,
-    /// Image set (`ImageSets/Main/<split>.txt`).
-    pub split: String,
-    /// Class names.
-    pub classes: Vec<String>,
+    /// The manifest.
+    pub images: FileRef,
+    /// Stage the images even where the paths exist.
+    pub stage: bool,
 }
 
 /// Partition `p` of `n` of the split: a contiguous range of its images,
-/// with their annotations (images are decoded when a batch needs them).
+/// each staged where the executor lacks it (they are decoded when a batch
+/// needs them).
 pub fn read_voc_partition(
     a: &VocSource,
     p: u32,
     n: u32,
 ) -> std::result::Result<Vec<VocSample>, String> {
-    let ds =
-        VocDataset::open(&a.voc, &a.split, Some(a.classes.clone())).map_err(|e| e.to_string())?;
-    let (n, p) = (n.max(1) as usize, p as usize);
-    let (lo, hi) = (p * ds.len() / n, (p + 1) * ds.len() / n);
-    (lo..hi)
-        .map(|i| {
-            let annotation = ds.annotation(i).map_err(|e| e.to_string())?;
+    let items: Vec<VocItem> = read_manifest(&a.images, a.stage)?;
+    let range = partition_range(items.len(), p, n);
+    items[range]
+        .iter()
+        .map(|it| {
             Ok(VocSample {
-                index: i as u32,
-                image: ds.image_path(&annotation.id),
-                annotation,
+                index: it.index,
+                image: local(&it.image, a.stage)?,
+                annotation: it.annotation.clone(),
             })
         })
         .collect()
@@ -158,7 +170,7 @@ impl TrainingJob for Detection {
     async fn plan(
         &self,
         s: &DetectionSettings,
-        _run: &RunSettings,
+        run: &RunSettings,
         partitions: u32,
         ctx: &JobContext,
     ) -> Result<TrainingPlan<VocSample, ()>> {
@@ -166,10 +178,30 @@ impl TrainingJob for Detection {
         let images = VocDataset::open(&s.voc, &cfg.split, s.classes.clone())?;
         let model_cfg = cfg.model_config(images.classes.clone())?;
         let model = Ssd::<f32>::new(model_cfg.clone(), &mut StdRng::seed_from_u64(cfg.seed))?;
+        let annotations = {
+            let ds = images.clone();
+            tokio::task::spawn_blocking(move || ds.annotations())
+                .await
+                .map_err(|e| JobError::step("reading the annotations", e))??
+        };
+        let paths = annotations
+            .iter()
+            .map(|a| images.image_path(&a.id))
+            .collect();
+        let files = publish_all(ctx, paths).await?;
+        let items: Vec<VocItem> = annotations
+            .into_iter()
+            .zip(files)
+            .enumerate()
+            .map(|(i, (annotation, image))| VocItem {
+                index: i as u32,
+                annotation,
+                image,
+            })
+            .collect();
         let source = VocSource {
-            voc: s.voc.clone(),
-            split: cfg.split.clone(),
-            classes: images.classes.clone(),
+            images: publish_manifest(ctx, "train-images.rmp", &items).await?,
+            stage: run.stage,
         };
         let data = ctx.driver().source(VOC_SOURCE, &source, partitions)?;
         let worker = SsdObjectiveConfig {

@@ -10,6 +10,7 @@ use kiln_nn::layers::LayerConfig;
 use kiln_nn::objective::{Classifier, LabelledSample};
 use kiln_nn::optim::{OptimizerConfig, SgdConfig};
 use kiln_nn::ModuleExt;
+use kiln_runtime::staging::FileRef;
 use kiln_runtime::train::BatchStats;
 use kiln_runtime::transport::encode;
 use kiln_runtime::{Dataset, DistributedTrainer, JobContext, Registry};
@@ -18,6 +19,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::digits::{self, DigitsModel};
+use crate::jobs::staged::{local, partition_range};
 use crate::jobs::{in_range, positive, positive_number, JobEnv, Result};
 use crate::training::{
     register_objective, LearningRate, Metric, RunSettings, TrainingJob, TrainingPlan,
@@ -87,8 +89,11 @@ impl DigitsSettings {
 /// Arguments of the digits source: which file, which split, which size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DigitsSource {
-    /// `digits.csv.gz`, as named on the driver's host.
-    pub path: PathBuf,
+    /// `digits.csv.gz` on the driver's host (read in place where the
+    /// executor has it, else staged).
+    pub file: FileRef,
+    /// Stage it even where the path exists.
+    pub stage: bool,
     /// Decides the image size (LeNet-5 upsamples to 28x28).
     pub model: DigitsModel,
     /// The held-out split instead of the training split.
@@ -103,17 +108,16 @@ pub fn read_digits_partition(
     p: u32,
     n: u32,
 ) -> std::result::Result<Vec<LabelledSample>, String> {
-    let (train, test) =
-        digits::load_split(&a.path, a.model).map_err(|e| format!("{}: {e}", a.path.display()))?;
+    let path = local(&a.file, a.stage)?;
+    let (train, test) = digits::load_split(&path, a.model)
+        .map_err(|e| format!("{}: {e}", a.file.path.display()))?;
     let set = if a.held_out { test } else { train };
     let per: usize = set.sample_shape().iter().product();
     let flat = set.features.as_standard_layout();
     let values = flat
         .as_slice()
         .ok_or_else(|| "digits features are not contiguous".to_string())?;
-    let (n, p) = (n.max(1) as usize, p as usize);
-    let (lo, hi) = (p * set.len() / n, (p + 1) * set.len() / n);
-    Ok((lo..hi)
+    Ok(partition_range(set.len(), p, n)
         .map(|i| {
             (
                 values[i * per..(i + 1) * per].to_vec(),
@@ -195,14 +199,16 @@ impl TrainingJob for Digits {
     async fn plan(
         &self,
         s: &DigitsSettings,
-        _run: &RunSettings,
+        run: &RunSettings,
         partitions: u32,
         ctx: &JobContext,
     ) -> Result<TrainingPlan<LabelledSample, DigitsEval>> {
         let network = s.network();
         let built = network.build::<f32>(&mut StdRng::seed_from_u64(s.seed))?;
+        let file = ctx.driver().publish(&s.data)?;
         let source = |held_out| DigitsSource {
-            path: s.data.clone(),
+            file: file.clone(),
+            stage: run.stage,
             model: s.model,
             held_out,
         };

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_nn::optim::schedule::LrSchedule;
 use kiln_nn::optim::{AdamConfig, OptimizerConfig};
 use kiln_nn::ModuleExt;
+use kiln_runtime::staging::FileRef;
 use kiln_runtime::train::BatchStats;
 use kiln_runtime::transport::encode;
 use kiln_runtime::{DistributedTrainer, JobContext, Registry};
@@ -24,6 +25,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::jobs::staged::{local, partition_range, publish_all, publish_manifest, read_manifest};
 use crate::jobs::{positive, positive_number, JobEnv, JobError, Result};
 use crate::training::{
     register_objective, LearningRate, Metric, RunSettings, TrainingJob, TrainingPlan,
@@ -118,63 +120,90 @@ pub fn find_split(root: &Path, prefix: &str) -> std::io::Result<Option<String>> 
     Ok(names.into_iter().next())
 }
 
-/// Arguments of the speech source: a split directory
-/// (`<split>/<speaker>/<chapter>/…`) and the longest utterance kept.
+/// One utterance of a training split, as the driver lists it: its id,
+/// transcript and audio file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SpeechSource {
-    /// The split directory, as named on the driver's host.
-    pub split: PathBuf,
-    /// Utterances longer than this many seconds are skipped (logged).
-    pub max_seconds: f64,
+pub struct UtteranceRef {
+    /// Utterance id.
+    pub id: String,
+    /// Its transcript.
+    pub transcript: String,
+    /// Its audio file on the driver's host.
+    pub audio: FileRef,
 }
 
-/// Reads partition `p` of `n` of a split: a contiguous range of the
-/// utterances sorted by id. Unreadable audio, transcripts with characters
-/// outside the alphabet and over-long utterances are skipped with a
-/// warning naming the file.
+/// Arguments of the speech source: the split's utterances (a staged
+/// manifest of [`UtteranceRef`]s, sorted by id), the longest utterance
+/// kept, and whether to stage even where the paths exist.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeechSource {
+    /// The manifest.
+    pub utterances: FileRef,
+    /// Utterances longer than this many seconds are skipped (logged).
+    pub max_seconds: f64,
+    /// Stage the audio even where the paths exist.
+    pub stage: bool,
+}
+
+/// The example of one utterance whose audio is at `path`; `None` (logged)
+/// when it is unreadable, has characters outside the alphabet or is
+/// longer than `max_seconds`.
+fn example_of(id: &str, transcript: &str, path: &Path, max_seconds: f64) -> Option<Example> {
+    let example = read_audio_at(path, SAMPLE_RATE).and_then(|audio| {
+        if audio.duration_s() > max_seconds {
+            return Ok(None);
+        }
+        Example::new(id, transcript, &audio).map(Some)
+    });
+    match example {
+        Ok(Some(e)) => Some(e),
+        Ok(None) => {
+            warn!(file = %path.display(), max_seconds, "skipped: too long");
+            None
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "skipped");
+            None
+        }
+    }
+}
+
+/// Reads partition `p` of `n` of the manifest's utterances (a contiguous
+/// range), staging each audio file where the executor lacks it. Bad
+/// utterances are skipped with a warning naming the file; a file that
+/// cannot be staged fails the task (it is retried elsewhere).
 pub fn read_speech_partition(
     a: &SpeechSource,
     p: u32,
     n: u32,
 ) -> std::result::Result<Vec<Example>, String> {
-    let (utts, bad) =
-        list_utterances(&a.split, true).map_err(|e| format!("{}: {e}", a.split.display()))?;
+    let utts: Vec<UtteranceRef> = read_manifest(&a.utterances, a.stage)?;
+    let range = partition_range(utts.len(), p, n);
+    let mut out = Vec::with_capacity(range.len());
+    for u in &utts[range] {
+        let path = local(&u.audio, a.stage)?;
+        out.extend(example_of(&u.id, &u.transcript, &path, a.max_seconds));
+    }
+    Ok(out)
+}
+
+/// The utterances of a split directory, sorted by id (transcripts that do
+/// not parse and missing audio are skipped with a warning).
+fn list_split(split: &Path) -> Result<Vec<kiln_speech::corpus::Utterance>> {
+    let (utts, bad) = list_utterances(split, true)?;
     for (path, e) in &bad {
         warn!(file = %path.display(), error = %e, "skipped");
     }
-    let (n, p) = (n.max(1) as usize, p as usize);
-    let (lo, hi) = (p * utts.len() / n, (p + 1) * utts.len() / n);
-    let mut out = Vec::with_capacity(hi - lo);
-    for u in &utts[lo..hi] {
-        let example = read_audio_at(&u.audio_path, SAMPLE_RATE).and_then(|audio| {
-            if audio.duration_s() > a.max_seconds {
-                return Ok(None);
-            }
-            Example::new(&u.id, &u.transcript, &audio).map(Some)
-        });
-        match example {
-            Ok(Some(e)) => out.push(e),
-            Ok(None) => {
-                warn!(file = %u.audio_path.display(), max_seconds = a.max_seconds, "skipped: too long")
-            }
-            Err(e) => warn!(file = %u.audio_path.display(), error = %e, "skipped"),
-        }
-    }
-    Ok(out)
+    Ok(utts)
 }
 
 /// Reads a whole split on this process (for evaluation), skipping bad
 /// files with a warning; an error if nothing is usable.
 pub fn read_split(split: &Path) -> Result<Vec<Example>> {
-    let examples = read_speech_partition(
-        &SpeechSource {
-            split: split.to_path_buf(),
-            max_seconds: f64::INFINITY,
-        },
-        0,
-        1,
-    )
-    .map_err(|e| JobError::step(format!("reading {}", split.display()), e))?;
+    let examples: Vec<Example> = list_split(split)?
+        .iter()
+        .filter_map(|u| example_of(&u.id, &u.transcript, &u.audio_path, f64::INFINITY))
+        .collect();
     if examples.is_empty() {
         return Err(JobError::step(
             format!("reading {}", split.display()),
@@ -308,14 +337,38 @@ impl TrainingJob for Speech {
     async fn plan(
         &self,
         s: &SpeechSettings,
-        _run: &RunSettings,
+        run: &RunSettings,
         partitions: u32,
         ctx: &JobContext,
     ) -> Result<TrainingPlan<Example, SpeechEval>> {
         let initial = s.model.init::<f32>(&mut StdRng::seed_from_u64(s.seed))?;
+        let train = s.train_dir();
+        let listed = {
+            let dir = train.clone();
+            tokio::task::spawn_blocking(move || list_split(&dir))
+                .await
+                .map_err(|e| JobError::step(format!("listing {}", train.display()), e))??
+        };
+        if listed.is_empty() {
+            return Err(JobError::step(
+                format!("listing {}", train.display()),
+                "no usable utterance",
+            ));
+        }
+        let audio = publish_all(ctx, listed.iter().map(|u| u.audio_path.clone()).collect()).await?;
+        let utterances: Vec<UtteranceRef> = listed
+            .into_iter()
+            .zip(audio)
+            .map(|(u, audio)| UtteranceRef {
+                id: u.id,
+                transcript: u.transcript,
+                audio,
+            })
+            .collect();
         let source = SpeechSource {
-            split: s.train_dir(),
+            utterances: publish_manifest(ctx, "train-utterances.rmp", &utterances).await?,
             max_seconds: s.max_seconds,
+            stage: run.stage,
         };
         let data = ctx.driver().source(SPEECH_SOURCE, &source, partitions)?;
         let dev = match s.dev_dir() {

@@ -7,9 +7,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kiln_runtime::staging::FileRef;
 use kiln_runtime::{JobContext, Registry};
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::staged::{local, publish_all};
 use crate::jobs::{positive, Job, JobEnv, JobError, Result};
 
 /// The kind's name.
@@ -33,6 +35,10 @@ pub struct WordCountSettings {
     /// Sleep this long in each source partition (fault-injection demos).
     #[serde(default)]
     pub slow_ms: u64,
+    /// Executors fetch the files from the driver's host even where the
+    /// paths exist.
+    #[serde(default)]
+    pub stage: bool,
 }
 
 fn default_partitions() -> u32 {
@@ -51,22 +57,51 @@ fn words(line: String) -> Vec<String> {
 }
 
 /// The input's files, sorted (the file itself for a file).
-fn input_files(input: &std::path::Path) -> Result<Vec<String>> {
+fn input_files(input: &std::path::Path) -> Result<Vec<PathBuf>> {
     if !input.is_dir() {
-        return Ok(vec![input.display().to_string()]);
+        return Ok(vec![input.to_path_buf()]);
     }
     let io = |e| JobError::Io {
         path: input.to_path_buf(),
         source: e,
     };
-    let mut files: Vec<String> = std::fs::read_dir(input)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(input)
         .map_err(io)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| e.path().display().to_string())
+        .map(|e| e.path())
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Arguments of the text source: the files (every `n`-th one from `p` is
+/// partition `p`'s), whether to stage them, and a sleep per partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinesSource {
+    /// The files, on the driver's host.
+    pub files: Vec<FileRef>,
+    /// Stage them even where the paths exist.
+    pub stage: bool,
+    /// Milliseconds to sleep per partition.
+    pub slow_ms: u64,
+}
+
+/// The lines of partition `p`'s files.
+fn read_lines_partition(
+    a: &LinesSource,
+    p: u32,
+    n: u32,
+) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for f in a.files.iter().skip(p as usize).step_by(n.max(1) as usize) {
+        let path = local(f, a.stage)?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", f.path.display()))?;
+        out.extend(text.lines().map(str::to_owned));
+    }
+    std::thread::sleep(Duration::from_millis(a.slow_ms));
+    Ok(out)
 }
 
 impl Job for WordCount {
@@ -80,19 +115,7 @@ impl Job for WordCount {
         r.register_flat_map("wc.words", words)
             .register_map("wc.pair_one", |w: String| (w, 1u64))
             .register_reduce_by_key::<String, u64>("wc.sum", |a, b| a + b)
-            .register_source(
-                SLOW_TEXT_LINES,
-                |args: &(Vec<String>, u64), p: u32, n: u32| {
-                    let (files, ms) = args;
-                    let mut out = Vec::new();
-                    for f in files.iter().skip(p as usize).step_by(n.max(1) as usize) {
-                        let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
-                        out.extend(text.lines().map(str::to_owned));
-                    }
-                    std::thread::sleep(Duration::from_millis(*ms));
-                    Ok(out)
-                },
-            );
+            .register_source(SLOW_TEXT_LINES, read_lines_partition);
     }
 
     fn validate(&self, s: &mut WordCountSettings, env: &JobEnv) -> Result<String> {
@@ -116,10 +139,15 @@ impl Job for WordCount {
 
     async fn run(&self, s: WordCountSettings, ctx: JobContext) -> Result<()> {
         {
-            let files = input_files(&s.input)?;
+            let files = publish_all(&ctx, input_files(&s.input)?).await?;
+            let source = LinesSource {
+                files,
+                stage: s.stage,
+                slow_ms: s.slow_ms,
+            };
             let driver = ctx.driver();
             let counts = driver
-                .source::<_, String>(SLOW_TEXT_LINES, &(files, s.slow_ms), s.partitions)?
+                .source::<_, String>(SLOW_TEXT_LINES, &source, s.partitions)?
                 .flat_map::<String>("wc.words")?
                 .map::<(String, u64)>("wc.pair_one")?
                 .reduce_by_key("wc.sum", s.partitions)?

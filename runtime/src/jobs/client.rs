@@ -38,6 +38,19 @@ pub struct FetchedOutput {
 
 type Reply<T> = std::result::Result<T, WireError>;
 
+/// What [`ClusterClient`] received of a file: its length and SHA-256, and
+/// the SHA-256 the driver announced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub(crate) len: u64,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) announced: [u8; 32],
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl ClusterClient {
     /// Connects to the driver at `addr` with `token` (every network wait
     /// bounded by `timeout`; following a job waits as long as it runs).
@@ -177,20 +190,14 @@ impl ClusterClient {
     /// temporary file beside it, checked against the driver's length and
     /// SHA-256, then renamed into place).
     pub async fn fetch(&self, id: u64, name: &str, dest: &Path) -> Result<FetchedOutput> {
-        let (_send, mut recv) = self
-            .open(&ClientRequest::Fetch {
-                id,
-                name: name.to_string(),
-            })
-            .await?;
-        let header: Reply<FileHeader> = self
-            .read(&mut recv, "the output's header", Some(self.timeout))
-            .await?;
-        let header = header.map_err(Error::from)?;
         let out_err = |reason: String| Error::JobOutput {
             id,
             output: name.to_string(),
             reason,
+        };
+        let request = ClientRequest::Fetch {
+            id,
+            name: name.to_string(),
         };
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -200,26 +207,63 @@ impl ClusterClient {
             .prefix(".kiln-fetch-")
             .tempfile_in(&dir)
             .map_err(|e| out_err(format!("creating a file in {}: {e}", dir.display())))?;
-        let (std_file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(std_file);
+        let got = self.receive(&request, tmp.path(), &out_err).await?;
+        if got.sha256 != got.announced {
+            return Err(out_err(
+                "the bytes received do not match the driver's SHA-256".into(),
+            ));
+        }
+        tmp.persist(dest)
+            .map_err(|e| out_err(format!("renaming into {}: {e}", dest.display())))?;
+        Ok(FetchedOutput {
+            path: dest.to_path_buf(),
+            len: got.len,
+        })
+    }
+
+    /// Fetches the published data file with hash `sha256` into `dest` (an
+    /// existing file, overwritten); returns the length and hash of what
+    /// arrived (the caller compares them with what it expected).
+    pub(crate) async fn stage(&self, sha256: &[u8; 32], dest: &Path) -> Result<Received> {
+        let err = |reason: String| Error::Invalid(format!("staging {}: {reason}", hex(sha256)));
+        self.receive(&ClientRequest::Stage { sha256: *sha256 }, dest, &err)
+            .await
+    }
+
+    /// Sends `request`, then writes the file that answers it into `dest`
+    /// (synced), hashing it on the way.
+    async fn receive(
+        &self,
+        request: &ClientRequest,
+        dest: &Path,
+        err: &dyn Fn(String) -> Error,
+    ) -> Result<Received> {
+        let (_send, mut recv) = self.open(request).await?;
+        let header: Reply<FileHeader> = self
+            .read(&mut recv, "the file's header", Some(self.timeout))
+            .await?;
+        let header = header.map_err(Error::from)?;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| err(format!("creating {}: {e}", dest.display())))?;
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut got = 0u64;
         let addr = self.addr;
         while got < header.len {
-            let chunk = with_timeout(addr, "output bytes", self.timeout, async {
+            let chunk = with_timeout(addr, "file bytes", self.timeout, async {
                 recv.read_chunk(1 << 20, true)
                     .await
                     .map_err(|e| conn_err(addr, e))
             })
             .await?
             .ok_or_else(|| {
-                out_err(format!(
+                err(format!(
                     "the driver sent {got} of {} bytes before closing",
                     header.len
                 ))
             })?;
             if got + chunk.bytes.len() as u64 > header.len {
-                return Err(out_err(format!(
+                return Err(err(format!(
                     "the driver sent more than the {} bytes announced",
                     header.len
                 )));
@@ -227,24 +271,18 @@ impl ClusterClient {
             hasher.update(&chunk.bytes);
             file.write_all(&chunk.bytes)
                 .await
-                .map_err(|e| out_err(format!("writing {}: {e}", tmp_path.display())))?;
+                .map_err(|e| err(format!("writing {}: {e}", dest.display())))?;
             got += chunk.bytes.len() as u64;
-        }
-        if hasher.finish().as_ref() != header.sha256 {
-            return Err(out_err(
-                "the bytes received do not match the driver's SHA-256".into(),
-            ));
         }
         file.sync_all()
             .await
-            .map_err(|e| out_err(format!("writing {}: {e}", tmp_path.display())))?;
-        drop(file);
-        tmp_path
-            .persist(dest)
-            .map_err(|e| out_err(format!("renaming into {}: {e}", dest.display())))?;
-        Ok(FetchedOutput {
-            path: dest.to_path_buf(),
-            len: header.len,
+            .map_err(|e| err(format!("writing {}: {e}", dest.display())))?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(hasher.finish().as_ref());
+        Ok(Received {
+            len: got,
+            sha256,
+            announced: header.sha256,
         })
     }
 

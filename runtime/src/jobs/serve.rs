@@ -90,7 +90,51 @@ pub(crate) async fn answer(
             follow,
         } => follow_job(send, peer, jobs, id, from_line, follow, max).await,
         ClientRequest::Fetch { id, name } => fetch(send, peer, jobs, id, &name, max).await,
+        ClientRequest::Stage { sha256 } => stage(send, peer, jobs, &sha256, max).await,
     }
+}
+
+/// Sends the published data file with this hash (as it is now: an
+/// executor checks it against the hash it expects).
+async fn stage(
+    send: &mut SendHalf,
+    peer: SocketAddr,
+    jobs: &JobService,
+    sha256: &[u8; 32],
+    max: u64,
+) -> Result<()> {
+    let refuse = |reason: String| -> std::result::Result<FileHeader, WireError> {
+        Err(WireError::Other(reason))
+    };
+    let Some(path) = jobs.staged.lookup(sha256) else {
+        let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+        return write_frame(
+            send,
+            peer,
+            &refuse(format!("no published file has SHA-256 {hex}")),
+            max,
+        )
+        .await;
+    };
+    let current = {
+        let (staged, p) = (jobs.staged.clone(), path.clone());
+        tokio::task::spawn_blocking(move || staged.current(&p))
+            .await
+            .map_err(|e| Error::Invalid(format!("hashing a staged file: {e}")))?
+    };
+    let (len, sha256) = match current {
+        Ok(h) => h,
+        Err(e) => {
+            return write_frame(send, peer, &refuse(format!("{}: {e}", path.display())), max).await
+        }
+    };
+    let sent = send_file(send, peer, &path, FileHeader { len, sha256 }, max).await;
+    if sent.is_ok() {
+        jobs.staged
+            .served
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    }
+    sent
 }
 
 /// Streams job `id`'s lines from `from` on, its progress, and its end.
@@ -177,9 +221,26 @@ async fn fetch(
             return write_frame(send, peer, &reply, max).await;
         }
     };
-    let reply: std::result::Result<FileHeader, WireError> = Ok(FileHeader { len, sha256 });
+    send_file(send, peer, &path, FileHeader { len, sha256 }, max).await
+}
+
+/// Sends `header`, then the file's `header.len` bytes in chunks (never
+/// whole in memory); an error if it shrank meanwhile.
+async fn send_file(
+    send: &mut SendHalf,
+    peer: SocketAddr,
+    path: &std::path::Path,
+    header: FileHeader,
+    max: u64,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let len = header.len;
+    let reply: std::result::Result<FileHeader, WireError> = Ok(header);
     write_frame(send, peer, &reply, max).await?;
-    let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut buf = vec![0u8; FETCH_CHUNK];
     let mut sent = 0u64;
     while sent < len {

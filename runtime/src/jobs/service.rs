@@ -48,6 +48,8 @@ struct Installed {
 
 /// Submitted jobs of one driver.
 pub(crate) struct JobService {
+    /// Data files published for executors to stage.
+    pub(crate) staged: Arc<crate::staging::Published>,
     state: Mutex<State>,
     version: watch::Sender<u64>,
     queued: Notify,
@@ -68,6 +70,7 @@ fn poisoned() -> Error {
 impl Default for JobService {
     fn default() -> Self {
         JobService {
+            staged: Arc::default(),
             state: Mutex::new(State {
                 next_id: 1,
                 ..State::default()
@@ -370,7 +373,10 @@ impl JobService {
         self.open_log(id, &dir);
         info!(job = id, %kind, dir = %dir.display(), "job starts");
         let ctx = JobContext::new(id, driver.clone(), dir, self.clone(), cancel.clone());
-        let mut task = tokio::spawn(installed.runner.run(kind, settings, ctx));
+        // `run` itself is called inside the task: a runner that panics
+        // before returning its future fails the job, not the queue.
+        let runner = installed.runner.clone();
+        let mut task = tokio::spawn(async move { runner.run(kind, settings, ctx).await });
         let mut asked = cancel.clone();
         let result = tokio::select! {
             r = &mut task => r,
