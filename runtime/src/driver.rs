@@ -719,11 +719,20 @@ impl DriverState {
                     warn!(task = %key, executor = exec_id, %reason, blocks = lost.len(), forgotten, "shuffle fetch failed; recomputing the lost map outputs");
                 }
                 if pinned_blocks {
-                    let err = Error::FetchFailed {
-                        shuffle: lost.first().map_or(0, |b| b.shuffle),
-                        map: lost.first().map_or(0, |b| b.map),
-                        executor: lost.first().map_or(0, |b| b.executor),
-                        reason,
+                    let holder = lost.first().map_or(0, |b| b.executor);
+                    let err = match (self.executors.get(&exec_id), self.executors.get(&holder)) {
+                        // Both alive: a partition between them, not a loss.
+                        (Some(from), Some(to)) if holder != exec_id => Error::PeersUnreachable {
+                            from: format!("{exec_id} ({})", from.name),
+                            to: format!("{holder} ({}) at {}", to.name, to.peer.addr),
+                            reason,
+                        },
+                        _ => Error::FetchFailed {
+                            shuffle: lost.first().map_or(0, |b| b.shuffle),
+                            map: lost.first().map_or(0, |b| b.map),
+                            executor: holder,
+                            reason,
+                        },
                     };
                     self.fail_stage(key.job, key.stage, err);
                 } else if fetch_failures > self.config.max_fetch_failures {

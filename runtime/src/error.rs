@@ -250,6 +250,21 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Two executors that both reach the driver cannot reach each other
+    /// (a partitioned network): a fetch between them failed while both
+    /// were alive.
+    #[error(
+        "executor {from} cannot reach executor {to}, though both reach the driver \
+         (the network between them is cut or filtered): {reason}"
+    )]
+    PeersUnreachable {
+        /// The executor that fetched (`id (name)`).
+        from: String,
+        /// The executor it could not reach (`id (name) at address`).
+        to: String,
+        /// The fetch's error.
+        reason: String,
+    },
     /// A data file could not be staged to an executor (not published, the
     /// transfer failed, or the bytes did not match its length and hash).
     #[error("staging {}: {reason}", path.display())]

@@ -376,6 +376,30 @@ impl Net {
         must(ip(&format!("link set {} down", self.host(i).veth)));
     }
 
+    /// A direct link between hosts `a` and `b` (a veth pair with one end in
+    /// each namespace, `p2p<b>` in `a` and `p2p<a>` in `b`, on subnet
+    /// `192.168.<k>.0/30` private to the two), besides the bridge; returns
+    /// `a`'s and `b`'s addresses on it. Removed with the namespaces.
+    pub(crate) fn direct_link(&self, a: usize, b: usize) -> (Ipv4Addr, Ipv4Addr) {
+        let k = (a * 16 + b) as u8;
+        let (ha, hb) = (self.host(a), self.host(b));
+        let (ia, ib) = (format!("p2p{b}"), format!("p2p{a}"));
+        let (aa, ab) = (Ipv4Addr::new(192, 168, k, 1), Ipv4Addr::new(192, 168, k, 2));
+        for step in [
+            format!(
+                "-n {} link add {ia} mtu {MTU} type veth peer name {ib} mtu {MTU} netns {}",
+                ha.ns, hb.ns
+            ),
+            format!("-n {} addr add {aa}/30 dev {ia}", ha.ns),
+            format!("-n {} addr add {ab}/30 dev {ib}", hb.ns),
+            format!("-n {} link set {ia} up", ha.ns),
+            format!("-n {} link set {ib} up", hb.ns),
+        ] {
+            must(ip(&step));
+        }
+        (aa, ab)
+    }
+
     /// Plug host `i` back in; returns once the link forwards again.
     pub(crate) fn link_up(&self, i: usize) {
         must(ip(&format!("link set {} up", self.host(i).veth)));

@@ -312,9 +312,13 @@ impl JobService {
     }
 
     fn finish(&self, id: u64, state: JobState) {
+        if state != JobState::Succeeded {
+            // Its followers and logs say how it ended, not only its record.
+            self.add_line(id, format!("JOB {id} {state}"));
+        }
         if let Ok(mut st) = self.state.lock() {
             if let Some(r) = st.jobs.get_mut(&id) {
-                if let Some(log) = &mut r.log {
+                if let (Some(log), JobState::Succeeded) = (&mut r.log, &state) {
                     let _ = writeln!(log, "JOB {id} {state}").and_then(|()| log.flush());
                 }
                 r.log = None;

@@ -221,7 +221,23 @@ pub(crate) async fn request_block(
     Ok((reply, recv))
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
+
+/// A peer connection, or the recent failure to make one.
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    Connected(quinn::Connection),
+    /// Connecting failed at this instant: fetches waiting for the same
+    /// peer fail at once with the same error (a task's blocks are fetched
+    /// side by side, and an unreachable peer must not cost each of them a
+    /// handshake timeout in turn) until [`FAILURE_MEMORY`] has passed.
+    Failed(std::time::Instant, String),
+}
+
+/// How long a failed connection attempt answers for its peer.
+const FAILURE_MEMORY: Duration = Duration::from_secs(2);
 
 /// Fetches shuffle blocks for this executor's tasks: one reused
 /// connection per peer, at most [`MAX_CONCURRENT_FETCHES`] blocks in
@@ -408,21 +424,34 @@ impl PeerFetcher {
             conns.entry((addr, *fingerprint)).or_default().clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+        match &*guard {
+            SlotState::Connected(c) if c.close_reason().is_none() => return Ok(c.clone()),
+            SlotState::Failed(at, reason) if at.elapsed() < FAILURE_MEMORY => {
+                return Err(Error::Connection {
+                    peer: addr,
+                    reason: reason.clone(),
+                })
             }
+            _ => {}
         }
-        let c = transport::connect_peer_on(
+        match transport::connect_peer_on(
             &self.endpoint,
             addr,
             fingerprint,
             &self.secret,
             HANDSHAKE_TIMEOUT,
         )
-        .await?;
-        *guard = Some(c.clone());
-        Ok(c)
+        .await
+        {
+            Ok(c) => {
+                *guard = SlotState::Connected(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                *guard = SlotState::Failed(std::time::Instant::now(), e.to_string());
+                Err(e)
+            }
+        }
     }
 }
 

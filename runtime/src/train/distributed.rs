@@ -220,6 +220,15 @@ impl Shards {
 /// failure (a lost executor) before the error is returned.
 const MAX_ITERATION_REDOS: u32 = 5;
 
+/// How often an iteration that failed with `e` is redone: a partition
+/// between live executors is retried once (a blip heals), not waited out.
+fn redo_limit(e: &Error) -> u32 {
+    match e {
+        Error::PeersUnreachable { .. } => 1,
+        _ => MAX_ITERATION_REDOS,
+    }
+}
+
 /// After a failed hosted iteration: drops the holders the driver knows are
 /// gone; if none is (the loss not declared yet), waits a little longer on
 /// every redo before the next try.
@@ -589,7 +598,7 @@ impl<T: Data> DistributedTrainer<T> {
                 .await
             {
                 Ok(r) => break r,
-                Err(e) if redo < MAX_ITERATION_REDOS => {
+                Err(e) if redo < redo_limit(&e) => {
                     redo += 1;
                     warn!(iteration, redo, error = %e, "iteration failed; redoing it");
                     if let Err(lost) =
@@ -846,7 +855,7 @@ impl<T: Data> DistributedTrainer<T> {
         let mut result = shards.step(&self.data, &p.step).await;
         let mut redo = 0;
         while let Err(e) = result {
-            if redo >= MAX_ITERATION_REDOS {
+            if redo >= redo_limit(&e) {
                 return Err(e);
             }
             redo += 1;
@@ -1004,10 +1013,7 @@ impl<T: Data> DistributedTrainer<T> {
         let mut redo = 0;
         loop {
             match self.evaluate_once(data).await {
-                Err(e)
-                    if redo < MAX_ITERATION_REDOS
-                        && matches!(self.shards, Shards::Executors(_)) =>
-                {
+                Err(e) if redo < redo_limit(&e) && matches!(self.shards, Shards::Executors(_)) => {
                     redo += 1;
                     warn!(redo, error = %e, "evaluation failed; redoing it");
                     settle_after_failure(&mut self.shards, &self.data, redo).await?;
