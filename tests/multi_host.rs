@@ -115,8 +115,11 @@ impl Job {
     }
 }
 
+/// A model's weights and buffers.
+type State = (Vec<f32>, Vec<f32>);
+
 /// Weights and buffers of a model file of `job`.
-fn state(job: Job, path: &Path) -> (Vec<f32>, Vec<f32>) {
+fn state(job: Job, path: &Path) -> State {
     match job {
         Job::Digits | Job::DigitsLong => {
             let m = kiln::nn::serialize::load::<f32>(path).expect("a digits model");
@@ -136,8 +139,8 @@ fn state(job: Job, path: &Path) -> (Vec<f32>, Vec<f32>) {
 /// The job's model trained on `kiln local` (2 executors, one compute
 /// thread each, on loopback): what every multi-host run must reproduce
 /// bit for bit. Computed once per job for the test binary.
-fn reference(job: Job) -> (Vec<f32>, Vec<f32>) {
-    static DONE: Mutex<Option<HashMap<Job, (Vec<f32>, Vec<f32>)>>> = Mutex::new(None);
+fn reference(job: Job) -> State {
+    static DONE: Mutex<Option<HashMap<Job, State>>> = Mutex::new(None);
     if let Some(r) = DONE
         .lock()
         .unwrap()
