@@ -128,15 +128,28 @@ pub trait JobKind: Send + Sync + 'static {
     fn export(&self, settings: &str, params: &[f32], buffers: &[f32], out: &Path) -> Result<()>;
 }
 
-/// Decodes `settings` of `kind`; the error names the setting at fault.
+/// Decodes `settings` of `kind`; the error names the setting at fault by
+/// its path (`job.epochz: unknown field …`).
 pub fn decode_settings<S: DeserializeOwned>(kind: &str, settings: &str) -> Result<S> {
-    serde_json::from_str(settings).map_err(|e| JobError::Settings {
-        kind: kind.to_string(),
-        reason: e.to_string(),
-    })
+    let de = &mut serde_json::Deserializer::from_str(settings);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        JobError::Settings {
+            kind: kind.to_string(),
+            reason: if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            },
+        }
+    })?;
+    Ok(value)
 }
 
-/// Encodes settings as JSON.
+/// Encodes settings as JSON. (JSON has no NaN or infinity: serde_json
+/// writes `null` for them, which the driver then refuses naming the
+/// setting; the command line refuses them first.)
 pub fn encode_settings<S: Serialize>(kind: &str, settings: &S) -> Result<String> {
     serde_json::to_string(settings).map_err(|e| JobError::Settings {
         kind: kind.to_string(),

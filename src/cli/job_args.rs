@@ -27,6 +27,16 @@ use crate::training::{
     SHARD_REPLICAS,
 };
 
+/// A finite number (what clap's `f64` parser would let through as NaN or
+/// infinity is refused here, naming the value).
+pub fn finite(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A job as a client submits it.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -125,7 +135,7 @@ pub struct DigitsArgs {
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Learning rate (SGD, momentum 0.9).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = finite)]
     pub lr: f64,
     /// Seed of the weights and the data order.
     #[arg(long, default_value_t = 1)]
@@ -168,16 +178,16 @@ pub struct SpeechTrainArgs {
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Adam's initial learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = finite)]
     pub lr: f64,
     /// Divide the learning rate by this after every epoch.
-    #[arg(long, default_value_t = 1.05)]
+    #[arg(long, default_value_t = 1.05, value_parser = finite)]
     pub anneal: f64,
     /// Seed of the weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Skip training utterances longer than this (seconds).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = finite)]
     pub max_seconds: f64,
     /// Mask bands of frequency bins and runs of frames of every training
     /// utterance (SpecAugment without time warping: two frequency masks of
