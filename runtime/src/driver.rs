@@ -42,6 +42,42 @@ use executor_link::{ExecutorLink, LinkArgs, LinkMsg};
 /// The reason recorded for an executor that sent `Leave`.
 const LEFT_GRACEFULLY: &str = "left gracefully";
 
+/// How often late heartbeats are looked for.
+const WATCH_PERIOD: Duration = Duration::from_millis(50);
+/// The least lateness that gets an executor probed.
+const MIN_LATE: Duration = Duration::from_millis(100);
+/// The least time between two probes of one executor.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How long a probe waits for its host's answer.
+const PROBE_WAIT: Duration = Duration::from_millis(250);
+
+/// Sends a one-byte datagram to `addr` from a socket connected to it and
+/// waits [`PROBE_WAIT`] for the host's ICMP port unreachable (reported on
+/// a connected UDP socket as `ConnectionRefused`). Returns why the
+/// executor is gone, or `None` (something answered or nothing did: a live
+/// QUIC endpoint drops the byte silently).
+async fn probe(addr: SocketAddr) -> Option<String> {
+    let bind: SocketAddr = match addr {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(addr).await.ok()?;
+    let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+    if let Err(e) = socket.send(&[0]).await {
+        return refused(&e).then(|| gone(addr));
+    }
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(PROBE_WAIT, socket.recv(&mut buf)).await {
+        Ok(Err(e)) if refused(&e) => Some(gone(addr)),
+        _ => None,
+    }
+}
+
+fn gone(addr: SocketAddr) -> String {
+    format!("its host refuses datagrams at {addr}: the executor's process is gone")
+}
+
 /// Job ids with this bit set are stages the driver started itself to
 /// recompute lost map outputs of shuffle `job & !RECOVERY_JOB`.
 const RECOVERY_JOB: u64 = 1 << 63;
@@ -163,6 +199,11 @@ pub(crate) enum DriverMsg {
     Status(oneshot::Sender<ClusterStatus>),
     Refused,
     Tick,
+    /// Every [`WATCH_PERIOD`]: probe executors whose heartbeat is late.
+    Watch,
+    /// A probe found nothing listening at executor `id`'s port any more
+    /// (its host answered ICMP port unreachable): its process is gone.
+    Gone(u64, String),
     Shutdown,
     /// Test hook: make an executor's link actor panic.
     #[cfg(test)]
@@ -177,6 +218,12 @@ struct Exec {
     link: ActorRef<LinkMsg>,
     cores: u32,
     last_hb: Instant,
+    /// Mean absolute deviation of heartbeat gaps from the interval (an
+    /// exponentially weighted average): how late a heartbeat may be before
+    /// the executor is probed.
+    hb_jitter: Duration,
+    /// When it was last probed.
+    probed_at: Option<Instant>,
     running: HashSet<TaskKey>,
     completed: u64,
     failed: u64,
@@ -221,6 +268,8 @@ pub(crate) struct DriverState {
     refused: u64,
     /// Since when work has been waiting with no usable executor.
     starved_since: Option<Instant>,
+    /// The actor itself (for probes to report back).
+    myself: Option<ActorRef<DriverMsg>>,
 }
 
 pub(crate) struct DriverActor;
@@ -236,10 +285,20 @@ impl Actor for DriverActor {
         config: DriverConfig,
     ) -> std::result::Result<DriverState, ActorProcessingErr> {
         let period = config.heartbeat;
+        let ticker = myself.clone();
+        let myself_for_state = myself.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                if myself.cast(DriverMsg::Tick).is_err() {
+                if ticker.cast(DriverMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WATCH_PERIOD).await;
+                if myself.cast(DriverMsg::Watch).is_err() {
                     break;
                 }
             }
@@ -259,6 +318,7 @@ impl Actor for DriverActor {
             jobs_finished: 0,
             refused: 0,
             starved_since: None,
+            myself: Some(myself_for_state),
         })
     }
 
@@ -318,6 +378,8 @@ impl Actor for DriverActor {
                         link,
                         cores: cores.max(1),
                         last_hb: Instant::now(),
+                        hb_jitter: Duration::ZERO,
+                        probed_at: None,
                         running: HashSet::new(),
                         completed: 0,
                         failed: 0,
@@ -329,8 +391,21 @@ impl Actor for DriverActor {
                 st.schedule();
             }
             DriverMsg::Heartbeat(id) => {
+                let interval = st.config.heartbeat;
                 if let Some(e) = st.executors.get_mut(&id) {
-                    e.last_hb = Instant::now();
+                    let now = Instant::now();
+                    let gap = now.duration_since(e.last_hb);
+                    let deviation = gap.abs_diff(interval);
+                    // EWMA with weight 1/8, as TCP's RTT variance.
+                    e.hb_jitter = (e.hb_jitter * 7 + deviation) / 8;
+                    e.last_hb = now;
+                }
+            }
+            DriverMsg::Watch => st.watch(),
+            DriverMsg::Gone(id, reason) => {
+                if st.executors.contains_key(&id) {
+                    st.remove_executor(id, &reason);
+                    st.schedule();
                 }
             }
             DriverMsg::Report(id, report) => {
@@ -463,6 +538,39 @@ impl Actor for DriverActor {
 }
 
 impl DriverState {
+    /// Probes the executors whose heartbeat is late: a heartbeat interval
+    /// plus four times its observed jitter (at least [`MIN_LATE`]) without
+    /// one. A probe is a datagram to the port the executor's connection
+    /// comes from, on a socket connected to it: if its host answers ICMP
+    /// port unreachable, nothing listens there any more (the process died:
+    /// `kill -9`, a crash) and the executor is lost at once, instead of
+    /// after the loss timeout. A host that is down or cut off answers
+    /// nothing, and the loss timeout decides.
+    fn watch(&mut self) {
+        let now = Instant::now();
+        let interval = self.config.heartbeat;
+        for (&id, e) in self.executors.iter_mut() {
+            let Connection::Quic(conn) = &e.conn else {
+                continue;
+            };
+            let late = interval + (e.hb_jitter * 4).max(MIN_LATE);
+            let silent = now.duration_since(e.last_hb);
+            let recently = e.probed_at.is_some_and(|t| now.duration_since(t) < PROBE_EVERY);
+            if silent <= late || recently {
+                continue;
+            }
+            e.probed_at = Some(now);
+            let (addr, me) = (conn.remote_address(), self.myself.clone());
+            tokio::spawn(async move {
+                if let Some(reason) = probe(addr).await {
+                    if let Some(me) = me {
+                        let _ = me.cast(DriverMsg::Gone(id, reason));
+                    }
+                }
+            });
+        }
+    }
+
     /// Queue a stage; an empty one is answered at once.
     fn add_stage(
         &mut self,
@@ -612,6 +720,13 @@ impl DriverState {
         }
         e.conn
             .close(transport::CLOSE_NORMAL, b"declared lost by driver");
+        // Fetches from it on the others fail now, not when their links
+        // idle out.
+        for other in self.executors.values() {
+            let _ = other.link.cast(LinkMsg::Control(ToExecutor::PeerLost {
+                peer: e.peer.addr,
+            }));
+        }
         self.cache_locs.retain(|_, exec| *exec != id);
         let outputs = self.map_outputs.lose_executor(id);
         if outputs > 0 {
@@ -630,6 +745,33 @@ impl DriverState {
                     }
                 }
             }
+        }
+        // Stages whose tasks fetch blocks the caller placed on it
+        // (parameter shards) cannot finish: they fail now, for the caller
+        // to recover (a replica takes over), instead of after a fetch
+        // timeout on every task.
+        let doomed: Vec<(u64, u32)> = self
+            .stages
+            .iter()
+            .filter(|(_, st)| {
+                st.tasks.iter().any(|t| {
+                    t.output.is_none()
+                        && t.task
+                            .fetches
+                            .iter()
+                            .any(|f| f.maps.iter().any(|m| m.executor == id))
+                })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for (job, stage) in doomed {
+            let err = Error::FetchFailed {
+                shuffle: 0,
+                map: 0,
+                executor: id,
+                reason: format!("executor {id} ({}) was lost: {reason}", e.name),
+            };
+            self.fail_stage(job, stage, err);
         }
     }
 

@@ -446,6 +446,7 @@ async fn serve(
         executor_id,
         store.clone(),
     ));
+    let peer_links = fetcher.clone();
     // The supervision tree: the task runner, linked under a supervisor
     // that reports its failure here.
     let (failed_tx, failed_rx) = oneshot::channel();
@@ -550,6 +551,10 @@ async fn serve(
                 Some(ToExecutor::FreeShuffle { shuffle }) => {
                     let freed = store.free(shuffle)?;
                     debug!(shuffle, freed, "shuffle blocks dropped");
+                }
+                Some(ToExecutor::PeerLost { peer: lost }) => {
+                    let closed = peer_links.drop_peer(lost);
+                    debug!(peer = %lost, closed, "peer lost: its links closed");
                 }
                 None => {
                     return Err(Error::Connection {

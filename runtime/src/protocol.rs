@@ -214,6 +214,12 @@ pub(crate) enum ToExecutor {
     FreeShuffle {
         shuffle: u64,
     },
+    /// The executor whose peer endpoint is `peer` is lost: close any link
+    /// to it, so fetches from it fail now instead of when the link idles
+    /// out.
+    PeerLost {
+        peer: SocketAddr,
+    },
 }
 
 /// Client → driver: the first frame on a client's control stream, and the

@@ -409,6 +409,29 @@ impl PeerFetcher {
         })
     }
 
+    /// Closes every link to the peer at `addr` (declared lost by the
+    /// driver): fetches in flight on them fail at once. Returns how many
+    /// were closed.
+    pub(crate) fn drop_peer(&self, addr: SocketAddr) -> usize {
+        let Ok(mut conns) = self.conns.lock() else {
+            return 0;
+        };
+        let mut closed = 0;
+        conns.retain(|(a, _), slot| {
+            if *a != addr {
+                return true;
+            }
+            if let Ok(state) = slot.try_lock() {
+                if let SlotState::Connected(c) = &*state {
+                    c.close(transport::CLOSE_NORMAL.into(), b"peer lost");
+                    closed += 1;
+                }
+            }
+            false
+        });
+        closed
+    }
+
     /// The cached connection to a peer, or a new one (TLS pinned to
     /// `fingerprint`, cluster secret in the preamble).
     async fn connection(
