@@ -3,6 +3,7 @@
 //! stream; a follower's stream stays open until its job ends.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -31,7 +32,7 @@ pub(crate) async fn serve_request(
     peer: SocketAddr,
     actor: &ActorRef<DriverMsg>,
     config: &DriverConfig,
-    jobs: &JobService,
+    jobs: &Arc<JobService>,
 ) -> Result<()> {
     let req: Option<ClientRequest> =
         with_timeout(peer, "client request", config.handshake_timeout, async {
@@ -56,7 +57,7 @@ pub(crate) async fn answer(
     peer: SocketAddr,
     actor: &ActorRef<DriverMsg>,
     config: &DriverConfig,
-    jobs: &JobService,
+    jobs: &Arc<JobService>,
 ) -> Result<()> {
     let max = config.max_bulk_frame;
     match request {
@@ -75,8 +76,11 @@ pub(crate) async fn answer(
         ))),
         ClientRequest::Submit { kind, settings } => {
             // The runner's checks read the disk: off the async threads.
-            let reply = wire(jobs.submit(&kind, &settings));
-            write_frame(send, peer, &reply, max).await
+            let service = jobs.clone();
+            let reply = tokio::task::spawn_blocking(move || service.submit(&kind, &settings))
+                .await
+                .map_err(|e| Error::Invalid(format!("checking a submission: {e}")))?;
+            write_frame(send, peer, &wire(reply), max).await
         }
         ClientRequest::Jobs => {
             let reply = jobs.list()?;
