@@ -6,14 +6,14 @@
 //! comparable across runs and machines.
 
 use anyhow::{bail, Result};
-use kiln::digits::{self, DigitsJob};
+use kiln::digits::{self, DigitsSettings};
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let job = DigitsJob::default();
-    let (_, report) = digits::run(&job)?;
+    let job = DigitsSettings::default();
+    let (_, report) = digits::run(&job, false)?;
     println!("held-out: {}", report.held_out);
     println!(
         "training: {} epochs, {:.1} s, {:.0} samples/s",

@@ -30,30 +30,31 @@ pub enum DigitsModel {
     Lenet5,
 }
 
-/// Settings of a digits run.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct DigitsJob {
-    /// `digits.csv.gz`.
+/// Settings of a digits run (in one process, or the `digits` job kind on
+/// a cluster).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DigitsSettings {
+    /// `digits.csv.gz` (on a cluster: on the driver's host; default: the
+    /// copy in `data/digits/`).
     pub data: PathBuf,
-    /// Network.
+    /// The network.
     pub model: DigitsModel,
     /// Epochs.
     pub epochs: u64,
-    /// Mini-batch size.
+    /// Global mini-batch size (the same on any number of executors).
     pub batch_size: usize,
     /// SGD learning rate.
     pub learning_rate: f64,
     /// SGD momentum.
     pub momentum: f64,
-    /// Seed of weights and batch order.
+    /// Seed of the weights and the data order.
     pub seed: u64,
-    /// Show a progress bar.
-    pub progress: bool,
 }
 
-impl Default for DigitsJob {
+impl Default for DigitsSettings {
     fn default() -> Self {
-        DigitsJob {
+        DigitsSettings {
             data: default_data_path(),
             model: DigitsModel::Cnn,
             epochs: 15,
@@ -61,7 +62,24 @@ impl Default for DigitsJob {
             learning_rate: 0.05,
             momentum: 0.9,
             seed: 1,
-            progress: true,
+        }
+    }
+}
+
+impl DigitsSettings {
+    /// The network to train.
+    pub fn network(&self) -> LayerConfig {
+        match self.model {
+            DigitsModel::Cnn => digits_cnn(),
+            DigitsModel::Lenet5 => lenet5(),
+        }
+    }
+
+    /// One sample's shape.
+    pub fn sample_shape(&self) -> Vec<usize> {
+        match self.model {
+            DigitsModel::Cnn => vec![1, 8, 8],
+            DigitsModel::Lenet5 => vec![1, 28, 28],
         }
     }
 }
@@ -139,14 +157,12 @@ pub struct DigitsReport {
     pub summary: TrainSummary,
 }
 
-/// Trains the chosen network on the training split and evaluates it on the
-/// held-out split; returns the trained model and the report.
-pub fn run(job: &DigitsJob) -> Result<(Box<dyn Module<f32>>, DigitsReport)> {
+/// Trains the chosen network on the training split in this process
+/// (with a progress bar when `progress`) and evaluates it on the held-out
+/// split; returns the trained model and the report.
+pub fn run(job: &DigitsSettings, progress: bool) -> Result<(Box<dyn Module<f32>>, DigitsReport)> {
     let (train, test) = load_split(&job.data, job.model)?;
-    let config = match job.model {
-        DigitsModel::Cnn => digits_cnn(),
-        DigitsModel::Lenet5 => lenet5(),
-    };
+    let config = job.network();
     let mut model = config.build::<f32>(&mut StdRng::seed_from_u64(job.seed))?;
     let optimizer = OptimizerConfig::Sgd(SgdConfig {
         lr: job.learning_rate,
@@ -160,7 +176,7 @@ pub fn run(job: &DigitsJob) -> Result<(Box<dyn Module<f32>>, DigitsReport)> {
         seed: job.seed,
         validate: Trigger::EVERY_EPOCH,
         log: Trigger::EveryEpochs(1),
-        progress: job.progress,
+        progress,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(Box::new(ClassNll::default()), optimizer, train_config)?;

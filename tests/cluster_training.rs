@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use helpers::{driver, executor, kiln, submit, wait_executors, Guard};
-use kiln::digits::{self, DigitsJob};
+use kiln::digits::{self, DigitsSettings};
 use kiln::nn::ModuleExt;
 
 /// Fast failure detection (driver flags).
@@ -126,12 +126,11 @@ fn two_and_three_executors_train_identically_and_match_single_process() {
     assert_eq!(&flat_params(&m3), params2);
     assert_eq!(*a2, accuracy(&three));
     let a2 = *a2;
-    let job = DigitsJob {
+    let job = DigitsSettings {
         epochs: EPOCHS.parse().unwrap(),
-        progress: false,
-        ..DigitsJob::default()
+        ..DigitsSettings::default()
     };
-    let (_, single) = digits::run(&job).expect("single-process training");
+    let (_, single) = digits::run(&job, false).expect("single-process training");
     assert!(
         (a2 - single.held_out.top1).abs() <= 0.005 + 1e-9,
         "cluster {a2:.4} vs single process {:.4}",

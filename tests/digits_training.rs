@@ -3,17 +3,16 @@
 
 use std::process::Command;
 
-use kiln::digits::{self, DigitsJob};
+use kiln::digits::{self, DigitsSettings};
 use kiln::nn::serialize;
 use kiln::nn::ModuleExt;
 
 #[test]
 fn digits_cnn_reaches_97_percent_and_round_trips_through_a_file() {
-    let job = DigitsJob {
-        progress: false,
-        ..DigitsJob::default()
+    let job = DigitsSettings {
+        ..DigitsSettings::default()
     };
-    let (mut model, report) = digits::run(&job).expect("training runs");
+    let (mut model, report) = digits::run(&job, false).expect("training runs");
     assert!(
         report.held_out.top1 >= 0.97,
         "held-out accuracy {:.4} below 0.97",

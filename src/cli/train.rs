@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::checkpoint::ResumeArgs;
 use super::cluster::DEFAULT_EXECUTORS;
-use crate::digits::{self as digits_job, DigitsJob, DigitsModel};
+use crate::digits::{self as digits_job, DigitsModel, DigitsSettings};
 
 /// Arguments of `kiln train`.
 #[derive(Debug, Args)]
@@ -82,7 +82,7 @@ impl TrainArgs {
 
 /// Runs `kiln train`: trains, prints the held-out accuracy, optionally saves the model.
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
-    let job = DigitsJob {
+    let job = DigitsSettings {
         data: args
             .data
             .clone()
@@ -92,10 +92,10 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         learning_rate: args.lr,
         seed: args.seed,
-        progress: !args.no_progress,
-        ..DigitsJob::default()
+        ..DigitsSettings::default()
     };
-    let (model, report) = digits_job::run(&job).context("digits training failed")?;
+    let (model, report) =
+        digits_job::run(&job, !args.no_progress).context("digits training failed")?;
     println!(
         "trained {:?} for {} epochs ({} iterations) in {:.1} s, {:.0} samples/s",
         job.model,

@@ -4,7 +4,7 @@
 //! cached on them and evaluated after every epoch.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_nn::layers::LayerConfig;
 use kiln_nn::objective::{Classifier, LabelledSample};
@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::digits::DigitsSettings;
 use crate::digits::{self, DigitsModel};
 use crate::jobs::staged::{local, partition_range};
 use crate::jobs::{in_range, positive, positive_number, JobEnv, Result};
@@ -32,59 +33,6 @@ pub const KIND: &str = "digits";
 pub const DIGITS_SOURCE: &str = "kiln.digits";
 /// Name of the classifier trainer in the registry.
 pub const CLASSIFIER_TRAINER: &str = "kiln.nn_classifier";
-
-/// Settings of a digits run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DigitsSettings {
-    /// `digits.csv.gz` on the driver's host (default: the copy in
-    /// `data/digits/`).
-    pub data: PathBuf,
-    /// The network.
-    pub model: DigitsModel,
-    /// Epochs.
-    pub epochs: u64,
-    /// Global mini-batch size (the same on any number of executors).
-    pub batch_size: usize,
-    /// SGD learning rate.
-    pub learning_rate: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// Seed of the weights and the data order.
-    pub seed: u64,
-}
-
-impl Default for DigitsSettings {
-    fn default() -> Self {
-        DigitsSettings {
-            data: digits::default_data_path(),
-            model: DigitsModel::Cnn,
-            epochs: 15,
-            batch_size: 32,
-            learning_rate: 0.05,
-            momentum: 0.9,
-            seed: 1,
-        }
-    }
-}
-
-impl DigitsSettings {
-    /// The network to train.
-    pub fn network(&self) -> LayerConfig {
-        match self.model {
-            DigitsModel::Cnn => digits::digits_cnn(),
-            DigitsModel::Lenet5 => digits::lenet5(),
-        }
-    }
-
-    /// One sample's shape.
-    pub fn sample_shape(&self) -> Vec<usize> {
-        match self.model {
-            DigitsModel::Cnn => vec![1, 8, 8],
-            DigitsModel::Lenet5 => vec![1, 28, 28],
-        }
-    }
-}
 
 /// Arguments of the digits source: which file, which split, which size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
