@@ -201,9 +201,10 @@ pub(crate) enum DriverMsg {
     Tick,
     /// Every [`WATCH_PERIOD`]: probe executors whose heartbeat is late.
     Watch,
-    /// A probe found nothing listening at executor `id`'s port any more
-    /// (its host answered ICMP port unreachable): its process is gone.
-    Gone(u64, String),
+    /// A probe sent at this instant found nothing listening at executor
+    /// `id`'s port any more (its host answered ICMP port unreachable): its
+    /// process is gone, unless it heartbeated since.
+    Gone(u64, Instant, String),
     Shutdown,
     /// Test hook: make an executor's link actor panic.
     #[cfg(test)]
@@ -402,8 +403,11 @@ impl Actor for DriverActor {
                 }
             }
             DriverMsg::Watch => st.watch(),
-            DriverMsg::Gone(id, reason) => {
-                if st.executors.contains_key(&id) {
+            DriverMsg::Gone(id, sent, reason) => {
+                // A heartbeat after the probe left proves it alive: a
+                // refusal then is not trusted.
+                let silent = st.executors.get(&id).is_some_and(|e| e.last_hb < sent);
+                if silent {
                     st.remove_executor(id, &reason);
                     st.schedule();
                 }
@@ -555,7 +559,9 @@ impl DriverState {
             };
             let late = interval + (e.hb_jitter * 4).max(MIN_LATE);
             let silent = now.duration_since(e.last_hb);
-            let recently = e.probed_at.is_some_and(|t| now.duration_since(t) < PROBE_EVERY);
+            let recently = e
+                .probed_at
+                .is_some_and(|t| now.duration_since(t) < PROBE_EVERY);
             if silent <= late || recently {
                 continue;
             }
@@ -564,7 +570,7 @@ impl DriverState {
             tokio::spawn(async move {
                 if let Some(reason) = probe(addr).await {
                     if let Some(me) = me {
-                        let _ = me.cast(DriverMsg::Gone(id, reason));
+                        let _ = me.cast(DriverMsg::Gone(id, now, reason));
                     }
                 }
             });
@@ -723,9 +729,9 @@ impl DriverState {
         // Fetches from it on the others fail now, not when their links
         // idle out.
         for other in self.executors.values() {
-            let _ = other.link.cast(LinkMsg::Control(ToExecutor::PeerLost {
-                peer: e.peer.addr,
-            }));
+            let _ = other
+                .link
+                .cast(LinkMsg::Control(ToExecutor::PeerLost { peer: e.peer.addr }));
         }
         self.cache_locs.retain(|_, exec| *exec != id);
         let outputs = self.map_outputs.lose_executor(id);
