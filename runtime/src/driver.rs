@@ -43,11 +43,12 @@ use executor_link::{ExecutorLink, LinkArgs, LinkMsg};
 const LEFT_GRACEFULLY: &str = "left gracefully";
 
 /// How often late heartbeats are looked for.
-const WATCH_PERIOD: Duration = Duration::from_millis(50);
-/// The least lateness that gets an executor probed.
-const MIN_LATE: Duration = Duration::from_millis(100);
+const WATCH_PERIOD: Duration = Duration::from_millis(25);
+/// The least lateness that gets an executor probed (a probe costs one
+/// datagram, which a live executor drops; only its host's refusal counts).
+const MIN_LATE: Duration = Duration::from_millis(50);
 /// The least time between two probes of one executor.
-const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_EVERY: Duration = Duration::from_millis(150);
 /// How long a probe waits for its host's answer.
 const PROBE_WAIT: Duration = Duration::from_millis(250);
 
@@ -484,7 +485,16 @@ impl Actor for DriverActor {
                 }
                 st.expire_exclusions(now);
                 st.fail_if_starved(now);
+                let interval = st.config.heartbeat;
                 for e in st.executors.values() {
+                    // Not to an executor that has gone quiet (until it
+                    // heartbeats again; well within its own timeout): if
+                    // its process died, every datagram to it draws an ICMP
+                    // port unreachable from its host, and hosts rate-limit
+                    // those per destination: they are kept for the probes.
+                    if now.duration_since(e.last_hb) > interval + MIN_LATE {
+                        continue;
+                    }
                     let _ = e.link.cast(LinkMsg::Control(ToExecutor::Heartbeat));
                 }
                 st.schedule();
@@ -543,7 +553,7 @@ impl Actor for DriverActor {
 
 impl DriverState {
     /// Probes the executors whose heartbeat is late: a heartbeat interval
-    /// plus four times its observed jitter (at least [`MIN_LATE`]) without
+    /// plus twice its observed jitter (at least [`MIN_LATE`]) without
     /// one. A probe is a datagram to the port the executor's connection
     /// comes from, on a socket connected to it: if its host answers ICMP
     /// port unreachable, nothing listens there any more (the process died:
@@ -557,7 +567,7 @@ impl DriverState {
             let Connection::Quic(conn) = &e.conn else {
                 continue;
             };
-            let late = interval + (e.hb_jitter * 4).max(MIN_LATE);
+            let late = interval + (e.hb_jitter * 2).max(MIN_LATE);
             let silent = now.duration_since(e.last_hb);
             let recently = e
                 .probed_at
