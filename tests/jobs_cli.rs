@@ -271,3 +271,16 @@ fn kiln_local_and_submit_print_the_same_job_lines() {
     );
     assert!(out.exists());
 }
+
+#[test]
+fn a_training_job_submitted_before_any_executor_waits_for_one() {
+    let (_d, join) = driver(&[]);
+    let mut job = submit(&join, &["digits", "--epochs", "1", "--no-progress"]);
+    job.wait_for("WAITING for an executor", LONG);
+    let _e = executor(&join, "late");
+    let lines = finish(job);
+    assert!(
+        lines.iter().any(|l| l.starts_with("HELD-OUT-ACCURACY ")),
+        "{lines:?}"
+    );
+}

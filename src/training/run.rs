@@ -28,6 +28,10 @@ use super::settings::{fixed_settings, TrainingSettings};
 use super::{Metric, TrainingJob};
 use crate::jobs::{encode_settings, JobError, Result};
 
+/// How long a training job submitted to a cluster without executors waits
+/// for one.
+const EXECUTOR_WAIT: Duration = Duration::from_secs(120);
+
 /// Least time between two progress reports.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -69,6 +73,13 @@ pub async fn run_training<K: TrainingJob>(
     let name = kind.kind();
     let driver = ctx.driver();
     let mut settings = settings.clone();
+    if driver.status().await?.executors.is_empty() {
+        ctx.line(format!(
+            "WAITING for an executor to join (at most {} s)",
+            EXECUTOR_WAIT.as_secs()
+        ));
+        driver.wait_for_executors(1, EXECUTOR_WAIT).await?;
+    }
     let partitions = match settings.run.partitions {
         Some(p) => p,
         None => {
