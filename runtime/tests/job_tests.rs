@@ -1494,3 +1494,37 @@ async fn status_and_a_dataset_job_on_an_in_process_cluster() {
     drop(c);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_restarted_on_a_work_directory_numbers_its_jobs_after_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs/7")).unwrap();
+    std::fs::write(dir.path().join("jobs/7/model.safetensors"), b"old").unwrap();
+    let driver = Driver::start(DriverConfig::default(), Arc::new(Registry::new()))
+        .await
+        .unwrap();
+    driver
+        .accept_jobs(
+            Arc::new(TestRunner {
+                probe: Arc::new(Probe::default()),
+            }),
+            dir.path(),
+        )
+        .unwrap();
+    let c = connect(&driver).await;
+    let j = c
+        .submit("echo", &Echo::lines(&["new"]).settings())
+        .await
+        .unwrap();
+    assert_eq!(j.id, 8);
+    assert_eq!(
+        follow_to_end(&c, j.id).await.info.state,
+        JobState::Succeeded
+    );
+    // The old job's output is untouched.
+    assert_eq!(
+        std::fs::read(dir.path().join("jobs/7/model.safetensors")).unwrap(),
+        b"old"
+    );
+    driver.shutdown().await;
+}

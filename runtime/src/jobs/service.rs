@@ -105,10 +105,23 @@ impl JobService {
             path: jobs_dir.display().to_string(),
             source: e,
         })?;
+        // A driver restarted on the same work directory numbers its jobs
+        // after the ones already there: their outputs are never replaced.
+        let last = std::fs::read_dir(&jobs_dir)
+            .map_err(|e| Error::Io {
+                path: jobs_dir.display().to_string(),
+                source: e,
+            })?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
         if self.installed.set(Installed { runner, work_dir }).is_err() {
             return Err(Error::Invalid(
                 "this driver already runs submitted jobs".into(),
             ));
+        }
+        if let Ok(mut st) = self.state.lock() {
+            st.next_id = st.next_id.max(last + 1);
         }
         let service = self.clone();
         tokio::spawn(async move { service.run_queue(driver).await });
