@@ -14,7 +14,7 @@ mod hosted;
 mod shard;
 mod worker;
 
-pub use checkpointing::{CheckpointPolicy, Position, META_JOB};
+pub use checkpointing::{CheckpointPolicy, Position};
 pub use distributed::{
     DistributedTrainer, IterationReport, LearningRate, ResumeInfo, ShardPlacement, TrainSpec,
     BUFFERS_BLOB,

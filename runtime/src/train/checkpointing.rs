@@ -63,8 +63,6 @@ pub(crate) const META_SEED: &str = "train.seed";
 pub(crate) const META_BATCH_SIZE: &str = "train.batch_size";
 pub(crate) const META_SHARDS: &str = "train.shards";
 pub(crate) const META_PARAMS: &str = "train.params";
-/// Meta key under which the job's own configuration is stored.
-pub const META_JOB: &str = "job.config";
 
 /// Reads a numeric meta entry of a record.
 pub(crate) fn meta_u64(record: &CheckpointRecord, key: &str) -> Result<u64> {

@@ -54,8 +54,9 @@ pub struct TrainSpec {
     pub learning_rate: LearningRate,
     /// Checkpoints, if any.
     pub checkpoint: Option<CheckpointPolicy>,
-    /// Extra entries stored in every checkpoint (e.g. the job's config
-    /// under [`crate::train::META_JOB`]).
+    /// Extra entries stored in every checkpoint (the `kiln` binary's jobs
+    /// record their kind and settings there, under `job.kind` and
+    /// `job.settings`).
     pub job_meta: BTreeMap<String, String>,
     /// Settings a resumed run must share with the checkpoint it resumes
     /// from (e.g. the model preset): stored in every checkpoint like
