@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::connection::{memory_pair, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::jobs::{JobInfo, JobRunner, JobService};
+use crate::liveness::probe;
 use crate::plan::Plan;
 use crate::protocol::{
     Action, ClientRequest, ClusterStatus, ExecutorStatus, MapLoc, PeerAddr, ShuffleFetch, Task,
@@ -49,35 +50,6 @@ const WATCH_PERIOD: Duration = Duration::from_millis(25);
 const MIN_LATE: Duration = Duration::from_millis(50);
 /// The least time between two probes of one executor.
 const PROBE_EVERY: Duration = Duration::from_millis(150);
-/// How long a probe waits for its host's answer.
-const PROBE_WAIT: Duration = Duration::from_millis(250);
-
-/// Sends a one-byte datagram to `addr` from a socket connected to it and
-/// waits [`PROBE_WAIT`] for the host's ICMP port unreachable (reported on
-/// a connected UDP socket as `ConnectionRefused`). Returns why the
-/// executor is gone, or `None` (something answered or nothing did: a live
-/// QUIC endpoint drops the byte silently).
-async fn probe(addr: SocketAddr) -> Option<String> {
-    let bind: SocketAddr = match addr {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
-    };
-    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
-    socket.connect(addr).await.ok()?;
-    let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
-    if let Err(e) = socket.send(&[0]).await {
-        return refused(&e).then(|| gone(addr));
-    }
-    let mut buf = [0u8; 16];
-    match tokio::time::timeout(PROBE_WAIT, socket.recv(&mut buf)).await {
-        Ok(Err(e)) if refused(&e) => Some(gone(addr)),
-        _ => None,
-    }
-}
-
-fn gone(addr: SocketAddr) -> String {
-    format!("its host refuses datagrams at {addr}: the executor's process is gone")
-}
 
 /// Job ids with this bit set are stages the driver started itself to
 /// recompute lost map outputs of shuffle `job & !RECOVERY_JOB`.
@@ -206,6 +178,9 @@ pub(crate) enum DriverMsg {
     /// `id`'s port any more (its host answered ICMP port unreachable): its
     /// process is gone, unless it heartbeated since.
     Gone(u64, Instant, String),
+    /// Another executor's probe of executor `id` was refused (see
+    /// [`ToExecutor::Probe`]): as `Gone`, from the driver's last request.
+    GoneReported(u64, String),
     Shutdown,
     /// Test hook: make an executor's link actor panic.
     #[cfg(test)]
@@ -404,6 +379,12 @@ impl Actor for DriverActor {
                 }
             }
             DriverMsg::Watch => st.watch(),
+            DriverMsg::GoneReported(id, reason) => {
+                let asked = st.executors.get(&id).and_then(|e| e.probed_at);
+                if let Some(sent) = asked {
+                    let _ = myself.cast(DriverMsg::Gone(id, sent, reason));
+                }
+            }
             DriverMsg::Gone(id, sent, reason) => {
                 // A heartbeat after the probe left proves it alive: a
                 // refusal then is not trusted.
@@ -563,6 +544,7 @@ impl DriverState {
     fn watch(&mut self) {
         let now = Instant::now();
         let interval = self.config.heartbeat;
+        let mut suspects = Vec::new();
         for (&id, e) in self.executors.iter_mut() {
             let Connection::Quic(conn) = &e.conn else {
                 continue;
@@ -584,6 +566,20 @@ impl DriverState {
                     }
                 }
             });
+            suspects.push((id, addr));
+        }
+        // The other executors probe it too: a host rate-limits its ICMP
+        // answers per destination, and the driver's own allowance is often
+        // spent by QUIC resending what it had in flight to the dead
+        // process; theirs is their own.
+        for (id, addr) in suspects {
+            for (&other, e) in self.executors.iter() {
+                if other != id {
+                    let _ = e
+                        .link
+                        .cast(LinkMsg::Control(ToExecutor::Probe { executor: id, addr }));
+                }
+            }
         }
     }
 

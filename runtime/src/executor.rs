@@ -496,17 +496,29 @@ async fn serve(
         }
     };
 
+    // Refused probes of other executors, reported with the heartbeats.
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, SocketAddr)>();
     // Heartbeats on the control stream.
     let hb = Duration::from_millis(heartbeat_ms.max(10));
     let leave = config.leave.clone();
     let (drain_flag, drain_running) = (draining.clone(), running.clone());
     let heartbeat = async move {
         let write_timeout = Duration::from_millis(timeout_ms.max(100));
+        let mut next_beat = tokio::time::Instant::now() + hb;
         loop {
             let leaving = tokio::select! {
-                _ = tokio::time::sleep(hb) => false,
+                _ = tokio::time::sleep_until(next_beat) => false,
                 _ = wait_for(leave.as_deref()) => true,
+                Some((executor, addr)) = refused_rx.recv() => {
+                    with_timeout(peer, "probe report", write_timeout, async {
+                        let report = ToDriver::ProbeRefused { executor, addr };
+                        write_frame(&mut send, peer, &report, ctl_max).await
+                    })
+                    .await?;
+                    continue;
+                }
             };
+            next_beat = tokio::time::Instant::now() + hb;
             if leaving {
                 // Graceful leave: refuse new tasks, finish the running ones
                 // (still heartbeating), then tell the driver.
@@ -551,6 +563,14 @@ async fn serve(
                 Some(ToExecutor::FreeShuffle { shuffle }) => {
                     let freed = store.free(shuffle)?;
                     debug!(shuffle, freed, "shuffle blocks dropped");
+                }
+                Some(ToExecutor::Probe { executor, addr }) => {
+                    let tx = refused_tx.clone();
+                    tokio::spawn(async move {
+                        if crate::liveness::probe(addr).await.is_some() {
+                            let _ = tx.send((executor, addr));
+                        }
+                    });
                 }
                 Some(ToExecutor::PeerLost { peer: lost }) => {
                     let closed = peer_links.drop_peer(lost);

@@ -31,6 +31,7 @@ mod driver;
 mod error;
 mod executor;
 pub mod jobs;
+mod liveness;
 mod local;
 mod plan;
 mod protocol;

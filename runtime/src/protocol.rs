@@ -190,6 +190,12 @@ pub(crate) enum ToDriver {
     },
     Heartbeat,
     Leave,
+    /// A probe of executor `executor` at `addr` (asked with
+    /// [`ToExecutor::Probe`]) was refused by its host: its process is gone.
+    ProbeRefused {
+        executor: u64,
+        addr: SocketAddr,
+    },
 }
 
 /// Executor → driver, each on its own unidirectional stream.
@@ -219,6 +225,13 @@ pub(crate) enum ToExecutor {
     /// out.
     PeerLost {
         peer: SocketAddr,
+    },
+    /// Executor `executor`, at `addr`, has gone quiet: probe it (a
+    /// datagram on a socket connected to `addr`) and say if its host
+    /// refuses it ([`ToDriver::ProbeRefused`]).
+    Probe {
+        executor: u64,
+        addr: SocketAddr,
     },
 }
 

@@ -233,6 +233,12 @@ async fn read_control(
                 let _ = driver.cast(DriverMsg::Heartbeat(id));
             }
             Ok(Some(ToDriver::Leave)) => break LinkMsg::Ended(LEFT_GRACEFULLY.to_string()),
+            Ok(Some(ToDriver::ProbeRefused { executor, addr })) => {
+                let reason = format!(
+                    "its host refuses datagrams at {addr} (probed by executor {id}): the executor's process is gone"
+                );
+                let _ = driver.cast(DriverMsg::GoneReported(executor, reason));
+            }
             Ok(Some(ToDriver::Register { .. })) => {
                 warn!(executor = id, %peer, "duplicate Register ignored");
             }
