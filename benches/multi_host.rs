@@ -28,7 +28,7 @@
 //!   already up) against `kiln local` started for it: wall time minus the
 //!   job's own `TIMES training_s`, and for `kiln local` minus its cluster
 //!   start (the time to its `JOIN` line) too.
-//! * `multi_host_recovery`: default failure detection (heartbeat 500 ms,
+//! * `multi_host_recovery`: default failure detection (heartbeat 200 ms,
 //!   loss timeout 5 s); a LeNet-5 digits run on 3 executor hosts, one
 //!   executor killed with SIGKILL (`sigkill`) or its host's link cut
 //!   (`link_down`) mid-run: time from the kill or cut to the arrival of
@@ -79,7 +79,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 /// Bound on a cluster's start (driver's `JOIN`, executors registered).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The driver's default failure detection (`kiln driver` without flags).
-const HEARTBEAT_S: f64 = 0.5;
+const HEARTBEAT_S: f64 = 0.2;
 const LOSS_TIMEOUT_S: f64 = 5.0;
 /// Seconds a recovery run must still have to go at the kill (the loss
 /// timeout, the redone iteration and a margin).

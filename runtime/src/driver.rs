@@ -95,7 +95,7 @@ impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            heartbeat: Duration::from_millis(500),
+            heartbeat: Duration::from_millis(200),
             executor_timeout: Duration::from_secs(5),
             max_task_attempts: 4,
             max_executor_failures: 3,

@@ -55,7 +55,7 @@ impl TlsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DriverTimingArgs {
     /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
     /// Executor silence after which it is declared lost, in milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
@@ -89,7 +89,7 @@ impl DriverTimingArgs {
 impl Default for DriverTimingArgs {
     fn default() -> Self {
         DriverTimingArgs {
-            heartbeat_ms: 500,
+            heartbeat_ms: 200,
             executor_timeout_ms: 5000,
             max_attempts: 4,
         }
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn a_timeout_shorter_than_the_heartbeat_is_refused() {
         let t = DriverTimingArgs {
-            heartbeat_ms: 500,
+            heartbeat_ms: 200,
             executor_timeout_ms: 400,
             max_attempts: 1,
         };
