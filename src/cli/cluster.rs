@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn a_timeout_shorter_than_the_heartbeat_is_refused() {
         let t = DriverTimingArgs {
-            heartbeat_ms: 200,
+            heartbeat_ms: 500,
             executor_timeout_ms: 400,
             max_attempts: 1,
         };
