@@ -344,7 +344,10 @@ async fn checkpoint(o: &Opts) -> anyhow::Result<()> {
     shards.accumulate(Arc::new(vec![1e-3; n]))?;
     shards.step(1.0, 0.01).await?;
     let dir = tempfile::tempdir()?;
-    let store = CheckpointStore::open(dir.path(), 2)?;
+    let claim = kiln::runtime::checkpoint::StoreClaim::NewRun {
+        kind: "bench".into(),
+    };
+    let store = CheckpointStore::claim(dir.path(), &claim, 2)?;
     let mut ts = Vec::new();
     for _ in 0..3 {
         let s = Instant::now();

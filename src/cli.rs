@@ -30,3 +30,18 @@ pub fn out_line(line: &str) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
+
+/// An error and its causes on one line, leaving out a cause whose text
+/// the message before it already says (library errors often carry their
+/// source's text as well as the source).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}

@@ -6,6 +6,7 @@
 //! * [`training`]: the one generic training loop every training kind runs
 //!   in, and the bridge from kiln-nn objectives and optimizers to the
 //!   runtime's trainer;
+//! * [`output_paths`]: output paths checked writable before work starts;
 //! * [`cli`]: the `kiln` commands as library functions that tests call.
 
 pub use kiln_detection as detection;
@@ -17,6 +18,7 @@ pub mod allocator;
 pub mod cli;
 pub mod digits;
 pub mod jobs;
+pub mod output_paths;
 pub mod training;
 
 /// Prints the build's version, matrix-multiply backend and thread count.

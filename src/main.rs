@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kiln::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -129,7 +129,7 @@ fn bad_submissions_are_refused_before_anything_runs_naming_what_is_wrong() {
     refused(
         &join,
         &["resume", "--dir", empty.path().to_str().unwrap()],
-        &["not a checkpoint store"],
+        &["holds no checkpoint store"],
     );
     // Cancelling an unknown job says so.
     let o = run(&["jobs", "--cluster", &join, "cancel", "42"]);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_runtime::checkpoint::CheckpointStore;
+use kiln_runtime::checkpoint::{dir_state, CheckpointStore, DirState, StoreClaim};
 use kiln_runtime::train::{
     BatchStats, CheckpointPolicy, GradientWorker, OptimizerFactory, OptimizerSpec, ShardOptimizer,
     ShardPlacement,
@@ -148,6 +148,15 @@ impl GradientWorker<(f32, f32, f32)> for Counted {
     }
 }
 
+/// A new run where `dir` holds no store yet, else the run continued.
+fn claim_for(dir: &std::path::Path) -> StoreClaim {
+    let kind = "test".to_string();
+    match dir_state(dir).unwrap() {
+        DirState::Free => StoreClaim::NewRun { kind },
+        _ => StoreClaim::Continue { kind },
+    }
+}
+
 fn registry() -> Arc<Registry> {
     let mut r = Registry::new();
     r.register_trainer("linear", |_: &()| Ok(Linear))
@@ -266,7 +275,7 @@ async fn resume_is_bit_exact_and_skips_a_corrupt_checkpoint() {
             let mut s = spec(epochs);
             s.checkpoint = Some(CheckpointPolicy {
                 every_iterations: Some(5),
-                ..CheckpointPolicy::every_epoch(dir.path())
+                ..CheckpointPolicy::every_epoch(dir.path(), claim_for(dir.path()))
             });
             s
         };
@@ -392,7 +401,7 @@ async fn train_centred(
     let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
     let mut s = TrainSpec::new("centred", &(), 16, epochs, 9, 0.1).unwrap();
     s.init_buffers = vec![0.0];
-    s.checkpoint = ckpt.map(CheckpointPolicy::every_epoch);
+    s.checkpoint = ckpt.map(|d| CheckpointPolicy::every_epoch(d, claim_for(d)));
     let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
         .await
         .unwrap();
@@ -632,7 +641,7 @@ async fn executor_hosted_checkpoints_resume_bit_exact() {
                 let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
                 let mut s = spec(epochs);
                 s.placement = hosted(2);
-                s.checkpoint = Some(CheckpointPolicy::every_epoch(&dir));
+                s.checkpoint = Some(CheckpointPolicy::every_epoch(&dir, claim_for(&dir)));
                 let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
                     .await
                     .unwrap();

@@ -46,14 +46,27 @@ pub struct ExportArgs {
     pub average_from: Option<u64>,
 }
 
-/// Opens a store to inspect; while a running job holds it, a snapshot of
-/// its manifest (said on stderr).
+/// Opens a store to inspect (changing nothing); says on stderr what was
+/// rebuilt if its manifest is corrupt.
 fn open(dir: &Path) -> anyhow::Result<CheckpointStore> {
     let store = CheckpointStore::open_for_reading(dir)
         .with_context(|| format!("opening {}", dir.display()))?;
-    if store.is_snapshot() {
+    if let Some(r) = store.recovery() {
         eprintln!(
-            "{} is in use by a running job: reading a snapshot of its checkpoints as of now",
+            "the manifest of {} is corrupt ({}): read the checkpoints' own records instead; intact: {:?}; left out: {}. \
+             The next run that continues the store (kiln checkpoint resume --dir {}) rebuilds the manifest and keeps the corrupt one.",
+            dir.display(),
+            r.reason,
+            r.rebuilt,
+            if r.left_out.is_empty() {
+                "none".to_string()
+            } else {
+                r.left_out
+                    .iter()
+                    .map(|s| format!("{} ({})", s.id, s.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             dir.display()
         );
     }
@@ -256,6 +269,7 @@ fn write_model(
 /// digits model for `kiln eval --model`, an SSD model for `kiln detect
 /// eval|predict`, a DS2 model for `kiln speech`, or a user kind's.
 pub fn export(args: &ExportArgs, kinds: &JobKinds) -> anyhow::Result<()> {
+    crate::output_paths::check_output_file("--out", &args.out)?;
     let store = open(&args.store.dir)?;
     let r = pick(&store, args.store.id)?;
     let (params, buffers, used) = checkpoint_state(&store, &r, args.average_from)?;
@@ -335,7 +349,10 @@ mod tests {
     /// A store with checkpoints 1..=3: parameters `[id, 10 id]` in two
     /// shards and buffers `[-id]`.
     fn store_of_three(dir: &Path) -> CheckpointStore {
-        let store = CheckpointStore::open(dir, 0).unwrap();
+        let claim = kiln_runtime::checkpoint::StoreClaim::NewRun {
+            kind: "digits".into(),
+        };
+        let store = CheckpointStore::claim(dir, &claim, 0).unwrap();
         for id in 1..=3u64 {
             let x = id as f32;
             let mut r = CheckpointRecord::new(id, id * 10, id);

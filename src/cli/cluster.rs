@@ -235,6 +235,12 @@ pub fn run_local(
     kinds: &JobKinds,
 ) -> anyhow::Result<()> {
     let config = cluster.config(default_threads)?;
+    if let Some(sub) = &job {
+        // Everything the driver would refuse is refused before a cluster
+        // starts (the driver is this host).
+        sub.check_outputs()?;
+        kinds.accept(&sub.kind, &sub.settings, &JobEnv::here())?;
+    }
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let work = tempfile::Builder::new()

@@ -50,6 +50,17 @@ pub struct Submission {
     pub progress: bool,
 }
 
+impl Submission {
+    /// Checks, before anything is submitted, that the file the output is
+    /// fetched into can be written.
+    pub fn check_outputs(&self) -> std::result::Result<(), crate::output_paths::UnwritableOutput> {
+        match &self.fetch {
+            Some((_, path)) => crate::output_paths::check_output_file("--out", path),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where the parameter shards live.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardsOn {

@@ -142,6 +142,7 @@ pub async fn submit_and_follow(
     sub: &Submission,
     detach: bool,
 ) -> anyhow::Result<()> {
+    sub.check_outputs()?;
     let info = client.submit(&sub.kind, &sub.settings).await?;
     out_line(&format!("JOB {} queued: {}", info.id, info.description));
     if detach {
@@ -255,6 +256,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                 );
             }
             JobsCommand::Fetch { id, output, out } => {
+                crate::output_paths::check_output_file("--out", &out)?;
                 let got = client.fetch(id, &output, &out).await?;
                 println!("{} ({} bytes)", got.path.display(), got.len);
             }

@@ -70,6 +70,28 @@ pub enum JobError {
         /// What is missing or wrong.
         reason: String,
     },
+    /// A checkpoint store setting cannot be used (another run's store, a
+    /// store of another kind, a directory that is neither free nor a
+    /// store).
+    #[error("{kind} setting {setting}: {source}")]
+    StoreSetting {
+        /// The job kind.
+        kind: String,
+        /// The setting (e.g. `run.checkpoint.dir`).
+        setting: String,
+        /// Why.
+        #[source]
+        source: Box<kiln_runtime::checkpoint::CheckpointError>,
+    },
+    /// An output path cannot be written.
+    #[error("{kind}: {source}")]
+    Unwritable {
+        /// The job kind.
+        kind: String,
+        /// The path and why.
+        #[source]
+        source: Box<crate::output_paths::UnwritableOutput>,
+    },
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,

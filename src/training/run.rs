@@ -117,7 +117,7 @@ pub async fn run_training<K: TrainingJob>(
             .map(|dir| CheckpointPolicy {
                 every_iterations: settings.run.checkpoint.every_iterations,
                 keep_last: settings.run.checkpoint.keep_last,
-                ..CheckpointPolicy::every_epoch(dir)
+                ..CheckpointPolicy::every_epoch(dir, settings.run.checkpoint.claim(name))
             }),
         job_meta: BTreeMap::from([
             (META_KIND.to_string(), name.to_string()),
@@ -140,6 +140,26 @@ pub async fn run_training<K: TrainingJob>(
     }
     spec.shards = spec.shards.max(1);
     let mut trainer = DistributedTrainer::start(&plan.data, spec, plan.params, optimizer).await?;
+    if let Some(r) = trainer.store_recovery() {
+        ctx.line(format!(
+            "RECOVERED the checkpoint manifest was corrupt ({}); rebuilt from the checkpoints' own records: {:?}; left out: {}; the corrupt manifest is kept at {}",
+            r.reason,
+            r.rebuilt,
+            if r.left_out.is_empty() {
+                "none".to_string()
+            } else {
+                r.left_out
+                    .iter()
+                    .map(|s| format!("{} ({})", s.id, s.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            r.kept_at
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
     if settings.run.checkpoint.resume {
         match trainer.resume().await? {
             Some(info) => {

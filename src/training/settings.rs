@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kiln_runtime::checkpoint::{check_claim, StoreClaim};
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::{positive, JobEnv, JobError, Result};
+use crate::output_paths::check_output_dir;
 
 /// Checkpoints a run keeps unless told otherwise.
 pub const KEEP_CHECKPOINTS: usize = 3;
@@ -89,6 +91,20 @@ impl Default for CheckpointSettings {
     }
 }
 
+impl CheckpointSettings {
+    /// How a run of `kind` with these settings uses its store: it
+    /// continues the run that owns it when resuming, else it is a new run
+    /// (and the store must not exist yet).
+    pub fn claim(&self, kind: &str) -> StoreClaim {
+        let kind = kind.to_string();
+        if self.resume {
+            StoreClaim::Continue { kind }
+        } else {
+            StoreClaim::NewRun { kind }
+        }
+    }
+}
+
 impl RunSettings {
     /// Checks the settings of a run of `kind` and resolves the store's path.
     pub fn validate(&mut self, kind: &str, env: &JobEnv) -> Result<()> {
@@ -104,17 +120,18 @@ impl RunSettings {
         match &self.checkpoint.dir {
             Some(dir) => {
                 let dir = env.resolve(dir);
-                if self.checkpoint.resume && !dir.join("manifest").is_dir() {
-                    return Err(JobError::invalid(
-                        kind,
-                        "run.checkpoint.resume",
-                        "true",
-                        format!(
-                            "{} holds no checkpoint store on the driver's host",
-                            dir.display()
-                        ),
-                    ));
-                }
+                let store_err = |source| JobError::StoreSetting {
+                    kind: kind.to_string(),
+                    setting: "run.checkpoint.dir".into(),
+                    source: Box::new(source),
+                };
+                check_claim(&dir, &self.checkpoint.claim(kind)).map_err(store_err)?;
+                check_output_dir("run.checkpoint.dir", &dir).map_err(|source| {
+                    JobError::Unwritable {
+                        kind: kind.to_string(),
+                        source: Box::new(source),
+                    }
+                })?;
                 self.checkpoint.dir = Some(dir);
             }
             None if self.checkpoint.resume => {

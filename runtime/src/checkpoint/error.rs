@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::owner::StoreOwner;
+
 /// What went wrong with a checkpoint, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -67,6 +69,69 @@ pub enum CheckpointError {
         dir: PathBuf,
         /// How many committed checkpoints failed verification.
         skipped: usize,
+    },
+    /// A directory that cannot be used as asked: not a store where one is
+    /// needed, or not empty where a new store would go.
+    #[error("{dir} cannot be used as a checkpoint store: {reason}")]
+    NotAStore {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A new run was pointed at a store another run owns.
+    #[error(
+        "checkpoint store {dir} belongs to {owner}: a new {claimant} run may neither append to it nor delete its checkpoints; \
+         give the new run another directory, or continue that run (run.checkpoint.resume, or `kiln checkpoint resume --dir {dir}`)"
+    )]
+    OwnedByAnotherRun {
+        /// The store.
+        dir: PathBuf,
+        /// Whose it is.
+        owner: StoreOwner,
+        /// The kind of the run that was refused.
+        claimant: String,
+    },
+    /// A new run was pointed at a store written before stores recorded
+    /// their owner.
+    #[error(
+        "{dir} holds a checkpoint store of an earlier run (written before stores recorded their owner): \
+         a new {claimant} run may neither append to it nor delete its checkpoints; give it another directory"
+    )]
+    UnownedStore {
+        /// The store.
+        dir: PathBuf,
+        /// The kind of the run that was refused.
+        claimant: String,
+    },
+    /// A run tried to continue a store that belongs to another kind of job.
+    #[error("checkpoint store {dir} belongs to {owner}, not to a {claimant} run: it cannot be continued as one")]
+    KindMismatch {
+        /// The store.
+        dir: PathBuf,
+        /// Whose it is.
+        owner: StoreOwner,
+        /// The kind of the run that was refused.
+        claimant: String,
+    },
+    /// The owner file does not decode or fails its checksum.
+    #[error("checkpoint store owner file {path}: {reason}")]
+    CorruptOwner {
+        /// The owner file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest is corrupt and cannot be rebuilt from the checkpoints'
+    /// own records.
+    #[error("checkpoint manifest {path} is corrupt ({reason}) and cannot be rebuilt: {intact}")]
+    ManifestUnrecoverable {
+        /// The manifest directory.
+        path: PathBuf,
+        /// What sled reported.
+        reason: String,
+        /// What is intact and what to do about it.
+        intact: String,
     },
     /// An invalid argument (bad blob name, duplicate id, ...).
     #[error("checkpoint: {0}")]

@@ -5,7 +5,16 @@ use std::path::{Path, PathBuf};
 
 use super::blob::{blob_dir, read_blob, verify_blob};
 use super::error::CheckpointError;
+use super::owner::{
+    check_claim, now_unix_ms, read_owner, write_atomically, write_owner, DirState, StoreClaim,
+    StoreOwner,
+};
 use super::record::CheckpointRecord;
+
+/// Name of the copy of its commit record each checkpoint keeps beside its
+/// blobs (blob names never start with a dot): what a corrupt manifest is
+/// rebuilt from.
+pub const RECORD_FILE: &str = ".record";
 
 /// A committed checkpoint that failed verification, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,17 +25,35 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// A directory of checkpoints. Only one process opens the manifest at a
-/// time (the driver, or a `kiln checkpoint` command); blob writers need only
-/// the directory path ([`super::write_blob`]). A reader may look at a store
-/// a running job holds through a snapshot of its manifest
-/// ([`CheckpointStore::open_for_reading`]).
+/// What rebuilding a corrupt manifest from the checkpoints' own records
+/// found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// What sled reported about the manifest.
+    pub reason: String,
+    /// Where the corrupt manifest was moved (kept, never deleted); `None`
+    /// for a reader, which rebuilds a temporary copy and moves nothing.
+    pub kept_at: Option<PathBuf>,
+    /// Checkpoints rebuilt: their record and every blob verified.
+    pub rebuilt: Vec<u64>,
+    /// Checkpoints left out, and why (a blob or the record failed).
+    pub left_out: Vec<Skipped>,
+}
+
+/// A directory of checkpoints, owned by one run ([`StoreOwner`]). Only one
+/// process opens the manifest at a time (the driver); blob writers need
+/// only the directory path ([`super::write_blob`]). Readers never open the
+/// store itself: they read a copy of its manifest
+/// ([`CheckpointStore::open_for_reading`]), so reading changes nothing and
+/// works while a job holds the store.
 pub struct CheckpointStore {
     dir: PathBuf,
     db: sled::Db,
     commits: sled::Tree,
     keep_last: usize,
-    /// The temporary copy of the manifest a snapshot reads (removed when
+    owner: Option<StoreOwner>,
+    recovery: Option<Recovery>,
+    /// The temporary copy of the manifest a reader reads (removed when
     /// the store is dropped); `None` for the store itself.
     snapshot: Option<tempfile::TempDir>,
 }
@@ -36,94 +63,158 @@ impl std::fmt::Debug for CheckpointStore {
         f.debug_struct("CheckpointStore")
             .field("dir", &self.dir)
             .field("keep_last", &self.keep_last)
+            .field("owner", &self.owner)
             .finish()
     }
 }
 
 impl CheckpointStore {
-    /// Opens (or creates) the store in `dir`, keeping the last `keep_last`
-    /// committed checkpoints (0 keeps all).
-    pub fn open(dir: &Path, keep_last: usize) -> Result<Self, CheckpointError> {
-        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
-        let manifest = dir.join("manifest");
-        let manifest_err = |e: sled::Error| CheckpointError::Manifest {
-            path: manifest.clone(),
-            reason: e.to_string(),
+    /// Opens the store in `dir` for a run, keeping the last `keep_last`
+    /// committed checkpoints (0 keeps all). A new run
+    /// ([`StoreClaim::NewRun`]) creates the store in a missing or empty
+    /// directory and records itself as its owner; a run that continues one
+    /// ([`StoreClaim::Continue`]) must be of its owner's kind. Anything
+    /// else is refused before anything is written ([`check_claim`]).
+    ///
+    /// A corrupt manifest is rebuilt from the records every checkpoint
+    /// carries beside its blobs (each one verified); the corrupt manifest
+    /// is kept beside it ([`CheckpointStore::recovery`] says what was
+    /// done). Where nothing can be rebuilt, the error says what is intact.
+    pub fn claim(
+        dir: &Path,
+        claim: &StoreClaim,
+        keep_last: usize,
+    ) -> Result<Self, CheckpointError> {
+        let owner = match check_claim(dir, claim)? {
+            DirState::Free => {
+                let owner = StoreOwner::new_run(claim.kind());
+                std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
+                write_owner(dir, &owner)?;
+                tracing::info!(dir = %dir.display(), run_id = %owner.run_id, kind = %owner.kind, "checkpoint store created");
+                owner
+            }
+            DirState::Owned(owner) => owner,
+            DirState::Unowned => {
+                // A store from before owners were recorded, continued: it
+                // becomes this run's.
+                let owner = StoreOwner::new_run(claim.kind());
+                write_owner(dir, &owner)?;
+                tracing::warn!(dir = %dir.display(), run_id = %owner.run_id, "a store without an owner record is continued: recorded its owner");
+                owner
+            }
         };
-        let db = sled::Config::new()
-            .path(&manifest)
-            .open()
-            .map_err(manifest_err)?;
-        let commits = db.open_tree("commits").map_err(manifest_err)?;
+        let manifest = dir.join("manifest");
+        let (db, recovery) = match open_sled(&manifest) {
+            Ok(db) => (db, None),
+            Err(reason) if is_lock_held(&reason) => {
+                return Err(CheckpointError::Manifest {
+                    path: manifest,
+                    reason: format!("{reason} (another process, a running job, holds this store)"),
+                })
+            }
+            Err(reason) if manifest.exists() => {
+                let (db, recovery) = rebuild_manifest(dir, &reason)?;
+                (db, Some(recovery))
+            }
+            Err(reason) => {
+                return Err(CheckpointError::Manifest {
+                    path: manifest,
+                    reason,
+                })
+            }
+        };
+        let commits = db
+            .open_tree("commits")
+            .map_err(|e| CheckpointError::Manifest {
+                path: dir.join("manifest"),
+                reason: e.to_string(),
+            })?;
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
             db,
             commits,
             keep_last,
+            owner: Some(owner),
+            recovery,
             snapshot: None,
         })
     }
 
-    /// Opens an existing store to read it (list, verify, read blobs; it
-    /// keeps everything). While another process holds the manifest (a
-    /// running job), reads a snapshot instead: a copy of the manifest taken
-    /// now, with the blobs read in place. Checkpoints committed after the
-    /// copy are not in it; one that retention removes meanwhile fails
-    /// verification like any missing blob. A snapshot refuses to commit or
-    /// delete.
+    /// Opens an existing store to read it (list, verify, read blobs),
+    /// changing nothing: it reads a copy of the manifest taken now, with
+    /// the blobs read in place, so it also works while a running job holds
+    /// the store. Checkpoints committed after the copy are not in it; one
+    /// that retention removes meanwhile fails verification like any
+    /// missing blob. A reader refuses to commit or delete. A corrupt
+    /// manifest is rebuilt in the copy from the checkpoints' own records
+    /// ([`CheckpointStore::recovery`]).
     pub fn open_for_reading(dir: &Path) -> Result<Self, CheckpointError> {
         let manifest = dir.join("manifest");
         if !manifest.is_dir() {
-            return Err(CheckpointError::Invalid(format!(
-                "{} is not a checkpoint store (no manifest)",
-                dir.display()
-            )));
+            return Err(CheckpointError::NotAStore {
+                dir: dir.to_path_buf(),
+                reason: "it holds no checkpoint store (no manifest)".into(),
+            });
         }
-        match Self::open(dir, 0) {
-            Err(CheckpointError::Manifest { reason, .. }) if is_lock_held(&reason) => {
-                Self::open_snapshot(dir)
-            }
-            other => other,
-        }
-    }
-
-    fn open_snapshot(dir: &Path) -> Result<Self, CheckpointError> {
-        let manifest = dir.join("manifest");
+        let owner = read_owner(dir)?;
         let copy = tempfile::Builder::new()
             .prefix("kiln-manifest-")
             .tempdir()
             .map_err(|e| CheckpointError::io(std::env::temp_dir(), e))?;
         let copied = copy.path().join("manifest");
         copy_dir(&manifest, &copied)?;
-        let manifest_err = |e: sled::Error| CheckpointError::Manifest {
-            path: manifest.clone(),
-            reason: format!("snapshot copy: {e}"),
+        let (db, recovery) = match open_sled(&copied) {
+            Ok(db) => (db, None),
+            Err(reason) => {
+                let db = sled::Config::new()
+                    .path(copy.path().join("rebuilt"))
+                    .open()
+                    .map_err(|e| CheckpointError::Manifest {
+                        path: manifest.clone(),
+                        reason: format!("a temporary manifest for reading: {e}"),
+                    })?;
+                let recovery = fill_from_records(dir, &db, &reason)?;
+                (db, Some(recovery))
+            }
         };
-        let db = sled::Config::new()
-            .path(&copied)
-            .open()
-            .map_err(manifest_err)?;
-        let commits = db.open_tree("commits").map_err(manifest_err)?;
-        tracing::debug!(dir = %dir.display(), "store in use: reading a snapshot of its manifest");
+        let commits = db
+            .open_tree("commits")
+            .map_err(|e| CheckpointError::Manifest {
+                path: manifest.clone(),
+                reason: format!("copy: {e}"),
+            })?;
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
             db,
             commits,
             keep_last: 0,
+            owner,
+            recovery,
             snapshot: Some(copy),
         })
     }
 
-    /// Whether this is a snapshot of a store another process holds
+    /// Whether this store was opened for reading only
     /// ([`CheckpointStore::open_for_reading`]).
     pub fn is_snapshot(&self) -> bool {
         self.snapshot.is_some()
     }
 
+    /// The run the store belongs to (`None` for a store written before
+    /// owners were recorded, opened for reading).
+    pub fn owner(&self) -> Option<&StoreOwner> {
+        self.owner.as_ref()
+    }
+
+    /// What was rebuilt when the manifest was found corrupt, if it was.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
+    }
+
     fn refuse_if_snapshot(&self, what: &str) -> Result<(), CheckpointError> {
         if self.is_snapshot() {
             return Err(CheckpointError::Invalid(format!(
-                "cannot {what} in {}: it is open as a read-only snapshot (another process holds the store)",
+                "cannot {what} in {}: it is open read-only",
                 self.dir.display()
             )));
         }
@@ -179,6 +270,7 @@ impl CheckpointStore {
             verify_blob(&self.dir, record.id, b)?;
         }
         let bytes = record.encode()?;
+        write_atomically(&blob_dir(&self.dir, record.id).join(RECORD_FILE), &bytes)?;
         self.commits
             .insert(record.id.to_be_bytes(), bytes)
             .map_err(|e| self.manifest_err(e))?;
@@ -211,7 +303,21 @@ impl CheckpointStore {
                 id,
                 dir: self.dir.clone(),
             })?;
-        CheckpointRecord::decode(id, &bytes)
+        match CheckpointRecord::decode(id, &bytes) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // The copy the checkpoint keeps beside its blobs, if that
+                // one is intact.
+                let path = blob_dir(&self.dir, id).join(RECORD_FILE);
+                match std::fs::read(&path).map(|b| CheckpointRecord::decode(id, &b)) {
+                    Ok(Ok(r)) => {
+                        tracing::warn!(id, error = %e, "manifest record corrupt: read the checkpoint's own record file");
+                        Ok(r)
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
     }
 
     /// Verifies checkpoint `id` completely (record and every blob).
@@ -276,20 +382,11 @@ impl CheckpointStore {
     }
 
     fn blob_dir_ids(&self) -> Result<Vec<u64>, CheckpointError> {
-        let root = self.dir.join("blobs");
-        let entries = match std::fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(CheckpointError::io(&root, e)),
-        };
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()))
-            .collect())
+        blob_dir_ids_in(&self.dir)
     }
 
     /// Keeps the newest `keep_last` records; removes older ones and blob
-    /// directories no record references that are older than the newest
+    /// directories without a record file that are older than the newest
     /// commit (left by a writer that died before its commit).
     fn apply_retention(&self) -> Result<Vec<u64>, CheckpointError> {
         let ids = self.ids()?;
@@ -303,7 +400,13 @@ impl CheckpointStore {
         let kept = self.ids()?;
         if let Some(&newest) = kept.last() {
             for id in self.blob_dir_ids()? {
-                if id < newest && !kept.contains(&id) {
+                // A directory with a record file holds a checkpoint that
+                // was complete (one a rebuild left out, or whose removal
+                // was cut short): it is left for the user, never deleted.
+                if id < newest
+                    && !kept.contains(&id)
+                    && !blob_dir(&self.dir, id).join(RECORD_FILE).exists()
+                {
                     remove_dir(&blob_dir(&self.dir, id))?;
                     tracing::debug!(id, "removed blobs of an uncommitted checkpoint");
                 }
@@ -311,6 +414,137 @@ impl CheckpointStore {
         }
         Ok(removed)
     }
+}
+
+/// Opens the sled manifest at `path` (creating it if missing); the error
+/// is sled's message.
+fn open_sled(path: &Path) -> Result<sled::Db, String> {
+    sled::Config::new()
+        .path(path)
+        .open()
+        .map_err(|e| e.to_string())
+}
+
+/// Ids of the checkpoint directories under `dir/blobs`.
+fn blob_dir_ids_in(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
+    let root = dir.join("blobs");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CheckpointError::io(&root, e)),
+    };
+    let mut ids: Vec<u64> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Inserts into `db` the record of every checkpoint in `dir` whose record
+/// file and blobs verify; says which were left out. Refuses (changing
+/// nothing of the store) when not one checkpoint can be rebuilt although
+/// checkpoint directories exist.
+fn fill_from_records(dir: &Path, db: &sled::Db, reason: &str) -> Result<Recovery, CheckpointError> {
+    let manifest = dir.join("manifest");
+    let sled_err = |e: sled::Error| CheckpointError::Manifest {
+        path: manifest.clone(),
+        reason: format!("rebuilding: {e}"),
+    };
+    let commits = db.open_tree("commits").map_err(sled_err)?;
+    let ids = blob_dir_ids_in(dir)?;
+    let mut rebuilt = Vec::new();
+    let mut left_out = Vec::new();
+    for &id in &ids {
+        let path = blob_dir(dir, id).join(RECORD_FILE);
+        let verified = std::fs::read(&path)
+            .map_err(|e| format!("record file {}: {e}", path.display()))
+            .and_then(|bytes| {
+                let r = CheckpointRecord::decode(id, &bytes).map_err(|e| e.to_string())?;
+                for b in &r.blobs {
+                    verify_blob(dir, id, b).map_err(|e| e.to_string())?;
+                }
+                Ok(bytes)
+            });
+        match verified {
+            Ok(bytes) => {
+                commits.insert(id.to_be_bytes(), bytes).map_err(sled_err)?;
+                rebuilt.push(id);
+            }
+            Err(reason) => left_out.push(Skipped { id, reason }),
+        }
+    }
+    if rebuilt.is_empty() && !ids.is_empty() {
+        let listing = left_out
+            .iter()
+            .map(|s| format!("{}: {}", s.id, s.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(CheckpointError::ManifestUnrecoverable {
+            path: manifest,
+            reason: reason.to_string(),
+            intact: format!(
+                "{} checkpoint directories under {} ({}), none with a record file and blobs that verify ({listing}); \
+                 nothing was changed: the blob files are the checkpoints' data, keep them",
+                ids.len(),
+                dir.join("blobs").display(),
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    db.flush().map_err(sled_err)?;
+    Ok(Recovery {
+        reason: reason.to_string(),
+        kept_at: None,
+        rebuilt,
+        left_out,
+    })
+}
+
+/// Rebuilds the corrupt manifest of the store in `dir` from the records
+/// its checkpoints carry: the new manifest is built beside it, then the
+/// corrupt one is moved to `manifest.corrupt-<ms>` (kept) and the new one
+/// takes its place.
+fn rebuild_manifest(dir: &Path, reason: &str) -> Result<(sled::Db, Recovery), CheckpointError> {
+    let manifest = dir.join("manifest");
+    let building = dir.join(".manifest.rebuild");
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(|e| CheckpointError::io(&building, e))?;
+    }
+    let mut recovery =
+        {
+            let db = sled::Config::new().path(&building).open().map_err(|e| {
+                CheckpointError::Manifest {
+                    path: building.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let r = fill_from_records(dir, &db, reason);
+            drop(db);
+            match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&building);
+                    return Err(e);
+                }
+            }
+        };
+    let kept = dir.join(format!("manifest.corrupt-{}", now_unix_ms()));
+    std::fs::rename(&manifest, &kept).map_err(|e| CheckpointError::io(&manifest, e))?;
+    std::fs::rename(&building, &manifest).map_err(|e| CheckpointError::io(&building, e))?;
+    tracing::warn!(
+        dir = %dir.display(),
+        rebuilt = ?recovery.rebuilt,
+        left_out = recovery.left_out.len(),
+        kept = %kept.display(),
+        "corrupt checkpoint manifest rebuilt from the checkpoints' records"
+    );
+    recovery.kept_at = Some(kept);
+    let db = open_sled(&manifest).map_err(|reason| CheckpointError::Manifest {
+        path: manifest.clone(),
+        reason: format!("rebuilt manifest: {reason}"),
+    })?;
+    Ok((db, recovery))
 }
 
 /// Whether sled failed to open a manifest because another process holds
@@ -357,6 +591,28 @@ mod tests {
     use super::*;
     use crate::checkpoint::write_blob;
 
+    fn new_run(dir: &Path, keep_last: usize) -> CheckpointStore {
+        CheckpointStore::claim(
+            dir,
+            &StoreClaim::NewRun {
+                kind: "test".into(),
+            },
+            keep_last,
+        )
+        .unwrap()
+    }
+
+    fn continued(dir: &Path, keep_last: usize) -> CheckpointStore {
+        CheckpointStore::claim(
+            dir,
+            &StoreClaim::Continue {
+                kind: "test".into(),
+            },
+            keep_last,
+        )
+        .unwrap()
+    }
+
     fn checkpoint(
         store: &CheckpointStore,
         iteration: u64,
@@ -375,7 +631,7 @@ mod tests {
     #[test]
     fn commit_read_and_keep_last_k() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        let store = new_run(dir.path(), 2);
         for it in 1..=4u64 {
             checkpoint(
                 &store,
@@ -395,13 +651,29 @@ mod tests {
     #[test]
     fn a_store_in_use_is_read_through_a_snapshot_of_its_manifest() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = CheckpointStore::open(dir.path(), 0).unwrap();
+        let writer = CheckpointStore::claim(
+            dir.path(),
+            &StoreClaim::NewRun {
+                kind: "test".into(),
+            },
+            0,
+        )
+        .unwrap();
         checkpoint(&writer, 10, &[("params.shard.0", vec![1u8; 64])]);
-        // The writer holds the manifest: a plain open fails, a reader gets
-        // a snapshot with the committed checkpoint and its blobs.
-        assert!(CheckpointStore::open(dir.path(), 0).is_err());
+        // The writer holds the manifest: another writer is refused, a
+        // reader gets a snapshot with the committed checkpoint and its blobs.
+        let err = CheckpointStore::claim(
+            dir.path(),
+            &StoreClaim::Continue {
+                kind: "test".into(),
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("another process"), "{err}");
         let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
         assert!(reader.is_snapshot());
+        assert_eq!(reader.owner(), writer.owner());
         let (r, _) = reader.latest_valid().unwrap();
         assert_eq!(r.iteration, 10);
         assert_eq!(reader.read(&r, "params.shard.0").unwrap(), vec![1u8; 64]);
@@ -414,20 +686,235 @@ mod tests {
         assert!(reader.commit(&r).is_err());
         assert_eq!(writer.ids().unwrap(), vec![1, 2]);
         drop(reader);
-        // With no other holder the reader opens the store itself.
         drop(writer);
         let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
-        assert!(!reader.is_snapshot());
         assert_eq!(reader.ids().unwrap(), vec![1, 2]);
         let empty = tempfile::tempdir().unwrap();
         let err = CheckpointStore::open_for_reading(empty.path()).unwrap_err();
-        assert!(err.to_string().contains("not a checkpoint store"), "{err}");
+        assert!(err.to_string().contains("no checkpoint store"), "{err}");
+    }
+
+    /// Every file under `dir` with its length and modification time.
+    fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+                out.push((e.path(), m.len(), m.modified().unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn reading_changes_nothing_and_reading_nothing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = new_run(dir.path(), 0);
+            checkpoint(&store, 1, &[("a", vec![1; 10])]);
+        }
+        let before = listing(dir.path());
+        let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
+        reader.latest_valid().unwrap();
+        drop(reader);
+        assert_eq!(listing(dir.path()), before);
+        let missing = dir.path().join("not-here");
+        assert!(CheckpointStore::open_for_reading(&missing).is_err());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_store_belongs_to_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("ck");
+        let first = new_run(&store_dir, 1);
+        checkpoint(&first, 1, &[("a", vec![1; 10])]);
+        let owner = first.owner().unwrap().clone();
+        assert_eq!(owner.kind, "test");
+        drop(first);
+        let before = listing(&store_dir);
+        // A new run of any kind, or a run of another kind continuing it,
+        // is refused naming the owner, and nothing changes.
+        for claim in [
+            StoreClaim::NewRun {
+                kind: "test".into(),
+            },
+            StoreClaim::NewRun {
+                kind: "speech".into(),
+            },
+            StoreClaim::Continue {
+                kind: "speech".into(),
+            },
+        ] {
+            let err = CheckpointStore::claim(&store_dir, &claim, 1).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&owner.run_id) && msg.contains("a test run"),
+                "{msg}"
+            );
+            assert!(
+                matches!(
+                    err,
+                    CheckpointError::OwnedByAnotherRun { .. }
+                        | CheckpointError::KindMismatch { .. }
+                ),
+                "{err:?}"
+            );
+        }
+        assert_eq!(listing(&store_dir), before);
+        // The owner's kind continues it, keeping its run id.
+        let again = continued(&store_dir, 1);
+        assert_eq!(again.owner(), Some(&owner));
+        checkpoint(&again, 2, &[("a", vec![2; 10])]);
+        assert_eq!(again.ids().unwrap(), vec![2]);
+        // A new store goes only where there is nothing: not into a
+        // directory holding other files, not onto a file; continuing
+        // needs a store.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "mine").unwrap();
+        let err = CheckpointStore::claim(
+            &other,
+            &StoreClaim::NewRun {
+                kind: "test".into(),
+            },
+            1,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+        let file = other.join("notes.txt");
+        assert!(CheckpointStore::claim(
+            &file,
+            &StoreClaim::NewRun {
+                kind: "test".into()
+            },
+            1
+        )
+        .is_err());
+        let missing = dir.path().join("missing");
+        let err = CheckpointStore::claim(
+            &missing,
+            &StoreClaim::Continue {
+                kind: "test".into(),
+            },
+            1,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("no checkpoint store there"),
+            "{err}"
+        );
+        assert!(!missing.exists());
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    }
+
+    /// Overwrites the middle of every file of the sled manifest.
+    fn corrupt_manifest(dir: &Path) {
+        for e in std::fs::read_dir(dir.join("manifest")).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                let mut bytes = std::fs::read(&p).unwrap();
+                let n = bytes.len();
+                for b in &mut bytes[n / 4..n * 3 / 4] {
+                    *b = 0xa5;
+                }
+                std::fs::write(&p, bytes).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_manifest_is_rebuilt_from_the_checkpoints_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = new_run(dir.path(), 0);
+            checkpoint(&store, 1, &[("a", vec![1; 1000])]);
+            checkpoint(&store, 2, &[("a", vec![2; 1000])]);
+            checkpoint(&store, 3, &[("a", vec![3; 1000])]);
+        }
+        corrupt_manifest(dir.path());
+        // A damaged blob: that checkpoint is left out, and said so.
+        let p3 = blob_dir(dir.path(), 3).join("a");
+        let mut bytes = std::fs::read(&p3).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&p3, bytes).unwrap();
+        let before = listing(dir.path());
+        // A reader rebuilds in its copy and changes nothing.
+        let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
+        let rec = reader.recovery().expect("the manifest was rebuilt").clone();
+        assert_eq!(rec.rebuilt, vec![1, 2]);
+        assert_eq!(rec.left_out.len(), 1);
+        assert_eq!(rec.left_out[0].id, 3);
+        assert!(rec.kept_at.is_none());
+        let (r, _) = reader.latest_valid().unwrap();
+        assert_eq!(reader.read(&r, "a").unwrap(), vec![2; 1000]);
+        drop(reader);
+        assert_eq!(listing(dir.path()), before);
+        // The run continuing the store rebuilds its manifest and keeps the
+        // corrupt one; nothing is deleted, not even the damaged checkpoint.
+        let store = continued(dir.path(), 1);
+        let rec = store.recovery().unwrap().clone();
+        assert_eq!(rec.rebuilt, vec![1, 2]);
+        let kept = rec.kept_at.unwrap();
+        assert!(kept.is_dir(), "{}", kept.display());
+        assert_eq!(store.ids().unwrap(), vec![1, 2]);
+        assert!(blob_dir(dir.path(), 3).join("a").exists());
+        checkpoint(&store, 4, &[("a", vec![4; 1000])]);
+        assert_eq!(store.ids().unwrap(), vec![4]);
+        assert!(blob_dir(dir.path(), 3).join("a").exists());
+        drop(store);
+        let store = continued(dir.path(), 1);
+        assert!(store.recovery().is_none());
+        assert_eq!(store.latest_valid().unwrap().0.iteration, 4);
+    }
+
+    #[test]
+    fn a_manifest_that_cannot_be_rebuilt_says_what_is_intact_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = new_run(dir.path(), 0);
+            checkpoint(&store, 1, &[("a", vec![1; 1000])]);
+            checkpoint(&store, 2, &[("a", vec![2; 1000])]);
+        }
+        corrupt_manifest(dir.path());
+        for id in [1, 2] {
+            std::fs::remove_file(blob_dir(dir.path(), id).join(RECORD_FILE)).unwrap();
+        }
+        let before = listing(dir.path());
+        for err in [
+            CheckpointStore::open_for_reading(dir.path()).unwrap_err(),
+            CheckpointStore::claim(
+                dir.path(),
+                &StoreClaim::Continue {
+                    kind: "test".into(),
+                },
+                1,
+            )
+            .unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(
+                matches!(err, CheckpointError::ManifestUnrecoverable { .. }),
+                "{err:?}"
+            );
+            assert!(
+                msg.contains("2 checkpoint directories") && msg.contains("1, 2"),
+                "{msg}"
+            );
+        }
+        assert_eq!(listing(dir.path()), before);
     }
 
     #[test]
     fn truncated_or_flipped_blob_falls_back_to_previous_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), 0).unwrap();
+        let store = new_run(dir.path(), 0);
         checkpoint(&store, 1, &[("a", vec![1; 1000])]);
         checkpoint(&store, 2, &[("a", vec![2; 1000])]);
         checkpoint(&store, 3, &[("a", vec![3; 1000])]);
@@ -465,7 +952,7 @@ mod tests {
     fn uncommitted_blobs_are_invisible_and_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = CheckpointStore::open(dir.path(), 3).unwrap();
+            let store = new_run(dir.path(), 3);
             checkpoint(&store, 1, &[("a", vec![1; 10])]);
             // a writer dies after writing blobs of checkpoint 2, before the commit
             write_blob(store.dir(), 2, "a", &[9; 10]).unwrap();
@@ -474,7 +961,7 @@ mod tests {
             assert_eq!(store.next_id().unwrap(), 3);
         }
         // reopen (as after a driver restart): the torn checkpoint is still not visible
-        let store = CheckpointStore::open(dir.path(), 3).unwrap();
+        let store = continued(dir.path(), 3);
         assert_eq!(store.ids().unwrap(), vec![1]);
         checkpoint(&store, 3, &[("a", vec![3; 10])]);
         assert!(!blob_dir(dir.path(), 2).exists(), "orphaned blobs removed");
@@ -484,7 +971,7 @@ mod tests {
     #[test]
     fn commit_refuses_missing_or_bad_blobs_and_bad_names() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), 0).unwrap();
+        let store = new_run(dir.path(), 0);
         let mut r = CheckpointRecord::new(1, 0, 0);
         r.blobs.push(crate::checkpoint::BlobRef {
             name: "nothing".into(),
@@ -498,14 +985,22 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_record_is_detected() {
+    fn a_corrupt_record_falls_back_to_the_checkpoints_own_copy_or_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), 0).unwrap();
+        let store = new_run(dir.path(), 0);
         checkpoint(&store, 1, &[("a", vec![1; 10])]);
         let r = checkpoint(&store, 2, &[("a", vec![2; 10])]);
         let mut bytes = r.encode().unwrap();
         bytes[5] ^= 0xff;
-        store.commits.insert(2u64.to_be_bytes(), bytes).unwrap();
+        store
+            .commits
+            .insert(2u64.to_be_bytes(), bytes.clone())
+            .unwrap();
+        // The copy beside the blobs is intact: the checkpoint is still good.
+        let (good, skipped) = store.latest_valid().unwrap();
+        assert_eq!((good.id, skipped.len()), (2, 0));
+        // Both copies damaged: skipped, saying why.
+        std::fs::write(blob_dir(dir.path(), 2).join(RECORD_FILE), bytes).unwrap();
         let (good, skipped) = store.latest_valid().unwrap();
         assert_eq!(good.id, 1);
         assert!(

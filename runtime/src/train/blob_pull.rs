@@ -399,7 +399,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::checkpoint::{read_blob, CheckpointStore};
+    use crate::checkpoint::{read_blob, CheckpointStore, StoreClaim};
     use crate::local::{LocalCluster, LocalConfig};
     use crate::registry::Registry;
     use crate::shuffle::{bind_peer_endpoint, serve_peers, ShuffleStore};
@@ -658,6 +658,15 @@ mod tests {
     /// staging looks the same).
     const TINY_BLOCKS: u64 = 3;
 
+    /// A new run where `dir` holds no store yet, else the run continued.
+    fn claim_for(dir: &Path) -> StoreClaim {
+        let kind = "test".to_string();
+        match crate::checkpoint::dir_state(dir).unwrap() {
+            crate::checkpoint::DirState::Free => StoreClaim::NewRun { kind },
+            _ => StoreClaim::Continue { kind },
+        }
+    }
+
     /// Trains 4 epochs on 2 in-process executors (over QUIC), stopping
     /// after `stop_at`; checkpoints every epoch into `dir` if given,
     /// resuming from it first.
@@ -678,7 +687,7 @@ mod tests {
                 },
             };
         }
-        s.checkpoint = dir.map(CheckpointPolicy::every_epoch);
+        s.checkpoint = dir.map(|d| CheckpointPolicy::every_epoch(d, claim_for(d)));
         let optimizer: crate::train::OptimizerFactory =
             Arc::new(|_| Ok(Box::new(Momentum(Vec::new())) as Box<dyn ShardOptimizer>));
         let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::CheckpointRecord;
+use crate::checkpoint::{CheckpointRecord, StoreClaim};
 use crate::error::{Error, Result};
 
 /// Checkpoint triggers and retention of a training run.
@@ -21,17 +21,21 @@ pub struct CheckpointPolicy {
     pub every: Option<Duration>,
     /// Keep the last K committed checkpoints (0 keeps all).
     pub keep_last: usize,
+    /// Whose store it is: a new run's, or the run being continued
+    /// (checked before the trainer starts).
+    pub claim: StoreClaim,
 }
 
 impl CheckpointPolicy {
-    /// Every epoch, keeping the last 3, in `dir`.
-    pub fn every_epoch(dir: impl Into<PathBuf>) -> Self {
+    /// Every epoch, keeping the last 3, in `dir`, used as `claim` says.
+    pub fn every_epoch(dir: impl Into<PathBuf>, claim: StoreClaim) -> Self {
         CheckpointPolicy {
             dir: dir.into(),
             every_iterations: None,
             every_epoch: true,
             every: None,
             keep_last: 3,
+            claim,
         }
     }
 
@@ -105,7 +109,12 @@ mod tests {
     fn triggers() {
         let p = CheckpointPolicy {
             every_iterations: Some(5),
-            ..CheckpointPolicy::every_epoch("x")
+            ..CheckpointPolicy::every_epoch(
+                "x",
+                StoreClaim::NewRun {
+                    kind: "test".into(),
+                },
+            )
         };
         let now = Instant::now();
         assert!(p.due(10, false, now));
@@ -114,7 +123,12 @@ mod tests {
         let t = CheckpointPolicy {
             every: Some(Duration::ZERO),
             every_epoch: false,
-            ..CheckpointPolicy::every_epoch("x")
+            ..CheckpointPolicy::every_epoch(
+                "x",
+                StoreClaim::NewRun {
+                    kind: "test".into(),
+                },
+            )
         };
         assert!(t.due(1, false, now));
     }

@@ -16,7 +16,9 @@ use std::time::Instant;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::checkpoint::{write_blob, CheckpointRecord, CheckpointStore, Skipped};
+use crate::checkpoint::{
+    write_blob, CheckpointRecord, CheckpointStore, Recovery, Skipped, StoreOwner,
+};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::protocol::{Action, TaskOutput};
@@ -294,7 +296,11 @@ impl<T: Data> DistributedTrainer<T> {
             }
         };
         let store = match &spec.checkpoint {
-            Some(p) => Some(Arc::new(CheckpointStore::open(&p.dir, p.keep_last)?)),
+            Some(p) => Some(Arc::new(CheckpointStore::claim(
+                &p.dir,
+                &p.claim,
+                p.keep_last,
+            )?)),
             None => None,
         };
         info!(
@@ -394,6 +400,17 @@ impl<T: Data> DistributedTrainer<T> {
                 params: self.params.len(),
             },
         )
+    }
+
+    /// What was rebuilt when the checkpoint store's manifest was found
+    /// corrupt at the start, if it was.
+    pub fn store_recovery(&self) -> Option<&Recovery> {
+        self.store.as_ref().and_then(|s| s.recovery())
+    }
+
+    /// The run the checkpoint store belongs to, if there is a store.
+    pub fn store_owner(&self) -> Option<&StoreOwner> {
+        self.store.as_ref().and_then(|s| s.owner())
     }
 
     /// Where the run stands.
