@@ -265,6 +265,37 @@ pub enum Error {
         /// The fetch's error.
         reason: String,
     },
+    /// A training iteration's loss is NaN or infinite: the run stops
+    /// before the step is applied, so no checkpoint holds its result.
+    #[error(
+        "iteration {iteration}: the loss is {loss} (summed over {samples} samples): training diverged or the data \
+         holds non-finite values; the step was not applied and nothing after iteration {} was checkpointed \
+         (try a lower learning rate, or gradient clipping)", iteration.saturating_sub(1)
+    )]
+    NonFiniteLoss {
+        /// The iteration (1-based).
+        iteration: u64,
+        /// The batch's summed loss.
+        loss: f64,
+        /// Samples in the batch.
+        samples: u64,
+    },
+    /// The weights after a training iteration hold NaN or infinite values
+    /// (a finite loss, but a step too large): the run stops before any
+    /// checkpoint holds them.
+    #[error(
+        "iteration {iteration}: the step made weight {index} {value}: training diverged; \
+         nothing after iteration {} was checkpointed (try a lower learning rate, or gradient clipping)",
+        iteration.saturating_sub(1)
+    )]
+    NonFiniteWeights {
+        /// The iteration (1-based).
+        iteration: u64,
+        /// The first bad weight's index in the flat parameter vector.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
     /// A data file could not be staged to an executor (not published, the
     /// transfer failed, or the bytes did not match its length and hash).
     #[error("staging {}: {reason}", path.display())]

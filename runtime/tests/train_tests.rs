@@ -680,3 +680,67 @@ async fn executor_hosted_checkpoints_resume_bit_exact() {
     })
     .await
 }
+
+/// A run that diverges stops at the first iteration whose loss is not
+/// finite, naming it, with either placement; no checkpoint holds weights
+/// from that step or after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_finite_loss_stops_training_naming_the_iteration_and_nothing_bad_is_checkpointed() {
+    bounded(async {
+        for placement in [ShardPlacement::Driver, hosted(2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+            let d = cluster.driver().unwrap();
+            let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+            // A learning rate that makes the weights grow without bound.
+            let mut s = TrainSpec::new("linear", &(), 16, 50, 9, 1e3).unwrap();
+            s.shards = 2;
+            s.placement = placement.clone();
+            s.checkpoint = Some(CheckpointPolicy {
+                every_iterations: Some(1),
+                keep_last: 0,
+                ..CheckpointPolicy::every_epoch(dir.path(), claim_for(dir.path()))
+            });
+            let mut t = DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer())
+                .await
+                .unwrap();
+            let mut last_ok = 0;
+            let err = loop {
+                match t.step().await {
+                    Ok(it) => {
+                        assert!(it.stats.loss_sum.is_finite());
+                        last_ok = it.position.iteration;
+                    }
+                    Err(e) => break e,
+                }
+            };
+            let _ = t.finish().await;
+            cluster.shutdown().await;
+            match &err {
+                kiln_runtime::Error::NonFiniteLoss { iteration, .. } => {
+                    assert_eq!(*iteration, last_ok + 1, "{err}")
+                }
+                other => panic!("{placement:?}: {other}"),
+            }
+            assert!(
+                err.to_string()
+                    .contains(&format!("iteration {}", last_ok + 1)),
+                "{err}"
+            );
+            let store = CheckpointStore::open_for_reading(dir.path()).unwrap();
+            let ids = store.ids().unwrap();
+            assert_eq!(ids.len() as u64, last_ok, "{placement:?}");
+            for id in ids {
+                let r = store.verify(id).unwrap();
+                assert!(r.iteration <= last_ok);
+                for b in r.blobs.iter().filter(|b| b.name.starts_with("params")) {
+                    let v =
+                        kiln_runtime::train::bytes_to_f32(&store.read(&r, &b.name).unwrap(), "p")
+                            .unwrap();
+                    assert!(v.iter().all(|x| x.is_finite()), "checkpoint {id}: {v:?}");
+                }
+            }
+        }
+    })
+    .await
+}

@@ -59,13 +59,19 @@ where
         // Straight into the caller's buffer: no flat copy of the gradient.
         let mut offset = 0;
         let mut fits = true;
-        self.objective.network().visit_params("", &mut |_, p| {
+        let mut non_finite: Option<String> = None;
+        self.objective.network().visit_params("", &mut |name, p| {
             let n = p.grad.len();
             match grads.get_mut(offset..offset + n) {
-                Some(out) => match p.grad.as_slice() {
-                    Some(g) => out.copy_from_slice(g),
-                    None => out.iter_mut().zip(p.grad.iter()).for_each(|(o, g)| *o = *g),
-                },
+                Some(out) => {
+                    match p.grad.as_slice() {
+                        Some(g) => out.copy_from_slice(g),
+                        None => out.iter_mut().zip(p.grad.iter()).for_each(|(o, g)| *o = *g),
+                    }
+                    if non_finite.is_none() && !out.iter().all(|g| g.is_finite()) {
+                        non_finite = Some(name.to_string());
+                    }
+                }
                 None => fits = false,
             }
             offset += n;
@@ -74,6 +80,15 @@ where
             return Err(format!(
                 "the network has {offset} gradient values, the buffer {}",
                 grads.len()
+            ));
+        }
+        // A non-finite loss is the driver's to report (it names the
+        // iteration); a finite loss with non-finite gradients is refused
+        // here, before anything is applied.
+        if let (Some(name), true) = (non_finite, loss.loss_sum.is_finite()) {
+            return Err(format!(
+                "non-finite gradient values in {name:?} (the loss was {}): training diverged or the data holds extreme values; nothing was applied",
+                loss.loss_sum
             ));
         }
         Ok(stats(loss))

@@ -194,7 +194,18 @@ pub async fn run_training<K: TrainingJob>(
             trainer.finish().await?;
             return Err(JobError::Cancelled);
         }
-        let it = trainer.step().await?;
+        let it = trainer.step().await.map_err(|e| match e {
+            e @ (kiln_runtime::Error::NonFiniteLoss { .. }
+            | kiln_runtime::Error::NonFiniteWeights { .. }) => JobError::Runtime(e),
+            e => JobError::step(format!("iteration {}", trainer.position().iteration + 1), e),
+        })?;
+        if trained == 0 && it.stats.samples > 0 && it.stats.loss_sum == 0.0 {
+            ctx.line(format!(
+                "WARNING the loss of iteration {} is exactly 0 over {} samples: there is nothing to learn \
+                 (targets the model already fits exactly, or an objective that ignores its input)",
+                it.position.iteration, it.stats.samples
+            ));
+        }
         trained += it.stats.samples;
         report.checkpoint_seconds += it.checkpoint_seconds;
         epoch_stats.add(&it.stats);

@@ -228,7 +228,23 @@ const MAX_ITERATION_REDOS: u32 = 5;
 fn redo_limit(e: &Error) -> u32 {
     match e {
         Error::PeersUnreachable { .. } => 1,
+        // The same batch gives the same loss again.
+        Error::NonFiniteLoss { .. } => 0,
         _ => MAX_ITERATION_REDOS,
+    }
+}
+
+/// Refuses an iteration whose loss is not finite (`iteration` counts from
+/// 0 here, from 1 in the error).
+fn check_loss(iteration: u64, stats: &BatchStats) -> Result<()> {
+    if stats.loss_sum.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFiniteLoss {
+            iteration: iteration + 1,
+            loss: stats.loss_sum,
+            samples: stats.samples,
+        })
     }
 }
 
@@ -574,10 +590,23 @@ impl<T: Data> DistributedTrainer<T> {
                 }
             }
         }
+        if let Err(e) = check_loss(iteration, &stats) {
+            self.driver_shards()?.discard()?;
+            self.abandon_in_flight();
+            return Err(e);
+        }
         let lr = (self.spec.learning_rate)(iteration, epoch);
         let scale = 1.0 / stats.samples.max(1) as f32;
         tracing::debug!(iteration, staleness, "applying the iteration");
         self.params = self.driver_shards()?.step(scale, lr).await?;
+        if let Some(index) = self.params.iter().position(|w| !w.is_finite()) {
+            self.abandon_in_flight();
+            return Err(Error::NonFiniteWeights {
+                iteration: iteration + 1,
+                index,
+                value: self.params[index],
+            });
+        }
         if let Some(b) = buffers.mean() {
             self.buffers = b;
         }
@@ -828,6 +857,7 @@ impl<T: Data> DistributedTrainer<T> {
                     _ => return Err(Error::Invalid("a training task left no gradients".into())),
                 }
             }
+            check_loss(iteration, &stats)?;
             let step = PendingStep {
                 gradients,
                 stored_on,
