@@ -13,13 +13,15 @@ use kiln_runtime::staging::FileRef;
 use kiln_runtime::train::BatchStats;
 use kiln_runtime::transport::encode;
 use kiln_runtime::{DistributedTrainer, JobContext, Registry};
-use kiln_speech::audio::read_audio_at;
+use kiln_speech::alignment;
+use kiln_speech::audio::{audio_length, read_audio_at};
 use kiln_speech::augment::SpecAugment;
 use kiln_speech::corpus::list_utterances;
 use kiln_speech::ds2::{Ds2, Ds2Config};
 use kiln_speech::metrics::{cer, wer};
 use kiln_speech::objective::{Ds2Objective, Ds2ObjectiveConfig};
 use kiln_speech::pipeline::{self, Decoder, Example, SAMPLE_RATE};
+use kiln_speech::text::TranscriptVectorizer;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -143,6 +145,65 @@ pub struct SpeechSource {
     pub max_seconds: f64,
     /// Stage the audio even where the paths exist.
     pub stage: bool,
+}
+
+/// What a run says before it starts about training utterances that teach
+/// nothing: those CTC cannot align (the model's output for their audio is
+/// shorter than their transcript needs) and those longer than
+/// `max_seconds` (skipped), with their count and the first few ids.
+fn check_alignments(
+    listed: &[kiln_speech::corpus::Utterance],
+    model: &Ds2Config,
+    max_seconds: f64,
+) -> Vec<String> {
+    const SHOWN: usize = 5;
+    let mut unalignable = Vec::new();
+    let mut too_long = Vec::new();
+    for u in listed {
+        let Ok(length) = audio_length(&u.audio_path) else {
+            continue; // said when the executor reads it
+        };
+        if length.seconds() > max_seconds {
+            too_long.push(u.id.as_str());
+            continue;
+        }
+        let Ok(labels) = TranscriptVectorizer.encode(&u.transcript) else {
+            continue;
+        };
+        if let Some(bad) = alignment::unalignable(model, &u.id, &labels, &length) {
+            unalignable.push(bad);
+        }
+    }
+    let mut lines = Vec::new();
+    if !unalignable.is_empty() {
+        let shown: Vec<String> = unalignable
+            .iter()
+            .take(SHOWN)
+            .map(|b| {
+                format!(
+                    "{} ({} output frames, {} needed)",
+                    b.id, b.output_frames, b.needed
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "WARNING {} of {} training utterances cannot be aligned by CTC (the model's output for their audio is shorter than their transcript needs; they teach nothing): {}{}",
+            unalignable.len(),
+            listed.len(),
+            shown.join(", "),
+            if unalignable.len() > SHOWN { ", …" } else { "" }
+        ));
+    }
+    if !too_long.is_empty() {
+        lines.push(format!(
+            "SKIPPING {} of {} training utterances longer than max_seconds = {max_seconds}: {}{}",
+            too_long.len(),
+            listed.len(),
+            too_long[..too_long.len().min(SHOWN)].join(", "),
+            if too_long.len() > SHOWN { ", …" } else { "" }
+        ));
+    }
+    lines
 }
 
 /// The example of one utterance whose audio is at `path`; `None` (logged)
@@ -354,6 +415,15 @@ impl TrainingJob for Speech {
                 format!("listing {}", train.display()),
                 "no usable utterance",
             ));
+        }
+        let report = {
+            let (listed, model, max_seconds) = (listed.clone(), s.model.clone(), s.max_seconds);
+            tokio::task::spawn_blocking(move || check_alignments(&listed, &model, max_seconds))
+                .await
+                .map_err(|e| JobError::step(format!("reading {}", train.display()), e))?
+        };
+        for line in report {
+            ctx.line(line);
         }
         let audio = publish_all(ctx, listed.iter().map(|u| u.audio_path.clone()).collect()).await?;
         let utterances: Vec<UtteranceRef> = listed

@@ -226,6 +226,63 @@ pub fn read_flac(path: &Path) -> Result<Audio> {
     })
 }
 
+/// How long an audio file is, read from its header where it says
+/// (WAV's data chunk, FLAC's STREAMINFO), else by decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioLength {
+    /// Samples per channel.
+    pub samples: u64,
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+}
+
+impl AudioLength {
+    /// Samples per channel once resampled to `rate` Hz (as the resampler
+    /// makes them).
+    pub fn samples_at(&self, rate: u32) -> u64 {
+        if rate == self.sample_rate || self.sample_rate == 0 {
+            self.samples
+        } else {
+            (u128::from(self.samples) * u128::from(rate)).div_ceil(u128::from(self.sample_rate))
+                as u64
+        }
+    }
+
+    /// Duration in seconds.
+    pub fn seconds(&self) -> f64 {
+        if self.sample_rate == 0 {
+            0.0
+        } else {
+            self.samples as f64 / f64::from(self.sample_rate)
+        }
+    }
+}
+
+/// The length of a WAV or FLAC file without decoding its samples where the
+/// header holds it.
+pub fn audio_length(path: &Path) -> Result<AudioLength> {
+    if let Ok(r) = hound::WavReader::open(path) {
+        return Ok(AudioLength {
+            samples: u64::from(r.duration()),
+            sample_rate: r.spec().sample_rate,
+        });
+    }
+    if let Ok(r) = claxon::FlacReader::open(path) {
+        let info = r.streaminfo();
+        if let Some(samples) = info.samples {
+            return Ok(AudioLength {
+                samples,
+                sample_rate: info.sample_rate,
+            });
+        }
+    }
+    let audio = read_audio(path)?;
+    Ok(AudioLength {
+        samples: audio.samples.len() as u64,
+        sample_rate: audio.sample_rate,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

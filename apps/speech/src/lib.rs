@@ -16,6 +16,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod alignment;
 pub mod audio;
 pub mod augment;
 pub mod corpus;

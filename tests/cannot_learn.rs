@@ -1,0 +1,132 @@
+//! Training that cannot learn says so: a diverging run stops naming the
+//! iteration (nothing after it is checkpointed), and utterances CTC
+//! cannot align are counted before a speech run starts.
+
+#[path = "cluster_support/helpers.rs"]
+mod helpers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use helpers::kiln_output;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// A one-epoch digits run on a local cluster of one executor.
+fn digits(extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "local",
+        "--executors",
+        "1",
+        "digits",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    kiln_output(&args, LIMIT)
+}
+
+/// Copies directory `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("readable") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_iteration_and_checkpoints_nothing_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ckpt = dir.path().join("ckpt");
+    let (ok, out, err) = digits(&["--lr", "1e6", "--checkpoint-dir", s(&ckpt)]);
+    assert!(!ok, "{out}");
+    let failed = out
+        .lines()
+        .find(|l| l.starts_with("JOB 1 failed: iteration "))
+        .unwrap_or_else(|| panic!("{out}\n{err}"));
+    assert!(
+        failed.contains("the loss is NaN") || failed.contains("the loss is inf"),
+        "{failed}"
+    );
+    assert!(!out.contains("CHECKPOINT"), "{out}");
+    assert!(!out.contains("EPOCH"), "{out}");
+}
+
+#[test]
+fn utterances_ctc_cannot_align_are_counted_before_training() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let corpus = dir.path().join("corpus");
+    copy_dir(
+        &root().join("apps/speech/tests/fixtures/librispeech"),
+        &corpus,
+    );
+    // One utterance of about two seconds given a 600-character transcript.
+    let trans = corpus.join("mini/4490/90921/4490-90921.trans.txt");
+    let long = "PETER COULD LISTEN ".repeat(32);
+    std::fs::write(&trans, format!("4490-90921-0010 {}\n", long.trim())).expect("write");
+    let listed = walk_count(&corpus.join("mini"));
+    let (ok, out, err) = kiln_output(
+        &[
+            "speech",
+            "train",
+            "--data",
+            s(&corpus),
+            "--train-split",
+            "mini",
+            "--executors",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--config",
+            s(&root().join("apps/speech/configs/ds2_tiny.toml")),
+            "--out",
+            s(&dir.path().join("ds2.safetensors")),
+            "--no-progress",
+        ],
+        LIMIT,
+    );
+    assert!(ok, "{out}\n{err}");
+    let warning = out
+        .lines()
+        .find(|l| l.starts_with("WARNING "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        warning.contains(&format!(
+            "1 of {listed} training utterances cannot be aligned by CTC"
+        )) && warning.contains("4490-90921-0010"),
+        "{warning}"
+    );
+    let training = out.find("TRAINING").expect("a TRAINING line");
+    assert!(out.find("WARNING").expect("warning") < training, "{out}");
+}
+
+/// Audio files under `dir`.
+fn walk_count(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("readable") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            n += walk_count(&p);
+        } else if p.extension().is_some_and(|x| x == "flac" || x == "wav") {
+            n += 1;
+        }
+    }
+    n
+}
