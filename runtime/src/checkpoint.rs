@@ -32,12 +32,14 @@
 //! a corrupt manifest is rebuilt from the checkpoints themselves.
 
 mod blob;
+mod crash_points;
 mod error;
 mod owner;
 mod record;
 mod store;
 
 pub use blob::{read_blob, verify_blob, write_blob, BlobRef, BlobWriter, BLOB_MAGIC};
+pub use crash_points::{CRASH_AT_ENV, CRASH_POINTS};
 pub use error::CheckpointError;
 pub use owner::{check_claim, dir_state, read_owner, DirState, StoreClaim, StoreOwner, OWNER_FILE};
 pub use record::{CheckpointRecord, FORMAT_VERSION};

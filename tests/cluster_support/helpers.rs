@@ -249,12 +249,22 @@ pub(crate) fn read_counts(path: &Path) -> HashMap<String, u64> {
 /// killing it (by its own id) if it outlives `limit`; returns whether it
 /// succeeded, its stdout and its stderr.
 pub(crate) fn kiln_output(args: &[&str], limit: Duration) -> (bool, String, String) {
+    kiln_output_with(args, &[], limit)
+}
+
+/// [`kiln_output`] with extra environment variables.
+pub(crate) fn kiln_output_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

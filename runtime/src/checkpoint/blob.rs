@@ -148,6 +148,10 @@ impl BlobWriter {
         self.file
             .write_all(chunk)
             .map_err(|e| CheckpointError::io(&self.tmp, e))?;
+        let half = self.len / 2;
+        if self.written < half && end >= half {
+            super::crash_points::crash_point("blob-partial");
+        }
         self.written = end;
         Ok(())
     }
@@ -220,7 +224,9 @@ pub fn write_blob(
         payload.len() as u64,
         crc32fast::hash(payload),
     )?;
-    w.write(payload)?;
+    let half = payload.len() / 2;
+    w.write(&payload[..half])?;
+    w.write(&payload[half..])?;
     w.finish()
 }
 

@@ -87,6 +87,9 @@ pub enum DirState {
     /// A store from before owners were recorded (a manifest, no owner
     /// file).
     Unowned,
+    /// A store that never got a checkpoint (its run was stopped before
+    /// the first one): nothing in it to lose, so a new run may take it.
+    Empty(StoreOwner),
 }
 
 /// Looks at `dir` without changing anything: free, a store (and whose), or
@@ -105,7 +108,11 @@ pub fn dir_state(dir: &Path) -> Result<DirState, CheckpointError> {
         Ok(_) => {}
     }
     if let Some(owner) = read_owner(dir)? {
-        return Ok(DirState::Owned(owner));
+        return Ok(if holds_checkpoint_data(dir)? {
+            DirState::Owned(owner)
+        } else {
+            DirState::Empty(owner)
+        });
     }
     if dir.join("manifest").is_dir() {
         return Ok(DirState::Unowned);
@@ -132,7 +139,7 @@ pub fn dir_state(dir: &Path) -> Result<DirState, CheckpointError> {
 pub fn check_claim(dir: &Path, claim: &StoreClaim) -> Result<DirState, CheckpointError> {
     let state = dir_state(dir)?;
     match (claim, &state) {
-        (StoreClaim::NewRun { .. }, DirState::Free) => Ok(state),
+        (StoreClaim::NewRun { .. }, DirState::Free | DirState::Empty(_)) => Ok(state),
         (StoreClaim::NewRun { kind }, DirState::Owned(owner)) => {
             Err(CheckpointError::OwnedByAnotherRun {
                 dir: dir.to_path_buf(),
@@ -148,7 +155,9 @@ pub fn check_claim(dir: &Path, claim: &StoreClaim) -> Result<DirState, Checkpoin
             dir: dir.to_path_buf(),
             reason: "there is no checkpoint store there to continue".into(),
         }),
-        (StoreClaim::Continue { kind }, DirState::Owned(owner)) if owner.kind != *kind => {
+        (StoreClaim::Continue { kind }, DirState::Owned(owner) | DirState::Empty(owner))
+            if owner.kind != *kind =>
+        {
             Err(CheckpointError::KindMismatch {
                 dir: dir.to_path_buf(),
                 owner: owner.clone(),
@@ -157,6 +166,26 @@ pub fn check_claim(dir: &Path, claim: &StoreClaim) -> Result<DirState, Checkpoin
         }
         (StoreClaim::Continue { .. }, _) => Ok(state),
     }
+}
+
+/// Whether a checkpoint was ever committed in the store at `dir`: every
+/// commit writes the checkpoint's record file beside its blobs before the
+/// manifest insert, so a store without one holds no checkpoint (at most
+/// the blobs of one cut short).
+fn holds_checkpoint_data(dir: &Path) -> Result<bool, CheckpointError> {
+    let blobs = dir.join("blobs");
+    let entries = match std::fs::read_dir(&blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(CheckpointError::io(&blobs, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| CheckpointError::io(&blobs, e))?;
+        if entry.path().join(super::store::RECORD_FILE).exists() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The owner recorded in `dir`, if there is an owner file.

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::blob::{blob_dir, read_blob, verify_blob};
+use super::crash_points::crash_point;
 use super::error::CheckpointError;
 use super::owner::{
     check_claim, now_unix_ms, read_owner, write_atomically, write_owner, DirState, StoreClaim,
@@ -86,7 +87,8 @@ impl CheckpointStore {
         keep_last: usize,
     ) -> Result<Self, CheckpointError> {
         let owner = match check_claim(dir, claim)? {
-            DirState::Free => {
+            DirState::Empty(owner) if matches!(claim, StoreClaim::Continue { .. }) => owner,
+            DirState::Free | DirState::Empty(_) => {
                 let owner = StoreOwner::new_run(claim.kind());
                 std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
                 write_owner(dir, &owner)?;
@@ -129,6 +131,7 @@ impl CheckpointStore {
                 path: dir.join("manifest"),
                 reason: e.to_string(),
             })?;
+        adopt_complete(dir, &db, &commits)?;
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
             db,
@@ -183,6 +186,7 @@ impl CheckpointStore {
                 path: manifest.clone(),
                 reason: format!("copy: {e}"),
             })?;
+        adopt_complete(dir, &db, &commits)?;
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
             db,
@@ -270,7 +274,9 @@ impl CheckpointStore {
             verify_blob(&self.dir, record.id, b)?;
         }
         let bytes = record.encode()?;
+        crash_point("blobs-written");
         write_atomically(&blob_dir(&self.dir, record.id).join(RECORD_FILE), &bytes)?;
+        crash_point("record-written");
         self.commits
             .insert(record.id.to_be_bytes(), bytes)
             .map_err(|e| self.manifest_err(e))?;
@@ -281,6 +287,7 @@ impl CheckpointStore {
             bytes = record.total_bytes(),
             "checkpoint committed"
         );
+        crash_point("committed");
         self.apply_retention()
     }
 
@@ -374,10 +381,20 @@ impl CheckpointStore {
     /// Removes checkpoint `id` (record first, then its blobs).
     pub fn delete(&self, id: u64) -> Result<(), CheckpointError> {
         self.refuse_if_snapshot("delete a checkpoint")?;
+        // The record file goes first: a checkpoint cut short here is
+        // still listed by the manifest, and its directory is never taken
+        // for a checkpoint the manifest lost (see `adopt_complete`).
+        let record = blob_dir(&self.dir, id).join(RECORD_FILE);
+        match std::fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CheckpointError::io(&record, e)),
+        }
         self.commits
             .remove(id.to_be_bytes())
             .map_err(|e| self.manifest_err(e))?;
         self.db.flush().map_err(|e| self.manifest_err(e))?;
+        crash_point("retention");
         remove_dir(&blob_dir(&self.dir, id))
     }
 
@@ -439,6 +456,45 @@ fn blob_dir_ids_in(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
         .collect();
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Adds to the manifest the checkpoints newer than its newest commit whose
+/// record file and blobs verify: a writer stopped after writing a
+/// checkpoint's record file but before its manifest insert had finished
+/// the checkpoint (its record file is written only once every blob is in
+/// place). Returns their ids.
+fn adopt_complete(
+    dir: &Path,
+    db: &sled::Db,
+    commits: &sled::Tree,
+) -> Result<Vec<u64>, CheckpointError> {
+    let sled_err = |e: sled::Error| CheckpointError::Manifest {
+        path: dir.join("manifest"),
+        reason: e.to_string(),
+    };
+    let newest = commits
+        .last()
+        .map_err(sled_err)?
+        .map(|(k, _)| key_id(&k))
+        .unwrap_or(0);
+    let mut adopted = Vec::new();
+    for id in blob_dir_ids_in(dir)?.into_iter().filter(|&id| id > newest) {
+        let Ok(bytes) = std::fs::read(blob_dir(dir, id).join(RECORD_FILE)) else {
+            continue;
+        };
+        let Ok(record) = CheckpointRecord::decode(id, &bytes) else {
+            continue;
+        };
+        if record.blobs.iter().all(|b| verify_blob(dir, id, b).is_ok()) {
+            commits.insert(id.to_be_bytes(), bytes).map_err(sled_err)?;
+            adopted.push(id);
+        }
+    }
+    if !adopted.is_empty() {
+        db.flush().map_err(sled_err)?;
+        tracing::warn!(dir = %dir.display(), ids = ?adopted, "checkpoints finished but missing from the manifest (a writer stopped before its commit): added");
+    }
+    Ok(adopted)
 }
 
 /// Inserts into `db` the record of every checkpoint in `dir` whose record
@@ -812,6 +868,64 @@ mod tests {
         );
         assert!(!missing.exists());
         assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_store_that_never_got_a_checkpoint_may_be_taken_by_a_new_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = new_run(dir.path(), 0).owner().unwrap().clone();
+        // Blobs of a first checkpoint cut short: still no checkpoint.
+        write_blob(dir.path(), 1, "a", &[1; 10]).unwrap();
+        let store = CheckpointStore::claim(
+            dir.path(),
+            &StoreClaim::NewRun {
+                kind: "other".into(),
+            },
+            0,
+        )
+        .unwrap();
+        let second = store.owner().unwrap().clone();
+        assert_ne!(second.run_id, first.run_id);
+        assert_eq!(second.kind, "other");
+        checkpoint(&store, 1, &[("a", vec![2; 10])]);
+        drop(store);
+        let err = CheckpointStore::claim(
+            dir.path(),
+            &StoreClaim::NewRun {
+                kind: "other".into(),
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(&second.run_id), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_finished_but_missing_from_the_manifest_is_added_one_cut_short_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = new_run(dir.path(), 0);
+            checkpoint(&store, 1, &[("a", vec![1; 10])]);
+            // Checkpoint 2: blobs and record file written, then the writer
+            // stopped before the manifest insert.
+            let mut r = CheckpointRecord::new(2, 2, 0);
+            r.blobs
+                .push(write_blob(store.dir(), 2, "a", &[2; 10]).unwrap());
+            write_atomically(
+                &blob_dir(dir.path(), 2).join(RECORD_FILE),
+                &r.encode().unwrap(),
+            )
+            .unwrap();
+            // Checkpoint 3: blobs only.
+            write_blob(store.dir(), 3, "a", &[3; 10]).unwrap();
+        }
+        let reader = CheckpointStore::open_for_reading(dir.path()).unwrap();
+        assert_eq!(reader.ids().unwrap(), vec![1, 2]);
+        drop(reader);
+        let store = continued(dir.path(), 0);
+        assert_eq!(store.ids().unwrap(), vec![1, 2]);
+        assert_eq!(store.latest_valid().unwrap().0.iteration, 2);
+        assert_eq!(store.next_id().unwrap(), 4);
     }
 
     /// Overwrites the middle of every file of the sled manifest.
