@@ -17,7 +17,7 @@ use kiln_speech::audio::read_audio_at;
 use kiln_speech::augment::SpecAugment;
 use kiln_speech::corpus::list_utterances;
 use kiln_speech::ds2::{Ds2, Ds2Config};
-use kiln_speech::metrics::{cer, wer};
+use kiln_speech::metrics::error_rates;
 use kiln_speech::objective::{Ds2Objective, Ds2ObjectiveConfig};
 use kiln_speech::pipeline::{self, Decoder, Example, SAMPLE_RATE};
 use rand::rngs::StdRng;
@@ -213,7 +213,8 @@ pub fn read_split(split: &Path) -> Result<Vec<Example>> {
     Ok(examples)
 }
 
-/// WER and CER of `model` on `examples` with `decoder`.
+/// WER and CER of `model` on `examples` with `decoder` (`kiln speech
+/// eval` and training's dev scores; normalised as `kiln speech score` is).
 pub fn score(
     model: &mut Ds2<f32>,
     examples: &[Example],
@@ -226,10 +227,8 @@ pub fn score(
         .zip(&hyps)
         .map(|(e, h)| (e.transcript.as_str(), h.as_str()))
         .collect();
-    Ok((
-        wer(pairs.iter().copied()).rate(),
-        cer(pairs.iter().copied()).rate(),
-    ))
+    let (w, c) = error_rates(&pairs);
+    Ok((w.rate(), c.rate()))
 }
 
 /// `config`'s DS2 with `params` and `buffers` (batch-norm statistics).
