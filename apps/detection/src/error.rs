@@ -73,6 +73,26 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A setting outside its allowed range (names the setting, its value
+    /// and the range).
+    #[error("{what}: {source}")]
+    Range {
+        /// The component being configured (e.g. `TrainConfig`).
+        what: String,
+        /// The setting, its value and the allowed range.
+        #[source]
+        source: kiln_nn::bounds::OutOfRange,
+    },
+    /// A configuration file was refused (unknown key, bad value, out of
+    /// range): the file and why.
+    #[error("{}: {source}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
     /// A tensor argument has the wrong shape.
     #[error("{op}: shape mismatch: expected {expected}, got {actual:?}")]
     Shape {
@@ -112,6 +132,14 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Range`] of component `what`.
+    pub fn range(what: impl Into<String>, source: kiln_nn::bounds::OutOfRange) -> Self {
+        Error::Range {
+            what: what.into(),
             source,
         }
     }
