@@ -64,13 +64,12 @@ pub enum Error {
         reason: String,
     },
     /// A setting outside its allowed range (names the setting and the range).
-    #[error("{what}: {source}")]
+    #[error("{what}: {range}")]
     Range {
         /// The component being configured (e.g. `LrSchedule`).
         what: String,
         /// The setting, its value and the allowed range.
-        #[source]
-        source: crate::bounds::OutOfRange,
+        range: crate::bounds::OutOfRange,
     },
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
@@ -105,10 +104,10 @@ impl Error {
     }
 
     /// A range error of component `what`.
-    pub fn range(what: impl Into<String>, source: crate::bounds::OutOfRange) -> Self {
+    pub fn range(what: impl Into<String>, range: crate::bounds::OutOfRange) -> Self {
         Error::Range {
             what: what.into(),
-            source,
+            range,
         }
     }
 

@@ -75,23 +75,21 @@ pub enum Error {
     },
     /// A setting outside its allowed range (names the setting, its value
     /// and the range).
-    #[error("{what}: {source}")]
+    #[error("{what}: {range}")]
     Range {
         /// The component being configured (e.g. `TrainConfig`).
         what: String,
         /// The setting, its value and the allowed range.
-        #[source]
-        source: kiln_nn::bounds::OutOfRange,
+        range: kiln_nn::bounds::OutOfRange,
     },
     /// A configuration file was refused (unknown key, bad value, out of
     /// range): the file and why.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     ConfigFile {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
     /// A tensor argument has the wrong shape.
     #[error("{op}: shape mismatch: expected {expected}, got {actual:?}")]
@@ -137,10 +135,10 @@ impl Error {
     }
 
     /// An [`Error::Range`] of component `what`.
-    pub fn range(what: impl Into<String>, source: kiln_nn::bounds::OutOfRange) -> Self {
+    pub fn range(what: impl Into<String>, range: kiln_nn::bounds::OutOfRange) -> Self {
         Error::Range {
             what: what.into(),
-            source,
+            range,
         }
     }
 

@@ -121,7 +121,7 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let in_file = |e: Error| Error::ConfigFile {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            error: Box::new(e),
         };
         let de = &mut serde_json::Deserializer::from_str(&text);
         let cfg: TrainConfig = serde_path_to_error::deserialize(de).map_err(|e| {
