@@ -187,9 +187,11 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             .map(|name| a.data.join(name))
             .with_context(|| format!("{} has no dev* split", a.data.display()))?
     };
+    // The small inputs first: a bad LM file is reported before the
+    // model and the audio are read.
+    let lm = load_lm(&a.decode)?;
     let mut model = load_model(&a.model)?;
     let examples = read_split(&split)?;
-    let lm = load_lm(&a.decode)?;
     let (w, c) = score(&mut model, &examples, &decoder(&a.decode, &lm))?;
     if a.json {
         println!(
@@ -221,8 +223,8 @@ fn list_is_split(dir: &Path) -> bool {
 }
 
 fn transcribe(a: &TranscribeArgs) -> anyhow::Result<()> {
-    let mut model = load_model(&a.model)?;
     let lm = load_lm(&a.decode)?;
+    let mut model = load_model(&a.model)?;
     let dec = decoder(&a.decode, &lm);
     for path in &a.paths {
         let examples = if path.is_dir() {
