@@ -250,7 +250,8 @@ mod tests {
     #[test]
     fn out_of_range_and_non_finite_values_are_refused_naming_the_setting() {
         let base = example("ds2_small.toml");
-        let cases: Vec<(Box<dyn Fn(&mut Ds2Config)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Ds2Config)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.rnn.hidden = usize::MAX), "rnn.hidden"),
             (Box::new(|c| c.rnn.layers = 1000), "rnn.layers"),
             (Box::new(|c| c.freq_bins = 1 << 40), "freq_bins"),
