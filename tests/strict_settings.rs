@@ -368,3 +368,23 @@ fn speech_score_folds_case_like_eval_and_training() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.starts_with("WER 0.00%"), "{out}");
 }
+
+#[test]
+fn a_settings_file_with_an_unknown_key_is_refused_naming_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("digits-settings.json");
+    std::fs::write(&file, r#"{"job": {"epochs": 1, "epochz": 2}}"#).expect("write");
+    let at = format!("@{}", p(&file));
+    refused(
+        &[
+            "local",
+            "--in-process",
+            "job",
+            "--kind",
+            "digits",
+            "--settings",
+            &at,
+        ],
+        &["digits-settings.json", "job.epochz", "unknown field"],
+    );
+}

@@ -260,7 +260,10 @@ pub fn run_local(
     if let Some(sub) = &job {
         kinds
             .accept(&sub.kind, &sub.settings, &JobEnv::here())
-            .with_context(|| format!("job of kind {:?} refused", sub.kind))?;
+            .with_context(|| match &sub.source {
+                Some(file) => format!("{}: job of kind {:?} refused", file.display(), sub.kind),
+                None => format!("job of kind {:?} refused", sub.kind),
+            })?;
     }
     let rt = tokio_runtime()?;
     rt.block_on(async {

@@ -80,6 +80,9 @@ pub struct Submission {
     pub fetch: Option<(String, PathBuf)>,
     /// Draw a progress bar.
     pub progress: bool,
+    /// The file the settings were read from (`--settings @FILE`), named
+    /// when they are refused.
+    pub source: Option<PathBuf>,
 }
 
 /// Where the parameter shards live.
@@ -438,6 +441,7 @@ impl SpeechTrainArgs {
             settings: training(crate::jobs::speech::KIND, self.settings()?, &self.run)?,
             fetch: model_out(Some(&self.out)),
             progress: !self.no_progress,
+            source: None,
         })
     }
 }
@@ -455,6 +459,7 @@ impl DetectTrainArgs {
             settings: training(crate::jobs::detection::KIND, settings, &self.run)?,
             fetch: model_out(Some(&self.out)),
             progress: !self.no_progress,
+            source: None,
         })
     }
 }
@@ -486,6 +491,7 @@ impl JobCommand {
                 settings: training(crate::jobs::digits::KIND, a.settings(), &a.run)?,
                 fetch: model_out(a.out.as_deref()),
                 progress: !a.no_progress,
+                source: None,
             },
             JobCommand::Speech {
                 command: SpeechJob::Train(a),
@@ -506,6 +512,7 @@ impl JobCommand {
                 )?,
                 fetch: a.output.clone().map(|p| ("counts".to_string(), p)),
                 progress: false,
+                source: None,
             },
             JobCommand::PanicThenCount(a) => Submission {
                 kind: crate::jobs::fault_demo::KIND.into(),
@@ -517,6 +524,7 @@ impl JobCommand {
                 )?,
                 fetch: None,
                 progress: false,
+                source: None,
             },
             JobCommand::Resume(a) => Submission {
                 kind: RESUME_KIND.into(),
@@ -528,11 +536,13 @@ impl JobCommand {
                 )?,
                 fetch: model_out(a.out.as_deref()),
                 progress: !a.no_progress,
+                source: None,
             },
             JobCommand::Job(a) => {
-                let settings = match a.settings.strip_prefix('@') {
+                let source = a.settings.strip_prefix('@').map(PathBuf::from);
+                let settings = match &source {
                     Some(file) => std::fs::read_to_string(file)
-                        .with_context(|| format!("reading the settings file {file}"))?,
+                        .with_context(|| format!("reading the settings file {}", file.display()))?,
                     None => a.settings.clone(),
                 };
                 Submission {
@@ -540,6 +550,7 @@ impl JobCommand {
                     settings,
                     fetch: model_out(a.out.as_deref()),
                     progress: !a.no_progress,
+                    source,
                 }
             }
         })
