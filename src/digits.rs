@@ -67,6 +67,34 @@ impl Default for DigitsSettings {
 }
 
 impl DigitsSettings {
+    /// Checks the settings' ranges (`epochs` in `[1, 100000]`,
+    /// `batch_size` in `[1, 65536]`, `learning_rate` in `(0, 10]`,
+    /// `momentum` in `[0, 1)`); errors name the setting as
+    /// `<prefix><name>` for job kind `kind`.
+    pub fn check(&self, kind: &str, prefix: &str) -> crate::jobs::Result<()> {
+        use crate::jobs::{bounded, in_range, positive_number};
+        let name = |n: &str| format!("{prefix}{n}");
+        bounded(
+            kind,
+            &name("epochs"),
+            self.epochs,
+            1..=crate::jobs::MAX_EPOCHS,
+        )?;
+        bounded(
+            kind,
+            &name("batch_size"),
+            self.batch_size,
+            1..=crate::jobs::MAX_BATCH_SIZE,
+        )?;
+        positive_number(
+            kind,
+            &name("learning_rate"),
+            self.learning_rate,
+            crate::jobs::MAX_LEARNING_RATE,
+        )?;
+        in_range(kind, &name("momentum"), self.momentum, 0.0..1.0)
+    }
+
     /// The network to train.
     pub fn network(&self) -> LayerConfig {
         match self.model {

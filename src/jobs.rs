@@ -21,6 +21,7 @@ pub mod word_count;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -315,49 +316,50 @@ async fn cluster_summary(ctx: &JobContext) {
     ctx.line(format!("LOST {} LEFT {}", status.lost, status.left));
 }
 
+/// Most epochs of a training job.
+pub const MAX_EPOCHS: u64 = 100_000;
+/// Largest global batch of the digits and speech jobs.
+pub const MAX_BATCH_SIZE: usize = 65_536;
+/// Most partitions of a dataset.
+pub const MAX_PARTITIONS: u32 = 65_536;
+/// Largest learning rate a job accepts.
+pub const MAX_LEARNING_RATE: f64 = 10.0;
+
+/// A range error of a setting of `kind` (from [`kiln_nn::bounds`]).
+pub fn out_of_range(kind: &str, e: kiln_nn::bounds::OutOfRange) -> JobError {
+    JobError::InvalidSetting {
+        kind: kind.to_string(),
+        setting: e.setting,
+        value: e.value,
+        reason: format!("must be {}", e.expected),
+    }
+}
+
+/// An integer setting in `range`, or an error naming it, its value and
+/// the range.
+pub fn bounded<T>(kind: &str, setting: &str, value: T, range: impl RangeBounds<T>) -> Result<()>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    kiln_nn::bounds::check(setting, value, range)
+        .map(drop)
+        .map_err(|e| out_of_range(kind, e))
+}
+
 /// A positive integer setting, or an error naming it.
 pub fn positive(kind: &str, setting: &str, value: u64) -> Result<()> {
-    if value == 0 {
-        Err(JobError::invalid(
-            kind,
-            setting,
-            value,
-            "must be at least 1",
-        ))
-    } else {
-        Ok(())
-    }
+    bounded(kind, setting, value, 1..)
 }
 
-/// A finite number in `range` (inclusive bounds), or an error naming it.
-pub fn in_range(
-    kind: &str,
-    setting: &str,
-    value: f64,
-    range: std::ops::RangeInclusive<f64>,
-) -> Result<()> {
-    if value.is_finite() && range.contains(&value) {
-        Ok(())
-    } else {
-        Err(JobError::invalid(
-            kind,
-            setting,
-            value,
-            format!("must be a number in [{}, {}]", range.start(), range.end()),
-        ))
-    }
+/// A finite number in `range`, or an error naming it, its value and the
+/// range.
+pub fn in_range(kind: &str, setting: &str, value: f64, range: impl RangeBounds<f64>) -> Result<()> {
+    kiln_nn::bounds::check_number(setting, value, range)
+        .map(drop)
+        .map_err(|e| out_of_range(kind, e))
 }
 
-/// A finite number above 0, or an error naming it.
-pub fn positive_number(kind: &str, setting: &str, value: f64) -> Result<()> {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(JobError::invalid(
-            kind,
-            setting,
-            value,
-            "must be a finite number above 0",
-        ))
-    }
+/// A finite number above 0 and at most `max`, or an error naming it.
+pub fn positive_number(kind: &str, setting: &str, value: f64, max: f64) -> Result<()> {
+    in_range(kind, setting, value, kiln_nn::bounds::open_closed(0.0, max))
 }

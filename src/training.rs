@@ -31,7 +31,7 @@ pub use resume::{META_KIND, META_SETTINGS, RESUME_KIND};
 pub use run::{run_training, TrainingReport};
 pub use settings::{
     fixed_settings, CheckpointSettings, RunSettings, TrainingSettings, KEEP_CHECKPOINTS,
-    SHARD_REPLICAS,
+    MAX_KEEP_CHECKPOINTS, MAX_SHARDS, MAX_SHARD_REPLICAS, SHARD_REPLICAS,
 };
 pub use sync_bench::{SyncBenchWorker, SYNC_BENCH_TRAINER};
 

@@ -184,6 +184,36 @@ fn detect_score_gives_map_one_for_ground_truth_and_names_bad_lines() {
     assert!(err.contains("dets.txt") && err.contains('1'), "{err}");
 }
 
+/// Copies the LibriSpeech tree `from` to `to` with every `trans.txt`
+/// lower-cased, and appends those transcripts to `references`.
+fn copy_lower_cased(from: &Path, to: &Path, references: &mut String) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    let mut entries: Vec<_> = std::fs::read_dir(from)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for src in entries {
+        let dst = to.join(src.file_name().expect("a name"));
+        if src.is_dir() {
+            copy_lower_cased(&src, &dst, references);
+        } else if src.to_string_lossy().ends_with(".trans.txt") {
+            let text = std::fs::read_to_string(&src).expect("read");
+            let lowered: String = text
+                .lines()
+                .map(|l| match l.split_once(' ') {
+                    Some((id, t)) => format!("{id} {}\n", t.to_lowercase()),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            references.push_str(&lowered);
+            std::fs::write(&dst, lowered).expect("write");
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
+}
+
 #[test]
 fn speech_train_eval_and_transcribe_on_a_local_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -288,6 +318,55 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
     assert_eq!(v["utterances"], 2, "{out}");
     assert!(v["wer"].as_f64().expect("wer") >= 0.0, "{out}");
     assert!(v["cer"].as_f64().expect("cer") >= 0.0, "{out}");
+
+    // The same split with lower-case references: `kiln speech eval`
+    // (training's dev WER runs the same scorer) and `kiln speech score`
+    // on the transcripts give the same WER and CER as upper case does.
+    let lower = dir.path().join("mini-lower");
+    let mut references = String::new();
+    copy_lower_cased(&split, &lower, &mut references);
+    let o = kiln(&[
+        "speech",
+        "eval",
+        "--data",
+        &p(&lower),
+        "--model",
+        &p(&model),
+        "--json",
+    ]);
+    let (out_l, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let vl: serde_json::Value = serde_json::from_str(out_l.trim()).expect("one JSON line");
+    assert_eq!(
+        (&vl["wer"], &vl["cer"]),
+        (&v["wer"], &v["cer"]),
+        "{out}\n{out_l}"
+    );
+    let o = kiln(&["speech", "transcribe", "--model", &p(&model), &p(&split)]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let (hyp_path, ref_path) = (dir.path().join("hyp.txt"), dir.path().join("ref.txt"));
+    std::fs::write(&hyp_path, &o.stdout).expect("write");
+    std::fs::write(&ref_path, &references).expect("write");
+    let o = kiln(&[
+        "speech",
+        "score",
+        "--reference",
+        &p(&ref_path),
+        "--hypothesis",
+        &p(&hyp_path),
+        "--json",
+    ]);
+    let (out_s, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let vs: serde_json::Value = serde_json::from_str(out_s.trim()).expect("one JSON line");
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        (a.as_f64().expect("a rate") - b.as_f64().expect("a rate")).abs() < 1e-12
+    };
+    assert!(
+        close(&vs["wer"], &v["wer"]) && close(&vs["cer"], &v["cer"]),
+        "eval {out} vs score {out_s}"
+    );
+
     let lm = dir.path().join("lm.arpa");
     let transcripts: Vec<String> = [
         "4490/90921/4490-90921.trans.txt",

@@ -89,13 +89,36 @@ fn bad_submissions_are_refused_before_anything_runs_naming_what_is_wrong() {
         ],
         &["refused", "epochz"],
     );
-    // Out-of-range and non-number settings, named.
-    refused(&join, &["digits", "--epochs", "0"], &["job.epochs"]);
+    // Out-of-range and non-number settings, named: flags by the client's
+    // parser (flag, value and range), JSON settings by the driver.
+    refused(
+        &join,
+        &["digits", "--epochs", "0"],
+        &["--epochs", "1..=100000"],
+    );
     refused(
         &join,
         &["digits", "--lr=-0.5"],
-        &["job.learning_rate", "-0.5"],
+        &["--lr", "-0.5", "(0, 10]"],
     );
+    for (settings, what) in [
+        (r#"{"job": {"epochs": 0}}"#, "job.epochs = 0"),
+        (r#"{"job": {"epochs": 1000001}}"#, "job.epochs = 1000001"),
+        (
+            r#"{"job": {"learning_rate": -0.5}}"#,
+            "job.learning_rate = -0.5",
+        ),
+        (
+            r#"{"job": {"batch_size": 18446744073709551615}}"#,
+            "job.batch_size",
+        ),
+    ] {
+        refused(
+            &join,
+            &["job", "--kind", "digits", "--settings", settings],
+            &[what, "must be"],
+        );
+    }
     refused(
         &join,
         &[
@@ -111,7 +134,18 @@ fn bad_submissions_are_refused_before_anything_runs_naming_what_is_wrong() {
     let o = run(&["submit", "--cluster", &join, "digits", "--lr", "NaN"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
     assert!(text(&o).1.contains("finite"), "{}", text(&o).1);
-    refused(&join, &["digits", "--partitions", "0"], &["run.partitions"]);
+    refused(&join, &["digits", "--partitions", "0"], &["--partitions"]);
+    refused(
+        &join,
+        &[
+            "job",
+            "--kind",
+            "digits",
+            "--settings",
+            r#"{"job": {}, "run": {"partitions": 0}}"#,
+        ],
+        &["run.partitions"],
+    );
     // Data missing on the driver's host: refused at once, naming the path.
     refused(
         &join,

@@ -63,6 +63,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A setting outside its allowed range (names the setting and the range).
+    #[error("{what}: {range}")]
+    Range {
+        /// The component being configured (e.g. `LrSchedule`).
+        what: String,
+        /// The setting, its value and the allowed range.
+        range: crate::bounds::OutOfRange,
+    },
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {
@@ -92,6 +100,14 @@ impl Error {
         Error::Config {
             what: what.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// A range error of component `what`.
+    pub fn range(what: impl Into<String>, range: crate::bounds::OutOfRange) -> Self {
+        Error::Range {
+            what: what.into(),
+            range,
         }
     }
 

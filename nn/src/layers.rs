@@ -41,7 +41,7 @@ pub use shape::{Flatten, Identity, Reshape, Transpose};
 /// The structure of any layer or container, serialisable (stored beside the
 /// weights in a model file). `build` creates a freshly initialised module.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayerConfig {
     /// Fully connected layer.
     Linear(LinearConfig),
@@ -242,6 +242,53 @@ mod helper_layer_config_tests {
             assert_eq!(&m.config(), c);
             let text = serde_json::to_string(c).unwrap();
             assert_eq!(&serde_json::from_str::<LayerConfig>(&text).unwrap(), c);
+        }
+    }
+
+    /// Model files are read from outside: an unknown key anywhere in a
+    /// layer configuration, graph nodes included, is refused by name.
+    #[test]
+    fn unknown_keys_are_refused_at_every_level() {
+        let graph = |node: &str| {
+            format!(
+                r#"{{"type": "graph", "inputs": ["x"], "outputs": ["b"], "nodes": [
+                    {{"name": "a", "op": "layer", "layer": {{"type": "relu"}}, "inputs": ["x"]}},
+                    {node}]}}"#
+            )
+        };
+        let good = graph(r#"{"name": "b", "op": "join", "dim": 1, "inputs": ["a", "x"]}"#);
+        let parsed: LayerConfig = serde_json::from_str(&good).unwrap();
+        let text = serde_json::to_string(&parsed).unwrap();
+        assert_eq!(serde_json::from_str::<LayerConfig>(&text).unwrap(), parsed);
+        for (bad, key) in [
+            (
+                graph(r#"{"name": "b", "op": "join", "dim": 1, "dimm": 2, "inputs": ["a"]}"#),
+                "dimm",
+            ),
+            (
+                graph(r#"{"name": "b", "op": "add", "dim": 1, "inputs": ["a"]}"#),
+                "add takes no field",
+            ),
+            (
+                graph(
+                    r#"{"name": "b", "op": "layer", "layer": {"type": "linear", "in_features": 2, "out_features": 2, "biass": false}, "inputs": ["a"]}"#,
+                ),
+                "biass",
+            ),
+            (
+                r#"{"type": "sequential", "layers": [{"type": "dropout", "p": 0.1, "q": 1}]}"#
+                    .to_string(),
+                "`q`",
+            ),
+            (
+                r#"{"type": "flatten", "start_dim": 1, "end": 2}"#.to_string(),
+                "end",
+            ),
+        ] {
+            let e = serde_json::from_str::<LayerConfig>(&bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
         }
     }
 }

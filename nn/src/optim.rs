@@ -166,7 +166,7 @@ pub trait Optimizer<F: Float>: Send {
 /// serialized form, e.g. `{"type": "sgd", "lr": 0.1, "momentum": 0.9}`.
 /// Omitted fields take PyTorch's defaults.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerConfig {
     /// Stochastic gradient descent.
     Sgd(SgdConfig),

@@ -26,6 +26,17 @@ use crate::jobs::{JobEnv, JobKinds};
 
 /// Executors of a local cluster unless told otherwise.
 pub const DEFAULT_EXECUTORS: usize = 2;
+/// Most executors of a local cluster.
+pub const MAX_EXECUTORS: usize = 1024;
+/// Most compute threads of an executor.
+pub const MAX_THREADS: usize = 1024;
+
+/// A clap value parser for a thread count in `[0, 1024]` (0: all cores).
+pub fn threads(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    kiln_nn::bounds::check("value", n, 0..=MAX_THREADS)
+        .map_err(|e| format!("must be {} (0: all cores)", e.expected))
+}
 
 /// The driver's TLS identity: generated (default) or the user's own.
 #[derive(Args, Debug, Clone, Default)]
@@ -100,7 +111,7 @@ impl Default for DriverTimingArgs {
 #[derive(Args, Debug, Clone)]
 pub struct LocalClusterArgs {
     /// Number of executors.
-    #[arg(long, default_value_t = DEFAULT_EXECUTORS, value_parser = clap::value_parser!(u64).range(1..=1024).map(|n| n as usize))]
+    #[arg(long, default_value_t = DEFAULT_EXECUTORS, value_parser = clap::value_parser!(u64).range(1..=MAX_EXECUTORS as u64).map(|n| n as usize))]
     pub executors: usize,
     /// Task slots per executor.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -117,8 +128,8 @@ pub struct LocalClusterArgs {
     /// shares the cores out among its executors (small models such as
     /// LeNet-5 lose to oversubscription), `kiln detect train` and `kiln
     /// speech train` give each executor all of them (their large
-    /// convolutions gain from it).
-    #[arg(long)]
+    /// convolutions gain from it). At most 1024.
+    #[arg(long, value_parser = threads)]
     pub executor_threads: Option<usize>,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -154,6 +165,15 @@ impl LocalClusterArgs {
     /// The cluster's settings; executor processes get `threads` compute
     /// threads unless `--executor-threads` says otherwise.
     pub fn config(&self, default_threads: Option<usize>) -> anyhow::Result<LocalConfig> {
+        // What the flags' parsers check, again for clusters made in code
+        // (`kiln checkpoint resume --executors N`): no executor would
+        // leave a job waiting forever.
+        kiln_nn::bounds::check("--executors", self.executors, 1..=MAX_EXECUTORS).map_err(|e| {
+            anyhow::anyhow!("{e} (a local cluster without executors would wait forever)")
+        })?;
+        if let Some(t) = self.executor_threads {
+            kiln_nn::bounds::check("--executor-threads", t, 0..=MAX_THREADS)?;
+        }
         let mode = if self.in_memory {
             ExecutorMode::InProcessDirect
         } else if self.in_process {
@@ -235,11 +255,16 @@ pub fn run_local(
     kinds: &JobKinds,
 ) -> anyhow::Result<()> {
     let config = cluster.config(default_threads)?;
+    // Every setting is checked, as the driver will, before the cluster
+    // starts: a bad value costs no executor start-up.
     if let Some(sub) = &job {
-        // Everything the driver would refuse is refused before a cluster
-        // starts (the driver is this host).
         sub.check_outputs()?;
-        kinds.accept(&sub.kind, &sub.settings, &JobEnv::here())?;
+        kinds
+            .accept(&sub.kind, &sub.settings, &JobEnv::here())
+            .with_context(|| match &sub.source {
+                Some(file) => format!("{}: job of kind {:?} refused", file.display(), sub.kind),
+                None => format!("job of kind {:?} refused", sub.kind),
+            })?;
     }
     let rt = tokio_runtime()?;
     rt.block_on(async {
@@ -333,8 +358,8 @@ pub struct ExecutorArgs {
     pub cores: Option<u32>,
     /// Compute threads: the rayon pool that tensor work runs on (default,
     /// or 0: available cores). `kiln local` gives each of its executors a
-    /// share of the machine's cores.
-    #[arg(long)]
+    /// share of the machine's cores. At most 1024.
+    #[arg(long, value_parser = threads)]
     pub threads: Option<usize>,
     /// Name shown in logs and `kiln status`.
     #[arg(long)]

@@ -13,9 +13,16 @@ use kiln_detection::infer;
 use kiln_detection::model::Ssd;
 use kiln_detection::voc::VocDataset;
 
-use super::cluster::{run_local, LocalClusterArgs};
-use super::job_args::DetectTrainArgs;
+use super::cluster::{run_local, threads, LocalClusterArgs};
+use super::job_args::{finite_in, DetectTrainArgs};
 use crate::jobs::JobKinds;
+
+/// A clap value parser for images per forward pass, in `[1, 1024]`.
+pub fn images_per_pass(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    kiln_nn::bounds::check("value", n, 1..=kiln_detection::train::MAX_BATCH_SIZE)
+        .map_err(|e| format!("must be {}", e.expected))
+}
 
 /// `kiln detect` subcommands.
 #[derive(Debug, Subcommand)]
@@ -46,8 +53,8 @@ pub struct TrainArgs {
     #[arg(long, requires = "executors")]
     pub in_process: bool,
     /// With `--executors`: compute threads of each executor (default: all
-    /// cores; 0: all cores).
-    #[arg(long, requires = "executors")]
+    /// cores; 0: all cores; at most 1024).
+    #[arg(long, requires = "executors", value_parser = threads)]
     pub executor_threads: Option<usize>,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -69,8 +76,8 @@ pub struct EvalArgs {
     /// `voc07` (11-point) or `area` (VOC2010+).
     #[arg(long, default_value = "voc07")]
     pub metric: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// Images per forward pass, in [1, 1024].
+    #[arg(long, default_value_t = 16, value_parser = images_per_pass)]
     pub batch_size: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -86,11 +93,11 @@ pub struct PredictArgs {
     /// Output directory: `<id>.png` per image and `detections.txt`.
     #[arg(long)]
     pub out: PathBuf,
-    /// Detections below this score are neither drawn nor written.
-    #[arg(long, default_value_t = 0.3)]
+    /// Detections below this score are neither drawn nor written (in [0, 1]).
+    #[arg(long, default_value_t = 0.3, value_parser = finite_in(0.0..=1.0).map(|v| v as f32))]
     pub threshold: f32,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// Images per forward pass, in [1, 1024].
+    #[arg(long, default_value_t = 16, value_parser = images_per_pass)]
     pub batch_size: usize,
     /// Image files (JPEG or PNG).
     #[arg(required = true)]

@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use kiln_detection::train::TrainConfig;
+use kiln_nn::bounds::open_closed;
 use kiln_speech::augment::SpecAugment;
 use kiln_speech::ds2::Ds2Config;
 
@@ -18,9 +20,11 @@ use crate::digits::DigitsModel;
 use crate::jobs::detection::DetectionSettings;
 use crate::jobs::digits::DigitsSettings;
 use crate::jobs::fault_demo::PanicThenCountSettings;
-use crate::jobs::speech::{SpeechSettings, DS2_SMALL};
-use crate::jobs::word_count::WordCountSettings;
-use crate::jobs::{encode_settings, Result};
+use crate::jobs::speech::{SpeechSettings, DS2_SMALL, MAX_SECONDS};
+use crate::jobs::word_count::{WordCountSettings, MAX_SLOW_MS};
+use crate::jobs::{
+    encode_settings, Result, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_PARTITIONS,
+};
 use crate::training::resume::ResumeSettings;
 use crate::training::{
     CheckpointSettings, RunSettings, TrainingSettings, KEEP_CHECKPOINTS, RESUME_KIND,
@@ -37,6 +41,29 @@ pub fn finite(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// A clap value parser for a finite number in `range`: NaN, infinities
+/// and values outside are refused naming the value and the range (clap
+/// adds the flag), e.g. `--lr 0`: `must be a finite number in (0, 10]`.
+pub fn finite_in<R>(range: R) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone
+where
+    R: std::ops::RangeBounds<f64> + Clone + Send + Sync + 'static,
+{
+    move |s: &str| {
+        let v = finite(s)?;
+        kiln_nn::bounds::check_number("value", v, range.clone())
+            .map_err(|e| format!("must be {}", e.expected))
+    }
+}
+
+pub use crate::training::{MAX_KEEP_CHECKPOINTS, MAX_SHARDS, MAX_SHARD_REPLICAS};
+
+/// A clap value parser for a global batch size in `[1, 65536]`.
+pub fn batch_size(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    kiln_nn::bounds::check("value", n, 1..=MAX_BATCH_SIZE)
+        .map_err(|e| format!("must be {}", e.expected))
+}
+
 /// A job as a client submits it.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -48,6 +75,9 @@ pub struct Submission {
     pub fetch: Option<(String, PathBuf)>,
     /// Draw a progress bar.
     pub progress: bool,
+    /// The file the settings were read from (`--settings @FILE`), named
+    /// when they are refused.
+    pub source: Option<PathBuf>,
 }
 
 impl Submission {
@@ -76,10 +106,10 @@ pub struct RunArgs {
     /// Partitions of the training set (default: the executors' task slots
     /// when the job starts; keep it fixed to reproduce a run on another
     /// cluster shape).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
     pub partitions: Option<u32>,
-    /// Parameter shards (default: the kind's).
-    #[arg(long)]
+    /// Parameter shards (default: the kind's), at most 4096.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SHARDS as u64).map(|n| n as usize))]
     pub shards: Option<usize>,
     /// Where the parameter shards live: on the executors (each shard on
     /// `--shard-replicas` of them; gradients and weights go executor to
@@ -88,17 +118,17 @@ pub struct RunArgs {
     pub shards_on: ShardsOn,
     /// Copies of each shard with `--shards-on executors` (2 survives the
     /// loss of any one executor; 1 does not).
-    #[arg(long, default_value_t = SHARD_REPLICAS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = SHARD_REPLICAS as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_SHARD_REPLICAS as u64))]
     pub shard_replicas: u64,
     /// Checkpoint store on the driver's host (a checkpoint at every epoch
     /// end).
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
     /// Also checkpoint every N iterations.
-    #[arg(long, value_name = "N", requires = "checkpoint_dir")]
+    #[arg(long, value_name = "N", requires = "checkpoint_dir", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: Option<u64>,
     /// Checkpoints to keep (0 keeps all).
-    #[arg(long, value_name = "K", default_value_t = KEEP_CHECKPOINTS)]
+    #[arg(long, value_name = "K", default_value_t = KEEP_CHECKPOINTS, value_parser = clap::value_parser!(u64).range(0..=MAX_KEEP_CHECKPOINTS as u64).map(|n| n as usize))]
     pub keep_checkpoints: usize,
     /// Continue from the newest valid checkpoint in --checkpoint-dir (the
     /// run's settings must match the checkpoint's but for its length and
@@ -140,13 +170,13 @@ pub struct DigitsArgs {
     #[arg(long, value_enum, default_value_t = DigitsModel::Cnn)]
     pub model: DigitsModel,
     /// Epochs.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=MAX_EPOCHS as u64))]
     pub epochs: u64,
     /// Global mini-batch size (the same on any number of executors).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = batch_size)]
     pub batch_size: usize,
     /// Learning rate (SGD, momentum 0.9).
-    #[arg(long, default_value_t = 0.05, value_parser = finite)]
+    #[arg(long, default_value_t = 0.05, value_parser = finite_in(open_closed(0.0, MAX_LEARNING_RATE)))]
     pub lr: f64,
     /// Seed of the weights and the data order.
     #[arg(long, default_value_t = 1)]
@@ -183,22 +213,23 @@ pub struct SpeechTrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Epochs.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=MAX_EPOCHS as u64))]
     pub epochs: u64,
     /// Global batch size (utterances).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = batch_size)]
     pub batch_size: usize,
     /// Adam's initial learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = finite)]
+    #[arg(long, default_value_t = 1e-3, value_parser = finite_in(open_closed(0.0, MAX_LEARNING_RATE)))]
     pub lr: f64,
-    /// Divide the learning rate by this after every epoch.
-    #[arg(long, default_value_t = 1.05, value_parser = finite)]
+    /// Divide the learning rate by this after every epoch (1 to 100; 1
+    /// keeps it constant).
+    #[arg(long, default_value_t = 1.05, value_parser = finite_in(1.0..=100.0))]
     pub anneal: f64,
     /// Seed of the weights and the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Skip training utterances longer than this (seconds).
-    #[arg(long, default_value_t = 20.0, value_parser = finite)]
+    /// Skip training utterances longer than this (seconds, at most 3600).
+    #[arg(long, default_value_t = 20.0, value_parser = finite_in(open_closed(0.0, MAX_SECONDS)))]
     pub max_seconds: f64,
     /// Mask bands of frequency bins and runs of frames of every training
     /// utterance (SpecAugment without time warping: two frequency masks of
@@ -232,7 +263,7 @@ pub struct DetectTrainArgs {
     #[arg(long, default_value = "ssd.safetensors")]
     pub out: PathBuf,
     /// Overrides the config's number of epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_EPOCHS as u64).map(|n| n as usize))]
     pub epochs: Option<usize>,
     /// Overrides the config's model preset (tiny, small, ssd300, ssd512).
     #[arg(long)]
@@ -264,6 +295,8 @@ impl DetectTrainArgs {
         if let Some(s) = &self.split {
             cfg.split = s.clone();
         }
+        cfg.validate()
+            .context("the training settings with the command line's overrides")?;
         Ok(cfg)
     }
 }
@@ -275,10 +308,10 @@ pub struct WordCountArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// Partitions.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
     pub partitions: u32,
     /// Sleep this long in each source partition (fault-injection demos).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_SLOW_MS as u64))]
     pub slow_ms: u64,
     /// Fetch the counts (`word<TAB>count` lines, sorted by word) into this
     /// file.
@@ -294,7 +327,7 @@ pub struct WordCountArgs {
 #[derive(Args, Debug, Clone)]
 pub struct PanicArgs {
     /// Partitions.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
     pub partitions: u32,
 }
 
@@ -414,6 +447,7 @@ impl SpeechTrainArgs {
             settings: training(crate::jobs::speech::KIND, self.settings()?, &self.run)?,
             fetch: model_out(Some(&self.out)),
             progress: !self.no_progress,
+            source: None,
         })
     }
 }
@@ -431,6 +465,7 @@ impl DetectTrainArgs {
             settings: training(crate::jobs::detection::KIND, settings, &self.run)?,
             fetch: model_out(Some(&self.out)),
             progress: !self.no_progress,
+            source: None,
         })
     }
 }
@@ -462,6 +497,7 @@ impl JobCommand {
                 settings: training(crate::jobs::digits::KIND, a.settings(), &a.run)?,
                 fetch: model_out(a.out.as_deref()),
                 progress: !a.no_progress,
+                source: None,
             },
             JobCommand::Speech {
                 command: SpeechJob::Train(a),
@@ -482,6 +518,7 @@ impl JobCommand {
                 )?,
                 fetch: a.output.clone().map(|p| ("counts".to_string(), p)),
                 progress: false,
+                source: None,
             },
             JobCommand::PanicThenCount(a) => Submission {
                 kind: crate::jobs::fault_demo::KIND.into(),
@@ -493,6 +530,7 @@ impl JobCommand {
                 )?,
                 fetch: None,
                 progress: false,
+                source: None,
             },
             JobCommand::Resume(a) => Submission {
                 kind: RESUME_KIND.into(),
@@ -504,11 +542,13 @@ impl JobCommand {
                 )?,
                 fetch: model_out(a.out.as_deref()),
                 progress: !a.no_progress,
+                source: None,
             },
             JobCommand::Job(a) => {
-                let settings = match a.settings.strip_prefix('@') {
+                let source = a.settings.strip_prefix('@').map(PathBuf::from);
+                let settings = match &source {
                     Some(file) => std::fs::read_to_string(file)
-                        .with_context(|| format!("reading the settings file {file}"))?,
+                        .with_context(|| format!("reading the settings file {}", file.display()))?,
                     None => a.settings.clone(),
                 };
                 Submission {
@@ -516,6 +556,7 @@ impl JobCommand {
                     settings,
                     fetch: model_out(a.out.as_deref()),
                     progress: !a.no_progress,
+                    source,
                 }
             }
         })

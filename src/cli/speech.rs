@@ -6,13 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
+use kiln_speech::decoder::{MAX_BEAM, MAX_WEIGHT};
 use kiln_speech::ds2::Ds2;
-use kiln_speech::lm::NgramLm;
+use kiln_speech::lm::{NgramLm, MAX_ORDER};
 use kiln_speech::pipeline::{self, Decoder, Example};
 
 use super::cluster::{run_local, LocalClusterArgs};
-use super::job_args::SpeechTrainArgs;
+use super::job_args::{finite_in, SpeechTrainArgs};
 use crate::jobs::speech::{find_split, read_split, score};
 use crate::jobs::JobKinds;
 
@@ -52,14 +54,14 @@ pub struct DecodeArgs {
     /// ARPA language model: prefix beam search with it (greedy without).
     #[arg(long)]
     pub lm: Option<PathBuf>,
-    /// LM weight.
-    #[arg(long, default_value_t = 0.8)]
+    /// LM weight, in [0, 1000].
+    #[arg(long, default_value_t = 0.8, value_parser = finite_in(0.0..=MAX_WEIGHT))]
     pub alpha: f64,
-    /// Word insertion bonus.
-    #[arg(long, default_value_t = 1.0)]
+    /// Word insertion bonus, in [-1000, 1000].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
     pub beta: f64,
-    /// Beam width.
-    #[arg(long, default_value_t = 32)]
+    /// Beam width, in [1, 10000].
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=MAX_BEAM as u64).map(|n| n as usize))]
     pub beam: usize,
 }
 
@@ -112,8 +114,8 @@ pub struct ScoreArgs {
 /// Arguments of `kiln speech lm`.
 #[derive(Debug, Args)]
 pub struct LmArgs {
-    /// N-gram order.
-    #[arg(long, default_value_t = 3)]
+    /// N-gram order, in [1, 10].
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=MAX_ORDER as u64).map(|n| n as usize))]
     pub order: usize,
     /// Output ARPA file.
     #[arg(long)]
@@ -167,7 +169,7 @@ fn load_lm(d: &DecodeArgs) -> anyhow::Result<Option<NgramLm>> {
 
 fn decoder<'a>(d: &DecodeArgs, lm: &'a Option<NgramLm>) -> Decoder<'a> {
     match lm {
-        Some(lm) => pipeline::lm_decoder(lm, d.beam.max(1), d.alpha, d.beta),
+        Some(lm) => pipeline::lm_decoder(lm, d.beam, d.alpha, d.beta),
         None => Decoder::Greedy,
     }
 }
@@ -185,9 +187,11 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             .map(|name| a.data.join(name))
             .with_context(|| format!("{} has no dev* split", a.data.display()))?
     };
+    // The small inputs first: a bad LM file is reported before the
+    // model and the audio are read.
+    let lm = load_lm(&a.decode)?;
     let mut model = load_model(&a.model)?;
     let examples = read_split(&split)?;
-    let lm = load_lm(&a.decode)?;
     let (w, c) = score(&mut model, &examples, &decoder(&a.decode, &lm))?;
     if a.json {
         println!(
@@ -219,8 +223,8 @@ fn list_is_split(dir: &Path) -> bool {
 }
 
 fn transcribe(a: &TranscribeArgs) -> anyhow::Result<()> {
-    let mut model = load_model(&a.model)?;
     let lm = load_lm(&a.decode)?;
+    let mut model = load_model(&a.model)?;
     let dec = decoder(&a.decode, &lm);
     for path in &a.paths {
         let examples = if path.is_dir() {

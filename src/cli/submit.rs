@@ -143,7 +143,13 @@ pub async fn submit_and_follow(
     detach: bool,
 ) -> anyhow::Result<()> {
     sub.check_outputs()?;
-    let info = client.submit(&sub.kind, &sub.settings).await?;
+    let info = client
+        .submit(&sub.kind, &sub.settings)
+        .await
+        .with_context(|| match &sub.source {
+            Some(file) => format!("{}: job of kind {:?} refused", file.display(), sub.kind),
+            None => format!("submitting a job of kind {:?}", sub.kind),
+        })?;
     out_line(&format!("JOB {} queued: {}", info.id, info.description));
     if detach {
         return Ok(());

@@ -6,11 +6,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::Args;
+use kiln_nn::bounds::open_closed;
 
 use super::checkpoint::ResumeArgs;
-use super::cluster::DEFAULT_EXECUTORS;
+use super::cluster::{DEFAULT_EXECUTORS, MAX_EXECUTORS};
+use super::job_args::{batch_size, finite_in};
 use crate::digits::{self as digits_job, DigitsModel, DigitsSettings};
+use crate::jobs::{MAX_EPOCHS, MAX_LEARNING_RATE};
 
 /// Arguments of `kiln train`.
 #[derive(Debug, Args)]
@@ -28,7 +32,7 @@ pub struct TrainArgs {
     )]
     pub resume: Option<PathBuf>,
     /// With --resume: executor processes of the local cluster.
-    #[arg(long, default_value_t = DEFAULT_EXECUTORS, requires = "resume")]
+    #[arg(long, default_value_t = DEFAULT_EXECUTORS, requires = "resume", value_parser = clap::value_parser!(u64).range(1..=MAX_EXECUTORS as u64).map(|n| n as usize))]
     pub executors: usize,
     /// The digits CSV (gzip); defaults to data/digits/digits.csv.gz.
     #[arg(long)]
@@ -37,13 +41,13 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DigitsModel::Cnn)]
     pub model: DigitsModel,
     /// Epochs.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=MAX_EPOCHS as u64))]
     pub epochs: u64,
     /// Mini-batch size.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = batch_size)]
     pub batch_size: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = finite_in(open_closed(0.0, MAX_LEARNING_RATE)))]
     pub lr: f64,
     /// Seed for weights and batch order.
     #[arg(long, default_value_t = 1)]
@@ -94,6 +98,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..DigitsSettings::default()
     };
+    job.check("digits", "")?;
     let (model, report) =
         digits_job::run(&job, !args.no_progress).context("digits training failed")?;
     println!(

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::digits::DigitsSettings;
 use crate::digits::{self, DigitsModel};
 use crate::jobs::staged::{local, partition_range};
-use crate::jobs::{in_range, positive, positive_number, JobEnv, Result};
+use crate::jobs::{JobEnv, Result};
 use crate::training::{
     register_objective, LearningRate, Metric, RunSettings, TrainingJob, TrainingPlan,
     TrainingReport,
@@ -130,10 +130,7 @@ impl TrainingJob for Digits {
 
     fn validate(&self, s: &mut DigitsSettings, env: &JobEnv) -> Result<String> {
         s.data = env.existing(KIND, "job.data", &s.data)?;
-        positive(KIND, "job.epochs", s.epochs)?;
-        positive(KIND, "job.batch_size", s.batch_size as u64)?;
-        positive_number(KIND, "job.learning_rate", s.learning_rate)?;
-        in_range(KIND, "job.momentum", s.momentum, 0.0..=0.999_999)?;
+        s.check(KIND, "job.")?;
         Ok(format!(
             "{:?} on {}, {} epochs, batch {}, lr {}",
             s.model,

@@ -7,7 +7,7 @@
 use kiln_runtime::{JobContext, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{positive, Job, JobEnv, JobError, Result};
+use crate::jobs::{bounded, Job, JobEnv, JobError, Result, MAX_PARTITIONS};
 
 /// The kind's name.
 pub const KIND: &str = "panic-then-count";
@@ -43,7 +43,7 @@ impl Job for PanicThenCount {
     }
 
     fn validate(&self, s: &mut PanicThenCountSettings, _env: &JobEnv) -> Result<String> {
-        positive(KIND, "partitions", u64::from(s.partitions))?;
+        bounded(KIND, "partitions", s.partitions, 1..=MAX_PARTITIONS)?;
         Ok(format!("panic, then count, in {} partitions", s.partitions))
     }
 

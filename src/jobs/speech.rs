@@ -18,7 +18,7 @@ use kiln_speech::audio::{audio_length, read_audio_at};
 use kiln_speech::augment::SpecAugment;
 use kiln_speech::corpus::list_utterances;
 use kiln_speech::ds2::{Ds2, Ds2Config};
-use kiln_speech::metrics::{cer, wer};
+use kiln_speech::metrics::error_rates;
 use kiln_speech::objective::{Ds2Objective, Ds2ObjectiveConfig};
 use kiln_speech::pipeline::{self, Decoder, Example, SAMPLE_RATE};
 use kiln_speech::text::TranscriptVectorizer;
@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::jobs::staged::{local, partition_range, publish_all, publish_manifest, read_manifest};
-use crate::jobs::{positive, positive_number, JobEnv, JobError, Result};
+use crate::jobs::{
+    bounded, in_range, positive_number, JobEnv, JobError, Result, MAX_BATCH_SIZE, MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+};
 use crate::training::{
     register_objective, LearningRate, Metric, RunSettings, TrainingJob, TrainingPlan,
     TrainingReport,
@@ -42,6 +45,9 @@ pub const SPEECH_SOURCE: &str = "kiln.speech_corpus";
 pub const DS2_TRAINER: &str = "kiln.ds2";
 /// The small CPU-friendly DS2 (apps/speech/configs/ds2_small.toml).
 pub const DS2_SMALL: &str = include_str!("../../apps/speech/configs/ds2_small.toml");
+
+/// Longest training utterance a run may keep, in seconds.
+pub const MAX_SECONDS: f64 = 3600.0;
 
 /// Settings of a DS2 run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +100,28 @@ impl SpeechSettings {
             max_seconds: 20.0,
             spec_augment: None,
         })
+    }
+
+    /// Checks the settings' ranges: `epochs` in `[1, 100000]`,
+    /// `batch_size` in `[1, 65536]`, `learning_rate` in `(0, 10]`, `anneal`
+    /// in `[1, 100]` (the rate is divided by it every epoch),
+    /// `max_seconds` in `(0, 3600]`, and the model's and SpecAugment's own
+    /// ranges.
+    pub fn check(&self) -> Result<()> {
+        self.model.validate()?;
+        if let Some(a) = &self.spec_augment {
+            a.validate()?;
+        }
+        bounded(KIND, "job.epochs", self.epochs, 1..=MAX_EPOCHS)?;
+        bounded(KIND, "job.batch_size", self.batch_size, 1..=MAX_BATCH_SIZE)?;
+        positive_number(
+            KIND,
+            "job.learning_rate",
+            self.learning_rate,
+            MAX_LEARNING_RATE,
+        )?;
+        positive_number(KIND, "job.max_seconds", self.max_seconds, MAX_SECONDS)?;
+        in_range(KIND, "job.anneal", self.anneal, 1.0..=100.0)
     }
 
     /// The training split's directory.
@@ -274,7 +302,8 @@ pub fn read_split(split: &Path) -> Result<Vec<Example>> {
     Ok(examples)
 }
 
-/// WER and CER of `model` on `examples` with `decoder`.
+/// WER and CER of `model` on `examples` with `decoder` (`kiln speech
+/// eval` and training's dev scores; normalised as `kiln speech score` is).
 pub fn score(
     model: &mut Ds2<f32>,
     examples: &[Example],
@@ -287,10 +316,8 @@ pub fn score(
         .zip(&hyps)
         .map(|(e, h)| (e.transcript.as_str(), h.as_str()))
         .collect();
-    Ok((
-        wer(pairs.iter().copied()).rate(),
-        cer(pairs.iter().copied()).rate(),
-    ))
+    let (w, c) = error_rates(&pairs);
+    Ok((w.rate(), c.rate()))
 }
 
 /// `config`'s DS2 with `params` and `buffers` (batch-norm statistics).
@@ -368,22 +395,7 @@ impl TrainingJob for Speech {
                 });
             }
         }
-        s.model.validate()?;
-        if let Some(a) = &s.spec_augment {
-            a.validate()?;
-        }
-        positive(KIND, "job.epochs", s.epochs)?;
-        positive(KIND, "job.batch_size", s.batch_size as u64)?;
-        positive_number(KIND, "job.learning_rate", s.learning_rate)?;
-        positive_number(KIND, "job.max_seconds", s.max_seconds)?;
-        if !(s.anneal.is_finite() && s.anneal >= 1.0) {
-            return Err(JobError::invalid(
-                KIND,
-                "job.anneal",
-                s.anneal,
-                "must be a number of at least 1 (the rate is divided by it every epoch)",
-            ));
-        }
+        s.check()?;
         Ok(format!(
             "DS2 on {}{}, {} epochs, batch {}",
             train.display(),

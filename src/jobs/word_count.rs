@@ -12,7 +12,7 @@ use kiln_runtime::{JobContext, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::staged::{local, publish_all};
-use crate::jobs::{positive, Job, JobEnv, JobError, Result};
+use crate::jobs::{bounded, Job, JobEnv, JobError, Result, MAX_PARTITIONS};
 
 /// The kind's name.
 pub const KIND: &str = "word-count";
@@ -20,7 +20,7 @@ pub const KIND: &str = "word-count";
 /// fault-injection tests and demos).
 pub const SLOW_TEXT_LINES: &str = "kiln.slow_text_lines";
 /// Longest `slow_ms` accepted (ten minutes per partition).
-const MAX_SLOW_MS: u64 = 600_000;
+pub const MAX_SLOW_MS: u64 = 600_000;
 
 /// Settings of a word count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +120,7 @@ impl Job for WordCount {
 
     fn validate(&self, s: &mut WordCountSettings, env: &JobEnv) -> Result<String> {
         s.input = env.existing(KIND, "input", &s.input)?;
-        positive(KIND, "partitions", u64::from(s.partitions))?;
+        bounded(KIND, "partitions", s.partitions, 1..=MAX_PARTITIONS)?;
         if s.slow_ms > MAX_SLOW_MS {
             return Err(JobError::invalid(
                 KIND,

@@ -101,7 +101,7 @@ pub async fn run_training<K: TrainingJob>(
     let mut eval = plan.eval;
     let learning_rate = plan.learning_rate.clone();
     let shards = settings.run.shards.unwrap_or(kind.default_shards());
-    let mut spec = TrainSpec {
+    let spec = TrainSpec {
         trainer: kind.trainer().to_string(),
         worker_config: plan.worker_config,
         batch_size: plan.batch_size,
@@ -138,7 +138,6 @@ pub async fn run_training<K: TrainingJob>(
             "must be at least 1",
         ));
     }
-    spec.shards = spec.shards.max(1);
     let mut trainer = DistributedTrainer::start(&plan.data, spec, plan.params, optimizer).await?;
     if let Some(r) = trainer.store_recovery() {
         ctx.line(format!(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use kiln_runtime::checkpoint::{check_claim, StoreClaim};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{positive, JobEnv, JobError, Result};
+use crate::jobs::{bounded, positive, JobEnv, JobError, Result, MAX_PARTITIONS};
 use crate::output_paths::check_output_dir;
 
 /// Checkpoints a run keeps unless told otherwise.
@@ -105,15 +105,34 @@ impl CheckpointSettings {
     }
 }
 
+/// Most parameter shards a run may ask for.
+pub const MAX_SHARDS: u64 = 4096;
+/// Most copies of each parameter shard (0: the driver holds them).
+pub const MAX_SHARD_REPLICAS: u64 = 64;
+/// Most checkpoints a run may keep (0 keeps all).
+pub const MAX_KEEP_CHECKPOINTS: u64 = 100_000;
+
 impl RunSettings {
     /// Checks the settings of a run of `kind` and resolves the store's path.
     pub fn validate(&mut self, kind: &str, env: &JobEnv) -> Result<()> {
         if let Some(p) = self.partitions {
-            positive(kind, "run.partitions", u64::from(p))?;
+            bounded(kind, "run.partitions", p, 1..=MAX_PARTITIONS)?;
         }
         if let Some(s) = self.shards {
-            positive(kind, "run.shards", s as u64)?;
+            bounded(kind, "run.shards", s as u64, 1..=MAX_SHARDS)?;
         }
+        bounded(
+            kind,
+            "run.shard_replicas",
+            self.shard_replicas as u64,
+            0..=MAX_SHARD_REPLICAS,
+        )?;
+        bounded(
+            kind,
+            "run.checkpoint.keep_last",
+            self.checkpoint.keep_last as u64,
+            0..=MAX_KEEP_CHECKPOINTS,
+        )?;
         if let Some(n) = self.checkpoint.every_iterations {
             positive(kind, "run.checkpoint.every_iterations", n)?;
         }

@@ -73,6 +73,24 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A setting outside its allowed range (names the setting, its value
+    /// and the range).
+    #[error("{what}: {range}")]
+    Range {
+        /// The component being configured (e.g. `TrainConfig`).
+        what: String,
+        /// The setting, its value and the allowed range.
+        range: kiln_nn::bounds::OutOfRange,
+    },
+    /// A configuration file was refused (unknown key, bad value, out of
+    /// range): the file and why.
+    #[error("{}: {error}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: Box<Error>,
+    },
     /// A tensor argument has the wrong shape.
     #[error("{op}: shape mismatch: expected {expected}, got {actual:?}")]
     Shape {
@@ -113,6 +131,14 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// An [`Error::Range`] of component `what`.
+    pub fn range(what: impl Into<String>, range: kiln_nn::bounds::OutOfRange) -> Self {
+        Error::Range {
+            what: what.into(),
+            range,
         }
     }
 

@@ -26,16 +26,23 @@ mod builder;
 mod small;
 mod vgg;
 
-pub use small::SmallBackbone;
+pub use small::{SmallBackbone, MAX_SOURCE_DEPTH, MAX_STAGES, MAX_WIDTH};
 
 use builder::Source;
+
+/// Smallest input side of the small backbone, in pixels (its fourth
+/// source still has a 1x1 map).
+pub const MIN_IMAGE_SIZE: usize = 32;
+/// Largest input side, in pixels (a 2048x2048 RGB batch of 16 is already
+/// 800 MB of f32 before any activation).
+pub const MAX_IMAGE_SIZE: usize = 2048;
 
 /// Metadata key of the [`SsdConfig`] JSON in a model file.
 pub const SSD_CONFIG_KEY: &str = "kiln.ssd_config";
 
 /// The feature extractor in front of the heads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Backbone {
     /// VGG16 with SSD300's extra layers (conv8–conv11).
     Vgg16Ssd300,
@@ -47,6 +54,7 @@ pub enum Backbone {
 
 /// A whole SSD model's structure: backbone, classes and priors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SsdConfig {
     /// The backbone.
     pub backbone: Backbone,
@@ -117,8 +125,9 @@ impl SsdConfig {
     }
 
     /// This configuration on `image_size`-pixel inputs (small backbone
-    /// only): the feature maps follow the backbone, the priors keep their
-    /// share of the image ([`PriorBoxConfig::resized`]).
+    /// only; `image_size` in `[32, 2048]`, any value: the backbone pools in
+    /// ceil mode): the feature maps follow the backbone, the priors keep
+    /// their share of the image ([`PriorBoxConfig::resized`]).
     pub fn with_image_size(mut self, image_size: usize) -> Result<Self> {
         let Backbone::Small(b) = &self.backbone else {
             return Err(Error::config(
@@ -126,12 +135,8 @@ impl SsdConfig {
                 "another input size needs the small backbone (presets tiny and small); VGG16 SSD is 300 or 512",
             ));
         };
-        if image_size < 16 {
-            return Err(Error::config(
-                "SsdConfig",
-                format!("input size {image_size} is below 16 pixels"),
-            ));
-        }
+        kiln_nn::bounds::check("image_size", image_size, MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE)
+            .map_err(|e| Error::range("SsdConfig", e))?;
         let maps = b.feature_map_sizes(image_size, self.priors.feature_maps.len());
         self.priors = self.priors.resized(image_size, &maps)?;
         Ok(self)

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 
 /// The priors of one feature map.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeatureMapSpec {
     /// Feature map size (square, `size x size` cells).
     pub size: usize,
@@ -31,6 +32,7 @@ impl FeatureMapSpec {
 
 /// A prior-box configuration for a whole SSD model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PriorBoxConfig {
     /// Input image side in pixels (square inputs).
     pub image_size: usize,
@@ -200,9 +202,22 @@ impl PriorBoxConfig {
                 "image size and feature maps must be non-empty",
             ));
         }
-        let positive = |v: f32| v > 0.0;
+        kiln_nn::bounds::check(
+            "image_size",
+            self.image_size,
+            1..=crate::model::MAX_IMAGE_SIZE,
+        )
+        .map_err(|e| Error::range(what, e))?;
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !self.variances.iter().all(|&v| positive(v)) {
+            return Err(Error::config(
+                what,
+                format!("variances {:?} must be finite and positive", self.variances),
+            ));
+        }
         for (k, f) in self.feature_maps.iter().enumerate() {
             let ok = f.size > 0
+                && f.size <= self.image_size
                 && f.step.is_none_or(positive)
                 && positive(f.min_size)
                 && f.max_size.is_none_or(positive)

@@ -5,9 +5,11 @@
 //! [`Ssd::save`]. The pieces are public so a cluster trainer can reuse them
 //! (it replaces only the optimizer step by the parameter actors' one).
 
+use std::ops::Bound;
 use std::path::Path;
 use std::time::Instant;
 
+use kiln_nn::bounds::{check, check_number, check_number_f32, open_closed, OutOfRange};
 use kiln_nn::optim::schedule::LrSchedule as Schedule;
 use kiln_nn::optim::{Optimizer, SgdConfig};
 use kiln_nn::{Float, ModuleExt, Tensor};
@@ -21,12 +23,19 @@ use serde::{Deserialize, Serialize};
 use crate::augment::{Sample, SsdAugment};
 use crate::error::{Error, Result};
 use crate::infer::stack_images;
-use crate::model::{Backbone, SmallBackbone, Ssd, SsdConfig};
+use crate::model::{Backbone, SmallBackbone, Ssd, SsdConfig, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE};
 use crate::multibox::{encode_targets, multibox_loss, GroundTruth, MultiBoxConfig, MultiBoxOutput};
 use crate::voc::{load_annotated_image, Annotation, VocDataset};
 
+/// Most epochs of a run.
+pub const MAX_EPOCHS: usize = 100_000;
+/// Largest batch, in images.
+pub const MAX_BATCH_SIZE: usize = 1024;
+/// Longest warm-up, in iterations.
+pub const MAX_WARMUP_ITERS: usize = 10_000_000;
+
 /// Training settings (a JSON file for `kiln detect train --config`; every
-/// field has a default).
+/// field has a default; unknown keys are refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -105,13 +114,25 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Reads a JSON config file (unknown fields are errors naming the file).
+    /// Reads and validates a JSON config file: unknown keys (at any
+    /// level), values of the wrong type and values out of range are
+    /// errors naming the file and the setting.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
-            what: format!("{}", path.display()),
-            reason: e.to_string(),
-        })
+        let in_file = |e: Error| Error::ConfigFile {
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        };
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let cfg: TrainConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let at = e.path().to_string();
+            in_file(Error::Json {
+                what: if at == "." { "TrainConfig".into() } else { at },
+                reason: e.into_inner().to_string(),
+            })
+        })?;
+        cfg.validate().map_err(in_file)?;
+        Ok(cfg)
     }
 
     /// The model configuration for `classes`.
@@ -167,21 +188,57 @@ impl TrainConfig {
         }
     }
 
-    /// Checks the settings (batch size, epochs, rates, ratios).
+    /// Checks every setting against its range (see [`TrainConfig`]'s
+    /// bounds: `epochs` in `[1, 100000]`, `batch_size` in `[1, 1024]`,
+    /// `image_size` in `[32, 2048]`, `lr` in `(0, 10]`, `momentum` in `[0,
+    /// 1)`, `weight_decay` in `[0, 1]`, `warmup_iters` at most 10^7,
+    /// `warmup_factor` in `[0, 1]`, milestones increasing and at most
+    /// `epochs`, `gamma` in `(0, 1]`, `max_expand` in `[1, 16]`,
+    /// `overlap_threshold` in `(0, 1]`, `neg_pos_ratio` in `[0, 100]`,
+    /// `log_every` at most 10^6 (0: never)), the preset's name and the
+    /// small backbone's widths. NaN and infinities are refused.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.epochs == 0 {
+        self.check_ranges()
+            .map_err(|e| Error::range("TrainConfig", e))?;
+        if !["tiny", "small", "ssd300", "ssd512"].contains(&self.preset.as_str()) {
             return Err(Error::config(
                 "TrainConfig",
-                "batch_size and epochs must be positive",
+                format!(
+                    "preset = {:?}: must be tiny, small, ssd300 or ssd512",
+                    self.preset
+                ),
             ));
+        }
+        if let Some(b) = &self.small_backbone {
+            b.validate()?;
         }
         self.lr_schedule(1).validate()?;
-        if self.max_expand.is_nan() || self.max_expand < 1.0 {
-            return Err(Error::config(
-                "TrainConfig",
-                "max_expand must be at least 1",
-            ));
+        Ok(())
+    }
+
+    fn check_ranges(&self) -> std::result::Result<(), OutOfRange> {
+        check("epochs", self.epochs, 1..=MAX_EPOCHS)?;
+        check("batch_size", self.batch_size, 1..=MAX_BATCH_SIZE)?;
+        if let Some(size) = self.image_size {
+            check("image_size", size, MIN_IMAGE_SIZE..=MAX_IMAGE_SIZE)?;
         }
+        check_number("lr", self.lr, open_closed(0.0, 10.0))?;
+        check_number("momentum", self.momentum, 0.0..1.0)?;
+        check_number("weight_decay", self.weight_decay, 0.0..=1.0)?;
+        check("warmup_iters", self.warmup_iters, 0..=MAX_WARMUP_ITERS)?;
+        check_number("warmup_factor", self.warmup_factor, 0.0..=1.0)?;
+        for (i, &m) in self.milestones.iter().enumerate() {
+            check(&format!("milestones[{i}]"), m, 0..=self.epochs)?;
+        }
+        check_number("gamma", self.gamma, open_closed(0.0, 1.0))?;
+        check_number_f32("max_expand", self.max_expand, 1.0..=16.0)?;
+        check_number_f32(
+            "overlap_threshold",
+            self.overlap_threshold,
+            (Bound::Excluded(0.0), Bound::Included(1.0)),
+        )?;
+        check("neg_pos_ratio", self.neg_pos_ratio, 0..=100)?;
+        check("log_every", self.log_every, 0..=1_000_000)?;
         Ok(())
     }
 }

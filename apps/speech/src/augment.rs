@@ -4,12 +4,18 @@
 //! the per-utterance normalised features. Seeded, so a distributed run
 //! that redoes an iteration masks the same way.
 
+use kiln_nn::bounds::{check, check_number_f32};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pipeline::Example;
+
+/// Most masks of each kind per utterance.
+pub const MAX_MASKS: usize = 100;
+/// Widest mask, in bins or frames.
+pub const MAX_MASK_WIDTH: usize = 100_000;
 
 /// How many masks of which widths [`SpecAugment::apply`] draws.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,17 +50,16 @@ impl Default for SpecAugment {
 }
 
 impl SpecAugment {
-    /// Checks the fraction is in `[0, 1]`.
+    /// Checks the settings: at most [`MAX_MASKS`] masks of each kind,
+    /// widths of at most [`MAX_MASK_WIDTH`], `max_time_fraction` a finite
+    /// number in `[0, 1]`.
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.max_time_fraction) {
-            return Err(Error::config(
-                "SpecAugment",
-                format!(
-                    "max_time_fraction must be in [0, 1], got {}",
-                    self.max_time_fraction
-                ),
-            ));
-        }
+        let r = |e| Error::range("SpecAugment", e);
+        check("freq_masks", self.freq_masks, 0..=MAX_MASKS).map_err(r)?;
+        check("time_masks", self.time_masks, 0..=MAX_MASKS).map_err(r)?;
+        check("max_freq_width", self.max_freq_width, 0..=MAX_MASK_WIDTH).map_err(r)?;
+        check("max_time_width", self.max_time_width, 0..=MAX_MASK_WIDTH).map_err(r)?;
+        check_number_f32("max_time_fraction", self.max_time_fraction, 0.0..=1.0).map_err(r)?;
         Ok(())
     }
 
@@ -184,6 +189,23 @@ mod tests {
             ..SpecAugment::default()
         };
         assert!(bad.validate().is_err());
+        for bad in [
+            SpecAugment {
+                max_time_fraction: f32::NAN,
+                ..SpecAugment::default()
+            },
+            SpecAugment {
+                time_masks: usize::MAX,
+                ..SpecAugment::default()
+            },
+            SpecAugment {
+                freq_masks: MAX_MASKS + 1,
+                ..SpecAugment::default()
+            },
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("SpecAugment:") && e.contains("must be"), "{e}");
+        }
         // Applied anyway, it still masks within the utterance.
         let f = masked(&bad, 4, 2, 3);
         assert_eq!(f.len(), 8);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use kiln_nn::bounds::{check, check_number, check_number_f32};
 use ndarray::ArrayView2;
 
 use crate::error::{Error, Result};
@@ -97,6 +98,11 @@ impl VocabularyDecoder {
     }
 }
 
+/// Widest beam of [`BeamSearchDecoder`] (its work and memory grow with it).
+pub const MAX_BEAM: usize = 10_000;
+/// Largest magnitude of the LM weight and the word bonus.
+pub const MAX_WEIGHT: f64 = 1000.0;
+
 /// Prefix beam search (Hannun et al. 2014) with an optional word n-gram LM.
 ///
 /// A prefix's score is `ln P_ctc(prefix) + alpha * ln P_lm(words) + beta *
@@ -178,16 +184,23 @@ impl BeamSearchDecoder<'_> {
         s
     }
 
+    /// Checks the settings: `beam_width` in `[1, 10000]` ([`MAX_BEAM`]),
+    /// `alpha` in `[0, 1000]`, `beta` in `[-1000, 1000]`, `prune_log_prob`
+    /// in `[-1000, 0]`, all finite.
+    pub fn validate(&self) -> Result<()> {
+        let r = |e| Error::range("BeamSearchDecoder", e);
+        check("beam_width", self.beam_width, 1..=MAX_BEAM).map_err(r)?;
+        check_number("alpha", self.alpha, 0.0..=MAX_WEIGHT).map_err(r)?;
+        check_number("beta", self.beta, -MAX_WEIGHT..=MAX_WEIGHT).map_err(r)?;
+        check_number_f32("prune_log_prob", self.prune_log_prob, -1000.0..=0.0).map_err(r)?;
+        Ok(())
+    }
+
     /// The best transcripts with their total scores, best first (at most
     /// `beam_width`).
     pub fn decode_n(&self, log_probs: ArrayView2<'_, f32>) -> Result<Vec<(String, f64)>> {
         check_classes("BeamSearchDecoder", &log_probs)?;
-        if self.beam_width == 0 {
-            return Err(Error::config(
-                "BeamSearchDecoder",
-                "beam_width must be positive",
-            ));
-        }
+        self.validate()?;
         let ninf = f64::NEG_INFINITY;
         let mut beams: HashMap<Vec<usize>, Beam> = HashMap::new();
         beams.insert(

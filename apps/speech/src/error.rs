@@ -57,6 +57,24 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A setting outside its allowed range (names the setting, its value
+    /// and the range).
+    #[error("{what}: {range}")]
+    Range {
+        /// The component being configured (e.g. `Ds2Config`).
+        what: String,
+        /// The setting, its value and the allowed range.
+        range: kiln_nn::bounds::OutOfRange,
+    },
+    /// A configuration file was refused (unknown key, bad value, out of
+    /// range): the file and why.
+    #[error("{}: {error}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: Box<Error>,
+    },
     /// An input array has a shape the operation cannot take.
     #[error("{op}: expected {expected}, got shape {actual:?}")]
     Shape {
@@ -98,6 +116,14 @@ impl Error {
             path: path.into(),
             line,
             reason: reason.into(),
+        }
+    }
+
+    /// A range error of component `what`.
+    pub fn range(what: impl Into<String>, range: kiln_nn::bounds::OutOfRange) -> Self {
+        Error::Range {
+            what: what.into(),
+            range,
         }
     }
 

@@ -6,6 +6,12 @@
 //! `bow(h) * P(w | h[1..])` (`bow(h) = 1` when `h` is not listed). Words
 //! missing from the unigrams are scored as `<unk>`, or `-99` (log10) if the
 //! model has no `<unk>`.
+//!
+//! Reading an ARPA file refuses what is not a probability model: orders
+//! above [`MAX_ORDER`], NaN or `+inf` anywhere, a log10 probability above
+//! 0. `-inf` (log10 of 0, which some tools write) is read as `-99`, the
+//! spelling of log10 0 the format's own tools use and this crate writes;
+//! backoff weights may be any finite number (or `-inf`, likewise `-99`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,6 +27,38 @@ pub const EOS: &str = "</s>";
 pub const UNK: &str = "<unk>";
 /// log10 probability of a word the model cannot score at all.
 pub const OOV_LOG10: f64 = -99.0;
+/// Largest n-gram order built or read (tables grow with the order; 10 is
+/// far beyond what helps speech recognition).
+pub const MAX_ORDER: usize = 10;
+
+/// Checks an n-gram order is in `[1, MAX_ORDER]`.
+pub fn check_order(setting: &str, order: usize) -> Result<usize> {
+    kiln_nn::bounds::check(setting, order, 1..=MAX_ORDER).map_err(|e| Error::range("NgramLm", e))
+}
+
+/// A log10 value of an ARPA line: finite, or `-inf` read as -99 (log10 0);
+/// probabilities must also be at most 0.
+fn arpa_log10(path: &Path, line: usize, field: &str, what: &str, max: f64) -> Result<f64> {
+    let v: f64 = field
+        .parse()
+        .map_err(|_| Error::parse(path, line, format!("not a number: {field:?}")))?;
+    if v == f64::NEG_INFINITY {
+        return Ok(OOV_LOG10);
+    }
+    if !v.is_finite() || v > max {
+        let allowed = if max == 0.0 {
+            "a finite number <= 0 (or -inf, read as -99)"
+        } else {
+            "a finite number (or -inf, read as -99)"
+        };
+        return Err(Error::parse(
+            path,
+            line,
+            format!("{what} {field:?} must be {allowed}"),
+        ));
+    }
+    Ok(v)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Entry {
@@ -200,6 +238,13 @@ impl NgramLm {
                         ))
                     });
                 match count {
+                    Some((n, _)) if n == declared.len() + 1 && n > MAX_ORDER => {
+                        return Err(Error::parse(
+                            path,
+                            line_no,
+                            format!("order {n} is above the largest supported order {MAX_ORDER}"),
+                        ))
+                    }
                     Some((n, c)) if n == declared.len() + 1 => declared.push(c),
                     _ => {
                         return Err(Error::parse(
@@ -234,13 +279,9 @@ impl NgramLm {
                     ),
                 ));
             }
-            let num = |s: &str| -> Result<f64> {
-                s.parse::<f64>()
-                    .map_err(|_| Error::parse(path, line_no, format!("not a number: {s:?}")))
-            };
-            let log10_prob = num(fields[0])?;
+            let log10_prob = arpa_log10(path, line_no, fields[0], "log10 probability", 0.0)?;
             let log10_backoff = if fields.len() == n + 2 {
-                num(fields[n + 1])?
+                arpa_log10(path, line_no, fields[n + 1], "log10 backoff", f64::INFINITY)?
             } else {
                 0.0
             };
@@ -327,12 +368,7 @@ impl NgramLm {
         sentences: impl IntoIterator<Item = &'a str>,
         order: usize,
     ) -> Result<Self> {
-        if order == 0 {
-            return Err(Error::config(
-                "NgramLm::build_witten_bell",
-                "order must be at least 1",
-            ));
-        }
+        check_order("order", order)?;
         let mut lm = NgramLm::empty(order);
         let bos = lm.intern(BOS);
         let eos = lm.intern(EOS);
@@ -415,10 +451,11 @@ pub fn build_arpa_from_transcripts(
     order: usize,
     out: &Path,
 ) -> Result<NgramLm> {
+    check_order("order", order)?;
     let mut sentences = Vec::new();
     for f in transcript_files {
         for (_, text) in crate::corpus::parse_transcripts(f)? {
-            sentences.push(text.to_uppercase());
+            sentences.push(crate::text::normalize_transcript(&text));
         }
     }
     let lm = NgramLm::build_witten_bell(sentences.iter().map(String::as_str), order)?;
@@ -491,5 +528,53 @@ mod tests {
         assert!(e.to_string().starts_with("bad.arpa:6:"), "{e}");
         let truncated = "\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0 A\n";
         assert!(NgramLm::parse_arpa(Path::new("t.arpa"), truncated).is_err());
+    }
+
+    #[test]
+    fn arpa_values_that_are_not_probabilities_are_refused_naming_file_and_line() {
+        let arpa = |p: &str, b: &str| {
+            format!("\\data\\\nngram 1=2\nngram 2=1\n\n\\1-grams:\n-1.0 A -0.5\n{p} B {b}\n\n\\2-grams:\n-0.3 A B\n\\end\\\n")
+        };
+        for (p, b) in [
+            ("nan", "0"),
+            ("NaN", "0"),
+            ("inf", "0"),
+            ("+inf", "0"),
+            ("0.5", "0"),
+            ("-1", "nan"),
+            ("-1", "inf"),
+            ("-1", "infinity"),
+        ] {
+            let e = NgramLm::parse_arpa(Path::new("m.arpa"), &arpa(p, b))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("m.arpa:7:"), "{p} {b}: {e}");
+        }
+        // log10 0: -99 and -inf are the same (the ARPA convention).
+        let lm = NgramLm::parse_arpa(Path::new("m.arpa"), &arpa("-inf", "-inf")).unwrap();
+        let minus99 = NgramLm::parse_arpa(Path::new("m.arpa"), &arpa("-99", "-99")).unwrap();
+        assert_eq!(lm, minus99);
+        assert_eq!(lm.log10_prob(&[], "B"), -99.0);
+        // A positive backoff weight (bow > 1) is legal.
+        assert!(NgramLm::parse_arpa(Path::new("m.arpa"), &arpa("-1", "0.3")).is_ok());
+    }
+
+    #[test]
+    fn orders_outside_1_to_10_are_refused() {
+        for order in [0, MAX_ORDER + 1, usize::MAX] {
+            let e = NgramLm::build_witten_bell(CORPUS, order)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("[1, 10]"), "{e}");
+        }
+        assert!(NgramLm::build_witten_bell(CORPUS, MAX_ORDER).is_ok());
+        let mut arpa = String::from("\\data\\\n");
+        for n in 1..=11 {
+            arpa.push_str(&format!("ngram {n}=0\n"));
+        }
+        let e = NgramLm::parse_arpa(Path::new("big.arpa"), &arpa)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("big.arpa:12:"), "{e}");
     }
 }

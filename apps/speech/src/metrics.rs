@@ -2,10 +2,15 @@
 //! definitions: the minimum number of substitutions, deletions and
 //! insertions turning the reference into the hypothesis, summed over
 //! utterances and divided by the total reference length (words, or
-//! characters including spaces). Words are whitespace-separated; texts are
-//! compared as given (normalise case beforehand if needed).
+//! characters including spaces). Both texts are first normalised by
+//! [`normalize_transcript`] (upper case, whitespace runs as one space, ends
+//! trimmed), so every scorer (`kiln speech eval`, `kiln speech score`,
+//! training's dev WER) compares the same way whatever the case of the
+//! references.
 
 use serde::Serialize;
+
+use crate::text::normalize_transcript;
 
 /// Levenshtein distance between two sequences.
 pub fn edit_distance<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -47,8 +52,12 @@ impl ErrorRate {
     }
 }
 
-/// Word edits of one utterance.
+/// Word edits of one utterance (texts normalised by [`normalize_transcript`]).
 pub fn word_errors(reference: &str, hypothesis: &str) -> ErrorRate {
+    let (reference, hypothesis) = (
+        normalize_transcript(reference),
+        normalize_transcript(hypothesis),
+    );
     let r: Vec<&str> = reference.split_whitespace().collect();
     let h: Vec<&str> = hypothesis.split_whitespace().collect();
     ErrorRate {
@@ -57,16 +66,11 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> ErrorRate {
     }
 }
 
-/// Character edits of one utterance (whitespace runs count as one space;
-/// ends trimmed).
+/// Character edits of one utterance (texts normalised by
+/// [`normalize_transcript`]: whitespace runs count as one space, ends
+/// trimmed, case folded).
 pub fn char_errors(reference: &str, hypothesis: &str) -> ErrorRate {
-    let norm = |s: &str| -> Vec<char> {
-        s.split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .chars()
-            .collect()
-    };
+    let norm = |s: &str| -> Vec<char> { normalize_transcript(s).chars().collect() };
     let (r, h) = (norm(reference), norm(hypothesis));
     ErrorRate {
         errors: edit_distance(&r, &h),
@@ -96,6 +100,12 @@ pub fn cer<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> ErrorRate
     })
 }
 
+/// Corpus WER and CER of (reference, hypothesis) pairs: what `kiln speech
+/// eval`, `kiln speech score` and training's dev scores all report.
+pub fn error_rates<'a>(pairs: &[(&'a str, &'a str)]) -> (ErrorRate, ErrorRate) {
+    (wer(pairs.iter().copied()), cer(pairs.iter().copied()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +127,15 @@ mod tests {
         let c = cer([("ABC D", "ABD  D")]);
         assert!((c.rate() - 0.2).abs() < 1e-12);
         assert_eq!(ErrorRate::default().rate(), 0.0);
+    }
+
+    #[test]
+    fn case_and_spacing_do_not_count_as_errors() {
+        let w = wer([("the cat  sat", "THE CAT SAT"), (" Hello ", "HELLO")]);
+        assert_eq!((w.errors, w.reference_len), (0, 4));
+        let c = cer([("the cat  sat", "THE CAT SAT")]);
+        assert_eq!((c.errors, c.reference_len), (0, 11));
+        let w = wer([("the cat", "THE BAT")]);
+        assert_eq!((w.errors, w.reference_len), (1, 2));
     }
 }

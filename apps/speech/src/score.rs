@@ -5,7 +5,8 @@
 //! Utterances are matched by id. A reference utterance missing from the
 //! hypotheses counts as an empty hypothesis (all deletions) and is listed
 //! in `missing`; hypothesis ids absent from the reference are listed in
-//! `extra` and not scored. Texts are compared upper-cased.
+//! `extra` and not scored. Texts are normalised as every scorer does
+//! ([`crate::text::normalize_transcript`], inside [`crate::metrics`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -47,15 +48,14 @@ pub fn score_pairs(reference: &[(String, String)], hypothesis: &[(String, String
     let mut missing = Vec::new();
     for (id, r) in reference {
         let h = match hyp.get(id.as_str()) {
-            Some(h) => h.to_uppercase(),
+            Some(h) => h.to_string(),
             None => {
                 missing.push(id.clone());
                 String::new()
             }
         };
-        let r = r.to_uppercase();
-        let w = word_errors(&r, &h);
-        let c = char_errors(&r, &h);
+        let w = word_errors(r, &h);
+        let c = char_errors(r, &h);
         words.errors += w.errors;
         words.reference_len += w.reference_len;
         chars.errors += c.errors;

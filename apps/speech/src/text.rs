@@ -40,6 +40,17 @@ pub fn char_of(label: usize) -> Result<char> {
     }
 }
 
+/// The one normalisation every WER/CER scorer applies to references and
+/// hypotheses alike (`kiln speech eval`, `kiln speech score`, training's
+/// `dev_wer`/`dev_cer`): upper case (the alphabet folds case, and decoded
+/// text is upper case), whitespace runs as one space, ends trimmed.
+pub fn normalize_transcript(text: &str) -> String {
+    text.split_whitespace()
+        .map(str::to_uppercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Labels to text (blanks are skipped).
 pub fn labels_to_text(labels: &[usize]) -> Result<String> {
     labels

@@ -30,3 +30,27 @@ fn duplicate_ids_are_an_error_naming_the_line() {
     let e = score_files(&r, &r).unwrap_err().to_string();
     assert!(e.contains("ref.txt:3"), "{e}");
 }
+
+#[test]
+fn eval_score_and_training_agree_on_lower_case_references() {
+    // `kiln speech score` reads files; `kiln speech eval` and training's
+    // dev WER call `metrics::error_rates` on the decoded (upper-case)
+    // transcripts. Lower-case references must give the same rates.
+    use kiln_speech::metrics::error_rates;
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("ref.trans.txt");
+    let h = dir.path().join("hyp.trans.txt");
+    std::fs::write(&r, "u1 the cat sat\nu2 hello  world\n").unwrap();
+    std::fs::write(&h, "u1 THE CAT SAT\nu2 HELLO WORD\n").unwrap();
+    let rep = score_files(&r, &h).unwrap();
+    let (w, c) = error_rates(&[
+        ("the cat sat", "THE CAT SAT"),
+        ("hello  world", "HELLO WORD"),
+    ]);
+    assert_eq!(rep.words, w);
+    assert_eq!(rep.chars, c);
+    // Standard definitions: edits over reference words / characters.
+    assert_eq!((w.errors, w.reference_len), (1, 5));
+    assert_eq!((c.errors, c.reference_len), (1, 22));
+    assert!((rep.wer - 0.2).abs() < 1e-12);
+}

@@ -15,6 +15,7 @@ fn default_p() -> f64 {
 
 /// Configuration of a [`Dropout`] layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DropoutConfig {
     /// Probability of zeroing an element (default 0.5).
     #[serde(default = "default_p")]

@@ -11,6 +11,7 @@ use crate::tensor::{Float, Tensor};
 
 /// Configuration of an [`Embedding`] layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmbeddingConfig {
     /// Size of the table (valid indices are `0..num_embeddings`).
     pub num_embeddings: usize,

@@ -13,6 +13,7 @@ use crate::tensor::{view2, view2_mut, Float, Tensor};
 
 /// Configuration of a [`Linear`] layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LinearConfig {
     /// Input features.
     pub in_features: usize,

@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{check, check_number, open, open_closed, OutOfRange};
 use crate::error::{Error, Result};
 
 /// Which counter a schedule is a function of.
@@ -87,7 +88,7 @@ impl Default for PlateauConfig {
 
 /// A learning-rate schedule; see the module documentation for the counter each takes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrSchedule {
     /// `base_lr` throughout.
     Constant,
@@ -147,50 +148,52 @@ fn bad(reason: String) -> Error {
 }
 
 impl LrSchedule {
-    /// Checks the schedule's parameters.
+    /// Checks the schedule's parameters: step sizes and periods of at
+    /// least 1, decay factors (`gamma`) in `(0, 1]` (a rate that only
+    /// falls and never changes sign), `start_factor` in `[0, 1]`, `power`
+    /// in `[0, 100]`, `eta_min` and the plateau's `min_lr`, `threshold`
+    /// and `eps` finite and `>= 0`, its `factor` in `(0, 1)`, milestones
+    /// increasing. NaN and infinities are refused everywhere.
     pub fn validate(&self) -> Result<()> {
-        let positive = |name: &str, v: u64| {
-            if v == 0 {
-                Err(bad(format!("{name} must be positive")))
-            } else {
-                Ok(())
-            }
-        };
-        let gamma_ok = |g: f64| {
-            if !(g > 0.0 && g.is_finite()) {
-                Err(bad(format!("gamma = {g} must be a positive number")))
-            } else {
-                Ok(())
-            }
-        };
+        self.check().map_err(|e| Error::range("LrSchedule", e))
+    }
+
+    fn check(&self) -> std::result::Result<(), OutOfRange> {
+        let gamma = |g: f64| check_number("gamma", g, open_closed(0.0, 1.0)).map(drop);
         match self {
             LrSchedule::Constant => Ok(()),
-            LrSchedule::Step { step_size, gamma } => {
-                positive("step_size", *step_size)?;
-                gamma_ok(*gamma)
+            LrSchedule::Step {
+                step_size,
+                gamma: g,
+            } => {
+                check("step_size", *step_size, 1..)?;
+                gamma(*g)
             }
-            LrSchedule::MultiStep { milestones, gamma } => {
+            LrSchedule::MultiStep {
+                milestones,
+                gamma: g,
+            } => {
                 if milestones.windows(2).any(|w| w[0] > w[1]) {
-                    return Err(bad(format!("milestones {milestones:?} must be increasing")));
+                    return Err(OutOfRange::new(
+                        "milestones",
+                        format!("{milestones:?}"),
+                        "increasing",
+                    ));
                 }
-                gamma_ok(*gamma)
+                gamma(*g)
             }
-            LrSchedule::Exponential { gamma } => gamma_ok(*gamma),
+            LrSchedule::Exponential { gamma: g } => gamma(*g),
             LrSchedule::Poly {
                 power,
                 max_iteration,
             } => {
-                positive("max_iteration", *max_iteration)?;
-                if !(*power >= 0.0 && power.is_finite()) {
-                    return Err(bad(format!("power = {power} must be >= 0")));
-                }
+                check("max_iteration", *max_iteration, 1..)?;
+                check_number("power", *power, 0.0..=100.0)?;
                 Ok(())
             }
             LrSchedule::Cosine { t_max, eta_min } => {
-                positive("t_max", *t_max)?;
-                if eta_min.is_nan() || *eta_min < 0.0 {
-                    return Err(bad(format!("eta_min = {eta_min} must be >= 0")));
-                }
+                check("t_max", *t_max, 1..)?;
+                check_number("eta_min", *eta_min, 0.0..)?;
                 Ok(())
             }
             LrSchedule::Warmup {
@@ -198,23 +201,14 @@ impl LrSchedule {
                 after,
                 ..
             } => {
-                if !(0.0..=1.0).contains(start_factor) {
-                    return Err(bad(format!(
-                        "start_factor = {start_factor} must lie in [0, 1]"
-                    )));
-                }
-                after.validate()
+                check_number("start_factor", *start_factor, 0.0..=1.0)?;
+                after.check().map_err(|e| e.within("after"))
             }
             LrSchedule::Plateau(c) => {
-                if !(c.factor > 0.0 && c.factor < 1.0) {
-                    return Err(bad(format!(
-                        "plateau factor = {} must lie in (0, 1)",
-                        c.factor
-                    )));
-                }
-                if !(c.threshold >= 0.0 && c.min_lr >= 0.0 && c.eps >= 0.0) {
-                    return Err(bad("plateau threshold, min_lr and eps must be >= 0".into()));
-                }
+                check_number("factor", c.factor, open(0.0, 1.0))?;
+                check_number("threshold", c.threshold, 0.0..)?;
+                check_number("min_lr", c.min_lr, 0.0..)?;
+                check_number("eps", c.eps, 0.0..)?;
                 Ok(())
             }
         }
@@ -511,6 +505,34 @@ mod tests {
         .validate()
         .is_err());
         assert!(LrScheduler::new(LrSchedule::Constant, -1.0).is_err());
+        // A rate that grows without bound, changes sign or is not a
+        // number is refused, also inside a warm-up.
+        for g in [-0.5, 0.0, 1.5, f64::NAN, f64::INFINITY] {
+            let e = LrSchedule::Warmup {
+                warmup_steps: 1,
+                start_factor: 0.1,
+                after: Box::new(LrSchedule::Exponential { gamma: g }),
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("after.gamma") && e.contains("(0, 1]"), "{e}");
+        }
+        for eta_min in [f64::INFINITY, -1.0, f64::NAN] {
+            assert!(LrSchedule::Cosine { t_max: 1, eta_min }.validate().is_err());
+        }
+        let plateau = |min_lr| {
+            LrSchedule::Plateau(PlateauConfig {
+                min_lr,
+                ..PlateauConfig::default()
+            })
+            .validate()
+        };
+        assert!(plateau(f64::INFINITY).is_err());
+        assert!(serde_json::from_str::<LrSchedule>(
+            r#"{"type":"step","step_size":1,"gamma":0.5,"gama":1}"#
+        )
+        .is_err());
         let s: LrSchedule = serde_json::from_str(
             r#"{"type":"warmup","warmup_steps":10,"start_factor":0.1,"after":{"type":"cosine","t_max":100,"eta_min":0.0}}"#,
         )

@@ -6,13 +6,22 @@
 //! (they run on the small maps). With 128-pixel inputs it gives 16/8/4/2
 //! maps; with 300, 38/19/10/….
 
+use kiln_nn::bounds::check;
 use serde::{Deserialize, Serialize};
 
 use super::builder::{Builder, Source};
 use crate::error::{Error, Result};
 
+/// Most pooled stages of the small backbone.
+pub const MAX_STAGES: usize = 8;
+/// Widest stage or source, in channels.
+pub const MAX_WIDTH: usize = 4096;
+/// Most 3x3 convs per source.
+pub const MAX_SOURCE_DEPTH: usize = 16;
+
 /// Widths of the small backbone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SmallBackbone {
     /// Channels of each pooled stage (three stages give stride 8).
     pub stages: Vec<usize>,
@@ -60,23 +69,21 @@ impl SmallBackbone {
         }
     }
 
-    /// Checks the widths and depths are positive.
+    /// Checks the widths and depths: 1 to [`MAX_STAGES`] stages, every
+    /// width in `[1, MAX_WIDTH]`, `source_depth` in `[1, MAX_SOURCE_DEPTH]`.
     pub fn validate(&self) -> Result<()> {
-        if self.stages.is_empty() || self.stages.contains(&0) || self.source_channels == 0 {
-            return Err(Error::config(
-                "SmallBackbone",
-                format!(
-                    "needs at least one stage and positive widths (stages {:?}, source_channels {})",
-                    self.stages, self.source_channels
-                ),
-            ));
+        let r = |e| Error::range("SmallBackbone", e);
+        check(
+            "stages (number of stages)",
+            self.stages.len(),
+            1..=MAX_STAGES,
+        )
+        .map_err(r)?;
+        for (i, &w) in self.stages.iter().enumerate() {
+            check(&format!("stages[{i}]"), w, 1..=MAX_WIDTH).map_err(r)?;
         }
-        if self.source_depth == 0 {
-            return Err(Error::config(
-                "SmallBackbone",
-                "source_depth must be at least 1",
-            ));
-        }
+        check("source_channels", self.source_channels, 1..=MAX_WIDTH).map_err(r)?;
+        check("source_depth", self.source_depth, 1..=MAX_SOURCE_DEPTH).map_err(r)?;
         Ok(())
     }
 

@@ -108,6 +108,71 @@ fn config_files_are_checked() {
     assert!(err.contains("train.json") && err.contains("epoch"), "{err}");
 }
 
+#[test]
+fn nested_unknown_keys_are_refused_naming_key_path_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.json");
+    std::fs::write(
+        &path,
+        r#"{"small_backbone": {"stages": [8], "source_channels": 8, "batch_norm": false, "widht": 3}}"#,
+    )
+    .unwrap();
+    let err = TrainConfig::from_file(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("nested.json") && err.contains("small_backbone") && err.contains("widht"),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_settings_are_refused_naming_setting_value_range_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("range.json");
+    for (json, setting, range) in [
+        (r#"{"image_size": 100000}"#, "image_size", "[32, 2048]"),
+        (r#"{"image_size": 8}"#, "image_size", "[32, 2048]"),
+        (r#"{"batch_size": 0}"#, "batch_size", "[1, 1024]"),
+        (
+            r#"{"batch_size": 18446744073709551615}"#,
+            "batch_size",
+            "[1, 1024]",
+        ),
+        (r#"{"epochs": 0}"#, "epochs", "[1, 100000]"),
+        (r#"{"lr": -0.1}"#, "lr", "(0, 10]"),
+        (r#"{"gamma": -0.5}"#, "gamma", "(0, 1]"),
+        (r#"{"gamma": 2.0}"#, "gamma", "(0, 1]"),
+        (r#"{"momentum": 1.0}"#, "momentum", "[0, 1)"),
+        (r#"{"max_expand": 1e30}"#, "max_expand", "[1, 16]"),
+        (r#"{"overlap_threshold": 0}"#, "overlap_threshold", "(0, 1]"),
+        (
+            r#"{"epochs": 2, "milestones": [1, 3]}"#,
+            "milestones[1]",
+            "[0, 2]",
+        ),
+        (
+            r#"{"small_backbone": {"stages": [100000], "source_channels": 8, "batch_norm": false}}"#,
+            "stages[0]",
+            "[1, 4096]",
+        ),
+    ] {
+        std::fs::write(&path, json).unwrap();
+        let err = TrainConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("range.json") && err.contains(setting) && err.contains(range),
+            "{json}: {err}"
+        );
+    }
+    std::fs::write(&path, r#"{"preset": "tinny"}"#).unwrap();
+    let err = TrainConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("range.json") && err.contains("tinny"), "{err}");
+    // NaN cannot be written in JSON; in memory it is refused too.
+    let nan = TrainConfig {
+        lr: f64::NAN,
+        ..TrainConfig::default()
+    };
+    assert!(nan.validate().unwrap_err().to_string().contains("lr = NaN"));
+}
+
 /// The shipped recipe of the shapes result (BENCHMARKS.md) reads and
 /// builds the model it names: the wider small backbone with two convs per
 /// source on 160-pixel inputs (maps 20/10/5/3), 1,479,344 parameters for

@@ -6,8 +6,25 @@ use std::path::Path;
 use kiln_nn::layers::{CellKind, MergeMode};
 use serde::{Deserialize, Serialize};
 
+use kiln_nn::bounds::{check, check_number, open_closed, OutOfRange};
+
 use crate::error::{Error, Result};
 use crate::text::ALPHABET_SIZE;
+
+/// Largest number of frequency bins of the input spectrogram.
+pub const MAX_FREQ_BINS: usize = 4096;
+/// Most convolutions in the front end.
+pub const MAX_CONVS: usize = 16;
+/// Most output channels of a convolution.
+pub const MAX_CHANNELS: usize = 4096;
+/// Largest kernel side, stride or padding of a convolution.
+pub const MAX_KERNEL: usize = 256;
+/// Most recurrent layers.
+pub const MAX_RNN_LAYERS: usize = 32;
+/// Largest hidden size of a recurrent layer (its weights grow with its square).
+pub const MAX_HIDDEN: usize = 8192;
+/// Largest clip of the clipped ReLU.
+pub const MAX_CLIP: f64 = 1e6;
 
 fn default_classes() -> usize {
     ALPHABET_SIZE
@@ -23,6 +40,7 @@ fn default_merge() -> MergeMode {
 
 /// One convolution of the front end, over `(N, C, freq, time)`; each pair is `[freq, time]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConvSpec {
     /// Output channels.
     pub channels: usize,
@@ -50,6 +68,7 @@ impl ConvSpec {
 
 /// The recurrent stack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RnnSpec {
     /// `gru`, `lstm`, `rnn_tanh` or `rnn_relu`.
     pub cell: CellKind,
@@ -68,6 +87,7 @@ pub struct RnnSpec {
 /// norm between them, and a fully connected layer to the characters.
 /// See `apps/speech/configs/` for documented examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ds2Config {
     /// Frequency bins of the input spectrogram (161 for a 20 ms window at 16 kHz).
     pub freq_bins: usize,
@@ -84,7 +104,8 @@ pub struct Ds2Config {
 }
 
 impl Ds2Config {
-    /// Parses and validates a TOML document.
+    /// Parses and validates a TOML document (unknown keys are refused,
+    /// naming the key and its line).
     pub fn from_toml_str(text: &str) -> Result<Self> {
         let c: Ds2Config =
             toml::from_str(text).map_err(|e| Error::config("Ds2Config", e.to_string()))?;
@@ -92,11 +113,13 @@ impl Ds2Config {
         Ok(c)
     }
 
-    /// Reads and validates a TOML file.
+    /// Reads and validates a TOML file; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_toml_str(&text)
-            .map_err(|e| Error::config(path.display().to_string(), e.to_string()))
+        Self::from_toml_str(&text).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        })
     }
 
     /// The configuration as TOML.
@@ -104,29 +127,44 @@ impl Ds2Config {
         toml::to_string(self).map_err(|e| Error::config("Ds2Config", e.to_string()))
     }
 
-    /// Checks every size is positive and the front end keeps at least one frequency bin.
+    /// Checks every size against its range (`freq_bins` in `[1, 4096]`,
+    /// `num_classes` in `[2, 29]`, at most 16 convolutions with channels in
+    /// `[1, 4096]`, kernel and stride in `[1, 256]` and padding in `[0,
+    /// 256]`, `rnn.layers` in `[1, 32]`, `rnn.hidden` in `[1, 8192]`,
+    /// `clip` in `(0, 1e6]`) and that the front end keeps at least one
+    /// frequency bin.
     pub fn validate(&self) -> Result<()> {
-        let bad = |r: &str| Err(Error::config("Ds2Config", r));
-        if self.freq_bins == 0 || self.num_classes == 0 {
-            return bad("freq_bins and num_classes must be positive");
+        self.check_ranges()
+            .map_err(|e| Error::range("Ds2Config", e))?;
+        if self.conv_freq_bins() == 0 {
+            return Err(Error::config(
+                "Ds2Config",
+                "the convolutions leave no frequency bins",
+            ));
         }
-        if self.rnn.layers == 0 || self.rnn.hidden == 0 {
-            return bad("rnn.layers and rnn.hidden must be positive");
-        }
-        if self.clip.is_nan() || self.clip <= 0.0 {
-            return bad("clip must be positive");
-        }
+        Ok(())
+    }
+
+    fn check_ranges(&self) -> std::result::Result<(), OutOfRange> {
+        check("freq_bins", self.freq_bins, 1..=MAX_FREQ_BINS)?;
+        check("num_classes", self.num_classes, 2..=ALPHABET_SIZE)?;
+        check_number("clip", self.clip, open_closed(0.0, MAX_CLIP))?;
+        check(
+            "conv (number of convolutions)",
+            self.conv.len(),
+            0..=MAX_CONVS,
+        )?;
         for (i, c) in self.conv.iter().enumerate() {
-            if c.channels == 0 || c.kernel.contains(&0) || c.stride.contains(&0) {
-                return Err(Error::config(
-                    "Ds2Config",
-                    format!("conv[{i}]: channels, kernel and stride must be positive"),
-                ));
+            let name = |field: &str| format!("conv[{i}].{field}");
+            check(&name("channels"), c.channels, 1..=MAX_CHANNELS)?;
+            for axis in 0..2 {
+                check(&name("kernel"), c.kernel[axis], 1..=MAX_KERNEL)?;
+                check(&name("stride"), c.stride[axis], 1..=MAX_KERNEL)?;
+                check(&name("padding"), c.padding[axis], 0..=MAX_KERNEL)?;
             }
         }
-        if self.conv_freq_bins() == 0 {
-            return bad("the convolutions leave no frequency bins");
-        }
+        check("rnn.layers", self.rnn.layers, 1..=MAX_RNN_LAYERS)?;
+        check("rnn.hidden", self.rnn.hidden, 1..=MAX_HIDDEN)?;
         Ok(())
     }
 
@@ -207,5 +245,55 @@ mod tests {
         c.freq_bins = 1;
         c.conv[0].padding = [0, 0];
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn out_of_range_and_non_finite_values_are_refused_naming_the_setting() {
+        let base = example("ds2_small.toml");
+        type Change = Box<dyn Fn(&mut Ds2Config)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.rnn.hidden = usize::MAX), "rnn.hidden"),
+            (Box::new(|c| c.rnn.layers = 1000), "rnn.layers"),
+            (Box::new(|c| c.freq_bins = 1 << 40), "freq_bins"),
+            (Box::new(|c| c.num_classes = 30), "num_classes"),
+            (Box::new(|c| c.clip = f64::NAN), "clip"),
+            (Box::new(|c| c.clip = f64::INFINITY), "clip"),
+            (Box::new(|c| c.clip = -1.0), "clip"),
+            (
+                Box::new(|c| c.conv[0].channels = 1 << 20),
+                "conv[0].channels",
+            ),
+            (Box::new(|c| c.conv[0].stride = [0, 1]), "conv[0].stride"),
+            (
+                Box::new(|c| c.conv[0].padding = [usize::MAX, 0]),
+                "conv[0].padding",
+            ),
+        ];
+        for (change, setting) in cases {
+            let mut c = base.clone();
+            change(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(setting), "{setting}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_at_every_level_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = example("ds2_small.toml").to_toml_string().unwrap();
+        let typos = [
+            text.replace("clip = ", "clipp = "),
+            format!("clipp = 1.0\n{text}"),
+            text.replace("[rnn]\n", "[rnn]\nhiden = 3\n"),
+            text.replace("[[conv]]\n", "[[conv]]\nchanels = 3\n"),
+        ];
+        for (i, t) in typos.iter().enumerate() {
+            assert_ne!(t, &text, "case {i} did not change the text");
+            let path = dir.path().join(format!("typo{i}.toml"));
+            std::fs::write(&path, t).unwrap();
+            let e = Ds2Config::from_file(&path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains("unknown field"), "{e}");
+        }
     }
 }

@@ -32,8 +32,11 @@ pub enum NodeOp {
     Add,
 }
 
-/// One node of a [`GraphConfig`].
+/// One node of a [`GraphConfig`]. In JSON its operation's fields sit
+/// beside `name` and `inputs` (`{"name": …, "op": "join", "dim": 1,
+/// "inputs": […]}`); unknown keys are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "NodeWire")]
 pub struct GraphNode {
     /// Unique name; also the prefix of the node's parameter names.
     pub name: String,
@@ -42,6 +45,48 @@ pub struct GraphNode {
     pub op: NodeOp,
     /// Names of the graph inputs or earlier nodes it reads.
     pub inputs: Vec<String>,
+}
+
+/// A [`GraphNode`] as written (`#[serde(flatten)]` cannot refuse unknown
+/// keys, so the node is read through this and checked).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeWire {
+    name: String,
+    op: String,
+    #[serde(default)]
+    layer: Option<Box<LayerConfig>>,
+    #[serde(default)]
+    dim: Option<usize>,
+    inputs: Vec<String>,
+}
+
+impl TryFrom<NodeWire> for GraphNode {
+    type Error = String;
+
+    fn try_from(w: NodeWire) -> std::result::Result<Self, String> {
+        let op = match (w.op.as_str(), w.layer, w.dim) {
+            ("layer", Some(layer), None) => NodeOp::Layer { layer },
+            ("join", None, Some(dim)) => NodeOp::Join { dim },
+            ("add", None, None) => NodeOp::Add,
+            ("layer", _, _) => {
+                return Err(format!("node {:?}: op layer takes `layer` only", w.name))
+            }
+            ("join", _, _) => return Err(format!("node {:?}: op join takes `dim` only", w.name)),
+            ("add", _, _) => return Err(format!("node {:?}: op add takes no field", w.name)),
+            (other, _, _) => {
+                return Err(format!(
+                    "node {:?}: unknown op {other:?} (layer, join, add)",
+                    w.name
+                ))
+            }
+        };
+        Ok(GraphNode {
+            name: w.name,
+            op,
+            inputs: w.inputs,
+        })
+    }
 }
 
 impl GraphNode {
@@ -77,6 +122,7 @@ impl GraphNode {
 
 /// The structure of a [`Graph`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GraphConfig {
     /// Names of the graph's inputs, in the order `forward_many` takes them.
     pub inputs: Vec<String>,

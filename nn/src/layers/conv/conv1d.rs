@@ -14,6 +14,7 @@ use crate::tensor::{Float, Tensor};
 
 /// Configuration of a [`Conv1d`] layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conv1dConfig {
     /// Input channels.
     pub in_channels: usize,

@@ -17,6 +17,7 @@ fn ones2() -> [usize; 2] {
 
 /// Configuration of a [`Conv2d`] layer. Pairs are `[height, width]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conv2dConfig {
     /// Input channels.
     pub in_channels: usize,

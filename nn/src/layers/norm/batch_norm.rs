@@ -23,6 +23,7 @@ fn default_true() -> bool {
 
 /// Configuration of a [`BatchNorm`] layer (PyTorch defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BatchNormConfig {
     /// Number of channels `C`.
     pub num_features: usize,

@@ -19,6 +19,7 @@ fn default_scale() -> f64 {
 
 /// Configuration of a [`Normalize`] layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NormalizeConfig {
     /// Number of channels `C`.
     pub channels: usize,

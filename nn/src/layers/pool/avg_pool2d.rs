@@ -12,6 +12,7 @@ use crate::tensor::{Float, Tensor};
 
 /// Configuration of an [`AvgPool2d`] layer. Pairs are `[height, width]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AvgPool2dConfig {
     /// Window size.
     pub kernel_size: [usize; 2],

@@ -12,6 +12,7 @@ use crate::tensor::{Float, Tensor};
 
 /// Configuration of a [`MaxPool2d`] layer. Pairs are `[height, width]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pool2dConfig {
     /// Window size.
     pub kernel_size: [usize; 2],

@@ -25,6 +25,7 @@ pub enum MergeMode {
 
 /// Configuration of a [`BiRecurrent`] layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BiRecurrentConfig {
     /// The cell of both directions.
     pub layer: RecurrentConfig,

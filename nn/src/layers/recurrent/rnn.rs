@@ -26,6 +26,7 @@ fn default_true() -> bool {
 /// Configuration of a [`Recurrent`] layer (PyTorch's `nn.RNN`, `nn.LSTM`
 /// or `nn.GRU` with one layer, one direction, `batch_first=False`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RecurrentConfig {
     /// The cell.
     pub cell: CellKind,
