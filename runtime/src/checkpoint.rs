@@ -41,6 +41,8 @@ mod store;
 pub use blob::{read_blob, verify_blob, write_blob, BlobRef, BlobWriter, BLOB_MAGIC};
 pub use crash_points::{CRASH_AT_ENV, CRASH_POINTS};
 pub use error::CheckpointError;
-pub use owner::{check_claim, dir_state, read_owner, DirState, StoreClaim, StoreOwner, OWNER_FILE};
+pub use owner::{
+    check_claim, decode_owner, dir_state, read_owner, DirState, StoreClaim, StoreOwner, OWNER_FILE,
+};
 pub use record::{CheckpointRecord, FORMAT_VERSION};
 pub use store::{CheckpointStore, Recovery, Skipped, RECORD_FILE};

@@ -30,6 +30,7 @@ mod dataset;
 mod driver;
 mod error;
 mod executor;
+pub mod fuzzing;
 pub mod jobs;
 mod liveness;
 mod local;

@@ -563,10 +563,7 @@ fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Check a preamble; returns the role or the status byte to refuse with.
-pub(crate) fn check_preamble(
-    p: &[u8; PREAMBLE_LEN],
-    secret: &[u8; 32],
-) -> std::result::Result<Role, u8> {
+pub fn check_preamble(p: &[u8; PREAMBLE_LEN], secret: &[u8; 32]) -> std::result::Result<Role, u8> {
     if &p[..4] != MAGIC {
         return Err(STATUS_BAD_MAGIC);
     }

@@ -196,8 +196,13 @@ pub fn read_owner(dir: &Path) -> Result<Option<StoreOwner>, CheckpointError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(CheckpointError::io(&path, e)),
     };
+    decode_owner(&path, &bytes).map(Some)
+}
+
+/// Decodes an owner file's bytes (`path` names it in errors).
+pub fn decode_owner(path: &Path, bytes: &[u8]) -> Result<StoreOwner, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::CorruptOwner {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
     if bytes.len() < 4 {
@@ -207,9 +212,7 @@ pub fn read_owner(dir: &Path) -> Result<Option<StoreOwner>, CheckpointError> {
     if crc32fast::hash(body).to_le_bytes() != tail {
         return Err(corrupt("checksum mismatch".into()));
     }
-    rmp_serde::from_slice(body)
-        .map(Some)
-        .map_err(|e| corrupt(format!("undecodable: {e}")))
+    rmp_serde::from_slice(body).map_err(|e| corrupt(format!("undecodable: {e}")))
 }
 
 /// Writes the owner file of a store being created (temporary file, fsync,

@@ -66,7 +66,9 @@ impl CheckpointRecord {
         Ok(bytes)
     }
 
-    pub(crate) fn decode(id: u64, bytes: &[u8]) -> Result<Self, CheckpointError> {
+    /// Decodes checkpoint `id`'s record from `bytes` (as the manifest or
+    /// its record file holds it), checking its checksum, version and id.
+    pub fn decode(id: u64, bytes: &[u8]) -> Result<Self, CheckpointError> {
         let corrupt = |reason: String| CheckpointError::CorruptRecord { id, reason };
         if bytes.len() < 4 {
             return Err(corrupt("record shorter than its checksum".into()));

@@ -1,0 +1,4 @@
+//! Fuzz target `audio` (see src/targets.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kiln_fuzz::targets::audio(data));

@@ -1,0 +1,4 @@
+//! Fuzz target `detection_config` (see src/targets.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kiln_fuzz::targets::detection_config(data));

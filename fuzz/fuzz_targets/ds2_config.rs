@@ -1,0 +1,4 @@
+//! Fuzz target `ds2_config` (see src/targets.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kiln_fuzz::targets::ds2_config(data));

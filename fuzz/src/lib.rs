@@ -1,0 +1,3 @@
+//! Kiln's fuzz targets (cargo-fuzz): see [`targets`].
+
+pub mod targets;
