@@ -11,9 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A fuzz target: the fuzzer's bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz_targets/<name>.rs` and corpus
 /// folder `corpus/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frames", frames),
     ("messages", messages),
     ("preamble", preamble),
