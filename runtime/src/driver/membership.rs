@@ -202,3 +202,48 @@ impl Membership {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HB: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn a_heartbeat_on_time_is_not_probed_and_a_late_one_is_once_per_period() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0);
+        // Punctual heartbeats: no jitter, so late means HB + MIN_LATE.
+        for i in 1..=4 {
+            l.heartbeat(t0 + HB * i, HB);
+        }
+        assert_eq!(l.hb_jitter, Duration::ZERO);
+        let last = t0 + HB * 4;
+        assert!(!l.probe_due(last + HB + MIN_LATE, HB));
+        let late = last + HB + MIN_LATE + Duration::from_millis(1);
+        assert!(l.probe_due(late, HB));
+        assert_eq!(l.probed_at, Some(late));
+        // Not again within PROBE_EVERY, again after it.
+        assert!(!l.probe_due(late + PROBE_EVERY - Duration::from_millis(1), HB));
+        assert!(l.probe_due(late + PROBE_EVERY, HB));
+    }
+
+    #[test]
+    fn irregular_heartbeats_widen_the_lateness_allowed() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0);
+        // Gaps of 200 and 600 ms alternately: deviation 0 and 400 ms.
+        let mut t = t0;
+        for i in 0..40 {
+            t += if i % 2 == 0 { HB } else { HB * 3 };
+            l.heartbeat(t, HB);
+        }
+        assert!(
+            l.hb_jitter > Duration::from_millis(150),
+            "{:?}",
+            l.hb_jitter
+        );
+        // Late by more than HB + MIN_LATE, but within HB + 2 * jitter.
+        assert!(!l.probe_due(t + HB + MIN_LATE * 2, HB));
+        assert!(l.probe_due(t + HB + l.hb_jitter * 2 + Duration::from_millis(1), HB));
+    }
+}

@@ -677,3 +677,669 @@ impl Scheduler {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::error::Result;
+    use crate::plan::Plan;
+    use crate::protocol::LostBlock;
+
+    type Outputs = oneshot::Receiver<Result<Vec<TaskOutput>>>;
+
+    fn config() -> DriverConfig {
+        DriverConfig {
+            max_task_attempts: 4,
+            max_executor_failures: 3,
+            exclusion_timeout: Duration::from_secs(60),
+            no_executor_timeout: Duration::from_secs(120),
+            max_fetch_failures: 4,
+            ..DriverConfig::default()
+        }
+    }
+
+    fn peer(id: u64) -> PeerAddr {
+        PeerAddr {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9000 + id as u16)),
+            fingerprint: [id as u8; 32],
+        }
+    }
+
+    /// A scheduler with executors `(id, cores)`.
+    fn scheduler(config: DriverConfig, executors: &[(u64, u32)]) -> Scheduler {
+        let mut s = Scheduler::new(config);
+        for &(id, cores) in executors {
+            s.add_executor(id, format!("e{id}"), peer(id), cores);
+        }
+        s
+    }
+
+    fn task(partition: u32) -> StageTask {
+        StageTask {
+            partition,
+            plan: Plan::Source {
+                name: "s".into(),
+                args: Vec::new(),
+                partitions: 8,
+            },
+            action: Action::Count,
+            inputs: HashMap::new(),
+            prefer: Vec::new(),
+            reads: Vec::new(),
+            fetches: Vec::new(),
+            pin: None,
+        }
+    }
+
+    fn tasks(n: u32) -> Vec<StageTask> {
+        (0..n).map(task).collect()
+    }
+
+    fn run(s: &mut Scheduler, job: u64, stage: u32, tasks: Vec<StageTask>) -> Outputs {
+        let (tx, rx) = oneshot::channel();
+        s.add_stage(job, stage, tasks, Some(tx));
+        rx
+    }
+
+    /// `(executor, partition, attempt)` of each task placed now.
+    fn placed(s: &mut Scheduler) -> Vec<(u64, u32, u32)> {
+        s.schedule()
+            .into_iter()
+            .map(|(e, t)| (e, t.key.partition, t.key.attempt))
+            .collect()
+    }
+
+    fn key(job: u64, stage: u32, partition: u32, attempt: u32) -> TaskKey {
+        TaskKey {
+            job,
+            stage,
+            partition,
+            attempt,
+        }
+    }
+
+    fn report(
+        s: &mut Scheduler,
+        exec: u64,
+        key: TaskKey,
+        result: std::result::Result<TaskOutput, TaskFailure>,
+        now: Instant,
+    ) {
+        s.on_report(
+            exec,
+            TaskReport {
+                key,
+                result,
+                cached: Vec::new(),
+            },
+            now,
+        );
+    }
+
+    fn ok(s: &mut Scheduler, exec: u64, key: TaskKey) {
+        report(s, exec, key, Ok(TaskOutput::Count(1)), Instant::now());
+    }
+
+    fn fail(s: &mut Scheduler, exec: u64, key: TaskKey, now: Instant) {
+        report(s, exec, key, Err(TaskFailure::Failed("boom".into())), now);
+    }
+
+    fn excluded(s: &Scheduler, id: u64) -> bool {
+        s.worker(id).is_some_and(|w| w.excluded)
+    }
+
+    /// The stage's answer, if it has one yet.
+    fn answer(rx: &mut Outputs) -> Option<Result<Vec<TaskOutput>>> {
+        rx.try_recv().ok()
+    }
+
+    #[test]
+    fn tasks_go_to_the_least_loaded_free_slot_and_wait_for_one() {
+        let mut s = scheduler(config(), &[(1, 2), (2, 1)]);
+        let mut rx = run(&mut s, 1, 0, tasks(4));
+        // 0 -> 1 (both idle, lowest id), 1 -> 2 (less loaded), 2 -> 1
+        // (its second core); 3 waits: every slot is taken.
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1), (1, 2, 1)]);
+        assert_eq!(s.pending_tasks(), 1);
+        assert!(placed(&mut s).is_empty());
+        ok(&mut s, 2, key(1, 0, 1, 1));
+        assert_eq!(placed(&mut s), vec![(2, 3, 1)]);
+        for (e, p) in [(1, 0), (1, 2), (2, 3)] {
+            ok(&mut s, e, key(1, 0, p, 1));
+        }
+        let outs = answer(&mut rx).expect("stage answered").unwrap();
+        assert_eq!(outs.len(), 4);
+        assert_eq!(s.worker(1).unwrap().completed, 2);
+        assert_eq!(s.worker(2).unwrap().completed, 2);
+    }
+
+    #[test]
+    fn a_task_goes_where_its_input_partition_is_cached_while_a_slot_is_free() {
+        let mut s = scheduler(config(), &[(1, 1), (2, 1), (3, 1)]);
+        // Executor 3 reports caching partition 0 of dataset 9.
+        run(&mut s, 1, 0, tasks(3));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1), (3, 2, 1)]);
+        ok(&mut s, 1, key(1, 0, 0, 1));
+        ok(&mut s, 2, key(1, 0, 1, 1));
+        s.on_report(
+            3,
+            TaskReport {
+                key: key(1, 0, 2, 1),
+                result: Ok(TaskOutput::Count(1)),
+                cached: vec![(9, 0)],
+            },
+            Instant::now(),
+        );
+        let mut t = task(0);
+        t.prefer = vec![(9, 0)];
+        run(&mut s, 2, 0, vec![t.clone()]);
+        // Without the preference it would go to 1 (idle, lowest id).
+        assert_eq!(placed(&mut s), vec![(3, 0, 1)]);
+        // 3 is busy now: the next such task goes to the least loaded.
+        run(&mut s, 3, 0, vec![t.clone()]);
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        // Free again: locality wins over the lowest id once more.
+        ok(&mut s, 3, key(2, 0, 0, 1));
+        ok(&mut s, 1, key(3, 0, 0, 1));
+        run(&mut s, 4, 0, vec![t]);
+        assert_eq!(placed(&mut s), vec![(3, 0, 1)]);
+    }
+
+    #[test]
+    fn a_failed_task_is_retried_on_another_executor_with_the_next_attempt() {
+        let mut s = scheduler(config(), &[(1, 1), (2, 1), (3, 1)]);
+        let mut rx = run(&mut s, 1, 0, tasks(1));
+        let now = Instant::now();
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(1, 0, 0, 1), now);
+        // Executor 1 is idle and lowest, but the task failed there.
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        fail(&mut s, 2, key(1, 0, 0, 2), now);
+        assert_eq!(placed(&mut s), vec![(3, 0, 3)]);
+        fail(&mut s, 3, key(1, 0, 0, 3), now);
+        // Failed everywhere: back to any usable executor.
+        assert_eq!(placed(&mut s), vec![(1, 0, 4)]);
+        assert!(answer(&mut rx).is_none());
+        ok(&mut s, 1, key(1, 0, 0, 4));
+        assert_eq!(answer(&mut rx).expect("answered").unwrap().len(), 1);
+        assert_eq!(s.worker(1).unwrap().failed, 1);
+        assert_eq!(s.worker(2).unwrap().failed, 1);
+    }
+
+    #[test]
+    fn a_stale_report_of_an_earlier_attempt_is_ignored() {
+        let mut s = scheduler(config(), &[(1, 1), (2, 1)]);
+        let mut rx = run(&mut s, 1, 0, tasks(1));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(1, 0, 0, 1), Instant::now());
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        // Attempt 1 again (duplicate): neither finishes nor fails it.
+        ok(&mut s, 1, key(1, 0, 0, 1));
+        assert!(answer(&mut rx).is_none());
+        ok(&mut s, 2, key(1, 0, 0, 2));
+        assert!(answer(&mut rx).expect("answered").is_ok());
+    }
+
+    #[test]
+    fn a_stage_fails_when_a_task_fails_max_attempts_times() {
+        let cfg = DriverConfig {
+            max_task_attempts: 3,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let mut rx = run(&mut s, 7, 2, tasks(2));
+        let now = Instant::now();
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1)]);
+        fail(&mut s, 1, key(7, 2, 0, 1), now);
+        ok(&mut s, 2, key(7, 2, 1, 1));
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        fail(&mut s, 2, key(7, 2, 0, 2), now);
+        assert_eq!(placed(&mut s), vec![(1, 0, 3)]);
+        assert!(answer(&mut rx).is_none(), "two failures of three allowed");
+        fail(&mut s, 1, key(7, 2, 0, 3), now);
+        match answer(&mut rx).expect("stage answered") {
+            Err(Error::JobFailed {
+                job,
+                task,
+                attempts,
+                last_cause,
+            }) => {
+                assert_eq!((job, attempts), (7, 3));
+                assert_eq!(task, "stage 2 partition 0");
+                assert!(last_cause.contains("executor 1 (e1)"), "{last_cause}");
+                assert!(last_cause.contains("boom"), "{last_cause}");
+            }
+            other => panic!("expected JobFailed, got {other:?}"),
+        }
+        assert!(placed(&mut s).is_empty());
+        assert_eq!(s.pending_tasks(), 0);
+    }
+
+    #[test]
+    fn repeated_failures_exclude_an_executor_until_the_timeout_passes() {
+        let cfg = DriverConfig {
+            max_executor_failures: 2,
+            exclusion_timeout: Duration::from_secs(60),
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1), (3, 1)]);
+        let t0 = Instant::now();
+        // Two tasks in a row fail on executor 1.
+        run(&mut s, 1, 0, tasks(1));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(1, 0, 0, 1), t0);
+        assert!(!excluded(&s, 1), "one failure of two");
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        ok(&mut s, 2, key(1, 0, 0, 2));
+        run(&mut s, 2, 0, tasks(1));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(2, 0, 0, 1), t0);
+        assert!(excluded(&s, 1));
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        ok(&mut s, 2, key(2, 0, 0, 2));
+        // All idle: executor 1, the lowest id, would get the next task.
+        run(&mut s, 3, 0, tasks(3));
+        assert_eq!(placed(&mut s), vec![(2, 0, 1), (3, 1, 1)]);
+        assert_eq!(s.pending_tasks(), 1, "partition 2 waits: 1 is excluded");
+        // Not before the timeout.
+        s.expire_exclusions(t0 + Duration::from_secs(60) - Duration::from_millis(1));
+        assert!(excluded(&s, 1));
+        assert!(placed(&mut s).is_empty());
+        s.expire_exclusions(t0 + Duration::from_secs(60));
+        assert!(!excluded(&s, 1));
+        assert_eq!(placed(&mut s), vec![(1, 2, 1)]);
+        // Its failure count starts over: one more failure does not exclude.
+        fail(&mut s, 1, key(3, 0, 2, 1), t0 + Duration::from_secs(61));
+        assert!(!excluded(&s, 1));
+    }
+
+    #[test]
+    fn a_success_resets_the_consecutive_failures() {
+        let cfg = DriverConfig {
+            max_executor_failures: 2,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let now = Instant::now();
+        for job in 0..3 {
+            run(&mut s, job * 2, 0, tasks(1));
+            assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+            fail(&mut s, 1, key(job * 2, 0, 0, 1), now);
+            assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+            ok(&mut s, 2, key(job * 2, 0, 0, 2));
+            run(&mut s, job * 2 + 1, 0, tasks(1));
+            assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+            ok(&mut s, 1, key(job * 2 + 1, 0, 0, 1));
+        }
+        assert!(!excluded(&s, 1));
+        assert_eq!(s.worker(1).unwrap().failed, 3);
+    }
+
+    #[test]
+    fn the_last_usable_executor_is_never_excluded() {
+        let cfg = DriverConfig {
+            max_task_attempts: 10,
+            max_executor_failures: 2,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1)]);
+        let mut rx = run(&mut s, 1, 0, tasks(1));
+        let now = Instant::now();
+        for attempt in 1..=4 {
+            assert_eq!(placed(&mut s), vec![(1, 0, attempt)]);
+            fail(&mut s, 1, key(1, 0, 0, attempt), now);
+            assert!(!excluded(&s, 1));
+        }
+        assert_eq!(placed(&mut s), vec![(1, 0, 5)]);
+        ok(&mut s, 1, key(1, 0, 0, 5));
+        assert!(answer(&mut rx).expect("answered").is_ok());
+    }
+
+    #[test]
+    fn a_task_failing_its_stage_everywhere_lifts_its_executors_exclusion() {
+        let cfg = DriverConfig {
+            max_task_attempts: 2,
+            max_executor_failures: 1,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let now = Instant::now();
+        let mut rx = run(&mut s, 1, 0, tasks(1));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(1, 0, 0, 1), now);
+        assert!(excluded(&s, 1));
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        // The last usable one: not excluded.
+        fail(&mut s, 2, key(1, 0, 0, 2), now);
+        assert!(!excluded(&s, 2));
+        assert!(matches!(
+            answer(&mut rx),
+            Some(Err(Error::JobFailed { attempts: 2, .. }))
+        ));
+        // The task was at fault, not executor 1: it is usable again.
+        assert!(!excluded(&s, 1));
+        run(&mut s, 2, 0, tasks(2));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1)]);
+    }
+
+    #[test]
+    fn a_lost_executors_tasks_are_requeued_without_counting_an_attempt() {
+        // One attempt allowed: a counted failure would fail the stage.
+        let cfg = DriverConfig {
+            max_task_attempts: 1,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let mut rx = run(&mut s, 1, 0, tasks(2));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1)]);
+        s.remove_executor(1, "no heartbeat");
+        assert!(s.worker(1).is_none());
+        // Partition 0 waits for a slot, then runs on 2 as attempt 2.
+        assert!(placed(&mut s).is_empty());
+        ok(&mut s, 2, key(1, 0, 1, 1));
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        // A late report from the lost executor changes nothing.
+        ok(&mut s, 1, key(1, 0, 0, 1));
+        assert!(answer(&mut rx).is_none());
+        ok(&mut s, 2, key(1, 0, 0, 2));
+        assert_eq!(answer(&mut rx).expect("answered").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_pinned_task_runs_only_on_its_executor_excluded_or_not() {
+        let cfg = DriverConfig {
+            max_executor_failures: 1,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let now = Instant::now();
+        // Exclude executor 2.
+        let mut t = task(0);
+        t.pin = Some(2);
+        run(&mut s, 1, 0, vec![t.clone()]);
+        assert_eq!(placed(&mut s), vec![(2, 0, 1)]);
+        fail(&mut s, 2, key(1, 0, 0, 1), now);
+        assert!(excluded(&s, 2));
+        // Retried on its executor, though excluded and 1 is idle.
+        assert_eq!(placed(&mut s), vec![(2, 0, 2)]);
+        ok(&mut s, 2, key(1, 0, 0, 2));
+        // Its executor gone: the stage fails.
+        let mut rx = run(&mut s, 2, 0, vec![t]);
+        s.remove_executor(2, "lost");
+        assert!(placed(&mut s).is_empty());
+        match answer(&mut rx) {
+            Some(Err(Error::JobFailed { last_cause, .. })) => {
+                assert!(last_cause.contains("executor 2"), "{last_cause}")
+            }
+            other => panic!("expected JobFailed, got {other:?}"),
+        }
+    }
+
+    fn map_task(shuffle: u64, partition: u32) -> StageTask {
+        StageTask {
+            action: Action::ShuffleWrite {
+                shuffle,
+                name: "h".into(),
+                partitions: 2,
+            },
+            ..task(partition)
+        }
+    }
+
+    fn written(s: &mut Scheduler, exec: u64, key: TaskKey) {
+        let out = TaskOutput::ShuffleWritten {
+            sizes: vec![10 + exec, 20 + exec],
+        };
+        report(s, exec, key, Ok(out), Instant::now());
+    }
+
+    fn reader(shuffle: u64, reduce: u32) -> StageTask {
+        StageTask {
+            reads: vec![(shuffle, reduce)],
+            ..task(reduce)
+        }
+    }
+
+    /// `(map, executor)` of each block location a task was sent with.
+    fn locations(t: &Task) -> Vec<(u32, u64)> {
+        t.fetches
+            .iter()
+            .flat_map(|f| f.maps.iter().map(|m| (m.map, m.executor)))
+            .collect()
+    }
+
+    #[test]
+    fn a_fetch_failure_recomputes_only_the_lost_map_outputs_and_reruns_the_reader() {
+        let mut s = scheduler(config(), &[(1, 1), (2, 1), (3, 1)]);
+        let (tx, mut map_rx) = oneshot::channel();
+        s.add_map_stage(1, 0, 5, vec![map_task(5, 0), map_task(5, 1)], Some(tx));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1)]);
+        written(&mut s, 1, key(1, 0, 0, 1));
+        written(&mut s, 2, key(1, 0, 1, 1));
+        assert!(answer(&mut map_rx).expect("map stage answered").is_ok());
+        // A second map stage of the same shuffle has nothing to run.
+        let (tx, mut again) = oneshot::channel();
+        s.add_map_stage(2, 0, 5, vec![map_task(5, 0), map_task(5, 1)], Some(tx));
+        assert!(matches!(answer(&mut again), Some(Ok(v)) if v.is_empty()));
+
+        let mut rx = run(&mut s, 3, 0, vec![reader(5, 1)]);
+        let sent = s.schedule();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, 1);
+        assert_eq!(locations(&sent[0].1), vec![(0, 1), (1, 2)]);
+        assert_eq!(sent[0].1.fetches[0].maps[1].size, 22);
+        // Executor 1 cannot fetch map 1 from executor 2.
+        let lost = vec![LostBlock {
+            shuffle: 5,
+            map: 1,
+            executor: 2,
+        }];
+        let failure = TaskFailure::FetchFailed {
+            lost,
+            reason: "peer gone".into(),
+        };
+        report(&mut s, 1, key(3, 0, 0, 1), Err(failure), Instant::now());
+        // Only map 1 is recomputed, by the driver's own recovery stage;
+        // the reader waits for it.
+        let sent = s.schedule();
+        assert_eq!(sent.len(), 1);
+        let (exec, recovery) = &sent[0];
+        assert_eq!(recovery.key.job, RECOVERY_JOB | 5);
+        assert_eq!(recovery.partition, 1);
+        assert!(matches!(
+            recovery.action,
+            Action::ShuffleWrite { shuffle: 5, .. }
+        ));
+        assert_eq!(*exec, 1, "the least loaded executor, lowest id");
+        assert_eq!(s.pending_tasks(), 1);
+        written(&mut s, 1, recovery.key);
+        // The reader reruns as attempt 2 with map 1's new location.
+        let sent = s.schedule();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.key, key(3, 0, 0, 2));
+        assert_eq!(locations(&sent[0].1), vec![(0, 1), (1, 1)]);
+        // A fetch failure is nobody's failure: no executor charged.
+        assert_eq!(s.worker(1).unwrap().failed, 0);
+        assert_eq!(s.worker(2).unwrap().failed, 0);
+        let exec = sent[0].0;
+        ok(&mut s, exec, sent[0].1.key);
+        assert!(answer(&mut rx).expect("answered").is_ok());
+    }
+
+    #[test]
+    fn a_lost_executor_takes_its_map_outputs_with_it() {
+        let mut s = scheduler(config(), &[(1, 1), (2, 1)]);
+        let (tx, _map_rx) = oneshot::channel();
+        s.add_map_stage(1, 0, 5, vec![map_task(5, 0), map_task(5, 1)], Some(tx));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1)]);
+        written(&mut s, 1, key(1, 0, 0, 1));
+        written(&mut s, 2, key(1, 0, 1, 1));
+        s.remove_executor(2, "lost");
+        // A new map stage reruns only map 1.
+        let (tx, _rx) = oneshot::channel();
+        s.add_map_stage(2, 0, 5, vec![map_task(5, 0), map_task(5, 1)], Some(tx));
+        let sent = s.schedule();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0, sent[0].1.partition), (1, 1));
+    }
+
+    #[test]
+    fn too_many_fetch_failures_fail_the_stage() {
+        let cfg = DriverConfig {
+            max_fetch_failures: 1,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let (tx, _map_rx) = oneshot::channel();
+        s.add_map_stage(1, 0, 5, vec![map_task(5, 0)], Some(tx));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        written(&mut s, 1, key(1, 0, 0, 1));
+        let mut rx = run(&mut s, 3, 0, vec![reader(5, 0)]);
+        let lost = || TaskFailure::FetchFailed {
+            lost: vec![LostBlock {
+                shuffle: 5,
+                map: 0,
+                executor: 1,
+            }],
+            reason: "missing".into(),
+        };
+        for attempt in 1..=2 {
+            // The reader runs, its block is lost, the map is recomputed.
+            let sent = s.schedule();
+            assert_eq!(sent.len(), 1, "attempt {attempt}");
+            let (exec, t) = &sent[0];
+            assert_eq!(t.key, key(3, 0, 0, attempt));
+            report(&mut s, *exec, t.key, Err(lost()), Instant::now());
+            if attempt == 2 {
+                break;
+            }
+            let sent = s.schedule();
+            assert_eq!(sent[0].1.key.job, RECOVERY_JOB | 5);
+            written(&mut s, sent[0].0, sent[0].1.key);
+        }
+        match answer(&mut rx) {
+            Some(Err(Error::JobFailed {
+                attempts,
+                last_cause,
+                ..
+            })) => {
+                assert_eq!(attempts, 2);
+                assert!(last_cause.contains("fetch failed 2 times"), "{last_cause}");
+            }
+            other => panic!("expected JobFailed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_recovery_fails_the_stages_that_wait_for_it() {
+        let cfg = DriverConfig {
+            max_task_attempts: 1,
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        let (tx, _map_rx) = oneshot::channel();
+        s.add_map_stage(1, 0, 5, vec![map_task(5, 0)], Some(tx));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        written(&mut s, 1, key(1, 0, 0, 1));
+        s.remove_executor(1, "lost");
+        let mut rx = run(&mut s, 3, 0, vec![reader(5, 0)]);
+        let sent = s.schedule();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.key.job, RECOVERY_JOB | 5);
+        fail(&mut s, 2, sent[0].1.key, Instant::now());
+        assert!(placed(&mut s).is_empty());
+        match answer(&mut rx) {
+            Some(Err(Error::JobFailed { last_cause, .. })) => {
+                assert!(last_cause.contains("cannot be recomputed"), "{last_cause}")
+            }
+            other => panic!("expected JobFailed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_parameter_block_fetch_failure_fails_the_stage_at_once() {
+        let mut s = scheduler(config(), &[(1, 1), (2, 1)]);
+        let mut t = task(0);
+        t.fetches = vec![ShuffleFetch {
+            shuffle: 40,
+            reduce: 0,
+            maps: vec![MapLoc {
+                map: 0,
+                executor: 2,
+                peer: peer(2),
+                size: 4,
+            }],
+        }];
+        let mut rx = run(&mut s, 1, 0, vec![t.clone()]);
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        let failure = TaskFailure::FetchFailed {
+            lost: vec![LostBlock {
+                shuffle: 40,
+                map: 0,
+                executor: 2,
+            }],
+            reason: "timed out".into(),
+        };
+        report(&mut s, 1, key(1, 0, 0, 1), Err(failure), Instant::now());
+        // Both alive: the peers cannot reach each other.
+        match answer(&mut rx) {
+            Some(Err(Error::PeersUnreachable { from, to, .. })) => {
+                assert_eq!(from, "1 (e1)");
+                assert!(to.starts_with("2 (e2) at 127.0.0.1:9002"), "{to}");
+            }
+            other => panic!("expected PeersUnreachable, got {other:?}"),
+        }
+        // The holder lost: stages fetching from it fail without waiting.
+        let mut rx = run(&mut s, 2, 0, vec![t]);
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        s.remove_executor(2, "lost");
+        assert!(matches!(
+            answer(&mut rx),
+            Some(Err(Error::FetchFailed { executor: 2, .. }))
+        ));
+    }
+
+    #[test]
+    fn waiting_stages_fail_after_the_timeout_with_no_usable_executor() {
+        let cfg = DriverConfig {
+            no_executor_timeout: Duration::from_secs(10),
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[]);
+        let mut rx = run(&mut s, 1, 0, tasks(2));
+        let t0 = Instant::now();
+        assert!(placed(&mut s).is_empty());
+        s.fail_if_starved(t0);
+        s.fail_if_starved(t0 + Duration::from_secs(9));
+        assert!(answer(&mut rx).is_none());
+        s.fail_if_starved(t0 + Duration::from_secs(10));
+        assert!(matches!(answer(&mut rx), Some(Err(_))));
+        assert_eq!(s.pending_tasks(), 0);
+    }
+
+    #[test]
+    fn an_executor_joining_ends_the_wait_for_one() {
+        let cfg = DriverConfig {
+            no_executor_timeout: Duration::from_secs(10),
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[]);
+        let mut rx = run(&mut s, 1, 0, tasks(1));
+        let t0 = Instant::now();
+        s.fail_if_starved(t0);
+        s.add_executor(1, "late".into(), peer(1), 0);
+        s.fail_if_starved(t0 + Duration::from_secs(9));
+        // The clock starts over when work is starved again.
+        s.remove_executor(1, "lost");
+        s.fail_if_starved(t0 + Duration::from_secs(11));
+        assert!(answer(&mut rx).is_none());
+        s.add_executor(2, "later".into(), peer(2), 0);
+        // Zero cores count as one.
+        assert_eq!(placed(&mut s), vec![(2, 0, 1)]);
+    }
+}
