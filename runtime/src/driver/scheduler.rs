@@ -1029,9 +1029,10 @@ mod tests {
 
     #[test]
     fn a_lost_executors_tasks_are_requeued_without_counting_an_attempt() {
-        // One attempt allowed: a counted failure would fail the stage.
+        // Two failures allowed: were the loss counted, one more failure
+        // would fail the stage.
         let cfg = DriverConfig {
-            max_task_attempts: 1,
+            max_task_attempts: 2,
             ..config()
         };
         let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
@@ -1046,7 +1047,11 @@ mod tests {
         // A late report from the lost executor changes nothing.
         ok(&mut s, 1, key(1, 0, 0, 1));
         assert!(answer(&mut rx).is_none());
-        ok(&mut s, 2, key(1, 0, 0, 2));
+        // Its first failure: retried, not the second of two.
+        fail(&mut s, 2, key(1, 0, 0, 2), Instant::now());
+        assert!(answer(&mut rx).is_none());
+        assert_eq!(placed(&mut s), vec![(2, 0, 3)]);
+        ok(&mut s, 2, key(1, 0, 0, 3));
         assert_eq!(answer(&mut rx).expect("answered").unwrap().len(), 2);
     }
 
