@@ -24,7 +24,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{DriverMsg, LEFT_GRACEFULLY};
+use super::membership::LEFT_GRACEFULLY;
+use super::messages::DriverMsg;
 use crate::connection::{Connection, RecvHalf, SendHalf};
 use crate::error::Result;
 use crate::protocol::{Task, TaskReport, ToDriver, ToExecutor};

@@ -1,0 +1,256 @@
+//! The driver's accept loops: QUIC connections and in-memory ones (of
+//! in-process executors) go through the same handshake, which decodes
+//! nothing before the preamble passed; then a client's requests are
+//! served, or an executor's `Register` is handed to the driver actor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::config::DriverConfig;
+use super::messages::DriverMsg;
+use crate::connection::{Connection, RecvHalf, SendHalf};
+use crate::error::{Error, Result};
+use crate::jobs::JobService;
+use crate::protocol::{ClientRequest, ToDriver};
+use crate::transport::{
+    self, check_preamble, read_frame, with_timeout, Role, PREAMBLE_LEN, STATUS_OK,
+};
+
+/// The server end of a connection, after TLS: the connection and its
+/// control stream.
+pub(crate) type ServerEnd = (Connection, SendHalf, RecvHalf);
+
+/// Serve every incoming QUIC connection of `endpoint`, each in a task of
+/// its own, until the endpoint closes.
+pub(crate) fn spawn_quic_accept(
+    endpoint: quinn::Endpoint,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+    jobs: Arc<JobService>,
+) {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let actor = actor.clone();
+            let config = config.clone();
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                let peer = incoming.remote_address();
+                if let Err(e) = serve_quic(incoming, actor, config, secret, jobs).await {
+                    warn!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+}
+
+/// The in-process path: the same handshake and link code, with no socket
+/// underneath. Connections sent to the returned channel are served; it
+/// ends when the sender (the driver) is dropped.
+pub(crate) fn spawn_memory_accept(
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+    jobs: Arc<JobService>,
+) -> mpsc::UnboundedSender<ServerEnd> {
+    let (memory, mut incoming) = mpsc::unbounded_channel::<ServerEnd>();
+    tokio::spawn(async move {
+        while let Some((conn, send, recv)) = incoming.recv().await {
+            let actor = actor.clone();
+            let config = config.clone();
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                let peer = conn.peer();
+                if let Err(e) =
+                    serve_connection(conn, send, recv, actor, config, secret, jobs).await
+                {
+                    warn!(%peer, error = %e, "in-process connection ended with an error");
+                }
+            });
+        }
+    });
+    memory
+}
+
+/// TLS handshake and control stream of a QUIC connection, then
+/// [`serve_connection`].
+async fn serve_quic(
+    incoming: quinn::Incoming,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+    jobs: Arc<JobService>,
+) -> Result<()> {
+    let peer = incoming.remote_address();
+    let hs = config.handshake_timeout;
+    let conn = with_timeout(peer, "TLS handshake", hs, async {
+        incoming.await.map_err(|e| transport::conn_err(peer, e))
+    })
+    .await?;
+    let (send, recv) = with_timeout(peer, "control stream", hs, async {
+        conn.accept_bi()
+            .await
+            .map_err(|e| transport::conn_err(peer, e))
+    })
+    .await?;
+    serve_connection(
+        Connection::Quic(conn),
+        Box::pin(send),
+        Box::pin(recv),
+        actor,
+        config,
+        secret,
+        jobs,
+    )
+    .await
+}
+
+/// The preamble check, then the client or executor protocol; the same for
+/// QUIC and in-memory connections.
+async fn serve_connection(
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    secret: [u8; 32],
+    jobs: Arc<JobService>,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let peer = conn.peer();
+    let hs = config.handshake_timeout;
+    let mut pre = [0u8; PREAMBLE_LEN];
+    let read = with_timeout(peer, "preamble", hs, async {
+        recv.read_exact(&mut pre)
+            .await
+            .map(|_| ())
+            .map_err(|e| transport::conn_err(peer, e))
+    })
+    .await;
+    let role = match read.map(|()| check_preamble(&pre, &secret)) {
+        Ok(Ok(role)) => role,
+        Ok(Err(status)) => {
+            let _ = actor.cast(DriverMsg::Refused);
+            let reason = transport::status_reason(status);
+            warn!(%peer, reason, "handshake refused");
+            let _ = send.write_all(&[status]).await;
+            let _ = send.shutdown().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close(transport::CLOSE_REFUSED, reason.as_bytes());
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = actor.cast(DriverMsg::Refused);
+            conn.close(transport::CLOSE_REFUSED, b"no valid preamble");
+            return Err(e);
+        }
+    };
+    with_timeout(peer, "handshake status", hs, async {
+        send.write_all(&[STATUS_OK])
+            .await
+            .map_err(|e| transport::conn_err(peer, e))
+    })
+    .await?;
+    match role {
+        Role::Client => serve_client(conn, send, recv, actor, config, jobs).await,
+        Role::Executor => serve_executor(conn, send, recv, actor, config).await,
+    }
+}
+
+/// A client's request (status, jobs), or a session of them on streams of
+/// their own.
+async fn serve_client(
+    conn: Connection,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    jobs: Arc<JobService>,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let peer = conn.peer();
+    let t = config.handshake_timeout;
+    let req: Option<ClientRequest> = with_timeout(peer, "client request", t, async {
+        read_frame(&mut recv, peer, config.max_control_frame).await
+    })
+    .await?;
+    match req {
+        Some(ClientRequest::Session) => {
+            let Connection::Quic(quic) = &conn else {
+                return Err(Error::Invalid(format!(
+                    "{peer}: client sessions need a QUIC connection"
+                )));
+            };
+            // Each request on a bidirectional stream of its own, until the
+            // client closes the connection.
+            while let Ok((s, r)) = quic.accept_bi().await {
+                let (actor, config, jobs) = (actor.clone(), config.clone(), jobs.clone());
+                tokio::spawn(async move {
+                    let mut send: SendHalf = Box::pin(s);
+                    let mut recv: RecvHalf = Box::pin(r);
+                    if let Err(e) = crate::jobs::serve_request(
+                        &mut send, &mut recv, peer, &actor, &config, &jobs,
+                    )
+                    .await
+                    {
+                        debug!(%peer, error = %e, "client request ended with an error");
+                    }
+                    let _ = send.shutdown().await;
+                });
+            }
+        }
+        Some(request) => {
+            crate::jobs::answer(request, &mut send, &mut recv, peer, &actor, &config, &jobs)
+                .await?;
+            let _ = send.shutdown().await;
+            let _ = tokio::time::timeout(t, conn.closed()).await;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// An executor's `Register`: the connection goes to the driver actor.
+async fn serve_executor(
+    conn: Connection,
+    send: SendHalf,
+    mut recv: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+) -> Result<()> {
+    let peer = conn.peer();
+    let max = config.max_control_frame;
+    let first: Option<ToDriver> = with_timeout(peer, "register", config.handshake_timeout, async {
+        read_frame(&mut recv, peer, max).await
+    })
+    .await
+    .inspect_err(|_| conn.close(transport::CLOSE_PROTOCOL, b"bad register"))?;
+    let Some(ToDriver::Register {
+        name,
+        cores,
+        pid,
+        peer: peer_addr,
+    }) = first
+    else {
+        conn.close(transport::CLOSE_PROTOCOL, b"expected register");
+        return Err(Error::Invalid(format!(
+            "{peer}: first frame was not Register"
+        )));
+    };
+    // From here on the driver's link actor owns the connection.
+    actor
+        .cast(DriverMsg::Joined {
+            name,
+            cores,
+            pid,
+            peer: peer_addr,
+            conn,
+            send,
+            recv,
+        })
+        .map_err(|e| Error::DriverGone(e.to_string()))
+}
