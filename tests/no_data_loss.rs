@@ -215,3 +215,58 @@ fn a_corrupt_manifest_is_rebuilt_from_the_checkpoints_and_the_run_resumes() {
         });
     assert!(kept, "the corrupt manifest is kept");
 }
+
+#[test]
+fn every_command_that_writes_checks_its_output_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-dir");
+    let model = s(&missing.join("m.safetensors")).to_string();
+    let voc = root().join("tests/data/shapes-tiny");
+    let trans =
+        root().join("apps/speech/tests/fixtures/librispeech/mini/4490/90921/4490-90921.trans.txt");
+    for args in [
+        vec!["train", "--epochs", "1", "--out", &model],
+        vec![
+            "detect",
+            "train",
+            "--voc",
+            s(&voc),
+            "--epochs",
+            "1",
+            "--out",
+            &model,
+        ],
+        vec!["speech", "lm", "--order", "2", "--out", &model, s(&trans)],
+        vec![
+            "checkpoint",
+            "export",
+            "--dir",
+            s(dir.path()),
+            "--out",
+            &model,
+        ],
+    ] {
+        let (ok, out, err) = kiln_output(&args, LIMIT);
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            err.contains("--out") && err.contains("does not exist"),
+            "{args:?}: {err}"
+        );
+    }
+    // A predictions folder where nothing can be created.
+    let (ok, _, err) = kiln_output(
+        &[
+            "detect",
+            "predict",
+            "--model",
+            s(&dir.path().join("none.safetensors")),
+            "--out",
+            "/proc/kiln-predictions",
+            s(&voc.join("JPEGImages/000040.jpg")),
+        ],
+        LIMIT,
+    );
+    assert!(!ok);
+    assert!(err.contains("--out") && err.contains("/proc"), "{err}");
+    assert!(!missing.exists());
+}

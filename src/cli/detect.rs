@@ -175,6 +175,7 @@ pub fn train(a: &TrainArgs, kinds: &JobKinds) -> anyhow::Result<()> {
         bail!("--checkpoint-dir, --resume, --partitions and --stage need --executors N: only cluster training writes checkpoints");
     }
     let cfg = a.job.train_config()?;
+    crate::output_paths::check_output_file("--out", &a.job.out)?;
     let (_, summary) = kiln_detection::train::train(&a.job.voc, &cfg, &a.job.out)
         .with_context(|| format!("training on {}", a.job.voc.display()))?;
     println!(
@@ -206,6 +207,7 @@ fn load_model(path: &Path) -> anyhow::Result<Ssd<f32>> {
 /// `kiln detect predict`: draws and writes detections; returns how many
 /// were written.
 pub fn predict(a: &PredictArgs) -> anyhow::Result<usize> {
+    crate::output_paths::check_output_dir("--out", &a.out)?;
     let mut model = load_model(&a.model)?;
     let mut cfg = infer::detect_config(&model);
     cfg.conf_threshold = a.threshold;

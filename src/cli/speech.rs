@@ -153,6 +153,7 @@ pub fn run(cmd: &SpeechCommand, kinds: &JobKinds) -> anyhow::Result<()> {
         }
         SpeechCommand::Lm(a) => {
             let files: Vec<&std::path::Path> = a.transcripts.iter().map(PathBuf::as_path).collect();
+            crate::output_paths::check_output_file("--out", &a.out)?;
             kiln_speech::lm::build_arpa_from_transcripts(&files, a.order, &a.out)
                 .with_context(|| format!("building {}", a.out.display()))?;
             println!("wrote {}-gram model to {}", a.order, a.out.display());

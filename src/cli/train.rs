@@ -99,6 +99,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         ..DigitsSettings::default()
     };
     job.check("digits", "")?;
+    if let Some(out) = &args.out {
+        crate::output_paths::check_output_file("--out", out)?;
+    }
     let (model, report) =
         digits_job::run(&job, !args.no_progress).context("digits training failed")?;
     println!(
