@@ -48,14 +48,27 @@ pub fn read_audio(path: &Path) -> Result<Audio> {
         f.read_exact(&mut magic)
             .map_err(|e| Error::audio(path, format!("too short to be audio: {e}")))?;
     }
-    match &magic {
+    let audio = match &magic {
         b"RIFF" => read_wav(path),
         b"fLaC" => read_flac(path),
         _ => Err(Error::audio(
             path,
             format!("unsupported format (magic bytes {magic:?}; expected RIFF/WAVE or fLaC)"),
         )),
+    }?;
+    if audio.sample_rate == 0 {
+        return Err(Error::audio(path, "sample rate 0"));
     }
+    if audio.samples.is_empty() {
+        return Err(Error::audio(path, "no samples"));
+    }
+    if let Some(i) = audio.samples.iter().position(|s| !s.is_finite()) {
+        return Err(Error::audio(
+            path,
+            format!("sample {i} is {} (not a finite number)", audio.samples[i]),
+        ));
+    }
+    Ok(audio)
 }
 
 /// Reads a file and resamples it to `rate` Hz when needed.
@@ -194,6 +207,34 @@ fn read_wav_f64(path: &Path) -> Result<Option<Audio>> {
     }
 }
 
+/// Longest audio Kiln reads, in seconds (four hours): a bound on what a
+/// file's header or its compressed samples may make it allocate.
+pub const MAX_AUDIO_SECONDS: u64 = 4 * 3600;
+
+/// Samples read into memory before the decoder has produced them.
+const PREALLOCATE_SAMPLES: u64 = 1 << 22;
+
+/// Interleaved samples of [`MAX_AUDIO_SECONDS`] at `rate` Hz.
+fn sample_limit(path: &Path, rate: u32, channels: usize) -> Result<u64> {
+    if rate == 0 {
+        return Err(Error::audio(path, "sample rate 0"));
+    }
+    if channels == 0 {
+        return Err(Error::audio(path, "zero channels"));
+    }
+    Ok(MAX_AUDIO_SECONDS * u64::from(rate) * channels as u64)
+}
+
+fn too_long(path: &Path, samples: u64, rate: u32) -> Error {
+    Error::audio(
+        path,
+        format!(
+            "{samples} samples at {rate} Hz: longer than the {} s Kiln reads",
+            MAX_AUDIO_SECONDS
+        ),
+    )
+}
+
 /// Reads a FLAC file (any bit depth, any channel count).
 pub fn read_flac(path: &Path) -> Result<Audio> {
     let mut reader = claxon::FlacReader::open(path).map_err(|e| match e {
@@ -203,9 +244,25 @@ pub fn read_flac(path: &Path) -> Result<Audio> {
     let info = reader.streaminfo();
     let channels = info.channels as usize;
     let scale = 1.0 / (1u64 << (info.bits_per_sample - 1)) as f64;
-    let mut samples = Vec::with_capacity(info.samples.unwrap_or(0) as usize * channels);
+    // A header may claim any length, and a few bytes of FLAC can decode to
+    // hours of silence: the samples are bounded by a duration.
+    let limit = sample_limit(path, info.sample_rate, channels)?;
+    if let Some(total) = info.samples {
+        if total.saturating_mul(channels as u64) > limit {
+            return Err(too_long(path, total, info.sample_rate));
+        }
+    }
+    let declared = info.samples.unwrap_or(0).saturating_mul(channels as u64);
+    let mut samples = Vec::with_capacity(declared.min(PREALLOCATE_SAMPLES) as usize);
     for s in reader.samples() {
         let v = s.map_err(|e| Error::audio(path, format!("FLAC (truncated or corrupt): {e}")))?;
+        if samples.len() as u64 >= limit {
+            return Err(too_long(
+                path,
+                samples.len() as u64 / channels.max(1) as u64,
+                info.sample_rate,
+            ));
+        }
         samples.push((v as f64 * scale) as f32);
     }
     if let Some(total) = info.samples {
@@ -290,5 +347,53 @@ mod tests {
     #[test]
     fn mixes_channels() {
         assert_eq!(mix(vec![1.0, 0.0, 0.5, 0.5], 2), vec![0.5, 0.5]);
+    }
+
+    fn wav_f32(path: &Path, samples: &[f32]) {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for &s in samples {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn audio_with_no_samples_or_non_finite_samples_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.wav");
+        wav_f32(&p, &[]);
+        assert!(read_audio(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no samples"));
+        wav_f32(&p, &[0.1, f32::NAN, 0.2]);
+        let err = read_audio(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("sample 1 is NaN") && err.contains("a.wav"),
+            "{err}"
+        );
+        wav_f32(&p, &[0.1, 0.2]);
+        assert_eq!(read_audio(&p).unwrap().samples, vec![0.1, 0.2]);
+    }
+
+    #[test]
+    fn a_flac_header_claiming_more_than_the_longest_audio_is_refused_before_allocating() {
+        // Found by the `audio` fuzz target: a STREAMINFO claiming ~4e9
+        // samples made the reader reserve 16 GB.
+        let bytes = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fuzz/corpus/audio/regression-flac-claims-16g-samples"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.flac");
+        std::fs::write(&p, bytes).unwrap();
+        assert!(read_audio(&p).is_err());
     }
 }

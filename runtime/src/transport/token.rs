@@ -16,10 +16,16 @@ fn unhex32(s: &str) -> Result<[u8; 32]> {
             s.len()
         )));
     }
+    // Bytes, not string slices: a multi-byte character must be an error,
+    // not a slice off a character boundary.
+    let digit = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .ok_or_else(|| Error::BadToken(format!("not hex: {:?}", char::from(b))))
+    };
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-            .map_err(|e| Error::BadToken(format!("not hex: {e}")))?;
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
     }
     Ok(out)
 }
@@ -104,5 +110,14 @@ mod tests {
         let (t2, addr) = parse_join(&format!("{s}@127.0.0.1:7000")).unwrap();
         assert_eq!(t2, t);
         assert_eq!(addr.port(), 7000);
+        // Found by the `join_string` fuzz target: a multi-byte character
+        // inside a hex field panicked (a slice off a character boundary).
+        let mut bad = "ab".repeat(31);
+        bad.push_str("é");
+        assert_eq!(bad.len(), 64);
+        let err = format!("kiln1-{bad}-{}", "cd".repeat(32))
+            .parse::<JoinToken>()
+            .unwrap_err();
+        assert!(err.to_string().contains("not hex"), "{err}");
     }
 }
