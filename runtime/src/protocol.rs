@@ -374,6 +374,10 @@ pub struct ClusterStatus {
     pub jobs_finished: u64,
     /// Connections refused at the handshake.
     pub refused_connections: u64,
+    /// Connections that passed the handshake, then broke the protocol
+    /// (garbage, oversized or unexpected frames) and were closed.
+    #[serde(default)]
+    pub dropped_links: u64,
     /// Shuffles whose map-output locations the driver tracks (freed when
     /// no dataset reads them any more).
     #[serde(default)]

@@ -1528,3 +1528,103 @@ async fn a_driver_restarted_on_a_work_directory_numbers_its_jobs_after_the_old_o
     );
     driver.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// 10. Authenticated but malicious peers.
+
+/// The first frames an executor sends, as the runtime encodes them (the
+/// same variant order as `ToDriver`): for messages of the right format
+/// sent out of order.
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+enum ExecutorFrame {
+    Register,
+    Heartbeat,
+    Leave,
+}
+
+/// `body` behind its u32 length prefix.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_peers_breaking_the_protocol_are_dropped_counted_and_nothing_else_is_disturbed(
+) {
+    let mut registry = Registry::new();
+    registry.register_reduce("sum_i64", |a: i64, b: i64| a + b);
+    let cluster = bounded(
+        "cluster start",
+        LocalCluster::start(LocalConfig::in_process(2), Arc::new(registry)),
+    )
+    .await
+    .unwrap();
+    let driver = cluster.driver().unwrap().clone();
+    let (_probe, _dir) = install(&driver);
+    let (addr, token) = (driver.addr(), driver.token().clone());
+    let heartbeat = rmp_serde::to_vec(&ExecutorFrame::Heartbeat).unwrap();
+    let leave = rmp_serde::to_vec(&ExecutorFrame::Leave).unwrap();
+    let attacks: Vec<(&str, Role, Vec<u8>)> = vec![
+        (
+            "oversized frame",
+            Role::Executor,
+            u32::MAX.to_be_bytes().to_vec(),
+        ),
+        ("truncated header", Role::Executor, vec![0, 0]),
+        ("truncated body", Role::Executor, vec![0, 0, 0, 64, 1, 2, 3]),
+        ("garbage body", Role::Executor, framed(&[0xc1, 0xc1, 0xc1])),
+        (
+            "heartbeat before register",
+            Role::Executor,
+            framed(&heartbeat),
+        ),
+        ("leave before register", Role::Executor, framed(&leave)),
+        ("client garbage", Role::Client, framed(&[0xc1; 40])),
+        (
+            "client oversized",
+            Role::Client,
+            (64u32 << 20).to_be_bytes().to_vec(),
+        ),
+        ("client executor frame", Role::Client, framed(&heartbeat)),
+    ];
+    // A job runs while the attacks go on.
+    let c = connect(&driver).await;
+    let j = c
+        .submit("count", r#"{"n": 1000, "partitions": 8}"#)
+        .await
+        .unwrap();
+    for (what, role, bytes) in &attacks {
+        let (conn, mut send, _recv) = bounded(
+            what,
+            transport::connect_and_handshake(addr, &token, *role, T),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the handshake with a valid token failed: {e}"));
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        // The driver closes the connection (bounded by its handshake
+        // timeout for a frame that never completes).
+        bounded(what, conn.closed()).await;
+    }
+    let f = follow_to_end(&c, j.id).await;
+    assert_eq!(f.info.state, JobState::Succeeded, "{f:?}");
+    assert_eq!(f.texts(), ["COUNT 1000 SUM 499500"]);
+    let st = c.status().await.unwrap();
+    assert_eq!(st.dropped_links, attacks.len() as u64, "{st:?}");
+    assert_eq!(st.refused_connections, 0, "{st:?}");
+    assert_eq!(st.executors.len(), 2, "no executor was disturbed: {st:?}");
+    assert_eq!(st.lost, 0, "{st:?}");
+    // And the driver serves a new client and a new job.
+    let again = connect(&driver).await;
+    let j2 = again
+        .submit("count", r#"{"n": 10, "partitions": 2}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        follow_to_end(&again, j2.id).await.texts(),
+        ["COUNT 10 SUM 45"]
+    );
+    cluster.shutdown().await;
+}

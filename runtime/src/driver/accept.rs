@@ -155,10 +155,14 @@ async fn serve_connection(
             .map_err(|e| transport::conn_err(peer, e))
     })
     .await?;
-    match role {
-        Role::Client => serve_client(conn, send, recv, actor, config, jobs).await,
-        Role::Executor => serve_executor(conn, send, recv, actor, config).await,
+    let served = match role {
+        Role::Client => serve_client(conn, send, recv, actor.clone(), config, jobs).await,
+        Role::Executor => serve_executor(conn, send, recv, actor.clone(), config).await,
+    };
+    if served.is_err() {
+        let _ = actor.cast(DriverMsg::LinkDropped);
     }
+    served
 }
 
 /// A client's request (status, jobs), or a session of them on streams of

@@ -195,6 +195,7 @@ impl Actor for DriverActor {
                 let _ = reply.send(st.status());
             }
             DriverMsg::Refused => st.members.refused += 1,
+            DriverMsg::LinkDropped => st.members.dropped += 1,
             DriverMsg::Tick => {
                 let now = Instant::now();
                 let timeout = st.config.executor_timeout;
@@ -376,6 +377,7 @@ impl DriverState {
             pending_tasks: self.scheduler.pending_tasks() as u64,
             jobs_finished: self.scheduler.jobs_finished(),
             refused_connections: self.members.refused,
+            dropped_links: self.members.dropped,
             live_shuffles: self.scheduler.live_shuffles() as u64,
         }
     }

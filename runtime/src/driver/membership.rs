@@ -100,6 +100,8 @@ pub(crate) struct Membership {
     pub(crate) left: u64,
     /// Connections refused at the handshake.
     pub(crate) refused: u64,
+    /// Authenticated connections closed for breaking the protocol.
+    pub(crate) dropped: u64,
 }
 
 impl Default for Membership {
@@ -111,6 +113,7 @@ impl Default for Membership {
             lost: 0,
             left: 0,
             refused: 0,
+            dropped: 0,
         }
     }
 }

@@ -82,6 +82,10 @@ pub(crate) enum DriverMsg {
     Status(oneshot::Sender<ClusterStatus>),
     /// A connection failed the handshake (counted).
     Refused,
+    /// A peer that passed the handshake broke the protocol before it
+    /// was served (a malformed, oversized or unexpected first frame): its
+    /// connection was closed.
+    LinkDropped,
     /// Every heartbeat interval: heartbeats out, losses, exclusions
     /// expired, starved stages failed.
     Tick,
