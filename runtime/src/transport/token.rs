@@ -113,7 +113,7 @@ mod tests {
         // Found by the `join_string` fuzz target: a multi-byte character
         // inside a hex field panicked (a slice off a character boundary).
         let mut bad = "ab".repeat(31);
-        bad.push_str("é");
+        bad.push('é');
         assert_eq!(bad.len(), 64);
         let err = format!("kiln1-{bad}-{}", "cd".repeat(32))
             .parse::<JoinToken>()
