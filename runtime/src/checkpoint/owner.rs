@@ -115,7 +115,16 @@ pub fn dir_state(dir: &Path) -> Result<DirState, CheckpointError> {
         });
     }
     if dir.join("manifest").is_dir() {
-        return Ok(DirState::Unowned);
+        // A manifest and no blobs: a store whose creation stopped before
+        // its owner file, or that never wrote anything. Nothing to lose.
+        let blobs = std::fs::read_dir(dir.join("blobs"))
+            .map(|mut e| e.next().is_some())
+            .unwrap_or(false);
+        return Ok(if blobs {
+            DirState::Unowned
+        } else {
+            DirState::Free
+        });
     }
     let mut entries = std::fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))?;
     match entries.next() {

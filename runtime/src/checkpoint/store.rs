@@ -86,25 +86,13 @@ impl CheckpointStore {
         claim: &StoreClaim,
         keep_last: usize,
     ) -> Result<Self, CheckpointError> {
-        let owner = match check_claim(dir, claim)? {
-            DirState::Empty(owner) if matches!(claim, StoreClaim::Continue { .. }) => owner,
-            DirState::Free | DirState::Empty(_) => {
-                let owner = StoreOwner::new_run(claim.kind());
-                std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
-                write_owner(dir, &owner)?;
-                tracing::info!(dir = %dir.display(), run_id = %owner.run_id, kind = %owner.kind, "checkpoint store created");
-                owner
-            }
-            DirState::Owned(owner) => owner,
-            DirState::Unowned => {
-                // A store from before owners were recorded, continued: it
-                // becomes this run's.
-                let owner = StoreOwner::new_run(claim.kind());
-                write_owner(dir, &owner)?;
-                tracing::warn!(dir = %dir.display(), run_id = %owner.run_id, "a store without an owner record is continued: recorded its owner");
-                owner
-            }
-        };
+        let state = check_claim(dir, claim)?;
+        if matches!(state, DirState::Free) {
+            std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
+        }
+        // The manifest's lock is taken before the owner file is written: a
+        // store a running job holds is never re-owned, even one without a
+        // checkpoint yet.
         let manifest = dir.join("manifest");
         let (db, recovery) = match open_sled(&manifest) {
             Ok(db) => (db, None),
@@ -123,6 +111,24 @@ impl CheckpointStore {
                     path: manifest,
                     reason,
                 })
+            }
+        };
+        let owner = match state {
+            DirState::Empty(owner) if matches!(claim, StoreClaim::Continue { .. }) => owner,
+            DirState::Free | DirState::Empty(_) => {
+                let owner = StoreOwner::new_run(claim.kind());
+                write_owner(dir, &owner)?;
+                tracing::info!(dir = %dir.display(), run_id = %owner.run_id, kind = %owner.kind, "checkpoint store created");
+                owner
+            }
+            DirState::Owned(owner) => owner,
+            DirState::Unowned => {
+                // A store from before owners were recorded, continued: it
+                // becomes this run's.
+                let owner = StoreOwner::new_run(claim.kind());
+                write_owner(dir, &owner)?;
+                tracing::warn!(dir = %dir.display(), run_id = %owner.run_id, "a store without an owner record is continued: recorded its owner");
+                owner
             }
         };
         let commits = db
@@ -926,6 +932,24 @@ mod tests {
         assert_eq!(store.ids().unwrap(), vec![1, 2]);
         assert_eq!(store.latest_valid().unwrap().0.iteration, 2);
         assert_eq!(store.next_id().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_store_a_running_job_holds_is_never_re_owned_even_before_its_first_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = new_run(dir.path(), 0);
+        let owner = running.owner().unwrap().clone();
+        let err = CheckpointStore::claim(
+            dir.path(),
+            &StoreClaim::NewRun {
+                kind: "other".into(),
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("another process"), "{err}");
+        assert_eq!(read_owner(dir.path()).unwrap(), Some(owner));
+        checkpoint(&running, 1, &[("a", vec![1; 10])]);
     }
 
     /// Overwrites the middle of every file of the sled manifest.
