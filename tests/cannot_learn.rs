@@ -8,34 +8,12 @@
 #[path = "cluster_support/helpers.rs"]
 mod helpers;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use helpers::kiln_output;
+use helpers::{copy_dir, kiln_output, root, s};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
-
-/// Copies directory `from` into `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("readable") {
-        let e = e.expect("entry");
-        let dst = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).expect("copy");
-        }
-    }
-}
 
 #[test]
 fn utterances_ctc_cannot_align_are_counted_before_training() {

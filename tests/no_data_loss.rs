@@ -10,17 +10,9 @@ mod helpers;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use helpers::kiln_output;
+use helpers::{kiln_output, root, s};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
 
 /// Every file under `dir` with its length and modification time.
 fn listing(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {

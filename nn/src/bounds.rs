@@ -79,15 +79,7 @@ pub fn check_number<R>(setting: &str, value: f64, range: R) -> Result<f64, OutOf
 where
     R: RangeBounds<f64>,
 {
-    if value.is_finite() && range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(OutOfRange::new(
-            setting,
-            value,
-            format!("a finite number in {}", interval(&range)),
-        ))
-    }
+    finite_in(setting, value, value.is_finite(), &range)
 }
 
 /// [`check_number`] for an `f32` setting.
@@ -95,13 +87,21 @@ pub fn check_number_f32<R>(setting: &str, value: f32, range: R) -> Result<f32, O
 where
     R: RangeBounds<f32>,
 {
-    if value.is_finite() && range.contains(&value) {
+    finite_in(setting, value, value.is_finite(), &range)
+}
+
+fn finite_in<T, R>(setting: &str, value: T, finite: bool, range: &R) -> Result<T, OutOfRange>
+where
+    T: PartialOrd + Display,
+    R: RangeBounds<T>,
+{
+    if finite && range.contains(&value) {
         Ok(value)
     } else {
         Err(OutOfRange::new(
             setting,
             value,
-            format!("a finite number in {}", interval(&range)),
+            format!("a finite number in {}", interval(range)),
         ))
     }
 }

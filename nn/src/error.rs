@@ -71,6 +71,9 @@ pub enum Error {
         /// The setting, its value and the allowed range.
         range: crate::bounds::OutOfRange,
     },
+    /// More of a dataset's files are unusable than the command accepts.
+    #[error(transparent)]
+    BadFiles(#[from] crate::bad_files::TooManyBadFiles),
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

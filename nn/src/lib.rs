@@ -15,6 +15,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod bad_files;
 pub mod bounds;
 pub mod criterion;
 pub mod data;

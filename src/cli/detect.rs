@@ -9,6 +9,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use kiln_detection::draw::{draw_detections, save_image, Labelled};
 use kiln_detection::eval::{self, Metric};
+use kiln_detection::image_file::{load_rgb, verify_images};
 use kiln_detection::infer;
 use kiln_detection::model::Ssd;
 use kiln_detection::voc::VocDataset;
@@ -79,6 +80,10 @@ pub struct EvalArgs {
     /// Images per forward pass, in [1, 1024].
     #[arg(long, default_value_t = 16, value_parser = images_per_pass)]
     pub batch_size: usize,
+    /// Share of the split's images that may be unusable (skipped, each
+    /// named) before the command fails, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -99,6 +104,10 @@ pub struct PredictArgs {
     /// Images per forward pass, in [1, 1024].
     #[arg(long, default_value_t = 16, value_parser = images_per_pass)]
     pub batch_size: usize,
+    /// Share of the images that may be unusable (skipped, each named)
+    /// before the command fails, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: f64,
     /// Image files (JPEG or PNG).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -178,6 +187,9 @@ pub fn train(a: &TrainArgs, kinds: &JobKinds) -> anyhow::Result<()> {
     crate::output_paths::check_output_file("--out", &a.job.out)?;
     let (_, summary) = kiln_detection::train::train(&a.job.voc, &cfg, &a.job.out)
         .with_context(|| format!("training on {}", a.job.voc.display()))?;
+    if let Some(line) = &summary.skipped {
+        eprintln!("{line}");
+    }
     println!(
         "trained {} epochs ({} iterations) in {:.1} s, last epoch loss {:.4}; model written to {}",
         summary.epochs,
@@ -193,9 +205,13 @@ pub fn train(a: &TrainArgs, kinds: &JobKinds) -> anyhow::Result<()> {
 pub fn evaluate(a: &EvalArgs) -> anyhow::Result<eval::Report> {
     let metric: Metric = a.metric.parse()?;
     let mut model = load_model(&a.model)?;
-    let ds = VocDataset::open(&a.voc, &a.split, None)?;
+    let split =
+        VocDataset::open(&a.voc, &a.split, None)?.verify(a.max_bad_share, "--max-bad-share")?;
+    if let Some(line) = &split.skipped {
+        eprintln!("{line}");
+    }
     let cfg = infer::detect_config(&model);
-    let report = infer::evaluate(&mut model, &ds, metric, &cfg, a.batch_size)
+    let report = infer::evaluate(&mut model, &split, metric, &cfg, a.batch_size)
         .with_context(|| format!("evaluating {} on {}", a.model.display(), a.voc.display()))?;
     Ok(report)
 }
@@ -211,13 +227,15 @@ pub fn predict(a: &PredictArgs) -> anyhow::Result<usize> {
     let mut model = load_model(&a.model)?;
     let mut cfg = infer::detect_config(&model);
     cfg.conf_threshold = a.threshold;
-    let preds = infer::predict(&mut model, &a.images, &cfg, a.batch_size)?;
+    let (images, skipped) = verify_images(&a.images, a.max_bad_share, "--max-bad-share")?;
+    if let Some(line) = &skipped {
+        eprintln!("{line}");
+    }
+    let preds = infer::predict(&mut model, &images, &cfg, a.batch_size)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut all = Vec::new();
     for p in preds {
-        let mut img = image::open(&p.path)
-            .with_context(|| format!("reading {}", p.path.display()))?
-            .to_rgb8();
+        let mut img = load_rgb(&p.path)?;
         let labelled: Vec<Labelled> = p
             .detections
             .iter()

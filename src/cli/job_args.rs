@@ -231,6 +231,10 @@ pub struct SpeechTrainArgs {
     /// Skip training utterances longer than this (seconds, at most 3600).
     #[arg(long, default_value_t = 20.0, value_parser = finite_in(open_closed(0.0, MAX_SECONDS)))]
     pub max_seconds: f64,
+    /// Share of each split's files that may be unusable (skipped, each
+    /// named) before the run fails, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: f64,
     /// Mask bands of frequency bins and runs of frames of every training
     /// utterance (SpecAugment without time warping: two frequency masks of
     /// up to 27 bins, two time masks of up to 40 frames and a fifth of the
@@ -271,6 +275,10 @@ pub struct DetectTrainArgs {
     /// Overrides the config's training split.
     #[arg(long)]
     pub split: Option<String>,
+    /// Overrides the config's share of unusable images that may be
+    /// skipped (each named) before the run fails, in [0, 1].
+    #[arg(long, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: Option<f64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub run: RunArgs,
@@ -294,6 +302,9 @@ impl DetectTrainArgs {
         }
         if let Some(s) = &self.split {
             cfg.split = s.clone();
+        }
+        if let Some(share) = self.max_bad_share {
+            cfg.max_bad_share = share;
         }
         cfg.validate()
             .context("the training settings with the command line's overrides")?;
@@ -437,6 +448,7 @@ impl SpeechTrainArgs {
             seed: self.seed,
             max_seconds: self.max_seconds,
             spec_augment: self.spec_augment.then(SpecAugment::default),
+            max_bad_share: self.max_bad_share,
         })
     }
 

@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
+use kiln_nn::bad_files::BadFiles;
 use kiln_speech::decoder::{MAX_BEAM, MAX_WEIGHT};
 use kiln_speech::ds2::Ds2;
 use kiln_speech::lm::{NgramLm, MAX_ORDER};
@@ -77,6 +78,10 @@ pub struct EvalArgs {
     /// Decoder options.
     #[command(flatten)]
     pub decode: DecodeArgs,
+    /// Share of the split's files that may be unusable (skipped, each
+    /// named) before the command fails, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: f64,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -91,8 +96,13 @@ pub struct TranscribeArgs {
     /// Decoder options.
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Audio files (WAV/FLAC; the id is the file stem) or LibriSpeech
-    /// split directories.
+    /// Share of the files that may be unusable (skipped, each named)
+    /// before the command fails, in [0, 1]; counted per split directory
+    /// and over the audio files given.
+    #[arg(long, default_value_t = 0.0, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: f64,
+    /// Audio files (WAV/FLAC; the id is the file stem), LibriSpeech split
+    /// directories, or corpus roots (every split in them).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }
@@ -192,7 +202,10 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     // model and the audio are read.
     let lm = load_lm(&a.decode)?;
     let mut model = load_model(&a.model)?;
-    let examples = read_split(&split)?;
+    let (examples, skipped) = read_split(&split, a.max_bad_share, "--max-bad-share")?;
+    if let Some(line) = skipped {
+        eprintln!("{line}");
+    }
     let (w, c) = score(&mut model, &examples, &decoder(&a.decode, &lm))?;
     if a.json {
         println!(
@@ -218,31 +231,115 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
 }
 
 /// True when `dir` looks like a split (holds `.trans.txt` files two levels
-/// down) rather than a corpus root.
+/// down) rather than a corpus root; whether its entries are usable is
+/// checked when it is read.
 fn list_is_split(dir: &Path) -> bool {
-    kiln_speech::corpus::list_utterances(dir, true).is_ok_and(|(u, _)| !u.is_empty())
+    let subdirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|it| it.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    subdirs(dir)
+        .iter()
+        .filter(|p| p.is_dir())
+        .flat_map(|speaker| subdirs(speaker))
+        .filter(|p| p.is_dir())
+        .flat_map(|chapter| subdirs(&chapter))
+        .any(|f| f.to_string_lossy().ends_with(".trans.txt"))
 }
 
 fn transcribe(a: &TranscribeArgs) -> anyhow::Result<()> {
     let lm = load_lm(&a.decode)?;
     let mut model = load_model(&a.model)?;
     let dec = decoder(&a.decode, &lm);
+    // Named files are checked together first, so a bad share among them
+    // fails before any work; outputs keep the order of the paths.
+    let files: Vec<&PathBuf> = a.paths.iter().filter(|p| !p.is_dir()).collect();
+    let mut file_examples = if files.is_empty() {
+        Vec::new()
+    } else {
+        read_audio_files(&files, a.max_bad_share)?
+    };
     for path in &a.paths {
-        let examples = if path.is_dir() {
-            read_split(path)?
+        let batches = if path.is_dir() {
+            let mut batches = Vec::new();
+            for split in splits_of(path)? {
+                let (examples, skipped) = read_split(&split, a.max_bad_share, "--max-bad-share")?;
+                if let Some(line) = skipped {
+                    eprintln!("{line}");
+                }
+                batches.push(examples);
+            }
+            batches
         } else {
+            // Skipped when it was unusable (and within the share).
+            match file_examples.iter().position(|(p, _)| *p == path) {
+                Some(i) => vec![vec![file_examples.swap_remove(i).1]],
+                None => continue,
+            }
+        };
+        for examples in batches {
+            let refs: Vec<&Example> = examples.iter().collect();
+            let texts = pipeline::transcribe(&mut model, &refs, &dec)?;
+            for (e, t) in examples.iter().zip(texts) {
+                println!("{} {t}", e.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The splits a directory given to `transcribe` stands for: itself when it
+/// is a split, else the splits in it (a corpus root), sorted.
+fn splits_of(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if list_is_split(dir) {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut splits: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && list_is_split(p))
+        .collect();
+    splits.sort();
+    if splits.is_empty() {
+        bail!(
+            "{} is neither a LibriSpeech split (<speaker>/<chapter>/*.trans.txt with audio) nor a corpus root holding splits",
+            dir.display()
+        );
+    }
+    Ok(splits)
+}
+
+/// Audio files given by name, as examples without a transcript (the id
+/// is the file stem), their unusable ones held to `max_bad_share`.
+fn read_audio_files<'a>(
+    files: &[&'a PathBuf],
+    max_bad_share: f64,
+) -> anyhow::Result<Vec<(&'a PathBuf, Example)>> {
+    use rayon::prelude::*;
+    let read: Vec<anyhow::Result<Example>> = files
+        .par_iter()
+        .map(|path| {
             let id = path
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .with_context(|| format!("{}: no file name", path.display()))?;
-            vec![Example::from_file(id, path)
-                .with_context(|| format!("reading {}", path.display()))?]
-        };
-        let refs: Vec<&Example> = examples.iter().collect();
-        let texts = pipeline::transcribe(&mut model, &refs, &dec)?;
-        for (e, t) in examples.iter().zip(texts) {
-            println!("{} {t}", e.id);
+            Ok(Example::from_file(id, path)?)
+        })
+        .collect();
+    let mut bad = BadFiles::new("the audio files given", files.len());
+    let mut examples = Vec::with_capacity(files.len());
+    for (path, r) in files.iter().zip(read) {
+        match r {
+            Ok(e) => examples.push((*path, e)),
+            Err(e) => bad.push(path, format!("{e:#}")),
         }
     }
-    Ok(())
+    if let Some(line) = bad.check(max_bad_share, "--max-bad-share")? {
+        eprintln!("{line}");
+    }
+    if examples.is_empty() {
+        bail!("none of the audio files given is usable");
+    }
+    Ok(examples)
 }

@@ -98,7 +98,7 @@ pub fn read_voc_partition(
 pub struct Detection;
 
 /// The free fields of a resumed run: its length and learning-rate plan.
-const FREE_ON_RESUME: [&str; 8] = [
+const FREE_ON_RESUME: [&str; 9] = [
     "train.epochs",
     "train.log_every",
     "train.lr",
@@ -107,6 +107,7 @@ const FREE_ON_RESUME: [&str; 8] = [
     "train.milestones",
     "train.gamma",
     "train.lr_schedule",
+    "train.max_bad_share",
 ];
 
 impl TrainingJob for Detection {
@@ -178,12 +179,16 @@ impl TrainingJob for Detection {
         let images = VocDataset::open(&s.voc, &cfg.split, s.classes.clone())?;
         let model_cfg = cfg.model_config(images.classes.clone())?;
         let model = Ssd::<f32>::new(model_cfg.clone(), &mut StdRng::seed_from_u64(cfg.seed))?;
-        let annotations = {
-            let ds = images.clone();
-            tokio::task::spawn_blocking(move || ds.annotations())
+        let split = {
+            let share = cfg.max_bad_share;
+            tokio::task::spawn_blocking(move || images.verify(share, "job.train.max_bad_share"))
                 .await
-                .map_err(|e| JobError::step("reading the annotations", e))??
+                .map_err(|e| JobError::step("reading the annotations and images", e))??
         };
+        if let Some(line) = split.skipped {
+            ctx.line(line);
+        }
+        let (images, annotations) = (split.dataset, split.annotations);
         let paths = annotations
             .iter()
             .map(|a| images.image_path(&a.id))

@@ -131,6 +131,9 @@ impl TrainingJob for Digits {
     fn validate(&self, s: &mut DigitsSettings, env: &JobEnv) -> Result<String> {
         s.data = env.existing(KIND, "job.data", &s.data)?;
         s.check(KIND, "job.")?;
+        // Read here, as the executors will: a bad file is refused before
+        // the job is queued (the file is small).
+        digits::load_split(&s.data, s.model)?;
         Ok(format!(
             "{:?} on {}, {} epochs, batch {}, lr {}",
             s.model,

@@ -14,9 +14,10 @@ use kiln_runtime::train::BatchStats;
 use kiln_runtime::transport::encode;
 use kiln_runtime::{DistributedTrainer, JobContext, Registry};
 use kiln_speech::alignment;
-use kiln_speech::audio::{audio_length, read_audio_at};
+use kiln_speech::audio::{read_audio_at, AudioLength};
 use kiln_speech::augment::SpecAugment;
-use kiln_speech::corpus::list_utterances;
+use kiln_speech::checked::{checked_examples, checked_utterances};
+use kiln_speech::corpus::Utterance;
 use kiln_speech::ds2::{Ds2, Ds2Config};
 use kiln_speech::metrics::error_rates;
 use kiln_speech::objective::{Ds2Objective, Ds2ObjectiveConfig};
@@ -82,6 +83,12 @@ pub struct SpeechSettings {
     /// Feature masking of training utterances.
     #[serde(default)]
     pub spec_augment: Option<SpecAugment>,
+    /// Share of each split's files (audio that does not decode, entries
+    /// without a transcript or audio, characters outside the alphabet)
+    /// that may be skipped, each named, in [0, 1]; more fails the run
+    /// before it starts. 0 by default: one bad file fails it.
+    #[serde(default)]
+    pub max_bad_share: f64,
 }
 
 impl SpeechSettings {
@@ -99,13 +106,14 @@ impl SpeechSettings {
             seed: 1,
             max_seconds: 20.0,
             spec_augment: None,
+            max_bad_share: 0.0,
         })
     }
 
     /// Checks the settings' ranges: `epochs` in `[1, 100000]`,
     /// `batch_size` in `[1, 65536]`, `learning_rate` in `(0, 10]`, `anneal`
     /// in `[1, 100]` (the rate is divided by it every epoch),
-    /// `max_seconds` in `(0, 3600]`, and the model's and SpecAugment's own
+    /// `max_seconds` in `(0, 3600]`, `max_bad_share` in `[0, 1]`, and the model's and SpecAugment's own
     /// ranges.
     pub fn check(&self) -> Result<()> {
         self.model.validate()?;
@@ -121,6 +129,7 @@ impl SpeechSettings {
             MAX_LEARNING_RATE,
         )?;
         positive_number(KIND, "job.max_seconds", self.max_seconds, MAX_SECONDS)?;
+        in_range(KIND, "job.max_bad_share", self.max_bad_share, 0.0..=1.0)?;
         in_range(KIND, "job.anneal", self.anneal, 1.0..=100.0)
     }
 
@@ -180,17 +189,14 @@ pub struct SpeechSource {
 /// shorter than their transcript needs) and those longer than
 /// `max_seconds` (skipped), with their count and the first few ids.
 fn check_alignments(
-    listed: &[kiln_speech::corpus::Utterance],
+    listed: &[(Utterance, AudioLength)],
     model: &Ds2Config,
     max_seconds: f64,
 ) -> Vec<String> {
     const SHOWN: usize = 5;
     let mut unalignable = Vec::new();
     let mut too_long = Vec::new();
-    for u in listed {
-        let Ok(length) = audio_length(&u.audio_path) else {
-            continue; // said when the executor reads it
-        };
+    for (u, length) in listed {
         if length.seconds() > max_seconds {
             too_long.push(u.id.as_str());
             continue;
@@ -198,7 +204,7 @@ fn check_alignments(
         let Ok(labels) = TranscriptVectorizer.encode(&u.transcript) else {
             continue;
         };
-        if let Some(bad) = alignment::unalignable(model, &u.id, &labels, &length) {
+        if let Some(bad) = alignment::unalignable(model, &u.id, &labels, length) {
             unalignable.push(bad);
         }
     }
@@ -234,33 +240,31 @@ fn check_alignments(
     lines
 }
 
-/// The example of one utterance whose audio is at `path`; `None` (logged)
-/// when it is unreadable, has characters outside the alphabet or is
-/// longer than `max_seconds`.
-fn example_of(id: &str, transcript: &str, path: &Path, max_seconds: f64) -> Option<Example> {
-    let example = read_audio_at(path, SAMPLE_RATE).and_then(|audio| {
-        if audio.duration_s() > max_seconds {
-            return Ok(None);
-        }
-        Example::new(id, transcript, &audio).map(Some)
-    });
-    match example {
-        Ok(Some(e)) => Some(e),
-        Ok(None) => {
-            warn!(file = %path.display(), max_seconds, "skipped: too long");
-            None
-        }
-        Err(e) => {
-            warn!(file = %path.display(), error = %e, "skipped");
-            None
-        }
+/// The example of one utterance whose audio is at `path`, or `None`
+/// (logged) when it is longer than `max_seconds` (the driver said so
+/// before the run started). Audio that does not decode or a transcript
+/// outside the alphabet is an error naming the file: the driver checked
+/// every file before the run, so the file changed since.
+fn example_of(
+    id: &str,
+    transcript: &str,
+    path: &Path,
+    max_seconds: f64,
+) -> std::result::Result<Option<Example>, String> {
+    let audio = read_audio_at(path, SAMPLE_RATE).map_err(|e| e.to_string())?;
+    if audio.duration_s() > max_seconds {
+        warn!(file = %path.display(), max_seconds, "skipped: too long");
+        return Ok(None);
     }
+    Example::new(id, transcript, &audio)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Reads partition `p` of `n` of the manifest's utterances (a contiguous
-/// range), staging each audio file where the executor lacks it. Bad
-/// utterances are skipped with a warning naming the file; a file that
-/// cannot be staged fails the task (it is retried elsewhere).
+/// range), staging each audio file where the executor lacks it.
+/// Utterances longer than `max_seconds` are skipped; a file that cannot be
+/// staged or read fails the task (it is retried elsewhere).
 pub fn read_speech_partition(
     a: &SpeechSource,
     p: u32,
@@ -271,35 +275,25 @@ pub fn read_speech_partition(
     let mut out = Vec::with_capacity(range.len());
     for u in &utts[range] {
         let path = local(&u.audio, a.stage)?;
-        out.extend(example_of(&u.id, &u.transcript, &path, a.max_seconds));
+        out.extend(example_of(&u.id, &u.transcript, &path, a.max_seconds)?);
     }
     Ok(out)
 }
 
-/// The utterances of a split directory, sorted by id (transcripts that do
-/// not parse and missing audio are skipped with a warning).
-fn list_split(split: &Path) -> Result<Vec<kiln_speech::corpus::Utterance>> {
-    let (utts, bad) = list_utterances(split, true)?;
-    for (path, e) in &bad {
-        warn!(file = %path.display(), error = %e, "skipped");
-    }
-    Ok(utts)
-}
-
-/// Reads a whole split on this process (for evaluation), skipping bad
-/// files with a warning; an error if nothing is usable.
-pub fn read_split(split: &Path) -> Result<Vec<Example>> {
-    let examples: Vec<Example> = list_split(split)?
-        .iter()
-        .filter_map(|u| example_of(&u.id, &u.transcript, &u.audio_path, f64::INFINITY))
-        .collect();
-    if examples.is_empty() {
-        return Err(JobError::step(
-            format!("reading {}", split.display()),
-            "no usable utterance",
-        ));
-    }
-    Ok(examples)
+/// Reads a whole split on this process (for evaluation) as examples, its
+/// unusable files held to `max_bad_share` (`setting` names where it was
+/// set): the examples, sorted by id, and the `SKIPPING` line naming the
+/// files left out, if any.
+pub fn read_split(
+    split: &Path,
+    max_bad_share: f64,
+    setting: &str,
+) -> Result<(Vec<Example>, Option<String>)> {
+    let checked = checked_examples(split, max_bad_share, setting)?;
+    Ok((
+        checked.items.into_iter().map(|(_, e)| e).collect(),
+        checked.skipped,
+    ))
 }
 
 /// WER and CER of `model` on `examples` with `decoder` (`kiln speech
@@ -354,7 +348,13 @@ impl TrainingJob for Speech {
     }
 
     fn free_on_resume(&self) -> &'static [&'static str] {
-        &["epochs", "learning_rate", "anneal", "dev_split"]
+        &[
+            "epochs",
+            "learning_rate",
+            "anneal",
+            "dev_split",
+            "max_bad_share",
+        ]
     }
 
     fn default_shards(&self) -> usize {
@@ -416,32 +416,30 @@ impl TrainingJob for Speech {
     ) -> Result<TrainingPlan<Example, SpeechEval>> {
         let initial = s.model.init::<f32>(&mut StdRng::seed_from_u64(s.seed))?;
         let train = s.train_dir();
-        let listed = {
-            let dir = train.clone();
-            tokio::task::spawn_blocking(move || list_split(&dir))
-                .await
-                .map_err(|e| JobError::step(format!("listing {}", train.display()), e))??
+        let checked = {
+            let (dir, share) = (train.clone(), s.max_bad_share);
+            tokio::task::spawn_blocking(move || {
+                checked_utterances(&dir, share, "job.max_bad_share")
+            })
+            .await
+            .map_err(|e| JobError::step(format!("reading {}", train.display()), e))??
         };
-        if listed.is_empty() {
-            return Err(JobError::step(
-                format!("listing {}", train.display()),
-                "no usable utterance",
-            ));
-        }
-        let report = {
-            let (listed, model, max_seconds) = (listed.clone(), s.model.clone(), s.max_seconds);
-            tokio::task::spawn_blocking(move || check_alignments(&listed, &model, max_seconds))
-                .await
-                .map_err(|e| JobError::step(format!("reading {}", train.display()), e))?
-        };
-        for line in report {
+        if let Some(line) = checked.skipped {
             ctx.line(line);
         }
-        let audio = publish_all(ctx, listed.iter().map(|u| u.audio_path.clone()).collect()).await?;
+        let listed = checked.items;
+        for line in check_alignments(&listed, &s.model, s.max_seconds) {
+            ctx.line(line);
+        }
+        let audio = publish_all(
+            ctx,
+            listed.iter().map(|(u, _)| u.audio_path.clone()).collect(),
+        )
+        .await?;
         let utterances: Vec<UtteranceRef> = listed
             .into_iter()
             .zip(audio)
-            .map(|(u, audio)| UtteranceRef {
+            .map(|((u, _), audio)| UtteranceRef {
                 id: u.id,
                 transcript: u.transcript,
                 audio,
@@ -455,10 +453,16 @@ impl TrainingJob for Speech {
         let data = ctx.driver().source(SPEECH_SOURCE, &source, partitions)?;
         let dev = match s.dev_dir() {
             Some(dir) => {
-                let dir2 = dir.clone();
-                tokio::task::spawn_blocking(move || read_split(&dir2))
-                    .await
-                    .map_err(|e| JobError::step(format!("reading {}", dir.display()), e))??
+                let (dir2, share) = (dir.clone(), s.max_bad_share);
+                let (dev, skipped) = tokio::task::spawn_blocking(move || {
+                    read_split(&dir2, share, "job.max_bad_share")
+                })
+                .await
+                .map_err(|e| JobError::step(format!("reading {}", dir.display()), e))??;
+                if let Some(line) = skipped {
+                    ctx.line(line);
+                }
+                dev
             }
             None => Vec::new(),
         };

@@ -13,7 +13,7 @@ use crate::detect::{detect, DetectConfig, Detection};
 use crate::error::{Error, Result};
 use crate::eval::{self, FileDetection, Metric, Report};
 use crate::model::Ssd;
-use crate::voc::{load_image, VocDataset};
+use crate::voc::{load_annotated_image, load_image, Verified};
 
 /// Stacks `[3, S, S]` images into one `[N, 3, S, S]` tensor.
 pub fn stack_images<F: Float>(images: &[Array3<f32>], size: usize) -> Result<ArrayD<F>> {
@@ -85,23 +85,24 @@ pub fn detect_config(model: &Ssd<f32>) -> DetectConfig {
     cfg
 }
 
-/// Runs the model over split `ds` in batches of `batch_size` and scores
-/// the detections with the VOC devkit's rules. Class names are matched by
-/// name between the model and the dataset.
+/// Runs the model over the verified split `split` in batches of
+/// `batch_size` and scores the detections with the VOC devkit's rules.
+/// Class names are matched by name between the model and the dataset.
 pub fn evaluate(
     model: &mut Ssd<f32>,
-    ds: &VocDataset,
+    split: &Verified,
     metric: Metric,
     cfg: &DetectConfig,
     batch_size: usize,
 ) -> Result<Report> {
-    let annotations = ds.annotations()?;
+    let ds = &split.dataset;
+    let annotations = &split.annotations;
     let mut dets: Vec<FileDetection> = Vec::new();
     let batch_size = batch_size.max(1);
     for (b, chunk) in annotations.chunks(batch_size).enumerate() {
         let images = chunk
             .par_iter()
-            .map(|a| load_image(&ds.image_path(&a.id)))
+            .map(|a| load_annotated_image(&ds.image_path(&a.id), a))
             .collect::<Result<Vec<_>>>()?;
         let ids: Vec<String> = chunk.iter().map(|a| a.id.clone()).collect();
         let sizes: Vec<(usize, usize)> = images
@@ -119,7 +120,7 @@ pub fn evaluate(
         tracing::debug!(batch = b, images = chunk.len(), "evaluated");
     }
     let source = ds.root.join("(model detections)");
-    eval::evaluate(&annotations, &ds.classes, &dets, metric, &source)
+    eval::evaluate(annotations, &ds.classes, &dets, metric, &source)
 }
 
 /// The detections of one image file.

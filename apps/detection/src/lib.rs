@@ -14,6 +14,7 @@ pub mod detect;
 pub mod draw;
 pub mod error;
 pub mod eval;
+pub mod image_file;
 pub mod infer;
 pub mod model;
 pub mod multibox;

@@ -9,6 +9,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::time::Instant;
 
+use kiln_nn::bad_files::check_share;
 use kiln_nn::bounds::{check, check_number, check_number_f32, open_closed, OutOfRange};
 use kiln_nn::optim::schedule::LrSchedule as Schedule;
 use kiln_nn::optim::{Optimizer, SgdConfig};
@@ -84,6 +85,10 @@ pub struct TrainConfig {
     pub neg_pos_ratio: usize,
     /// Log the loss every this many iterations.
     pub log_every: usize,
+    /// Share of the split's images (annotation or image file unusable)
+    /// that may be skipped, in [0, 1]; more fails the run before it
+    /// starts. 0 by default: one bad file fails it.
+    pub max_bad_share: f64,
 }
 
 impl Default for TrainConfig {
@@ -109,6 +114,7 @@ impl Default for TrainConfig {
             overlap_threshold: 0.5,
             neg_pos_ratio: 3,
             log_every: 10,
+            max_bad_share: 0.0,
         }
     }
 }
@@ -238,6 +244,7 @@ impl TrainConfig {
             (Bound::Excluded(0.0), Bound::Included(1.0)),
         )?;
         check("neg_pos_ratio", self.neg_pos_ratio, 0..=100)?;
+        check_share("max_bad_share", self.max_bad_share)?;
         check("log_every", self.log_every, 0..=1_000_000)?;
         Ok(())
     }
@@ -396,6 +403,9 @@ pub struct TrainSummary {
     pub last_epoch_loss: f64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// The `SKIPPING` line naming the split's unusable files, if any were
+    /// left out (within `max_bad_share`).
+    pub skipped: Option<String>,
 }
 
 /// Trains `model` on `ds` as `cfg` says (SGD, momentum, weight decay,
@@ -492,6 +502,7 @@ pub fn train_model(
         iterations: iteration,
         last_epoch_loss,
         seconds: start.elapsed().as_secs_f64(),
+        skipped: None,
     })
 }
 
@@ -499,7 +510,12 @@ pub fn train_model(
 /// directory `voc` (classes from its `classes.txt`, else VOC's 20) and
 /// writes it to `out` after every epoch.
 pub fn train(voc: &Path, cfg: &TrainConfig, out: &Path) -> Result<(Ssd<f32>, TrainSummary)> {
-    let ds = VocDataset::open(voc, &cfg.split, None)?;
+    let split =
+        VocDataset::open(voc, &cfg.split, None)?.verify(cfg.max_bad_share, "max_bad_share")?;
+    if let Some(line) = &split.skipped {
+        tracing::warn!("{line}");
+    }
+    let ds = split.dataset;
     let model_cfg = cfg.model_config(ds.classes.clone())?;
     let mut model = Ssd::<f32>::new(model_cfg, &mut StdRng::seed_from_u64(cfg.seed))?;
     tracing::info!(
@@ -510,7 +526,8 @@ pub fn train(voc: &Path, cfg: &TrainConfig, out: &Path) -> Result<(Ssd<f32>, Tra
         "ssd training starts"
     );
     // Written after every epoch (atomically), so an interrupted run keeps its last epoch.
-    let summary = train_model(&mut model, &ds, cfg, |m, _, _| m.save(out))?;
+    let mut summary = train_model(&mut model, &ds, cfg, |m, _, _| m.save(out))?;
+    summary.skipped = split.skipped;
     Ok((model, summary))
 }
 

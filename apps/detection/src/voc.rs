@@ -6,13 +6,17 @@
 //! coordinates. [`Object::pixel_box`] gives the continuous 0-based box
 //! (`xmin - 1, ymin - 1, xmax, ymax`) that augmentation and SSD use.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kiln_nn::bad_files::{is_file_id, BadFiles};
 use ndarray::Array3;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::BBox;
 use crate::error::{Error, Result};
+pub use crate::image_file::{load_image, rgb_to_chw};
 
 /// The 20 PASCAL VOC classes, in the devkit's order.
 pub const VOC_CLASSES: [&str; 20] = [
@@ -253,29 +257,6 @@ pub fn read_classes(path: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Decodes a JPEG or PNG file to an RGB `[3, H, W]` f32 tensor with values in `0..=255`.
-pub fn load_image(path: &Path) -> Result<Array3<f32>> {
-    let err = |reason: String| Error::Image {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| err(e.to_string()))?;
-    Ok(rgb_to_chw(&img.to_rgb8()))
-}
-
-/// An RGB image as a `[3, H, W]` f32 tensor.
-pub fn rgb_to_chw(img: &image::RgbImage) -> Array3<f32> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut out = Array3::zeros((3, h, w));
-    for (x, y, p) in img.enumerate_pixels() {
-        for c in 0..3 {
-            out[[c, y as usize, x as usize]] = f32::from(p.0[c]);
-        }
-    }
-    out
-}
-
 /// A `[3, H, W]` tensor (values clamped to `0..=255`) as an RGB image.
 pub fn chw_to_rgb(t: &Array3<f32>) -> Result<image::RgbImage> {
     if t.shape()[0] != 3 {
@@ -317,8 +298,24 @@ pub struct VocDataset {
     pub root: PathBuf,
     /// Class names, index = class id.
     pub classes: Vec<String>,
+    /// The image set's name (`ImageSets/Main/<split>.txt`).
+    pub split: String,
     /// Image ids of the split, in file order.
     pub ids: Vec<String>,
+}
+
+/// A split whose every annotation was read and every image decoded in
+/// full ([`VocDataset::verify`]): what training, evaluation and
+/// prediction use.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The split, with only its usable images.
+    pub dataset: VocDataset,
+    /// Their annotations, in split order.
+    pub annotations: Vec<Annotation>,
+    /// The `SKIPPING` line that counts and names the files left out, if
+    /// any were (within the allowed share).
+    pub skipped: Option<String>,
 }
 
 impl VocDataset {
@@ -343,6 +340,7 @@ impl VocDataset {
             .join(format!("{split}.txt"));
         let text = std::fs::read_to_string(&list).map_err(|e| Error::io(&list, e))?;
         let mut ids = Vec::new();
+        let mut lines: HashMap<String, usize> = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let mut parts = line.split_whitespace();
             let Some(id) = parts.next() else { continue };
@@ -353,11 +351,26 @@ impl VocDataset {
                     format!("expected one image id, got {line:?}"),
                 ));
             }
+            if !is_file_id(id) {
+                return Err(Error::line(
+                    &list,
+                    i + 1,
+                    format!("image id {id:?} is not a file name"),
+                ));
+            }
+            if let Some(first) = lines.insert(id.to_string(), i + 1) {
+                return Err(Error::line(
+                    &list,
+                    i + 1,
+                    format!("duplicate image id {id} (first on line {first})"),
+                ));
+            }
             ids.push(id.to_string());
         }
         Ok(VocDataset {
             root: root.to_path_buf(),
             classes,
+            split: split.to_string(),
             ids,
         })
     }
@@ -401,6 +414,54 @@ impl VocDataset {
         let a = self.annotation(i)?;
         let img = load_annotated_image(&self.image_path(&a.id), &a)?;
         Ok((img, a))
+    }
+
+    /// Reads every annotation and decodes every image in full (in
+    /// parallel; the pixels are dropped), as training, evaluation and
+    /// prediction check them, and holds the unusable ones to
+    /// `max_bad_share` of the split (`setting` names where it was set).
+    /// An error when more are unusable, or none is usable.
+    pub fn verify(&self, max_bad_share: f64, setting: &str) -> Result<Verified> {
+        // Each image's annotation, or the file at fault and why.
+        let checked: Vec<std::result::Result<Annotation, (PathBuf, String)>> = (0..self.len())
+            .into_par_iter()
+            .map(|i| {
+                let id = &self.ids[i];
+                let a = self
+                    .annotation(i)
+                    .map_err(|e| (self.annotation_path(id), e.to_string()))?;
+                let image = self.image_path(id);
+                load_annotated_image(&image, &a).map_err(|e| (image, e.to_string()))?;
+                Ok(a)
+            })
+            .collect();
+        let mut bad = BadFiles::new(
+            format!("image set {} of {}", self.split, self.root.display()),
+            self.len(),
+        );
+        let mut annotations = Vec::with_capacity(checked.len());
+        for c in checked {
+            match c {
+                Ok(a) => annotations.push(a),
+                Err((path, e)) => bad.push(&path, e),
+            }
+        }
+        let skipped = bad
+            .check(max_bad_share, setting)
+            .map_err(kiln_nn::Error::from)?;
+        if annotations.is_empty() {
+            return Err(Error::invalid(
+                "VocDataset",
+                format!("{}: no usable image", bad.dataset),
+            ));
+        }
+        let mut dataset = self.clone();
+        dataset.ids = annotations.iter().map(|a| a.id.clone()).collect();
+        Ok(Verified {
+            dataset,
+            annotations,
+            skipped,
+        })
     }
 
     fn id(&self, i: usize) -> Result<&str> {

@@ -3,8 +3,10 @@
 //! `<utterance-id> TRANSCRIPT` line per utterance, and the audio of each in
 //! `<utterance-id>.flac` beside it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kiln_nn::bad_files::is_file_id;
 use rayon::prelude::*;
 
 use crate::audio::{read_audio_at, Audio};
@@ -111,11 +113,14 @@ pub(crate) fn parse_numbered(path: &Path, text: &str) -> Result<Vec<(usize, Stri
 }
 
 /// Lists a split's utterances from its `*/*/*.trans.txt` files, sorted by
-/// id. Transcript lines whose audio file is missing are an error, or with
-/// `skip_bad` are returned in the second list.
+/// id. Transcript files that do not parse, entries without a transcript or
+/// whose id is not a file name, and entries whose audio file is missing
+/// are an error, or with `skip_bad` are returned in the second list. Two
+/// entries with one id are always an error naming both.
 pub fn list_utterances(split_dir: &Path, skip_bad: bool) -> Result<(Vec<Utterance>, Vec<BadFile>)> {
     let mut utts = Vec::new();
     let mut bad = Vec::new();
+    let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
     for speaker in sorted_dirs(split_dir)? {
         if !speaker.is_dir() {
             continue;
@@ -132,7 +137,10 @@ pub fn list_utterances(split_dir: &Path, skip_bad: bool) -> Result<(Vec<Utteranc
                 if !is_trans {
                     continue;
                 }
-                let pairs = match parse_transcripts(&file) {
+                let entries = match std::fs::read_to_string(&file)
+                    .map_err(|e| Error::io(&file, e))
+                    .and_then(|text| parse_numbered(&file, &text))
+                {
                     Ok(p) => p,
                     Err(e) if skip_bad => {
                         bad.push((file.clone(), e));
@@ -140,27 +148,56 @@ pub fn list_utterances(split_dir: &Path, skip_bad: bool) -> Result<(Vec<Utteranc
                     }
                     Err(e) => return Err(e),
                 };
-                for (id, transcript) in pairs {
-                    let audio_path = chapter.join(format!("{id}.flac"));
-                    if !audio_path.is_file() {
-                        let err = Error::audio(
-                            &audio_path,
-                            format!(
-                                "missing audio for utterance {id} listed in {}",
-                                file.display()
-                            ),
-                        );
-                        if skip_bad {
-                            bad.push((audio_path, err));
-                            continue;
-                        }
-                        return Err(err);
+                for (line, id, transcript) in entries {
+                    if let Some((first, first_line)) = seen.get(&id) {
+                        return Err(Error::DuplicateId {
+                            id,
+                            first: first.clone(),
+                            first_line: *first_line,
+                            second: file.clone(),
+                            second_line: line,
+                        });
                     }
-                    utts.push(Utterance {
-                        id,
-                        audio_path,
-                        transcript,
-                    });
+                    seen.insert(id.clone(), (file.clone(), line));
+                    let refused = if !is_file_id(&id) {
+                        Some((
+                            file.clone(),
+                            Error::parse(
+                                &file,
+                                line,
+                                format!("utterance id {id:?} is not a file name"),
+                            ),
+                        ))
+                    } else if transcript.is_empty() {
+                        Some((
+                            file.clone(),
+                            Error::parse(&file, line, format!("utterance {id} has no transcript")),
+                        ))
+                    } else {
+                        let audio_path = chapter.join(format!("{id}.flac"));
+                        if audio_path.is_file() {
+                            utts.push(Utterance {
+                                id,
+                                audio_path,
+                                transcript,
+                            });
+                            None
+                        } else {
+                            let err = Error::audio(
+                                &audio_path,
+                                format!(
+                                    "missing audio for utterance {id} listed in {}",
+                                    file.display()
+                                ),
+                            );
+                            Some((audio_path, err))
+                        }
+                    };
+                    match refused {
+                        Some(b) if skip_bad => bad.push(b),
+                        Some((_, e)) => return Err(e),
+                        None => {}
+                    }
                 }
             }
         }

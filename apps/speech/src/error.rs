@@ -33,6 +33,26 @@ pub enum Error {
         /// What is wrong with the line.
         reason: String,
     },
+    /// Two entries of a corpus share an utterance id.
+    #[error("utterance id {id} appears twice: {}:{first_line} and {}:{second_line}", first.display(), second.display())]
+    DuplicateId {
+        /// The id.
+        id: String,
+        /// The file of its first entry.
+        first: PathBuf,
+        /// That entry's 1-based line.
+        first_line: usize,
+        /// The file of the second entry.
+        second: PathBuf,
+        /// That entry's 1-based line.
+        second_line: usize,
+    },
+    /// A split lists no utterance that can be used.
+    #[error("{}: no usable utterance", split.display())]
+    NoUsableUtterance {
+        /// The split's directory.
+        split: PathBuf,
+    },
     /// A transcript holds characters outside the alphabet.
     #[error("transcript {text:?}: characters not in the alphabet: {chars:?}")]
     UnknownCharacters {

@@ -19,6 +19,7 @@
 pub mod alignment;
 pub mod audio;
 pub mod augment;
+pub mod checked;
 pub mod corpus;
 pub mod decoder;
 pub mod ds2;

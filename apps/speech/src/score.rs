@@ -77,27 +77,39 @@ pub fn score_pairs(reference: &[(String, String)], hypothesis: &[(String, String
     }
 }
 
-/// Reads a `trans.txt`-format file, refusing duplicate ids (naming the line).
-fn read_unique(path: &Path) -> Result<Vec<(String, String)>> {
+/// Reads a `trans.txt`-format file, refusing duplicate ids (naming the
+/// line); with `references`, also empty transcripts (a reference with no
+/// words cannot be scored against) and a file with no entry.
+fn read_unique(path: &Path, references: bool) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let entries = parse_numbered(path, &text)?;
-    let mut seen = std::collections::HashSet::new();
-    for (line, id, _) in &entries {
-        if !seen.insert(id.as_str()) {
+    let mut seen = std::collections::HashMap::new();
+    for (line, id, transcript) in &entries {
+        if let Some(first) = seen.insert(id.as_str(), *line) {
             return Err(Error::parse(
                 path,
                 *line,
-                format!("duplicate utterance id {id}"),
+                format!("duplicate utterance id {id} (first on line {first})"),
             ));
         }
+        if references && transcript.is_empty() {
+            return Err(Error::parse(
+                path,
+                *line,
+                format!("reference utterance {id} is empty"),
+            ));
+        }
+    }
+    if references && entries.is_empty() {
+        return Err(Error::parse(path, 1, "no reference utterance"));
     }
     Ok(entries.into_iter().map(|(_, id, t)| (id, t)).collect())
 }
 
 /// Reads and scores a reference and a hypothesis `trans.txt` file.
 pub fn score_files(reference: &Path, hypothesis: &Path) -> Result<ScoreReport> {
-    let r = read_unique(reference)?;
-    let h = read_unique(hypothesis)?;
+    let r = read_unique(reference, true)?;
+    let h = read_unique(hypothesis, false)?;
     Ok(score_pairs(&r, &h))
 }
 

@@ -54,3 +54,26 @@ fn eval_score_and_training_agree_on_lower_case_references() {
     assert_eq!((c.errors, c.reference_len), (1, 22));
     assert!((rep.wer - 0.2).abs() < 1e-12);
 }
+
+#[test]
+fn empty_references_are_refused_and_empty_hypotheses_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("ref.txt");
+    let h = dir.path().join("hyp.txt");
+    std::fs::write(&r, "u1 A B\nu2\n").unwrap();
+    std::fs::write(&h, "u1 A B\nu2 C\n").unwrap();
+    let e = score_files(&r, &h).unwrap_err().to_string();
+    assert!(
+        e.contains("ref.txt:2") && e.contains("reference utterance u2 is empty"),
+        "{e}"
+    );
+    // A reference file with no entry scores nothing: refused.
+    std::fs::write(&r, "\n\n").unwrap();
+    let e = score_files(&r, &h).unwrap_err().to_string();
+    assert!(e.contains("no reference utterance"), "{e}");
+    // A hypothesis may be empty: the model said nothing (all deletions).
+    std::fs::write(&r, "u1 A B\n").unwrap();
+    std::fs::write(&h, "u1\n").unwrap();
+    let rep = score_files(&r, &h).unwrap();
+    assert_eq!((rep.words.errors, rep.words.reference_len), (2, 2));
+}
