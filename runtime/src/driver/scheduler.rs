@@ -483,10 +483,10 @@ impl Scheduler {
         self.map_outputs.clear_recovering();
         for ((job, stage), mut st) in self.stages.drain() {
             if let Some(r) = st.reply.take() {
-                let _ = r.send(Err(Error::Invalid(format!(
-                    "job {job} stage {stage}: no usable executor for {} s (all lost, left or excluded)",
-                    waited.as_secs()
-                ))));
+                let _ = r.send(Err(Error::NoExecutor {
+                    what: format!("job {job} stage {stage}"),
+                    reason: format!("for {} s (all lost, left or excluded)", waited.as_secs()),
+                }));
             }
         }
         self.pending.clear();
