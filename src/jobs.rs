@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_runtime::jobs::{Accepted, JobFuture};
-use kiln_runtime::{JobContext, JobRunner, Registry};
+use kiln_runtime::{BoxError, JobContext, JobRunner, Registry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -185,8 +185,8 @@ impl<J: Job> JobKind for Erased<J> {
         let kind = job.kind();
         let decoded: Result<J::Settings> = decode_settings(kind, settings);
         Box::pin(async move {
-            let settings = decoded.map_err(|e| e.to_string())?;
-            job.run(settings, ctx).await.map_err(|e| e.to_string())
+            job.run(decoded?, ctx).await?;
+            Ok(())
         })
     }
 
@@ -276,10 +276,8 @@ struct KindsRunner {
 }
 
 impl JobRunner for KindsRunner {
-    fn accept(&self, kind: &str, settings: &str) -> std::result::Result<Accepted, String> {
-        self.kinds
-            .accept(kind, settings, &self.env)
-            .map_err(|e| e.to_string())
+    fn accept(&self, kind: &str, settings: &str) -> std::result::Result<Accepted, BoxError> {
+        Ok(self.kinds.accept(kind, settings, &self.env)?)
     }
 
     fn run(&self, kind: String, settings: String, ctx: JobContext) -> JobFuture {
@@ -293,7 +291,7 @@ impl JobRunner for KindsRunner {
             self.kinds.get(&kind).map(|k| k.run(&settings, ctx.clone()))
         });
         Box::pin(async move {
-            job.map_err(|e| e.to_string())?.await?;
+            job?.await?;
             cluster_summary(&ctx).await;
             Ok(())
         })

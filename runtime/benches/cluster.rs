@@ -37,15 +37,11 @@ fn registry() -> Arc<Registry> {
 
 async fn rtt() -> kiln_runtime::Result<()> {
     let id = ClusterIdentity::generate()?;
-    let ep = transport::server_endpoint(
-        &id,
-        "127.0.0.1:0"
-            .parse()
-            .map_err(|_| kiln_runtime::Error::Invalid("addr".into()))?,
-    )?;
-    let addr = ep
-        .local_addr()
-        .map_err(|e| kiln_runtime::Error::Invalid(e.to_string()))?;
+    let ep = transport::server_endpoint(&id, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = ep.local_addr().map_err(|e| kiln_runtime::Error::Io {
+        path: "the benchmark endpoint's local address".into(),
+        source: e,
+    })?;
     let server = tokio::spawn(async move {
         if let Some(inc) = ep.accept().await {
             if let Ok(conn) = inc.await {
@@ -68,7 +64,10 @@ async fn rtt() -> kiln_runtime::Result<()> {
     let (mut s, mut r) = conn
         .open_bi()
         .await
-        .map_err(|e| kiln_runtime::Error::Invalid(e.to_string()))?;
+        .map_err(|e| kiln_runtime::Error::Connection {
+            peer: addr,
+            reason: format!("opening a stream: {e}"),
+        })?;
     ping_pong("quic_rtt_small", &mut s, &mut r, addr).await?;
     conn.close(0u32.into(), b"done");
     server.abort();
@@ -205,7 +204,10 @@ fn main() -> kiln_runtime::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| kiln_runtime::Error::Invalid(e.to_string()))?;
+        .map_err(|e| kiln_runtime::Error::Io {
+            path: "the benchmark's tokio runtime".into(),
+            source: e,
+        })?;
     // `cargo bench -- NAME` passes NAME (and `--bench`): run the figures
     // whose name contains it.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));

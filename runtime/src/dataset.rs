@@ -452,7 +452,10 @@ impl<T: Data> Dataset<T> {
         match combine(partials)? {
             Some(bytes) => rmp_serde::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| Error::Invalid(format!("reduce result does not decode: {e}"))),
+                .map_err(|e| Error::Payload {
+                    what: "the reduce result".into(),
+                    source: e,
+                }),
             None => Ok(None),
         }
     }
@@ -521,7 +524,10 @@ fn stage_task(
         _ => {}
     });
     if let Some(m) = missing {
-        return Err(Error::Invalid(format!("driver lost input: {m}")));
+        return Err(Error::MissingInput {
+            input: m,
+            reason: "is no longer held by the driver",
+        });
     }
     Ok(StageTask {
         partition: p,
@@ -572,10 +578,12 @@ async fn run_job(
     let mut tasks = Vec::with_capacity(actions.len());
     for (p, action, fetches) in actions {
         if p >= plan.partitions() {
-            return Err(Error::Invalid(format!(
-                "partition {p} asked for, the dataset has {}",
-                plan.partitions()
-            )));
+            return Err(Error::OutOfBounds {
+                what: "the dataset".into(),
+                item: "partition",
+                index: u64::from(p),
+                len: u64::from(plan.partitions()),
+            });
         }
         let mut task = stage_task(plan, p, action, parallel)?;
         task.fetches = fetches;

@@ -288,10 +288,11 @@ impl Driver {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::Invalid(format!(
-                    "only {live} of {n} executors registered after {} ms",
-                    timeout.as_millis()
-                )));
+                return Err(Error::TooFewExecutors {
+                    live,
+                    wanted: n,
+                    waited_ms: timeout.as_millis() as u64,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -166,9 +166,260 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A cluster-level invariant or configuration problem.
-    #[error("{0}")]
-    Invalid(String),
+    /// A lock of shared state was poisoned: a thread panicked while it
+    /// held it, so the state may be half-updated.
+    #[error("the {lock}'s lock was poisoned by a panic")]
+    Poisoned {
+        /// Which lock (`job table`, `shuffle store`, `executor cache`).
+        lock: &'static str,
+    },
+    /// Work handed to a blocking thread or a spawned task panicked or was
+    /// cancelled before it answered.
+    #[error("{task}: its background task failed: {source}")]
+    BackgroundTask {
+        /// What the task was doing.
+        task: String,
+        /// The join error (a panic or a cancellation).
+        source: tokio::task::JoinError,
+    },
+    /// An actor (an executor's task runner, a parameter actor) could not
+    /// be started.
+    #[error("{actor} failed to start: {source}")]
+    ActorSpawn {
+        /// Which actor.
+        actor: String,
+        /// Why ractor could not start it.
+        source: ractor::SpawnErr,
+    },
+    /// A peer that passed the handshake sent something the protocol does
+    /// not allow at that point (a request on the wrong stream, an
+    /// unexpected first frame).
+    #[error("{peer} broke the protocol: {what}")]
+    ProtocolViolation {
+        /// The remote address.
+        peer: SocketAddr,
+        /// What it did (or failed to do).
+        what: String,
+    },
+    /// One block of a checkpoint blob could not be brought from the
+    /// executor holding it (wrong length, gone, stream cut short).
+    #[error("block {block} of a checkpoint blob from {peer}: {reason}")]
+    BlockTransfer {
+        /// The holder's peer address.
+        peer: SocketAddr,
+        /// The block's index within the blob.
+        block: u32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An rmp-serde payload inside a message (a function's arguments, a
+    /// partition, a task's result) does not decode as the type expected.
+    #[error("{what} does not decode: {source}")]
+    Payload {
+        /// What was decoded, and as which type.
+        what: String,
+        /// The decoder's error.
+        source: rmp_serde::decode::Error,
+    },
+    /// Bytes meant to hold little-endian `f32` values (weights, gradients,
+    /// buffers) are not a whole number of them.
+    #[error("{what}: {bytes} bytes is not a whole number of f32")]
+    F32Bytes {
+        /// Which values.
+        what: String,
+        /// Their length in bytes.
+        bytes: usize,
+    },
+    /// A vector of parameters, gradients or buffer values has another
+    /// length than the model, shard or range it is for.
+    #[error("{what}: {found} {unit}, {expected} expected")]
+    ParameterCount {
+        /// Which vector, and where (trainer, shard, checkpoint).
+        what: String,
+        /// What is counted (`weights`, `buffer values`, `bytes`).
+        unit: &'static str,
+        /// The length the model or shard needs.
+        expected: usize,
+        /// The length found.
+        found: usize,
+    },
+    /// A meta entry of a checkpoint record is missing or unreadable (the
+    /// checkpoint is not a training checkpoint, or was damaged).
+    #[error("checkpoint {checkpoint}, meta entry {key:?}: {reason}")]
+    CheckpointMeta {
+        /// The checkpoint's id.
+        checkpoint: u64,
+        /// The meta key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An operation needs a checkpoint store and the run has none.
+    #[error("{op} needs a checkpoint directory, and this run has none configured")]
+    NoCheckpointStore {
+        /// The operation (`resume`, `checkpoint`).
+        op: &'static str,
+    },
+    /// A training step was asked for after the last epoch.
+    #[error("training is already complete: all {epochs} epochs ran, no batch is left to train on")]
+    TrainingComplete {
+        /// The run's epochs.
+        epochs: u64,
+    },
+    /// A setting's value is outside what the runtime accepts.
+    #[error("setting {setting} = {value} is out of range: {range}")]
+    SettingOutOfRange {
+        /// The setting, and where it applies.
+        setting: String,
+        /// Its value.
+        value: String,
+        /// What is accepted.
+        range: String,
+    },
+    /// An operation was asked of a part of the runtime set up for
+    /// something else (a step of driver-held shards on executor-hosted
+    /// ones, asynchronous training with executor-hosted shards).
+    #[error("{op} is not possible here: it needs {needs}")]
+    Unsupported {
+        /// The operation asked for.
+        op: String,
+        /// What it needs that is not there.
+        needs: &'static str,
+    },
+    /// A dataset holds no elements where some are needed.
+    #[error("the dataset for {purpose} holds no elements")]
+    EmptyDataset {
+        /// What the dataset was for (`training`).
+        purpose: &'static str,
+    },
+    /// A partition or element index past the end.
+    #[error("{what} has no {item} {index} (it has {len})")]
+    OutOfBounds {
+        /// The container (a dataset, a union, a trainer's partition).
+        what: String,
+        /// What was indexed (`partition`, `element`).
+        item: &'static str,
+        /// The index asked for.
+        index: u64,
+        /// How many there are.
+        len: u64,
+    },
+    /// An input a task or step needs is not where it should be (not
+    /// shipped with the task, not fetched, not held by this executor, or
+    /// lost by the driver).
+    #[error("{input} {reason}")]
+    MissingInput {
+        /// The input and whose it is (`shuffle 3 blocks for partition 2`).
+        input: String,
+        /// Why it is missing.
+        reason: &'static str,
+    },
+    /// A task's output is not of the kind its action produces.
+    #[error("{task}: the task returned no {expected}")]
+    UnexpectedTaskOutput {
+        /// The task or what it was for.
+        task: String,
+        /// The output expected (`data`, `gradients`).
+        expected: &'static str,
+    },
+    /// An executor-hosted parameter shard is at another version than the
+    /// run expects.
+    #[error("parameter shard {shard} is at version {at}, {expected} expected")]
+    ShardVersion {
+        /// The shard.
+        shard: u32,
+        /// Its version.
+        at: u64,
+        /// The version the run expects.
+        expected: u64,
+    },
+    /// Every executor holding a parameter shard is gone.
+    #[error(
+        "parameter shard {shard} has no live holder (lost with executor(s) {executors:?}, no replica left); \
+         resume from the last checkpoint"
+    )]
+    ShardLost {
+        /// The shard.
+        shard: usize,
+        /// The holders lost.
+        executors: Vec<u64>,
+    },
+    /// An executor id or index that names no member of the cluster.
+    #[error("no executor {id} {context}")]
+    UnknownExecutor {
+        /// The id (or, in a local cluster, the index) asked for.
+        id: u64,
+        /// Where it was looked for, and why.
+        context: String,
+    },
+    /// No executor can run work that needs one.
+    #[error("{what}: no usable executor {reason}")]
+    NoExecutor {
+        /// The work (`job 1 stage 2`).
+        what: String,
+        /// Since when, or why none is usable.
+        reason: String,
+    },
+    /// Fewer executors than asked for registered in time.
+    #[error("only {live} of {wanted} executors registered after {waited_ms} ms")]
+    TooFewExecutors {
+        /// Executors registered.
+        live: usize,
+        /// Executors asked for.
+        wanted: usize,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// A queue, limiter or endpoint was closed while still in use (the
+    /// node is shutting down).
+    #[error("{what} is closed (the node is shutting down)")]
+    Shutdown {
+        /// What was closed.
+        what: &'static str,
+    },
+    /// A user function registered by name (a source, a map over
+    /// partitions) returned an error.
+    #[error("{kind} function {name:?} failed: {source}")]
+    UserFunction {
+        /// The function kind (`source`, `map_partitions`).
+        kind: &'static str,
+        /// The registered name.
+        name: String,
+        /// The function's error.
+        source: BoxError,
+    },
+    /// A registered trainer (its factory or its [`crate::GradientWorker`])
+    /// failed.
+    #[error("trainer {trainer:?}: {op} failed: {source}")]
+    Trainer {
+        /// The registered trainer name.
+        trainer: String,
+        /// What it was doing (`building a worker`, `gradients`).
+        op: &'static str,
+        /// The trainer's error.
+        source: BoxError,
+    },
+    /// The [`crate::ShardOptimizer`] of a parameter shard (or its factory)
+    /// failed.
+    #[error("the optimizer of parameter shard {shard}: {op} failed: {source}")]
+    Optimizer {
+        /// The shard.
+        shard: usize,
+        /// What it was doing (`creation`, `step`, `saving its state`).
+        op: &'static str,
+        /// The optimizer's error.
+        source: BoxError,
+    },
+    /// The driver answered a client's request with an error that has no
+    /// variant of its own on the wire (rendered as text there).
+    #[error("the driver could not serve the request: {reason}")]
+    DriverAnswer {
+        /// The driver's error, as text.
+        reason: String,
+    },
+    /// [`crate::Driver::accept_jobs`] was called twice.
+    #[error("this driver already runs submitted jobs (a job runner is installed)")]
+    JobRunnerInstalled,
     /// A run cannot resume from a checkpoint written with other settings.
     #[error(
         "cannot resume from checkpoint {checkpoint}: it was written with {setting} = {in_checkpoint}, \
@@ -312,3 +563,74 @@ pub enum Error {
 
 /// The runtime's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The error of a plug-in (a registered function, a [`crate::GradientWorker`],
+/// a [`crate::ShardOptimizer`], a [`crate::JobRunner`]): any error, its
+/// source chain kept. A `String` converts into it (`e.into()`, or `?`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `e` and its sources, joined with `": "`: the text an error becomes
+/// where it crosses the wire (the wire carries strings). A source whose
+/// text the message already holds (a variant that prints its source) is
+/// not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let part = s.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a cause, as a plug-in might return.
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the manifest")]
+    struct Outer {
+        #[source]
+        cause: std::io::Error,
+    }
+
+    #[test]
+    fn the_chain_keeps_every_source_once() {
+        let plugin: BoxError = Box::new(Outer {
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+        let e = Error::UserFunction {
+            kind: "source",
+            name: "points".into(),
+            source: plugin,
+        };
+        // Display names the function and its error, not the cause.
+        assert_eq!(
+            e.to_string(),
+            "source function \"points\" failed: reading the manifest"
+        );
+        // The wire text holds the whole chain, the printed source once.
+        assert_eq!(
+            error_chain(&e),
+            "source function \"points\" failed: reading the manifest: no such file"
+        );
+    }
+
+    #[test]
+    fn a_string_error_converts_and_renders_as_itself() {
+        let e = Error::Trainer {
+            trainer: "linear".into(),
+            op: "computing gradients",
+            source: "the buffer is short".into(),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "trainer \"linear\": computing gradients failed: the buffer is short"
+        );
+    }
+}

@@ -294,7 +294,9 @@ pub(crate) fn run_task(
     };
     TaskReport {
         key,
-        result: result.map_err(|e| TaskFailure::Failed(e.to_string())),
+        // The whole source chain (a user function's error and its causes):
+        // the wire carries text.
+        result: result.map_err(|e| TaskFailure::Failed(crate::error::error_chain(&e))),
         cached: ctx.newly_cached,
     }
 }
@@ -334,9 +336,10 @@ fn apply_action(
             TaskOutput::ShuffleWritten { sizes }
         }
         Action::Train(_) | Action::Shard(_) => {
-            return Err(Error::Invalid(
-                "training and shard operations are run by run_task".into(),
-            ))
+            return Err(Error::Unsupported {
+                op: "a training or shard operation in apply_action".into(),
+                needs: "run_task, which runs them",
+            })
         }
     })
 }
@@ -430,9 +433,10 @@ async fn serve(
         timeout_ms,
     }) = first
     else {
-        return Err(Error::Invalid(format!(
-            "{peer}: driver did not confirm registration"
-        )));
+        return Err(Error::ProtocolViolation {
+            peer,
+            what: "the driver did not confirm the registration".into(),
+        });
     };
     info!(executor = executor_id, %name, driver = %peer, shuffle_endpoint = %peer_addr, "registered");
     let running = Arc::new(AtomicUsize::new(0));
@@ -452,7 +456,10 @@ async fn serve(
     let (failed_tx, failed_rx) = oneshot::channel();
     let (supervisor, _) = Actor::spawn(None, supervisor::ExecutorSupervisor, failed_tx)
         .await
-        .map_err(|e| Error::Invalid(format!("executor supervisor failed to start: {e}")))?;
+        .map_err(|e| Error::ActorSpawn {
+            actor: "the executor supervisor".into(),
+            source: e,
+        })?;
     let (actor, actor_handle) = Actor::spawn_linked(
         None,
         ExecutorActor,
@@ -475,7 +482,10 @@ async fn serve(
         supervisor.get_cell(),
     )
     .await
-    .map_err(|e| Error::Invalid(format!("executor actor failed to start: {e}")))?;
+    .map_err(|e| Error::ActorSpawn {
+        actor: "the executor actor".into(),
+        source: e,
+    })?;
     // Closes both endpoints and stops the actors however this function
     // ends, including when its task is aborted (a crash, for in-process
     // tests).
@@ -604,7 +614,10 @@ async fn serve(
             if let Some(task) = task {
                 actor
                     .cast(ExecMsg::Run(Box::new(task)))
-                    .map_err(|e| Error::Invalid(format!("executor actor gone: {e}")))?;
+                    .map_err(|e| Error::ActorFailed {
+                        actor: "the executor actor".into(),
+                        reason: format!("it is gone: {e}"),
+                    })?;
             }
         }
         #[allow(unreachable_code)]

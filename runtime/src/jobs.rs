@@ -30,6 +30,7 @@ pub(crate) use serve::{answer, serve_request};
 pub(crate) use service::JobService;
 
 use crate::driver::Driver;
+use crate::error::BoxError;
 
 /// How long a cancelled job may take to stop by itself before its task is
 /// aborted.
@@ -146,8 +147,10 @@ pub struct Accepted {
     pub description: String,
 }
 
-/// A future returned by a [`JobRunner`].
-pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// A future returned by a [`JobRunner`]: it fails with any error (a
+/// `String` converts with `.into()` or `?`); the job's state shows the
+/// error with its whole source chain.
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 /// What runs submitted jobs on a driver (the embedding program's job
 /// kinds). Both methods are called on the driver's host.
@@ -155,8 +158,9 @@ pub trait JobRunner: Send + Sync + 'static {
     /// Checks a submission before it is queued: the kind exists, its
     /// settings decode (unknown settings are an error) and are valid, and
     /// what it reads exists on this host. The error is shown to the
-    /// submitting client; nothing has touched an executor yet.
-    fn accept(&self, kind: &str, settings: &str) -> Result<Accepted, String>;
+    /// submitting client (with its whole source chain); nothing has
+    /// touched an executor yet.
+    fn accept(&self, kind: &str, settings: &str) -> Result<Accepted, BoxError>;
 
     /// Runs an accepted job to its end.
     fn run(&self, kind: String, settings: String, ctx: JobContext) -> JobFuture;

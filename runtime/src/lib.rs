@@ -45,7 +45,7 @@ pub mod transport;
 
 pub use dataset::Dataset;
 pub use driver::{query_status, Driver, DriverConfig};
-pub use error::{Error, Result};
+pub use error::{error_chain, BoxError, Error, Result};
 pub use executor::{run_executor, ExecutorConfig};
 pub use jobs::{ClusterClient, JobContext, JobEvent, JobInfo, JobRunner, JobState};
 pub use local::{ExecutorMode, LocalCluster, LocalConfig};

@@ -170,7 +170,10 @@ impl LocalCluster {
         let c = self
             .children
             .get_mut(i)
-            .ok_or_else(|| Error::Invalid(format!("no executor {i} to kill")))?;
+            .ok_or_else(|| Error::UnknownExecutor {
+                id: i as u64,
+                context: "to kill in this local cluster".into(),
+            })?;
         c.kill().map_err(|e| Error::Io {
             path: format!("executor process {}", c.id()),
             source: e,

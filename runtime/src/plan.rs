@@ -150,7 +150,9 @@ impl EvalCtx<'_> {
         let Plan::Cache { id, parent } = plan else {
             return Ok(Arc::from(self.eval(plan, p)?));
         };
-        let lock_err = || Error::Invalid("executor cache lock poisoned".into());
+        let lock_err = || Error::Poisoned {
+            lock: "executor cache",
+        };
         if let Some(part) = self.cache.lock().map_err(|_| lock_err())?.get(&(*id, p)) {
             return Ok(part.clone());
         }
@@ -171,10 +173,9 @@ impl EvalCtx<'_> {
                     .get(&(*id, p))
                     .and_then(|v| v.first())
                     .map(|b| b.to_contiguous())
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "parallelize input {id} not shipped with task for partition {p}"
-                        ))
+                    .ok_or_else(|| Error::MissingInput {
+                        input: format!("parallelize input {id} for partition {p}"),
+                        reason: "was not shipped with the task",
                     })?;
                 (self.registry.decoder(elem)?)(&bytes)
             }
@@ -208,13 +209,22 @@ impl EvalCtx<'_> {
                     }
                     q -= n;
                 }
-                Err(Error::Invalid(format!("union has no partition {p}")))
+                Err(Error::OutOfBounds {
+                    what: "the union".into(),
+                    item: "partition",
+                    index: u64::from(p),
+                    len: u64::from(plan.partitions()),
+                })
             }
             Plan::ShuffleRead { id, name, .. } => {
                 let s = self.registry.shuffle(name)?;
-                let blobs = self.inputs.get(&(*id, p)).ok_or_else(|| {
-                    Error::Invalid(format!("shuffle {id} blocks not fetched for partition {p}"))
-                })?;
+                let blobs = self
+                    .inputs
+                    .get(&(*id, p))
+                    .ok_or_else(|| Error::MissingInput {
+                        input: format!("the blocks of shuffle {id} for partition {p}"),
+                        reason: "were not fetched for the task",
+                    })?;
                 // Blocks that arrived in pieces are joined here (one copy,
                 // as reading them into one buffer used to be).
                 let blobs: Vec<bytes::Bytes> = blobs.iter().map(|b| b.to_contiguous()).collect();
@@ -224,7 +234,9 @@ impl EvalCtx<'_> {
                 let hit = self
                     .cache
                     .lock()
-                    .map_err(|_| Error::Invalid("executor cache lock poisoned".into()))?
+                    .map_err(|_| Error::Poisoned {
+                        lock: "executor cache",
+                    })?
                     .get(&(*id, p))
                     .cloned();
                 if let Some(part) = hit {
@@ -234,7 +246,9 @@ impl EvalCtx<'_> {
                 let shared: Arc<dyn Part> = Arc::from(part.clone_box());
                 self.cache
                     .lock()
-                    .map_err(|_| Error::Invalid("executor cache lock poisoned".into()))?
+                    .map_err(|_| Error::Poisoned {
+                        lock: "executor cache",
+                    })?
                     .insert((*id, p), shared);
                 self.newly_cached.push((*id, p));
                 Ok(part)

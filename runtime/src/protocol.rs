@@ -310,7 +310,7 @@ impl From<crate::Error> for WireError {
             E::UnknownJob { id } => WireError::UnknownJob(id),
             E::JobFinished { id, state } => WireError::JobFinished { id, state },
             E::JobOutput { id, output, reason } => WireError::JobOutput { id, output, reason },
-            other => WireError::Other(other.to_string()),
+            other => WireError::Other(crate::error::error_chain(&other)),
         }
     }
 }
@@ -324,7 +324,7 @@ impl From<WireError> for crate::Error {
             WireError::UnknownJob(id) => E::UnknownJob { id },
             WireError::JobFinished { id, state } => E::JobFinished { id, state },
             WireError::JobOutput { id, output, reason } => E::JobOutput { id, output, reason },
-            WireError::Other(m) => E::Invalid(m),
+            WireError::Other(reason) => E::DriverAnswer { reason },
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::transport::encode;
 
 /// Element types a dataset can hold.
@@ -91,17 +91,17 @@ pub(crate) fn downcast<T: Data>(part: Box<dyn Part>, func: &str) -> Result<Vec<T
 }
 
 fn decode_args<P: DeserializeOwned>(name: &str, args: &[u8]) -> Result<P> {
-    rmp_serde::from_slice(args)
-        .map_err(|e| Error::Invalid(format!("arguments of {name:?} do not decode: {e}")))
+    rmp_serde::from_slice(args).map_err(|e| Error::Payload {
+        what: format!("the arguments of {name:?}"),
+        source: e,
+    })
 }
 
 /// Decode an encoded `Vec<T>`.
 pub fn decode_vec<T: Data>(bytes: &[u8]) -> Result<Vec<T>> {
-    rmp_serde::from_slice(bytes).map_err(|e| {
-        Error::Invalid(format!(
-            "partition does not decode as Vec<{}>: {e}",
-            type_name::<T>()
-        ))
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Payload {
+        what: format!("a partition as Vec<{}>", type_name::<T>()),
+        source: e,
     })
 }
 
@@ -183,7 +183,10 @@ impl Registry {
         r.register_source("kiln.text_lines", |files: &Vec<String>, p, n| {
             let mut out = Vec::new();
             for f in files.iter().skip(p as usize).step_by(n.max(1) as usize) {
-                let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+                let text = std::fs::read_to_string(f).map_err(|e| Error::Io {
+                    path: f.clone(),
+                    source: e,
+                })?;
                 out.extend(text.lines().map(str::to_owned));
             }
             Ok(out)
@@ -304,11 +307,13 @@ impl Registry {
     }
 
     /// Register `f` for [`crate::Dataset::map_partitions`]: it gets the
-    /// partition index and its elements, and may fail with a message.
+    /// partition index and its elements, and may fail with any error (a
+    /// `String` converts with `.into()` or `?`); the task fails with
+    /// [`Error::UserFunction`], the error's source chain kept.
     pub fn register_map_partitions<A: Data, B: Data>(
         &mut self,
         name: &str,
-        f: impl Fn(Vec<A>) -> std::result::Result<Vec<B>, String> + Send + Sync + 'static,
+        f: impl Fn(Vec<A>) -> std::result::Result<Vec<B>, BoxError> + Send + Sync + 'static,
     ) -> &mut Self {
         self.register_type::<A>().register_type::<B>();
         let n = name.to_owned();
@@ -319,7 +324,11 @@ impl Registry {
                 output: type_name::<B>(),
                 f: Arc::new(move |_, part| {
                     let v: Vec<A> = downcast(part, &n)?;
-                    let out = f(v).map_err(|e| Error::Invalid(format!("{n}: {e}")))?;
+                    let out = f(v).map_err(|e| Error::UserFunction {
+                        kind: "map_partitions",
+                        name: n.clone(),
+                        source: e,
+                    })?;
                     Ok(Box::new(out))
                 }),
             },
@@ -328,10 +337,12 @@ impl Registry {
     }
 
     /// Register a user-defined source: `f(args, partition, num_partitions)`.
+    /// It may fail with any error (a `String` converts with `.into()` or
+    /// `?`); the task fails with [`Error::UserFunction`].
     pub fn register_source<P: DeserializeOwned, T: Data>(
         &mut self,
         name: &str,
-        f: impl Fn(&P, u32, u32) -> std::result::Result<Vec<T>, String> + Send + Sync + 'static,
+        f: impl Fn(&P, u32, u32) -> std::result::Result<Vec<T>, BoxError> + Send + Sync + 'static,
     ) -> &mut Self {
         self.register_type::<T>();
         let n = name.to_owned();
@@ -341,7 +352,11 @@ impl Registry {
                 output: type_name::<T>(),
                 f: Arc::new(move |args, p, np| {
                     let a: P = decode_args(&n, args)?;
-                    let v = f(&a, p, np).map_err(|e| Error::Invalid(format!("{n}: {e}")))?;
+                    let v = f(&a, p, np).map_err(|e| Error::UserFunction {
+                        kind: "source",
+                        name: n.clone(),
+                        source: e,
+                    })?;
                     Ok(Box::new(v))
                 }),
             },

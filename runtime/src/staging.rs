@@ -105,7 +105,9 @@ pub(crate) struct Published {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("the staging table's lock was poisoned by a panic".into())
+    Error::Poisoned {
+        lock: "staging table",
+    }
 }
 
 impl Published {
@@ -313,9 +315,9 @@ impl Stager {
                     Some(ClusterClient::connect(self.driver, &self.token, STAGE_TIMEOUT).await?);
             }
             let Some(c) = client.as_ref() else {
-                return Err(Error::Invalid("no connection to the driver".into()));
+                return Err(Error::DriverGone("no connection to the driver".into()));
             };
-            let r = c.stage(&file.sha256, tmp.path()).await;
+            let r = c.stage(&file.sha256, &file.path, tmp.path()).await;
             if let Err(Error::Connection { .. } | Error::Timeout { .. }) = &r {
                 // A broken connection is made anew on the next request.
                 *client = None;

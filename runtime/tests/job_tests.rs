@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use kiln_runtime::jobs::{Accepted, JobFuture, Progress, CANCEL_GRACE};
 use kiln_runtime::transport::{self, JoinToken, Role};
 use kiln_runtime::{
-    ClusterClient, Driver, DriverConfig, Error, JobContext, JobEvent, JobInfo, JobRunner, JobState,
-    LocalCluster, LocalConfig, Registry,
+    BoxError, ClusterClient, Driver, DriverConfig, Error, JobContext, JobEvent, JobInfo, JobRunner,
+    JobState, LocalCluster, LocalConfig, Registry,
 };
 
 /// Network timeout of every client.
@@ -412,7 +412,7 @@ struct TestRunner {
 }
 
 impl JobRunner for TestRunner {
-    fn accept(&self, kind: &str, settings: &str) -> Result<Accepted, String> {
+    fn accept(&self, kind: &str, settings: &str) -> Result<Accepted, BoxError> {
         self.probe.accepts.fetch_add(1, Ordering::SeqCst);
         let spec = Spec::decode(kind, settings)?;
         Ok(Accepted {
@@ -424,7 +424,7 @@ impl JobRunner for TestRunner {
     fn run(&self, kind: String, settings: String, ctx: JobContext) -> JobFuture {
         let spec = match Spec::decode(&kind, &settings) {
             Ok(s) => s,
-            Err(e) => return Box::pin(async move { Err(e) }),
+            Err(e) => return Box::pin(async move { Err(e.into()) }),
         };
         if let Spec::Panic {
             message,
@@ -436,7 +436,7 @@ impl JobRunner for TestRunner {
         let probe = self.probe.clone();
         Box::pin(async move {
             let _running = probe.enter(ctx.id());
-            run_spec(spec, &ctx).await
+            Ok(run_spec(spec, &ctx).await?)
         })
     }
 }
@@ -1316,7 +1316,7 @@ async fn refused_submissions_queue_nothing() {
             }),
             s.dir.path()
         ),
-        Err(Error::Invalid(_))
+        Err(Error::JobRunnerInstalled)
     ));
 
     // A driver without a runner refuses every submission.

@@ -13,7 +13,7 @@ use kiln_runtime::train::{
     ShardPlacement,
 };
 use kiln_runtime::{
-    DistributedTrainer, DriverConfig, LocalCluster, LocalConfig, Registry, TrainSpec,
+    BoxError, DistributedTrainer, DriverConfig, LocalCluster, LocalConfig, Registry, TrainSpec,
 };
 
 /// y = w·x + b with squared loss; samples are `(x0, x1, y)`.
@@ -29,7 +29,7 @@ impl GradientWorker<(f32, f32, f32)> for Linear {
         samples: &[&(f32, f32, f32)],
         _seed: u64,
         g: &mut [f32],
-    ) -> Result<BatchStats, String> {
+    ) -> Result<BatchStats, BoxError> {
         let mut loss = 0.0;
         for (x0, x1, y) in samples.iter().copied() {
             let e = p[0] * x0 + p[1] * x1 + p[2] - y;
@@ -44,7 +44,7 @@ impl GradientWorker<(f32, f32, f32)> for Linear {
             correct: 0,
         })
     }
-    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, String> {
+    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, BoxError> {
         let mut g = [0.0; 3];
         self.gradients(p, s, 0, &mut g)
     }
@@ -56,7 +56,7 @@ struct Momentum {
 }
 
 impl ShardOptimizer for Momentum {
-    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> Result<(), String> {
+    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> Result<(), BoxError> {
         if self.buf.len() != p.len() {
             self.buf = vec![0.0; p.len()];
         }
@@ -66,10 +66,10 @@ impl ShardOptimizer for Momentum {
         }
         Ok(())
     }
-    fn state(&self) -> Result<Vec<u8>, String> {
+    fn state(&self) -> Result<Vec<u8>, BoxError> {
         Ok(self.buf.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
-    fn load_state(&mut self, b: &[u8]) -> Result<(), String> {
+    fn load_state(&mut self, b: &[u8]) -> Result<(), BoxError> {
         self.buf = b
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -96,7 +96,7 @@ impl GradientWorker<(f32, f32, f32)> for Centred {
         samples: &[&(f32, f32, f32)],
         _seed: u64,
         g: &mut [f32],
-    ) -> Result<BatchStats, String> {
+    ) -> Result<BatchStats, BoxError> {
         let mean = samples.iter().map(|s| s.0).sum::<f32>() / samples.len().max(1) as f32;
         self.m = 0.9 * self.m + 0.1 * mean;
         let shifted: Vec<(f32, f32, f32)> =
@@ -104,7 +104,7 @@ impl GradientWorker<(f32, f32, f32)> for Centred {
         let refs: Vec<&(f32, f32, f32)> = shifted.iter().collect();
         Linear.gradients(p, &refs, 0, g)
     }
-    fn evaluate(&mut self, _p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, String> {
+    fn evaluate(&mut self, _p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, BoxError> {
         Ok(BatchStats {
             loss_sum: self.m as f64 * s.len() as f64,
             samples: s.len() as u64,
@@ -117,7 +117,7 @@ impl GradientWorker<(f32, f32, f32)> for Centred {
     fn buffers(&self) -> Vec<f32> {
         vec![self.m]
     }
-    fn set_buffers(&mut self, b: &[f32]) -> Result<(), String> {
+    fn set_buffers(&mut self, b: &[f32]) -> Result<(), BoxError> {
         self.m = b[0];
         Ok(())
     }
@@ -139,11 +139,11 @@ impl GradientWorker<(f32, f32, f32)> for Counted {
         samples: &[&(f32, f32, f32)],
         seed: u64,
         g: &mut [f32],
-    ) -> Result<BatchStats, String> {
+    ) -> Result<BatchStats, BoxError> {
         COUNTED_BATCHES.fetch_add(1, Ordering::SeqCst);
         Linear.gradients(p, samples, seed, g)
     }
-    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, String> {
+    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, BoxError> {
         Linear.evaluate(p, s)
     }
 }

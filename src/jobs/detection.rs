@@ -78,7 +78,7 @@ pub fn read_voc_partition(
     a: &VocSource,
     p: u32,
     n: u32,
-) -> std::result::Result<Vec<VocSample>, String> {
+) -> std::result::Result<Vec<VocSample>, kiln_runtime::BoxError> {
     let items: Vec<VocItem> = read_manifest(&a.images, a.stage)?;
     let range = partition_range(items.len(), p, n);
     items[range]

@@ -55,7 +55,7 @@ pub fn read_digits_partition(
     a: &DigitsSource,
     p: u32,
     n: u32,
-) -> std::result::Result<Vec<LabelledSample>, String> {
+) -> std::result::Result<Vec<LabelledSample>, kiln_runtime::BoxError> {
     let path = local(&a.file, a.stage)?;
     let (train, test) = digits::load_split(&path, a.model)
         .map_err(|e| format!("{}: {e}", a.file.path.display()))?;

@@ -269,7 +269,7 @@ pub fn read_speech_partition(
     a: &SpeechSource,
     p: u32,
     n: u32,
-) -> std::result::Result<Vec<Example>, String> {
+) -> std::result::Result<Vec<Example>, kiln_runtime::BoxError> {
     let utts: Vec<UtteranceRef> = read_manifest(&a.utterances, a.stage)?;
     let range = partition_range(utts.len(), p, n);
     let mut out = Vec::with_capacity(range.len());

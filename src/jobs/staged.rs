@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use kiln_runtime::staging::{local_path, FileRef};
-use kiln_runtime::JobContext;
+use kiln_runtime::{BoxError, JobContext};
 use rayon::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,17 +49,17 @@ pub async fn publish_manifest<T: Serialize>(
 pub fn read_manifest<T: DeserializeOwned>(
     file: &FileRef,
     stage: bool,
-) -> std::result::Result<T, String> {
-    let path = local_path(file, stage).map_err(|e| e.to_string())?;
+) -> std::result::Result<T, BoxError> {
+    let path = local_path(file, stage)?;
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     rmp_serde::from_slice(&bytes)
-        .map_err(|e| format!("manifest {} does not decode: {e}", file.path.display()))
+        .map_err(|e| format!("manifest {} does not decode: {e}", file.path.display()).into())
 }
 
 /// On an executor: a local path of `file` (see
-/// [`kiln_runtime::staging::local_path`]), the error as text naming it.
-pub fn local(file: &FileRef, stage: bool) -> std::result::Result<PathBuf, String> {
-    local_path(file, stage).map_err(|e| e.to_string())
+/// [`kiln_runtime::staging::local_path`]), the error naming it.
+pub fn local(file: &FileRef, stage: bool) -> kiln_runtime::Result<PathBuf> {
+    local_path(file, stage)
 }
 
 /// The contiguous range of `len` items partition `p` of `n` reads.

@@ -92,7 +92,7 @@ fn read_lines_partition(
     a: &LinesSource,
     p: u32,
     n: u32,
-) -> std::result::Result<Vec<String>, String> {
+) -> std::result::Result<Vec<String>, kiln_runtime::BoxError> {
     let mut out = Vec::new();
     for f in a.files.iter().skip(p as usize).step_by(n.max(1) as usize) {
         let path = local(f, a.stage)?;

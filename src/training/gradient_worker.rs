@@ -5,7 +5,7 @@
 use kiln_nn::objective::{BatchLoss, Objective};
 use kiln_nn::ModuleExt;
 use kiln_runtime::train::{BatchStats, GradientWorker};
-use kiln_runtime::{Data, Registry};
+use kiln_runtime::{BoxError, Data, Registry};
 use serde::de::DeserializeOwned;
 
 /// An [`Objective`] as a [`GradientWorker`].
@@ -48,14 +48,11 @@ where
         samples: &[&S],
         seed: u64,
         grads: &mut [f32],
-    ) -> Result<BatchStats, String> {
+    ) -> Result<BatchStats, BoxError> {
         let net = self.objective.network_mut();
-        net.set_flat_params(params).map_err(|e| e.to_string())?;
+        net.set_flat_params(params)?;
         net.zero_grad();
-        let loss = self
-            .objective
-            .loss_and_gradients(samples, seed)
-            .map_err(|e| e.to_string())?;
+        let loss = self.objective.loss_and_gradients(samples, seed)?;
         // Straight into the caller's buffer: no flat copy of the gradient.
         let mut offset = 0;
         let mut fits = true;
@@ -80,7 +77,8 @@ where
             return Err(format!(
                 "the network has {offset} gradient values, the buffer {}",
                 grads.len()
-            ));
+            )
+            .into());
         }
         // A non-finite loss is the driver's to report (it names the
         // iteration); a finite loss with non-finite gradients is refused
@@ -89,20 +87,15 @@ where
             return Err(format!(
                 "non-finite gradient values in {name:?} (the loss was {}): training diverged or the data holds extreme values; nothing was applied",
                 loss.loss_sum
-            ));
+            )
+            .into());
         }
         Ok(stats(loss))
     }
 
-    fn evaluate(&mut self, params: &[f32], samples: &[&S]) -> Result<BatchStats, String> {
-        self.objective
-            .network_mut()
-            .set_flat_params(params)
-            .map_err(|e| e.to_string())?;
-        self.objective
-            .evaluate(samples)
-            .map(stats)
-            .map_err(|e| e.to_string())
+    fn evaluate(&mut self, params: &[f32], samples: &[&S]) -> Result<BatchStats, BoxError> {
+        self.objective.network_mut().set_flat_params(params)?;
+        Ok(self.objective.evaluate(samples).map(stats)?)
     }
 
     fn num_buffers(&self) -> usize {
@@ -113,14 +106,11 @@ where
         self.objective.network().flat_buffers()
     }
 
-    fn set_buffers(&mut self, buffers: &[f32]) -> Result<(), String> {
+    fn set_buffers(&mut self, buffers: &[f32]) -> Result<(), BoxError> {
         if buffers.is_empty() && self.num_buffers() == 0 {
             return Ok(());
         }
-        self.objective
-            .network_mut()
-            .set_flat_buffers(buffers)
-            .map_err(|e| e.to_string())
+        Ok(self.objective.network_mut().set_flat_buffers(buffers)?)
     }
 }
 
@@ -134,12 +124,10 @@ pub fn register_objective<S, C, O, E>(
     S: Data,
     C: DeserializeOwned,
     O: Objective<S> + 'static,
-    E: std::fmt::Display,
+    E: Into<BoxError>,
 {
     registry.register_trainer::<S, C, ObjectiveWorker<O>>(name, move |c| {
-        build(c)
-            .map(ObjectiveWorker::new::<S>)
-            .map_err(|e| e.to_string())
+        build(c).map(ObjectiveWorker::new::<S>).map_err(Into::into)
     });
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kiln_nn::optim::{Optimizer, OptimizerConfig, OptimizerState};
 use kiln_runtime::train::{OptimizerFactory, OptimizerSpec, ShardOptimizer, ShardPlacement};
-use kiln_runtime::Registry;
+use kiln_runtime::{BoxError, Registry};
 
 use crate::jobs::{JobError, Result};
 
@@ -25,11 +25,9 @@ impl ShardOptimizer for NnShardOptimizer {
         params: &mut [f32],
         grads: &[f32],
         lr: f64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), BoxError> {
         self.optimizer.set_learning_rate(lr);
-        self.optimizer
-            .step(params, grads)
-            .map_err(|e| e.to_string())
+        Ok(self.optimizer.step(params, grads)?)
     }
 
     fn step_chunked(
@@ -37,28 +35,25 @@ impl ShardOptimizer for NnShardOptimizer {
         params: &mut [f32],
         fill: &mut dyn FnMut(usize, &mut [f32]),
         lr: f64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), BoxError> {
         self.optimizer.set_learning_rate(lr);
-        self.optimizer
-            .step_chunked(params, fill)
-            .map_err(|e| e.to_string())
+        Ok(self.optimizer.step_chunked(params, fill)?)
     }
 
-    fn state(&self) -> std::result::Result<Vec<u8>, String> {
-        rmp_serde::to_vec(&self.optimizer.state()).map_err(|e| e.to_string())
+    fn state(&self) -> std::result::Result<Vec<u8>, BoxError> {
+        Ok(rmp_serde::to_vec(&self.optimizer.state())?)
     }
 
-    fn load_state(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
-        let state: OptimizerState<f32> =
-            rmp_serde::from_slice(bytes).map_err(|e| format!("optimizer state: {e}"))?;
-        self.optimizer.load_state(state).map_err(|e| e.to_string())
+    fn load_state(&mut self, bytes: &[u8]) -> std::result::Result<(), BoxError> {
+        let state: OptimizerState<f32> = rmp_serde::from_slice(bytes)?;
+        Ok(self.optimizer.load_state(state)?)
     }
 }
 
 /// Builds one kiln-nn optimizer per parameter shard.
 pub fn optimizer_factory(config: OptimizerConfig) -> OptimizerFactory {
     Arc::new(move |_range| {
-        let optimizer = config.build::<f32>().map_err(|e| e.to_string())?;
+        let optimizer = config.build::<f32>()?;
         Ok(Box::new(NnShardOptimizer { optimizer }) as Box<dyn ShardOptimizer>)
     })
 }

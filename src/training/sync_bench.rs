@@ -2,7 +2,7 @@
 //! `params` weights, a constant gradient, no compute.
 
 use kiln_runtime::train::{BatchStats, GradientWorker};
-use kiln_runtime::Registry;
+use kiln_runtime::{BoxError, Registry};
 
 /// Name of the parameter-synchronisation benchmark's trainer.
 pub const SYNC_BENCH_TRAINER: &str = "kiln.bench_sync";
@@ -23,7 +23,7 @@ impl GradientWorker<u64> for SyncBenchWorker {
         samples: &[&u64],
         _seed: u64,
         grads: &mut [f32],
-    ) -> Result<BatchStats, String> {
+    ) -> Result<BatchStats, BoxError> {
         grads.iter_mut().for_each(|g| *g = 1e-3);
         Ok(BatchStats {
             loss_sum: 0.0,
@@ -32,7 +32,7 @@ impl GradientWorker<u64> for SyncBenchWorker {
         })
     }
 
-    fn evaluate(&mut self, _params: &[f32], samples: &[&u64]) -> Result<BatchStats, String> {
+    fn evaluate(&mut self, _params: &[f32], samples: &[&u64]) -> Result<BatchStats, BoxError> {
         Ok(BatchStats {
             samples: samples.len() as u64,
             ..BatchStats::default()

@@ -185,9 +185,10 @@ async fn serve_client(
     match req {
         Some(ClientRequest::Session) => {
             let Connection::Quic(quic) = &conn else {
-                return Err(Error::Invalid(format!(
-                    "{peer}: client sessions need a QUIC connection"
-                )));
+                return Err(Error::ProtocolViolation {
+                    peer,
+                    what: "asked for a client session, which needs a QUIC connection".into(),
+                });
             };
             // Each request on a bidirectional stream of its own, until the
             // client closes the connection.
@@ -241,9 +242,10 @@ async fn serve_executor(
     }) = first
     else {
         conn.close(transport::CLOSE_PROTOCOL, b"expected register");
-        return Err(Error::Invalid(format!(
-            "{peer}: first frame was not Register"
-        )));
+        return Err(Error::ProtocolViolation {
+            peer,
+            what: "its first frame was not Register".into(),
+        });
     };
     // From here on the driver's link actor owns the connection.
     actor

@@ -59,6 +59,10 @@ struct StageState {
     tasks: Vec<TaskState>,
     remaining: usize,
     reply: Option<StageReply>,
+    /// The job's result stage: the job ends with it. A map stage ends its
+    /// job only if it fails (the planner stops there); a recovery stage
+    /// is no job's.
+    ends_job: bool,
 }
 
 /// Scheduling state: live executors as the scheduler sees them, stages,
@@ -73,6 +77,8 @@ pub(crate) struct Scheduler {
     /// Where each live shuffle's map outputs are (no block data).
     map_outputs: MapOutputs,
     next_recovery: u32,
+    /// Jobs whose result stage answered, or whose stage failed with a
+    /// caller waiting: the status's `jobs_finished` (ok or failed).
     jobs_finished: u64,
     /// Since when work has been waiting with no usable executor.
     starved_since: Option<Instant>,
@@ -133,7 +139,8 @@ impl Scheduler {
         self.map_outputs.len()
     }
 
-    /// Queue a stage; an empty one is answered at once.
+    /// Queue a job's result stage (its last: the job is finished when it
+    /// answers); an empty one is answered at once.
     pub(crate) fn add_stage(
         &mut self,
         job: u64,
@@ -141,9 +148,24 @@ impl Scheduler {
         tasks: Vec<StageTask>,
         reply: Option<StageReply>,
     ) {
+        self.queue_stage(job, stage, tasks, reply, true);
+    }
+
+    /// Queue a stage; an empty one is answered at once.
+    fn queue_stage(
+        &mut self,
+        job: u64,
+        stage: u32,
+        tasks: Vec<StageTask>,
+        reply: Option<StageReply>,
+        ends_job: bool,
+    ) {
         if tasks.is_empty() {
             if let Some(r) = reply {
                 let _ = r.send(Ok(Vec::new()));
+            }
+            if ends_job {
+                self.jobs_finished += 1;
             }
             return;
         }
@@ -169,6 +191,7 @@ impl Scheduler {
                     .collect(),
                 remaining: n,
                 reply,
+                ends_job,
             },
         );
     }
@@ -191,7 +214,7 @@ impl Scheduler {
             .filter_map(|m| self.map_outputs.template(shuffle, m))
             .collect();
         debug!(shuffle, job, maps = todo.len(), "map stage");
-        self.add_stage(job, stage, todo, reply);
+        self.queue_stage(job, stage, todo, reply, false);
     }
 
     /// Forget `shuffle` (no dataset reads it). False if it was unknown.
@@ -209,7 +232,7 @@ impl Scheduler {
         let stage = self.next_recovery;
         self.next_recovery = self.next_recovery.wrapping_add(1);
         info!(shuffle, maps = ?tasks.iter().map(|t| t.partition).collect::<Vec<_>>(), "recomputing lost map outputs");
-        self.add_stage(RECOVERY_JOB | shuffle, stage, tasks, None);
+        self.queue_stage(RECOVERY_JOB | shuffle, stage, tasks, None, false);
     }
 
     /// Fail a stage: its waiter gets `err`, its queued tasks go. A failed
@@ -223,6 +246,9 @@ impl Scheduler {
             if job & RECOVERY_JOB != 0 {
                 self.map_outputs
                     .recovery_failed(job & !RECOVERY_JOB, err.to_string());
+            }
+            if st.ends_job || st.reply.is_some() {
+                self.jobs_finished += 1;
             }
             if let Some(r) = st.reply.take() {
                 let _ = r.send(Err(err));
@@ -382,6 +408,9 @@ impl Scheduler {
                 stage.remaining -= 1;
                 if stage.remaining == 0 {
                     if let Some(stage) = self.stages.remove(&(key.job, key.stage)) {
+                        if stage.ends_job {
+                            self.jobs_finished += 1;
+                        }
                         let outs = stage
                             .tasks
                             .into_iter()
@@ -482,11 +511,14 @@ impl Scheduler {
         );
         self.map_outputs.clear_recovering();
         for ((job, stage), mut st) in self.stages.drain() {
+            if st.ends_job || st.reply.is_some() {
+                self.jobs_finished += 1;
+            }
             if let Some(r) = st.reply.take() {
-                let _ = r.send(Err(Error::Invalid(format!(
-                    "job {job} stage {stage}: no usable executor for {} s (all lost, left or excluded)",
-                    waited.as_secs()
-                ))));
+                let _ = r.send(Err(Error::NoExecutor {
+                    what: format!("job {job} stage {stage}"),
+                    reason: format!("for {} s (all lost, left or excluded)", waited.as_secs()),
+                }));
             }
         }
         self.pending.clear();
@@ -1307,6 +1339,66 @@ mod tests {
             answer(&mut rx),
             Some(Err(Error::FetchFailed { executor: 2, .. }))
         ));
+    }
+
+    #[test]
+    fn jobs_finished_counts_each_ended_job_once_ok_or_failed() {
+        let cfg = DriverConfig {
+            max_task_attempts: 1,
+            no_executor_timeout: Duration::from_secs(10),
+            ..config()
+        };
+        let mut s = scheduler(cfg, &[(1, 1), (2, 1)]);
+        assert_eq!(s.jobs_finished(), 0);
+        // A job of a map stage then a result stage: the map stage does not
+        // end it, the result stage does.
+        let (tx, mut map_rx) = oneshot::channel();
+        s.add_map_stage(1, 0, 5, vec![map_task(5, 0), map_task(5, 1)], Some(tx));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1), (2, 1, 1)]);
+        written(&mut s, 1, key(1, 0, 0, 1));
+        written(&mut s, 2, key(1, 0, 1, 1));
+        assert!(answer(&mut map_rx).expect("map stage answered").is_ok());
+        assert_eq!(s.jobs_finished(), 0, "a job's map stage does not end it");
+        let mut rx = run(&mut s, 1, 1, vec![reader(5, 0)]);
+        assert_eq!(placed(&mut s).len(), 1);
+        assert_eq!(s.jobs_finished(), 0, "still running");
+        ok(&mut s, 1, key(1, 1, 0, 1));
+        assert!(answer(&mut rx).expect("answered").is_ok());
+        assert_eq!(s.jobs_finished(), 1);
+        // A later report for the finished stage counts nothing.
+        ok(&mut s, 1, key(1, 1, 0, 1));
+        assert_eq!(s.jobs_finished(), 1);
+        // A job whose task fails its last attempt.
+        let mut rx = run(&mut s, 2, 0, tasks(1));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(2, 0, 0, 1), Instant::now());
+        assert!(matches!(
+            answer(&mut rx),
+            Some(Err(Error::JobFailed { .. }))
+        ));
+        assert_eq!(s.jobs_finished(), 2);
+        // A job with nothing to compute ends at once.
+        let mut rx = run(&mut s, 3, 0, Vec::new());
+        assert!(matches!(answer(&mut rx), Some(Ok(v)) if v.is_empty()));
+        assert_eq!(s.jobs_finished(), 3);
+        // A job whose map stage fails ends there (its planner stops).
+        let (tx, mut map_rx) = oneshot::channel();
+        s.add_map_stage(4, 0, 6, vec![map_task(6, 0)], Some(tx));
+        assert_eq!(placed(&mut s), vec![(1, 0, 1)]);
+        fail(&mut s, 1, key(4, 0, 0, 1), Instant::now());
+        assert!(matches!(answer(&mut map_rx), Some(Err(_))));
+        assert_eq!(s.jobs_finished(), 4);
+        // Jobs failed for want of an executor.
+        s.remove_executor(1, "test");
+        s.remove_executor(2, "test");
+        let mut a = run(&mut s, 5, 0, tasks(1));
+        let mut b = run(&mut s, 6, 0, tasks(2));
+        let t0 = Instant::now();
+        s.fail_if_starved(t0);
+        s.fail_if_starved(t0 + Duration::from_secs(10));
+        assert!(matches!(answer(&mut a), Some(Err(_))));
+        assert!(matches!(answer(&mut b), Some(Err(_))));
+        assert_eq!(s.jobs_finished(), 6);
     }
 
     #[test]

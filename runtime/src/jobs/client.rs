@@ -223,9 +223,18 @@ impl ClusterClient {
 
     /// Fetches the published data file with hash `sha256` into `dest` (an
     /// existing file, overwritten); returns the length and hash of what
-    /// arrived (the caller compares them with what it expected).
-    pub(crate) async fn stage(&self, sha256: &[u8; 32], dest: &Path) -> Result<Received> {
-        let err = |reason: String| Error::Invalid(format!("staging {}: {reason}", hex(sha256)));
+    /// arrived (the caller compares them with what it expected). `path`
+    /// is the file's name on the driver's host (for errors).
+    pub(crate) async fn stage(
+        &self,
+        sha256: &[u8; 32],
+        path: &Path,
+        dest: &Path,
+    ) -> Result<Received> {
+        let err = |reason: String| Error::Staging {
+            path: path.to_path_buf(),
+            reason: format!("fetching SHA-256 {} from the driver: {reason}", hex(sha256)),
+        };
         self.receive(&ClientRequest::Stage { sha256: *sha256 }, dest, &err)
             .await
     }

@@ -71,15 +71,19 @@ pub(crate) async fn answer(
                 .map_err(|_| Error::DriverGone("driver actor stopped".into()))?;
             write_frame(send, peer, &status, max).await
         }
-        ClientRequest::Session => Err(Error::Invalid(format!(
-            "{peer}: a session is opened on the control stream only"
-        ))),
+        ClientRequest::Session => Err(Error::ProtocolViolation {
+            peer,
+            what: "a session is opened on the control stream only".into(),
+        }),
         ClientRequest::Submit { kind, settings } => {
             // The runner's checks read the disk: off the async threads.
             let service = jobs.clone();
             let reply = tokio::task::spawn_blocking(move || service.submit(&kind, &settings))
                 .await
-                .map_err(|e| Error::Invalid(format!("checking a submission: {e}")))?;
+                .map_err(|e| Error::BackgroundTask {
+                    task: "checking a submission".into(),
+                    source: e,
+                })?;
             write_frame(send, peer, &wire(reply), max).await
         }
         ClientRequest::Jobs => {
@@ -124,7 +128,10 @@ async fn stage(
         let (staged, p) = (jobs.staged.clone(), path.clone());
         tokio::task::spawn_blocking(move || staged.current(&p))
             .await
-            .map_err(|e| Error::Invalid(format!("hashing a staged file: {e}")))?
+            .map_err(|e| Error::BackgroundTask {
+                task: format!("hashing staged file {}", path.display()),
+                source: e,
+            })?
     };
     let (len, sha256) = match current {
         Ok(h) => h,
@@ -213,10 +220,13 @@ async fn fetch(
         reason: format!("{}: {e}", path.display()),
     };
     let hashed = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || crate::staging::hash_file(&path))
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || crate::staging::hash_file(&p))
             .await
-            .map_err(|e| Error::Invalid(format!("hashing an output: {e}")))?
+            .map_err(|e| Error::BackgroundTask {
+                task: format!("hashing output {}", path.display()),
+                source: e,
+            })?
     };
     let (len, sha256) = match hashed {
         Ok(h) => h,

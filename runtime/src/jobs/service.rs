@@ -64,7 +64,7 @@ fn now_ms() -> u64 {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("the job table's lock was poisoned by a panic".into())
+    Error::Poisoned { lock: "job table" }
 }
 
 impl Default for JobService {
@@ -116,9 +116,7 @@ impl JobService {
             .max()
             .unwrap_or(0);
         if self.installed.set(Installed { runner, work_dir }).is_err() {
-            return Err(Error::Invalid(
-                "this driver already runs submitted jobs".into(),
-            ));
+            return Err(Error::JobRunnerInstalled);
         }
         if let Ok(mut st) = self.state.lock() {
             st.next_id = st.next_id.max(last + 1);
@@ -143,9 +141,9 @@ impl JobService {
         } = installed
             .runner
             .accept(kind, settings)
-            .map_err(|reason| Error::SubmissionRefused {
+            .map_err(|e| Error::SubmissionRefused {
                 kind: kind.to_string(),
-                reason,
+                reason: crate::error::error_chain(&*e),
             })?;
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         let id = st.next_id;
@@ -413,7 +411,7 @@ impl JobService {
             Ok(Ok(())) if cancelled => JobState::Cancelled,
             Ok(Ok(())) => JobState::Succeeded,
             Ok(Err(_)) if cancelled => JobState::Cancelled,
-            Ok(Err(e)) => JobState::Failed(e),
+            Ok(Err(e)) => JobState::Failed(crate::error::error_chain(&*e)),
             Err(e) if e.is_panic() => {
                 JobState::Failed(format!("the job {}", crate::supervise::panic_message(e)))
             }

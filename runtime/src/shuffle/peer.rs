@@ -79,7 +79,9 @@ pub(crate) async fn serve_peers(
             }
         }
     }
-    Err(Error::Invalid("peer endpoint closed".into()))
+    Err(Error::Shutdown {
+        what: "the peer (shuffle) endpoint",
+    })
 }
 
 async fn serve_peer(
@@ -357,11 +359,9 @@ impl PeerFetcher {
     }
 
     async fn fetch_remote(&self, shuffle: u64, reduce: u32, loc: &MapLoc) -> Result<Block> {
-        let _permit = self
-            .limit
-            .acquire()
-            .await
-            .map_err(|_| Error::Invalid("fetch limiter closed".into()))?;
+        let _permit = self.limit.acquire().await.map_err(|_| Error::Shutdown {
+            what: "the shuffle fetch limiter",
+        })?;
         let addr = loc.peer.addr;
         let fail = |reason: String| Error::FetchFailed {
             shuffle,
@@ -440,10 +440,9 @@ impl PeerFetcher {
         fingerprint: &[u8; 32],
     ) -> Result<quinn::Connection> {
         let slot = {
-            let mut conns = self
-                .conns
-                .lock()
-                .map_err(|_| Error::Invalid("peer connection table poisoned".into()))?;
+            let mut conns = self.conns.lock().map_err(|_| Error::Poisoned {
+                lock: "peer connection table",
+            })?;
             conns.entry((addr, *fingerprint)).or_default().clone()
         };
         let mut guard = slot.lock().await;

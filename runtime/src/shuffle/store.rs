@@ -18,7 +18,9 @@ pub(crate) struct ShuffleStore {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("shuffle store lock poisoned".into())
+    Error::Poisoned {
+        lock: "shuffle store",
+    }
 }
 
 impl ShuffleStore {

@@ -176,15 +176,19 @@ impl BlobPuller {
             running.spawn(async move {
                 let r = match limit.acquire_owned().await {
                     Ok(_permit) => me.pull_shard(&s).await,
-                    Err(_) => Err(Error::Invalid("checkpoint transfer limiter closed".into())),
+                    Err(_) => Err(Error::Shutdown {
+                        what: "the checkpoint transfer limiter",
+                    }),
                 };
                 (slot, s.block, r)
             });
         }
         let mut out: Vec<Vec<BlobRef>> = vec![Vec::new(); n];
         while let Some(joined) = running.join_next().await {
-            let (slot, block, r) = joined
-                .map_err(|e| Error::Invalid(format!("a checkpoint transfer task failed: {e}")))?;
+            let (slot, block, r) = joined.map_err(|e| Error::BackgroundTask {
+                task: format!("pulling the blobs of checkpoint {}", self.id),
+                source: e,
+            })?;
             done(block);
             // An error returns at once: dropping the set stops the others.
             out[slot] = r?;
@@ -211,10 +215,9 @@ impl BlobPuller {
     /// secret in the preamble, small flow-control windows.
     async fn connection(&self, peer: &PeerAddr) -> Result<quinn::Connection> {
         let slot = {
-            let mut conns = self
-                .conns
-                .lock()
-                .map_err(|_| Error::Invalid("checkpoint connection table poisoned".into()))?;
+            let mut conns = self.conns.lock().map_err(|_| Error::Poisoned {
+                lock: "checkpoint connection table",
+            })?;
             conns
                 .entry((peer.addr, peer.fingerprint))
                 .or_default()
@@ -329,19 +332,25 @@ async fn stream_blocks(
         match reply {
             Some(FetchReply::Block(n)) if n == expect => {}
             Some(FetchReply::Block(n)) => {
-                return Err(Error::Invalid(format!(
-                    "block {k} of the blob is {n} bytes, {expect} expected"
-                )))
+                return Err(Error::BlockTransfer {
+                    peer: addr,
+                    block: k,
+                    reason: format!("announced {n} bytes, {expect} expected"),
+                })
             }
             Some(FetchReply::Missing) => {
-                return Err(Error::Invalid(format!(
-                    "the holder ({addr}) no longer holds block {k} of the blob"
-                )))
+                return Err(Error::BlockTransfer {
+                    peer: addr,
+                    block: k,
+                    reason: "the holder no longer holds it".into(),
+                })
             }
             None => {
-                return Err(Error::Invalid(format!(
-                    "the holder ({addr}) closed block {k}'s stream without a reply"
-                )))
+                return Err(Error::BlockTransfer {
+                    peer: addr,
+                    block: k,
+                    reason: "the holder closed its stream without a reply".into(),
+                })
             }
         }
         let mut got = 0u64;
@@ -354,9 +363,11 @@ async fn stream_blocks(
             })
             .await?;
             let Some(chunk) = chunk else {
-                return Err(Error::Invalid(format!(
-                    "block {k}'s stream ended after {got} of its {expect} bytes"
-                )));
+                return Err(Error::BlockTransfer {
+                    peer: addr,
+                    block: k,
+                    reason: format!("the stream ended after {got} of its {expect} bytes"),
+                });
             };
             got += chunk.bytes.len() as u64;
             if tx.send(Piece::Bytes(chunk.bytes)).await.is_err() {
@@ -400,6 +411,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::{read_blob, CheckpointStore, StoreClaim};
+    use crate::error::BoxError;
     use crate::local::{LocalCluster, LocalConfig};
     use crate::registry::Registry;
     use crate::shuffle::{bind_peer_endpoint, serve_peers, ShuffleStore};
@@ -546,7 +558,8 @@ mod tests {
         let err = r.unwrap_err();
         named(&err, "params.shard.3");
         assert!(
-            err.contains("block 2 of the blob is 2 bytes, 3 expected"),
+            err.contains("block 2 of a checkpoint blob from 127.0.0.1:")
+                && err.contains("announced 2 bytes, 3 expected"),
             "{err}"
         );
         assert!(files(dir.path(), 2).is_empty());
@@ -571,7 +584,10 @@ mod tests {
         let (r, _) = pull(shard.clone(), secret, 4).await;
         let err = r.unwrap_err();
         named(&err, "params.shard.3");
-        assert!(err.contains("no longer holds block 0"), "{err}");
+        assert!(
+            err.contains("block 0 of a checkpoint blob") && err.contains("no longer holds it"),
+            "{err}"
+        );
         assert!(files(dir.path(), 4).is_empty());
         server.abort();
     }
@@ -589,7 +605,7 @@ mod tests {
             samples: &[&(f32, f32, f32)],
             _seed: u64,
             g: &mut [f32],
-        ) -> std::result::Result<BatchStats, String> {
+        ) -> std::result::Result<BatchStats, BoxError> {
             let mut loss = 0.0;
             for (x0, x1, y) in samples.iter().copied() {
                 let e = p[0] * x0 + p[1] * x1 + p[2] - y;
@@ -608,7 +624,7 @@ mod tests {
             &mut self,
             p: &[f32],
             s: &[&(f32, f32, f32)],
-        ) -> std::result::Result<BatchStats, String> {
+        ) -> std::result::Result<BatchStats, BoxError> {
             self.gradients(p, s, 0, &mut [0.0; 3])
         }
     }
@@ -617,7 +633,7 @@ mod tests {
     struct Momentum(Vec<f32>);
 
     impl ShardOptimizer for Momentum {
-        fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
+        fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), BoxError> {
             self.0.resize(p.len(), 0.0);
             for ((p, g), b) in p.iter_mut().zip(g).zip(&mut self.0) {
                 *b = 0.9 * *b + g;
@@ -625,11 +641,11 @@ mod tests {
             }
             Ok(())
         }
-        fn state(&self) -> std::result::Result<Vec<u8>, String> {
+        fn state(&self) -> std::result::Result<Vec<u8>, BoxError> {
             Ok(self.0.iter().flat_map(|x| x.to_le_bytes()).collect())
         }
-        fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
-            self.0 = crate::train::bytes_to_f32(b, "momentum").map_err(|e| e.to_string())?;
+        fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), BoxError> {
+            self.0 = crate::train::bytes_to_f32(b, "momentum")?;
             Ok(())
         }
     }

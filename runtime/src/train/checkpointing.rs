@@ -73,14 +73,17 @@ pub(crate) fn meta_u64(record: &CheckpointRecord, key: &str) -> Result<u64> {
     record
         .meta
         .get(key)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "checkpoint {} has no {key:?} entry: not a training checkpoint",
-                record.id
-            ))
+        .ok_or_else(|| Error::CheckpointMeta {
+            checkpoint: record.id,
+            key: key.into(),
+            reason: "missing: not a training checkpoint".into(),
         })?
         .parse()
-        .map_err(|e| Error::Invalid(format!("checkpoint {} entry {key:?}: {e}", record.id)))
+        .map_err(|e| Error::CheckpointMeta {
+            checkpoint: record.id,
+            key: key.into(),
+            reason: format!("not a whole number: {e}"),
+        })
 }
 
 /// The meta entries a training checkpoint carries.

@@ -285,12 +285,18 @@ impl<T: Data> DistributedTrainer<T> {
         let entry = data.registry_ref().trainer(&spec.trainer)?;
         check_type(&spec.trainer, entry.elem, std::any::type_name::<T>())?;
         if spec.batch_size == 0 {
-            return Err(Error::Invalid("batch size must be at least 1".into()));
+            return Err(Error::SettingOutOfRange {
+                setting: "batch_size".into(),
+                value: "0".into(),
+                range: "it must be at least 1".into(),
+            });
         }
         let data = data.cache();
         let layout = Layout::new(&data.partition_counts().await?);
         if layout.total() == 0 {
-            return Err(Error::Invalid("the training dataset is empty".into()));
+            return Err(Error::EmptyDataset {
+                purpose: "training",
+            });
         }
         let shards = match &spec.placement {
             ShardPlacement::Driver => {
@@ -301,9 +307,10 @@ impl<T: Data> DistributedTrainer<T> {
                 optimizer,
             } => {
                 if spec.staleness.is_some() {
-                    return Err(Error::Invalid(
-                        "asynchronous training (staleness) needs driver-held shards".into(),
-                    ));
+                    return Err(Error::Unsupported {
+                        op: "asynchronous training (staleness) with executor-hosted shards".into(),
+                        needs: "driver-held shards",
+                    });
                 }
                 let o = optimizer.clone();
                 Shards::Executors(
@@ -350,7 +357,7 @@ impl<T: Data> DistributedTrainer<T> {
     /// one; corrupt newer ones are skipped and reported.
     pub async fn resume(&mut self) -> Result<Option<ResumeInfo>> {
         let Some(store) = &self.store else {
-            return Err(Error::Invalid("resume needs a checkpoint directory".into()));
+            return Err(Error::NoCheckpointStore { op: "resume" });
         };
         if store.ids()?.is_empty() {
             return Ok(None);
@@ -373,12 +380,12 @@ impl<T: Data> DistributedTrainer<T> {
             let bytes = store.read(&record, BUFFERS_BLOB)?;
             let buffers = bytes_to_f32(&bytes, "checkpointed buffers")?;
             if !self.buffers.is_empty() && buffers.len() != self.buffers.len() {
-                return Err(Error::Invalid(format!(
-                    "checkpoint {} holds {} buffer values, the model has {}",
-                    record.id,
-                    buffers.len(),
-                    self.buffers.len()
-                )));
+                return Err(Error::Incompatible {
+                    checkpoint: record.id,
+                    setting: "the model's buffer values (their count)".into(),
+                    in_checkpoint: buffers.len().to_string(),
+                    in_run: self.buffers.len().to_string(),
+                });
             }
             self.buffers = buffers;
         }
@@ -532,7 +539,9 @@ impl<T: Data> DistributedTrainer<T> {
     /// already computing (on older weights) while this one is applied.
     pub async fn step(&mut self) -> Result<IterationReport> {
         if self.is_done() {
-            return Err(Error::Invalid("training is already complete".into()));
+            return Err(Error::TrainingComplete {
+                epochs: self.spec.epochs,
+            });
         }
         let started = Instant::now();
         // Executor-hosted shards run their iterations one at a time, each
@@ -547,14 +556,16 @@ impl<T: Data> DistributedTrainer<T> {
             self.launch();
         }
         let Some(flight) = self.in_flight.pop_front() else {
-            return Err(Error::Invalid("no batch left to train on".into()));
+            return Err(Error::TrainingComplete {
+                epochs: self.spec.epochs,
+            });
         };
         let (iteration, epoch) = (flight.iteration, flight.epoch);
         let staleness = self.version - flight.version;
-        let outs = flight
-            .job
-            .await
-            .map_err(|e| Error::Invalid(format!("iteration {iteration} task group failed: {e}")))?;
+        let outs = flight.job.await.map_err(|e| Error::BackgroundTask {
+            task: format!("iteration {iteration}'s training tasks"),
+            source: e,
+        })?;
         let outs = match outs {
             Ok(o) => o,
             Err(e) => {
@@ -577,9 +588,10 @@ impl<T: Data> DistributedTrainer<T> {
                         .add(&b, s.samples)
                         .and_then(|()| bytes_to_f32(&grads, "gradients"))
                 }
-                _ => Err(Error::Invalid(
-                    "a training task returned no gradients".into(),
-                )),
+                _ => Err(Error::UnexpectedTaskOutput {
+                    task: format!("iteration {iteration}, a training task"),
+                    expected: "gradients",
+                }),
             };
             match grads {
                 Ok(g) => self.driver_shards()?.accumulate(Arc::new(g))?,
@@ -617,9 +629,10 @@ impl<T: Data> DistributedTrainer<T> {
     fn driver_shards(&self) -> Result<&ParameterShards> {
         match &self.shards {
             Shards::Driver(s) => Ok(s),
-            Shards::Executors(_) => Err(Error::Invalid(
-                "the parameter shards are hosted by the executors".into(),
-            )),
+            Shards::Executors(_) => Err(Error::Unsupported {
+                op: "a step of the driver's parameter actors".into(),
+                needs: "driver-held shards (this run's are hosted by the executors)",
+            }),
         }
     }
 
@@ -787,7 +800,10 @@ impl<T: Data> DistributedTrainer<T> {
             .training_round(batch, iteration, lr, publish, None)
             .await?;
         let Shards::Executors(shards) = &mut self.shards else {
-            return Err(Error::Invalid("no executor-hosted shards".into()));
+            return Err(Error::Unsupported {
+                op: "a two-round iteration".into(),
+                needs: "executor-hosted shards (this run's are held by the driver)",
+            });
         };
         let stepped = shards.step(&self.data, &step).await;
         self.data.free_blocks(vec![step.gradients]);
@@ -808,7 +824,10 @@ impl<T: Data> DistributedTrainer<T> {
         pending: Option<&Pending>,
     ) -> Result<(BatchStats, Option<Vec<f32>>, PendingStep)> {
         let Shards::Executors(shards) = &self.shards else {
-            return Err(Error::Invalid("no executor-hosted shards".into()));
+            return Err(Error::Unsupported {
+                op: "a training round with hosted shards".into(),
+                needs: "executor-hosted shards (this run's are held by the driver)",
+            });
         };
         let gradients = self.data.fresh_id();
         let sink = shards.sink(gradients);
@@ -854,7 +873,12 @@ impl<T: Data> DistributedTrainer<T> {
                         mean.add(&b, s.samples)?;
                         stored_on.push((*p, e));
                     }
-                    _ => return Err(Error::Invalid("a training task left no gradients".into())),
+                    _ => {
+                        return Err(Error::UnexpectedTaskOutput {
+                            task: format!("iteration {iteration}, a training task"),
+                            expected: "gradients (stored on its executor)",
+                        })
+                    }
                 }
             }
             check_loss(iteration, &stats)?;
@@ -898,7 +922,10 @@ impl<T: Data> DistributedTrainer<T> {
 
     async fn apply(&mut self, p: &Pending) -> Result<()> {
         let Shards::Executors(shards) = &mut self.shards else {
-            return Err(Error::Invalid("no executor-hosted shards".into()));
+            return Err(Error::Unsupported {
+                op: "applying a pending hosted step".into(),
+                needs: "executor-hosted shards (this run's are held by the driver)",
+            });
         };
         let mut result = shards.step(&self.data, &p.step).await;
         let mut redo = 0;
@@ -1001,7 +1028,7 @@ impl<T: Data> DistributedTrainer<T> {
         // The checkpoint holds the shards with every computed step applied.
         self.apply_pending().await?;
         let Some(store) = &self.store else {
-            return Err(Error::Invalid("no checkpoint directory configured".into()));
+            return Err(Error::NoCheckpointStore { op: "checkpoint" });
         };
         let id = store.next_id()?;
         let mut blobs = match &self.shards {
@@ -1014,7 +1041,10 @@ impl<T: Data> DistributedTrainer<T> {
             let blob =
                 tokio::task::spawn_blocking(move || write_blob(&dir, id, BUFFERS_BLOB, &bytes))
                     .await
-                    .map_err(|e| Error::Invalid(format!("writing the buffers blob: {e}")))??;
+                    .map_err(|e| Error::BackgroundTask {
+                        task: format!("writing the buffers blob of checkpoint {id}"),
+                        source: e,
+                    })??;
             blobs.push(blob);
         }
         let mut record = CheckpointRecord::new(id, self.pos.iteration, self.pos.epoch);
@@ -1038,7 +1068,10 @@ impl<T: Data> DistributedTrainer<T> {
         let store = store.clone();
         let removed = tokio::task::spawn_blocking(move || store.commit(&record))
             .await
-            .map_err(|e| Error::Invalid(format!("committing checkpoint {id}: {e}")))??;
+            .map_err(|e| Error::BackgroundTask {
+                task: format!("committing checkpoint {id}"),
+                source: e,
+            })??;
         self.last_checkpoint = Instant::now();
         info!(id, iteration = self.pos.iteration, epoch = self.pos.epoch, removed = ?removed, "checkpoint committed");
         Ok(id)
@@ -1197,11 +1230,12 @@ impl BufferMean {
         if self.sum.is_empty() {
             self.sum = vec![0.0; b.len()];
         } else if self.sum.len() != b.len() {
-            return Err(Error::Invalid(format!(
-                "shares returned {} and {} buffer values",
-                self.sum.len(),
-                b.len()
-            )));
+            return Err(Error::ParameterCount {
+                what: "buffers of a training share (the first share's count expected)".into(),
+                unit: "buffer values",
+                expected: self.sum.len(),
+                found: b.len(),
+            });
         }
         let w = samples.max(1) as f64;
         for (s, x) in self.sum.iter_mut().zip(&b) {
@@ -1237,7 +1271,7 @@ mod tests {
         m.add(&f32_to_bytes(&[4.0, 40.0]), 2).unwrap();
         assert_eq!(m.mean(), Some(vec![3.0, 30.0]));
         let err = m.add(&f32_to_bytes(&[1.0]), 1).unwrap_err().to_string();
-        assert!(err.contains("2 and 1 buffer values"), "{err}");
+        assert!(err.contains("1 buffer values, 2 expected"), "{err}");
         assert!(m.add(&[1, 2, 3], 1).is_err());
     }
 
@@ -1378,7 +1412,7 @@ mod tests {
         let e = check_compatible(&bare, &BTreeMap::new(), &SHAPE).unwrap_err();
         assert!(
             e.to_string()
-                .contains("checkpoint 9 has no \"train.seed\" entry"),
+                .contains("checkpoint 9, meta entry \"train.seed\": missing"),
             "{e}"
         );
         // A corrupt numeric entry names the key.

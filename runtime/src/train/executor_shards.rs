@@ -100,7 +100,10 @@ pub(crate) struct PendingStep {
 fn expect_data(out: TaskOutput, what: &str) -> Result<Vec<u8>> {
     match out {
         TaskOutput::Data(b) => Ok(b),
-        _ => Err(Error::Invalid(format!("{what}: unexpected task output"))),
+        _ => Err(Error::UnexpectedTaskOutput {
+            task: what.into(),
+            expected: "data",
+        }),
     }
 }
 
@@ -117,9 +120,10 @@ impl ExecutorShards {
     ) -> Result<Self> {
         let members = data.members().await?;
         if members.is_empty() {
-            return Err(Error::Invalid(
-                "no executor to host the parameter shards".into(),
-            ));
+            return Err(Error::NoExecutor {
+                what: "hosting the parameter shards".into(),
+                reason: "(none has joined the cluster)".into(),
+            });
         }
         let ranges = shard_ranges(init.len(), shards);
         let copies = replicas.max(1).min(members.len());
@@ -224,9 +228,10 @@ impl ExecutorShards {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let holder = *self.holders[i]
-                    .first()
-                    .ok_or_else(|| Error::Invalid(format!("parameter shard {i} has no holder")))?;
+                let holder = *self.holders[i].first().ok_or_else(|| Error::ShardLost {
+                    shard: i,
+                    executors: Vec::new(),
+                })?;
                 self.loc(i as u32, holder, r.len())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -244,7 +249,10 @@ impl ExecutorShards {
         let peer = *self
             .peers
             .get(&executor)
-            .ok_or_else(|| Error::Invalid(format!("executor {executor} is not a member")))?;
+            .ok_or_else(|| Error::UnknownExecutor {
+                id: executor,
+                context: format!("among the members (the holder of block {map})"),
+            })?;
         Ok(MapLoc {
             map,
             executor,
@@ -393,9 +401,10 @@ impl ExecutorShards {
             let before = h.clone();
             h.retain(|e| self.peers.contains_key(e));
             if h.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "parameter shard {i} was lost with executor(s) {before:?} (no replica left); resume from the last checkpoint"
-                )));
+                return Err(Error::ShardLost {
+                    shard: i,
+                    executors: before,
+                });
             }
             if h.len() < before.len() {
                 dropped += before.len() - h.len();
@@ -437,10 +446,11 @@ impl ExecutorShards {
                     break;
                 };
                 if copy.version != self.version {
-                    return Err(Error::Invalid(format!(
-                        "parameter shard {i}: primary at version {}, run at {}",
-                        copy.version, self.version
-                    )));
+                    return Err(Error::ShardVersion {
+                        shard: i as u32,
+                        at: copy.version,
+                        expected: self.version,
+                    });
                 }
                 tasks.push((
                     target,
@@ -486,8 +496,10 @@ impl ExecutorShards {
             .into_iter()
             .map(|out| {
                 let bytes = expect_data(out, "parameter shard copy")?;
-                rmp_serde::from_slice(&bytes)
-                    .map_err(|e| Error::Invalid(format!("parameter shard copy: {e}")))
+                rmp_serde::from_slice(&bytes).map_err(|e| Error::Payload {
+                    what: "a parameter shard copy".into(),
+                    source: e,
+                })
             })
             .collect()
     }
@@ -499,11 +511,12 @@ impl ExecutorShards {
         for (i, copy) in self.fetch(data, &all, false).await?.into_iter().enumerate() {
             let p = bytes_to_f32(&copy.params, "shard weights")?;
             if p.len() != self.ranges[i].len() {
-                return Err(Error::Invalid(format!(
-                    "parameter shard {i}: {} weights returned for a range of {}",
-                    p.len(),
-                    self.ranges[i].len()
-                )));
+                return Err(Error::ParameterCount {
+                    what: format!("parameter shard {i}: the weights its primary returned"),
+                    unit: "weights",
+                    expected: self.ranges[i].len(),
+                    found: p.len(),
+                });
             }
             out.extend_from_slice(&p);
         }
@@ -546,17 +559,19 @@ impl ExecutorShards {
         let mut staged = Vec::with_capacity(outs.len());
         for ((i, out), block) in outs.into_iter().enumerate().zip(blocks) {
             let bytes = expect_data(out, "staged checkpoint blobs")?;
-            let blobs: Vec<StagedBlob> = rmp_serde::from_slice(&bytes).map_err(|e| {
-                Error::Invalid(format!(
-                    "staged checkpoint blobs of parameter shard {i}: {e}"
-                ))
-            })?;
+            let blobs: Vec<StagedBlob> =
+                rmp_serde::from_slice(&bytes).map_err(|e| Error::Payload {
+                    what: format!("the staged checkpoint blobs of parameter shard {i}"),
+                    source: e,
+                })?;
             let executor = self.holders[i][0];
-            let peer = *self.peers.get(&executor).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "parameter shard {i}: its holder, executor {executor}, is not a member"
-                ))
-            })?;
+            let peer = *self
+                .peers
+                .get(&executor)
+                .ok_or_else(|| Error::UnknownExecutor {
+                    id: executor,
+                    context: format!("among the members (the holder of parameter shard {i})"),
+                })?;
             staged.push(StagedShard {
                 shard: i as u32,
                 executor,

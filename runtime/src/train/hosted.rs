@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::buffers::Pooled;
 use crate::checkpoint::BlobRef;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::protocol::{Inputs, TaskOutput};
 use crate::registry::Registry;
 use crate::shuffle::{Block, ShuffleStore};
@@ -34,7 +34,7 @@ use crate::transport::encode;
 /// Builds a shard's optimizer from its rmp-serde configuration, on any
 /// process (registered under a name, as trainers are).
 pub type OptimizerMaker = Arc<
-    dyn Fn(&[u8], Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, String>
+    dyn Fn(&[u8], Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, BoxError>
         + Send
         + Sync,
 >;
@@ -53,19 +53,23 @@ pub struct OptimizerSpec {
 impl Registry {
     /// Register an optimizer for executor-hosted parameter shards:
     /// `make(config, range)` builds the optimizer of the shard covering
-    /// `range` of the flat parameters.
+    /// `range` of the flat parameters. It may fail with any error (a
+    /// `String` converts with `.into()` or `?`); the shard's install fails
+    /// with [`Error::Optimizer`].
     pub fn register_optimizer<C: serde::de::DeserializeOwned>(
         &mut self,
         name: &str,
-        make: impl Fn(&C, Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, String>
+        make: impl Fn(&C, Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, BoxError>
             + Send
             + Sync
             + 'static,
     ) -> &mut Self {
         let n = name.to_owned();
         let maker: OptimizerMaker = Arc::new(move |bytes, range| {
-            let c: C = rmp_serde::from_slice(bytes)
-                .map_err(|e| format!("configuration of optimizer {n:?} does not decode: {e}"))?;
+            let c: C = rmp_serde::from_slice(bytes).map_err(|e| Error::Payload {
+                what: format!("the configuration of optimizer {n:?}"),
+                source: e,
+            })?;
             make(&c, range)
         });
         self.optimizers.insert(name.to_owned(), maker);
@@ -163,18 +167,21 @@ pub(crate) fn stage_blobs(
     let piece = usize::try_from(block_bytes)
         .ok()
         .filter(|&b| b > 0)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "shard {shard}: staging blocks of {block_bytes} bytes"
-            ))
+        .ok_or_else(|| Error::SettingOutOfRange {
+            setting: format!("checkpoint staging block size of parameter shard {shard}"),
+            value: format!("{block_bytes} bytes"),
+            range: "it must be at least 1 byte and fit this host's address space".into(),
         })?;
     let mut pieces = Vec::new();
     let mut staged = Vec::with_capacity(blobs.len());
     let count = |n: usize| {
-        u32::try_from(n).map_err(|_| {
-            Error::Invalid(format!(
-                "shard {shard}: too many staging blocks of {block_bytes} bytes"
-            ))
+        u32::try_from(n).map_err(|_| Error::SettingOutOfRange {
+            setting: format!("checkpoint staging block size of parameter shard {shard}"),
+            value: format!("{block_bytes} bytes"),
+            range: format!(
+                "it must be large enough for at most {} blocks; {n} are needed",
+                u32::MAX
+            ),
         })
     };
     for (name, payload) in blobs {
@@ -233,20 +240,25 @@ impl HostedShard {
             return Ok(());
         }
         if self.version != from {
-            return Err(Error::Invalid(format!(
-                "shard {shard} is at version {}, asked to step from {from}",
-                self.version
-            )));
+            return Err(Error::ShardVersion {
+                shard,
+                at: self.version,
+                expected: from,
+            });
         }
-        let slices = slices
-            .ok_or_else(|| Error::Invalid(format!("shard {shard}: gradient slices not fetched")))?;
+        let slices = slices.ok_or_else(|| Error::MissingInput {
+            input: format!("the gradient slices of parameter shard {shard}"),
+            reason: "were not fetched for its step",
+        })?;
         let bytes = self.params.len() * 4;
         for (p, s) in slices.iter().enumerate() {
             if s.len() != bytes {
-                return Err(Error::Invalid(format!(
-                    "shard {shard}: gradient slice of partition {p} has {} bytes, expected {bytes}",
-                    s.len(),
-                )));
+                return Err(Error::ParameterCount {
+                    what: format!("parameter shard {shard}: the gradient slice of partition {p}"),
+                    unit: "bytes",
+                    expected: bytes,
+                    found: s.len(),
+                });
             }
         }
         let mut in_range = true;
@@ -256,11 +268,17 @@ impl HostedShard {
                 &mut |offset, out| in_range &= sum_scaled(out, offset, slices, scale),
                 lr,
             )
-            .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))?;
+            .map_err(|e| Error::Optimizer {
+                shard: shard as usize,
+                op: "step",
+                source: e,
+            })?;
         if !in_range {
-            return Err(Error::Invalid(format!(
-                "parameter shard {shard}: the optimizer asked for gradients past the shard's end"
-            )));
+            return Err(Error::Optimizer {
+                shard: shard as usize,
+                op: "step",
+                source: "it asked for gradients past the shard's end".into(),
+            });
         }
         self.version = from + 1;
         Ok(())
@@ -311,7 +329,9 @@ pub(crate) struct ParamHost {
 type SharedShard = Arc<Mutex<HostedShard>>;
 
 fn poisoned() -> Error {
-    Error::Invalid("parameter host lock poisoned".into())
+    Error::Poisoned {
+        lock: "parameter host",
+    }
 }
 
 impl ParamHost {
@@ -322,7 +342,10 @@ impl ParamHost {
             .map_err(|_| poisoned())?
             .get(&(run, shard))
             .cloned()
-            .ok_or_else(|| Error::Invalid(format!("shard {shard} of run {run} is not hosted here")))
+            .ok_or_else(|| Error::MissingInput {
+                input: format!("parameter shard {shard} of run {run}"),
+                reason: "is not hosted by this executor",
+            })
     }
 
     /// Runs one operation (on a blocking thread: steps compute, stages
@@ -351,18 +374,27 @@ impl ParamHost {
             } => {
                 let weights = bytes_to_f32(params, "shard weights")?;
                 if weights.len() != range.len() {
-                    return Err(Error::Invalid(format!(
-                        "shard {shard}: {} weights for a range of {}",
-                        weights.len(),
-                        range.len()
-                    )));
+                    return Err(Error::ParameterCount {
+                        what: format!(
+                            "parameter shard {shard}: the weights installed for range {range:?}"
+                        ),
+                        unit: "weights",
+                        expected: range.len(),
+                        found: weights.len(),
+                    });
                 }
                 let make = registry.optimizer(&optimizer.name)?;
-                let mut opt = make(&optimizer.config, range.clone())
-                    .map_err(|e| Error::Invalid(format!("optimizer of shard {shard}: {e}")))?;
+                let mut opt =
+                    make(&optimizer.config, range.clone()).map_err(|e| Error::Optimizer {
+                        shard: *shard as usize,
+                        op: "creation",
+                        source: e,
+                    })?;
                 if let Some(s) = state {
-                    opt.load_state(s).map_err(|e| {
-                        Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
+                    opt.load_state(s).map_err(|e| Error::Optimizer {
+                        shard: *shard as usize,
+                        op: "loading its state",
+                        source: e,
                     })?;
                 }
                 store.put(*publish, *shard, vec![params.clone()])?;
@@ -402,11 +434,12 @@ impl ParamHost {
                     std::thread::scope(|scope| {
                         let running: Vec<_> = shards
                             .iter()
-                            .map(|&shard| scope.spawn(move || step_one(shard)))
+                            .map(|&shard| (shard, scope.spawn(move || step_one(shard))))
                             .collect();
-                        running.into_iter().try_for_each(|r| {
-                            r.join().map_err(|_| {
-                                Error::Invalid("a parameter shard's step panicked".into())
+                        running.into_iter().try_for_each(|(shard, r)| {
+                            r.join().map_err(|_| Error::ActorFailed {
+                                actor: format!("the step thread of parameter shard {shard}"),
+                                reason: "it panicked".into(),
                             })?
                         })
                     })?;
@@ -419,8 +452,10 @@ impl ParamHost {
                 let hosted = self.shard(*run, *shard)?;
                 let h = hosted.lock().map_err(|_| poisoned())?;
                 let state = if *state {
-                    Some(h.optimizer.state().map_err(|e| {
-                        Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
+                    Some(h.optimizer.state().map_err(|e| Error::Optimizer {
+                        shard: *shard as usize,
+                        op: "saving its state",
+                        source: e,
                     })?)
                 } else {
                     None
@@ -443,8 +478,10 @@ impl ParamHost {
                 let blobs = {
                     let hosted = self.shard(*run, *shard)?;
                     let h = hosted.lock().map_err(|_| poisoned())?;
-                    let state = h.optimizer.state().map_err(|e| {
-                        Error::Invalid(format!("optimizer state of shard {shard}: {e}"))
+                    let state = h.optimizer.state().map_err(|e| Error::Optimizer {
+                        shard: *shard as usize,
+                        op: "saving its state",
+                        source: e,
                     })?;
                     shard_blobs(*shard as usize, &h.params, state)
                 };
@@ -470,10 +507,12 @@ impl ParamHost {
 /// back to the buffer pool once every block is freed.
 pub(crate) fn slice_by_shard(mut grads: Vec<f32>, ranges: &[Range<usize>]) -> Result<Vec<Bytes>> {
     if let Some(r) = ranges.iter().find(|r| grads.get((*r).clone()).is_none()) {
-        return Err(Error::Invalid(format!(
-            "gradient of {} values does not cover shard range {r:?}",
-            grads.len()
-        )));
+        return Err(Error::ParameterCount {
+            what: format!("a gradient cut by shard range {r:?} (at least its end expected)"),
+            unit: "values",
+            expected: r.end,
+            found: grads.len(),
+        });
     }
     // The values become their little-endian bit patterns, so the buffer's
     // bytes are the wire format (nothing to do on little-endian machines).
@@ -601,7 +640,7 @@ mod tests {
             .run(&r, &store, &inputs, &self::step(5, 0.5))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("version 1, asked to step from 5"), "{err}");
+        assert!(err.contains("is at version 1, 5 expected"), "{err}");
     }
 
     #[test]
@@ -643,7 +682,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains("shard 1: gradient slices not fetched"),
+                err.contains("the gradient slices of parameter shard 1 were not fetched"),
                 "{err}"
             );
         }
@@ -711,12 +750,18 @@ mod tests {
                 block_bytes: 5,
             },
         );
-        assert!(err.unwrap_err().to_string().contains("not hosted here"));
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("is not hosted by this executor"));
         let err = host
             .run(&r, &store, &none, &stage(43, 0))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("shard 2: staging blocks of 0 bytes"), "{err}");
+        assert!(
+            err.contains("staging block size of parameter shard 2 = 0 bytes"),
+            "{err}"
+        );
         assert_eq!(store.block(43, 2, 0).unwrap(), None);
     }
 
@@ -739,7 +784,10 @@ mod tests {
             .run(&r, &store, &inputs, &step)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("partition 0 has 3 bytes"), "{err}");
+        assert!(
+            err.contains("gradient slice of partition 0: 3 bytes, 4 expected"),
+            "{err}"
+        );
         let err = host
             .run(
                 &r,
@@ -753,7 +801,7 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not hosted here"), "{err}");
+        assert!(err.contains("is not hosted by this executor"), "{err}");
         host.run(&r, &store, &none, &ShardOp::Drop { run: 1 })
             .unwrap();
         assert!(host
@@ -846,7 +894,14 @@ mod tests {
         assert_eq!(s[1].as_ptr() as usize - s[0].as_ptr() as usize, 4);
         let err = slice_by_shard(vec![1.0], &[0..1, 1..2]).unwrap_err();
         assert!(
-            err.to_string().contains("does not cover shard range 1..2"),
+            matches!(
+                err,
+                Error::ParameterCount {
+                    expected: 2,
+                    found: 1,
+                    ..
+                }
+            ) && err.to_string().contains("shard range 1..2"),
             "{err}"
         );
     }

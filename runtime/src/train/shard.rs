@@ -12,11 +12,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::checkpoint::{write_blob, BlobRef};
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::train::worker::{bytes_to_f32, f32_to_bytes};
 
 /// The optimizer of one shard: elementwise, so a shard updates on its own.
-/// Implemented by the root crate over kiln-nn's optimizers.
+/// Implemented by the root crate over kiln-nn's optimizers. Its methods
+/// fail with any error ([`BoxError`]; a `String` converts with `.into()` or
+/// `?`), reported as [`Error::Optimizer`] naming the shard.
 pub trait ShardOptimizer: Send + 'static {
     /// Applies one update with learning rate `lr` to `params` from `grads`
     /// (already averaged over the global batch).
@@ -25,7 +27,7 @@ pub trait ShardOptimizer: Send + 'static {
         params: &mut [f32],
         grads: &[f32],
         lr: f64,
-    ) -> std::result::Result<(), String>;
+    ) -> std::result::Result<(), BoxError>;
     /// [`ShardOptimizer::step`] with the gradient produced a chunk at a
     /// time: `fill(offset, out)` writes the gradient of `params[offset..
     /// offset + out.len()]` into `out` (chunks in order). An elementwise
@@ -37,20 +39,22 @@ pub trait ShardOptimizer: Send + 'static {
         params: &mut [f32],
         fill: &mut dyn FnMut(usize, &mut [f32]),
         lr: f64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), BoxError> {
         let mut grads = vec![0.0; params.len()];
         fill(0, &mut grads);
         self.step(params, &grads, lr)
     }
     /// The shard's optimizer state, serialized (goes into checkpoints).
-    fn state(&self) -> std::result::Result<Vec<u8>, String>;
+    fn state(&self) -> std::result::Result<Vec<u8>, BoxError>;
     /// Restores a state produced by [`ShardOptimizer::state`].
-    fn load_state(&mut self, bytes: &[u8]) -> std::result::Result<(), String>;
+    fn load_state(&mut self, bytes: &[u8]) -> std::result::Result<(), BoxError>;
 }
 
 /// Builds the optimizer of the shard covering a parameter range.
-pub type OptimizerFactory =
-    Arc<dyn Fn(Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, String> + Send + Sync>;
+/// It may fail with any error (a `String` converts with `.into()` or `?`).
+pub type OptimizerFactory = Arc<
+    dyn Fn(Range<usize>) -> std::result::Result<Box<dyn ShardOptimizer>, BoxError> + Send + Sync,
+>;
 
 /// Splits `n` parameters into `shards` contiguous ranges whose lengths
 /// differ by at most one.
@@ -68,7 +72,7 @@ pub fn shard_ranges(n: usize, shards: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-type Reply<T> = oneshot::Sender<std::result::Result<T, String>>;
+type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// Messages of a parameter actor.
 pub(crate) enum ShardMsg {
@@ -128,7 +132,7 @@ struct ShardState {
 impl ShardState {
     /// Applies the accumulated gradient times `scale` and zeroes it, a
     /// chunk at a time (one pass over the accumulator instead of three).
-    fn step(&mut self, scale: f32, lr: f64) -> std::result::Result<Arc<Vec<f32>>, String> {
+    fn step(&mut self, scale: f32, lr: f64) -> Result<Arc<Vec<f32>>> {
         let params = Arc::make_mut(&mut self.params);
         let acc = &mut self.acc;
         let (mut in_range, mut zeroed) = (true, 0);
@@ -151,9 +155,14 @@ impl ShardState {
             // next iteration starts from zero.
             acc.iter_mut().for_each(|g| *g = 0.0);
         }
-        result?;
+        let failed = |source: BoxError| Error::Optimizer {
+            shard: self.index,
+            op: "step",
+            source,
+        };
+        result.map_err(failed)?;
         if !in_range {
-            return Err("the optimizer asked for gradients past the shard's end".into());
+            return Err(failed("it asked for gradients past the shard's end".into()));
         }
         Ok(self.params.clone())
     }
@@ -178,10 +187,10 @@ pub(crate) fn write_shard_blobs(
     index: usize,
     params: &[f32],
     state: Vec<u8>,
-) -> std::result::Result<Vec<BlobRef>, String> {
+) -> Result<Vec<BlobRef>> {
     shard_blobs(index, params, state)
         .iter()
-        .map(|(name, payload)| write_blob(dir, id, name, payload).map_err(|e| e.to_string()))
+        .map(|(name, payload)| Ok(write_blob(dir, id, name, payload)?))
         .collect()
 }
 
@@ -211,12 +220,16 @@ pub(crate) fn read_shard_blob_bytes(
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let params = read(&params_blob(i))?;
     if params.len() != range.len() * 4 {
-        return Err(Error::Invalid(format!(
-            "checkpoint shard {i} holds {} bytes of weights, this run's shard needs {} ({} parameters; the shard count or model differs)",
-            params.len(),
-            range.len() * 4,
-            range.len()
-        )));
+        return Err(Error::ParameterCount {
+            what: format!(
+                "the checkpoint's weights of parameter shard {i}: this run's shard needs {} parameters \
+                 (the shard count or model differs)",
+                range.len()
+            ),
+            unit: "bytes",
+            expected: range.len() * 4,
+            found: params.len(),
+        });
     }
     let state = read(&optim_blob(i))?;
     Ok((params, state))
@@ -267,7 +280,11 @@ impl Actor for ShardActor {
             ShardMsg::Discard => st.acc.iter_mut().for_each(|g| *g = 0.0),
             ShardMsg::Snapshot { dir, id, reply } => match st.optimizer.state() {
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    let _ = reply.send(Err(Error::Optimizer {
+                        shard: st.index,
+                        op: "saving its state",
+                        source: e,
+                    }));
                 }
                 Ok(state) => {
                     // The file I/O (fsync) runs off the actor's thread; the
@@ -285,15 +302,21 @@ impl Actor for ShardActor {
                 reply,
             } => {
                 let r = if params.len() != st.range.len() {
-                    Err(format!(
-                        "shard {} holds {} parameters, the checkpoint has {}",
-                        st.index,
-                        st.range.len(),
-                        params.len()
-                    ))
+                    Err(Error::ParameterCount {
+                        what: format!("parameter shard {}: the checkpoint's weights", st.index),
+                        unit: "weights",
+                        expected: st.range.len(),
+                        found: params.len(),
+                    })
                 } else {
                     st.params = Arc::new(params);
-                    st.optimizer.load_state(&state)
+                    st.optimizer
+                        .load_state(&state)
+                        .map_err(|e| Error::Optimizer {
+                            shard: st.index,
+                            op: "loading its state",
+                            source: e,
+                        })
                 };
                 let _ = reply.send(r);
             }
@@ -309,13 +332,11 @@ pub struct ParameterShards {
     len: usize,
 }
 
-async fn answer<T>(
-    rx: oneshot::Receiver<std::result::Result<T, String>>,
-    shard: usize,
-) -> Result<T> {
-    rx.await
-        .map_err(|_| Error::Invalid(format!("parameter actor {shard} stopped")))?
-        .map_err(|e| Error::Invalid(format!("parameter shard {shard}: {e}")))
+async fn answer<T>(rx: oneshot::Receiver<Result<T>>, shard: usize) -> Result<T> {
+    rx.await.map_err(|_| Error::ActorFailed {
+        actor: format!("parameter actor {shard}"),
+        reason: "it stopped before answering".into(),
+    })?
 }
 
 impl ParameterShards {
@@ -325,8 +346,11 @@ impl ParameterShards {
         let ranges = shard_ranges(init.len(), shards);
         let mut actors = Vec::with_capacity(ranges.len());
         for (index, range) in ranges.iter().enumerate() {
-            let optimizer = factory(range.clone())
-                .map_err(|e| Error::Invalid(format!("optimizer of shard {index}: {e}")))?;
+            let optimizer = factory(range.clone()).map_err(|e| Error::Optimizer {
+                shard: index,
+                op: "creation",
+                source: e,
+            })?;
             let state = ShardState {
                 index,
                 range: range.clone(),
@@ -334,9 +358,13 @@ impl ParameterShards {
                 acc: vec![0.0; range.len()],
                 optimizer,
             };
-            let (actor, handle) = Actor::spawn(None, ShardActor, state)
-                .await
-                .map_err(|e| Error::Invalid(format!("spawning parameter actor {index}: {e}")))?;
+            let (actor, handle) =
+                Actor::spawn(None, ShardActor, state)
+                    .await
+                    .map_err(|e| Error::ActorSpawn {
+                        actor: format!("parameter actor {index}"),
+                        source: e,
+                    })?;
             actors.push((actor, handle));
         }
         Ok(ParameterShards {
@@ -362,21 +390,22 @@ impl ParameterShards {
     }
 
     fn send(&self, i: usize, msg: ShardMsg) -> Result<()> {
-        self.actors[i]
-            .0
-            .cast(msg)
-            .map_err(|e| Error::Invalid(format!("parameter actor {i} unreachable: {e}")))
+        self.actors[i].0.cast(msg).map_err(|e| Error::ActorFailed {
+            actor: format!("parameter actor {i}"),
+            reason: format!("it is unreachable: {e}"),
+        })
     }
 
     /// Reduce-scatter one gradient: every owner adds its slice. Calls are
     /// applied in order, so the sum order is the caller's.
     pub fn accumulate(&self, grads: Arc<Vec<f32>>) -> Result<()> {
         if grads.len() != self.len {
-            return Err(Error::Invalid(format!(
-                "gradient of {} values for {} parameters",
-                grads.len(),
-                self.len
-            )));
+            return Err(Error::ParameterCount {
+                what: "a gradient reduced into the parameter actors".into(),
+                unit: "values",
+                expected: self.len,
+                found: grads.len(),
+            });
         }
         for i in 0..self.actors.len() {
             self.send(i, ShardMsg::Accumulate(grads.clone()))?;
@@ -476,7 +505,7 @@ pub(crate) struct Overreaching;
 
 #[cfg(test)]
 impl ShardOptimizer for Overreaching {
-    fn step(&mut self, _: &mut [f32], _: &[f32], _: f64) -> std::result::Result<(), String> {
+    fn step(&mut self, _: &mut [f32], _: &[f32], _: f64) -> std::result::Result<(), BoxError> {
         Ok(())
     }
     fn step_chunked(
@@ -484,14 +513,14 @@ impl ShardOptimizer for Overreaching {
         params: &mut [f32],
         fill: &mut dyn FnMut(usize, &mut [f32]),
         _: f64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), BoxError> {
         fill(0, &mut vec![0.0; params.len() + 1]);
         Ok(())
     }
-    fn state(&self) -> std::result::Result<Vec<u8>, String> {
+    fn state(&self) -> std::result::Result<Vec<u8>, BoxError> {
         Ok(Vec::new())
     }
-    fn load_state(&mut self, _: &[u8]) -> std::result::Result<(), String> {
+    fn load_state(&mut self, _: &[u8]) -> std::result::Result<(), BoxError> {
         Ok(())
     }
 }
@@ -503,16 +532,16 @@ pub(crate) struct Plain;
 
 #[cfg(test)]
 impl ShardOptimizer for Plain {
-    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), String> {
+    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f64) -> std::result::Result<(), BoxError> {
         for (p, g) in p.iter_mut().zip(g) {
             *p -= lr as f32 * g;
         }
         Ok(())
     }
-    fn state(&self) -> std::result::Result<Vec<u8>, String> {
+    fn state(&self) -> std::result::Result<Vec<u8>, BoxError> {
         Ok(vec![7])
     }
-    fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), String> {
+    fn load_state(&mut self, b: &[u8]) -> std::result::Result<(), BoxError> {
         if b == [7] {
             Ok(())
         } else {
@@ -535,7 +564,18 @@ mod tests {
             optimizer: Box::new(Overreaching),
         };
         let err = st.step(0.5, 0.1).unwrap_err();
-        assert!(err.contains("past the shard's end"), "{err}");
+        assert!(
+            matches!(
+                &err,
+                Error::Optimizer {
+                    shard: 0,
+                    op: "step",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("past the shard's end"), "{err}");
         assert_eq!(st.acc, vec![0.0; 3]);
         // A well-behaved optimizer gets the scaled sum and leaves zeros.
         st.optimizer = Box::new(Plain);

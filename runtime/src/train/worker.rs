@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::buffers::Pooled;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::protocol::TaskOutput;
 use crate::registry::{Data, Part, Registry};
 use crate::shuffle::Block;
@@ -60,6 +60,10 @@ impl BatchStats {
 /// What a model must do for distributed training: the bridge between the
 /// runtime (flat `f32` buffers) and a model library. Implemented by the
 /// root crate for kiln-nn models; the runtime knows nothing of layers.
+///
+/// Its methods fail with any error ([`BoxError`]; a `String` converts with
+/// `.into()` or `?`): the task fails with [`Error::Trainer`], the error's
+/// source chain kept (and rendered whole when it is sent to the driver).
 pub trait GradientWorker<T>: Send + 'static {
     /// Length of the flat parameter vector.
     fn num_params(&self) -> usize;
@@ -75,14 +79,14 @@ pub trait GradientWorker<T>: Send + 'static {
         samples: &[&T],
         seed: u64,
         grads: &mut [f32],
-    ) -> std::result::Result<BatchStats, String>;
+    ) -> std::result::Result<BatchStats, BoxError>;
 
     /// Loss and accuracy of `params` on `samples`, in evaluation mode.
     fn evaluate(
         &mut self,
         params: &[f32],
         samples: &[&T],
-    ) -> std::result::Result<BatchStats, String>;
+    ) -> std::result::Result<BatchStats, BoxError>;
 
     /// Length of the model's non-learnable state (batch-norm running
     /// statistics); 0 (the default) for models without any.
@@ -99,14 +103,15 @@ pub trait GradientWorker<T>: Send + 'static {
     }
 
     /// Loads the non-learnable state before `gradients` or `evaluate`.
-    fn set_buffers(&mut self, buffers: &[f32]) -> std::result::Result<(), String> {
+    fn set_buffers(&mut self, buffers: &[f32]) -> std::result::Result<(), BoxError> {
         if buffers.is_empty() {
             Ok(())
         } else {
             Err(format!(
                 "{} buffer values sent to a model without buffers",
                 buffers.len()
-            ))
+            )
+            .into())
         }
     }
 }
@@ -240,10 +245,10 @@ pub(crate) fn add_le_f32(acc: &mut [f32], bytes: &[u8]) {
 /// error naming `what` if `b` is not a whole number of them.
 pub fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
     if !b.len().is_multiple_of(4) {
-        return Err(Error::Invalid(format!(
-            "{what}: {} bytes is not a whole number of f32",
-            b.len()
-        )));
+        return Err(Error::F32Bytes {
+            what: what.into(),
+            bytes: b.len(),
+        });
     }
     let mut out = vec![0.0; b.len() / 4];
     read_le_f32(b, &mut out);
@@ -252,8 +257,7 @@ pub fn bytes_to_f32(b: &[u8], what: &str) -> Result<Vec<f32>> {
 
 type ErasedRun =
     dyn Fn(&mut dyn std::any::Any, &TrainRequest, &[f32], &dyn Part) -> Result<Share> + Send + Sync;
-type MakeFn =
-    dyn Fn(&[u8]) -> std::result::Result<Box<dyn std::any::Any + Send>, String> + Send + Sync;
+type MakeFn = dyn Fn(&[u8]) -> Result<Box<dyn std::any::Any + Send>> + Send + Sync;
 
 /// A registered trainer: how to build a worker from its configuration and
 /// how to run one on a partition, plus the executor's pool of idle workers.
@@ -272,11 +276,13 @@ fn config_key(config: &[u8]) -> u64 {
 
 impl Registry {
     /// Register a trainer for [`crate::DistributedTrainer`]: `make` builds a
-    /// worker from the rmp-serde configuration `C` the driver sends.
+    /// worker from the rmp-serde configuration `C` the driver sends. It
+    /// may fail with any error (a `String` converts with `.into()` or `?`);
+    /// the task fails with [`Error::Trainer`].
     pub fn register_trainer<T, C, W>(
         &mut self,
         name: &str,
-        make: impl Fn(&C) -> std::result::Result<W, String> + Send + Sync + 'static,
+        make: impl Fn(&C) -> std::result::Result<W, BoxError> + Send + Sync + 'static,
     ) -> &mut Self
     where
         T: Data,
@@ -286,14 +292,23 @@ impl Registry {
         self.register_type::<T>();
         let n = name.to_owned();
         let make: Arc<MakeFn> = Arc::new(move |bytes| {
-            let c: C = rmp_serde::from_slice(bytes)
-                .map_err(|e| format!("configuration of trainer {n:?} does not decode: {e}"))?;
-            Ok(Box::new(make(&c)?) as Box<dyn std::any::Any + Send>)
+            let c: C = rmp_serde::from_slice(bytes).map_err(|e| Error::Payload {
+                what: format!("the configuration of trainer {n:?}"),
+                source: e,
+            })?;
+            let worker = make(&c).map_err(|e| Error::Trainer {
+                trainer: n.clone(),
+                op: "building a worker",
+                source: e,
+            })?;
+            Ok(Box::new(worker) as Box<dyn std::any::Any + Send>)
         });
         let n = name.to_owned();
         let run: Arc<ErasedRun> = Arc::new(move |worker, req, params, part| {
-            let worker = worker.downcast_mut::<W>().ok_or_else(|| {
-                Error::Invalid(format!("trainer {n:?}: pooled worker has the wrong type"))
+            let worker = worker.downcast_mut::<W>().ok_or_else(|| Error::Trainer {
+                trainer: n.clone(),
+                op: "reusing a pooled worker",
+                source: format!("it is not a {}", type_name::<W>()).into(),
             })?;
             run_typed::<T, W>(&n, worker, req, params, part, PhantomData)
         });
@@ -340,11 +355,12 @@ fn run_typed<T: Data, W: GradientWorker<T>>(
             found: part.elem_type(),
         })?;
     if params.len() != worker.num_params() {
-        return Err(Error::Invalid(format!(
-            "trainer {name:?}: {} weights sent, the model has {}",
-            params.len(),
-            worker.num_params()
-        )));
+        return Err(Error::ParameterCount {
+            what: format!("trainer {name:?}: the weights sent (the model's count expected)"),
+            unit: "weights",
+            expected: worker.num_params(),
+            found: params.len(),
+        });
     }
     let samples: Vec<&T> = if req.evaluate && req.indices.is_empty() {
         elems.iter().collect()
@@ -352,35 +368,46 @@ fn run_typed<T: Data, W: GradientWorker<T>>(
         req.indices
             .iter()
             .map(|&i| {
-                elems.get(i as usize).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "trainer {name:?}: element {i} asked for, the partition has {}",
-                        elems.len()
-                    ))
+                elems.get(i as usize).ok_or_else(|| Error::OutOfBounds {
+                    what: format!("trainer {name:?}: the task's partition"),
+                    item: "element",
+                    index: u64::from(i),
+                    len: elems.len() as u64,
                 })
             })
             .collect::<Result<_>>()?
     };
-    let fail = |e: String| Error::Invalid(format!("trainer {name:?}: {e}"));
+    let fail = |op: &'static str| {
+        move |source: BoxError| Error::Trainer {
+            trainer: name.into(),
+            op,
+            source,
+        }
+    };
     if !req.buffers.is_empty() {
         let buffers = bytes_to_f32(&req.buffers, "buffers")?;
         if buffers.len() != worker.num_buffers() {
-            return Err(Error::Invalid(format!(
-                "trainer {name:?}: {} buffer values sent, the model has {}",
-                buffers.len(),
-                worker.num_buffers()
-            )));
+            return Err(Error::ParameterCount {
+                what: format!("trainer {name:?}: the buffers sent (the model's count expected)"),
+                unit: "buffer values",
+                expected: worker.num_buffers(),
+                found: buffers.len(),
+            });
         }
-        worker.set_buffers(&buffers).map_err(fail)?;
+        worker
+            .set_buffers(&buffers)
+            .map_err(fail("loading buffers"))?;
     }
     if req.evaluate {
-        let stats = worker.evaluate(params, &samples).map_err(fail)?;
+        let stats = worker
+            .evaluate(params, &samples)
+            .map_err(fail("evaluating"))?;
         return Ok((Vec::new(), stats, Vec::new()));
     }
     let mut grads = crate::buffers::pool().take_zeroed(params.len());
     let stats = worker
         .gradients(params, &samples, req.seed, &mut grads)
-        .map_err(fail)?;
+        .map_err(fail("computing gradients"))?;
     let buffers = if worker.num_buffers() > 0 {
         worker.buffers()
     } else {
@@ -405,7 +432,10 @@ pub(crate) fn run_request(
             let blocks = side
                 .inputs
                 .get(&(id, 0))
-                .ok_or_else(|| Error::Invalid(format!("weights {id} were not fetched")))?;
+                .ok_or_else(|| Error::MissingInput {
+                    input: format!("weights {id}"),
+                    reason: "were not fetched for the training task",
+                })?;
             gather_weights(blocks)?
         }
         (Some(id), Some(step)) => {
@@ -414,23 +444,25 @@ pub(crate) fn run_request(
             let blocks = (0..shards)
                 .map(|shard| {
                     let held = side.store.block(id, shard as u32, 0)?;
-                    held.map(Block::from).ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "shard {shard}'s weights {id} are not held by this executor"
-                        ))
+                    held.map(Block::from).ok_or_else(|| Error::MissingInput {
+                        input: format!("parameter shard {shard}'s weights {id}"),
+                        reason: "are not held by this executor",
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
             gather_weights(&blocks)?
         }
         (None, Some(_)) => {
-            return Err(Error::Invalid(
-                "a step before training needs the weights it publishes".into(),
-            ))
+            return Err(Error::MissingInput {
+                input: "the id of the weights a shard step before training publishes".into(),
+                reason: "was not sent with the training task",
+            })
         }
     };
     let key = config_key(&req.config);
-    let lock_err = || Error::Invalid("trainer pool lock poisoned".into());
+    let lock_err = || Error::Poisoned {
+        lock: "trainer pool",
+    };
     let pooled = {
         let mut pool = entry.pool.lock().map_err(|_| lock_err())?;
         pool.iter()
@@ -439,8 +471,7 @@ pub(crate) fn run_request(
     };
     let mut worker = match pooled {
         Some(w) => w,
-        None => (entry.make)(&req.config)
-            .map_err(|e| Error::Invalid(format!("trainer {:?}: {e}", req.trainer)))?,
+        None => (entry.make)(&req.config)?,
     };
     // With a one-thread compute pool, the whole computation runs on that
     // thread: each of the model's parallel operations entered the pool
@@ -508,10 +539,10 @@ fn gather_weights(blocks: &[Block]) -> Result<Pooled> {
         .enumerate()
         .find(|(_, b)| !b.len().is_multiple_of(4))
     {
-        return Err(Error::Invalid(format!(
-            "weights of shard {shard}: {} bytes is not a whole number of f32",
-            b.len()
-        )));
+        return Err(Error::F32Bytes {
+            what: format!("the weights of parameter shard {shard}"),
+            bytes: b.len(),
+        });
     }
     let total: usize = blocks.iter().map(|b| b.len() / 4).sum();
     let mut out = Pooled::new(crate::buffers::pool().take(total));
