@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("trans_txt", trans_txt),
     ("arpa", arpa),
     ("voc_xml", voc_xml),
+    ("image", image),
     ("detections", detections),
     ("safetensors", safetensors),
     ("ds2_config", ds2_config),
@@ -142,6 +143,12 @@ pub fn voc_xml(data: &[u8]) {
         let _ = kiln_detection::voc::parse_annotation_str(text, Path::new("a.xml"), &classes);
         let _ = kiln_detection::voc::parse_annotation_str(text, Path::new("a.xml"), &[]);
     }
+}
+
+/// Image files (JPEG, PNG) as training, evaluation and prediction decode
+/// them.
+pub fn image(data: &[u8]) {
+    let _ = kiln_detection::image_file::decode_image(data);
 }
 
 /// Detection result files (`kiln detect score`).
