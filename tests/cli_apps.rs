@@ -2,42 +2,25 @@
 //! `kiln speech lm`, `kiln speech train|eval|transcribe` (a local cluster
 //! of executor processes) and `kiln detect score`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "cluster_support/helpers.rs"]
+mod helpers;
 
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use helpers::root;
+
+/// Runs kiln to its end (killed by its own id after three minutes, which
+/// fails the test).
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("kiln runs")
+    kiln_bounded(args, Duration::from_secs(180))
 }
 
 /// Runs kiln, killing it (by its own id) if it outlives `limit`; its
 /// executor children exit when its stdin pipe to them closes.
 fn kiln_bounded(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kiln starts");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("output");
-            panic!(
-                "kiln {args:?} ran over {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    helpers::kiln_process(args, &[], limit)
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -45,10 +28,6 @@ fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]

@@ -3,9 +3,14 @@
 //! message naming the flag or setting, the value, the allowed range and
 //! the file; nothing panics or hangs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "cluster_support/helpers.rs"]
+mod helpers;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use helpers::root;
 
 /// Longer than any refusal takes: a command still running then hangs.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -13,29 +18,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Runs kiln (killed by its own id if it outlives [`LIMIT`], which fails
 /// the test) and returns its output.
 fn kiln(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kiln starts");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("output");
-            panic!(
-                "kiln {args:?} hung for {LIMIT:?}; stdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    helpers::kiln_process(args, &[], LIMIT)
 }
 
 /// Asserts kiln refuses `args` with exit status 2 (clap) or 1 (checks),
@@ -58,10 +41,6 @@ fn refused(args: &[&str], wanted: &[&str]) {
     for w in wanted {
         assert!(err.contains(w), "kiln {args:?}: {w:?} not in:\n{err}");
     }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn p(path: &Path) -> String {

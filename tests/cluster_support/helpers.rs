@@ -258,6 +258,23 @@ pub(crate) fn kiln_output_with(
     env: &[(&str, &str)],
     limit: Duration,
 ) -> (bool, String, String) {
+    let o = kiln_process(args, env, limit);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs the kiln binary to its end with extra environment variables and
+/// stdout and stderr captured (drained as they come, so a chatty child
+/// never blocks on a full pipe), killing it by its own id if it outlives
+/// `limit`, which fails the test.
+pub(crate) fn kiln_process(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .env(
@@ -270,14 +287,13 @@ pub(crate) fn kiln_output_with(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning kiln");
-    // Drained as it comes, so a chatty child never blocks on a full pipe.
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
-            let mut text = String::new();
+            let mut bytes = Vec::new();
             if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut text);
+                let _ = p.read_to_end(&mut bytes);
             }
-            text
+            bytes
         })
     };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
@@ -291,17 +307,18 @@ pub(crate) fn kiln_output_with(
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "kiln {args:?} ran over {limit:?}; stderr:\n{}",
-                err.join().unwrap_or_default()
+                "kiln {args:?} ran over {limit:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.join().unwrap_or_default()),
+                String::from_utf8_lossy(&err.join().unwrap_or_default())
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    (
-        status.success(),
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    )
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 /// The repository's root.
