@@ -18,6 +18,7 @@ pub mod allocator;
 pub mod cli;
 pub mod digits;
 pub mod jobs;
+pub mod model_files;
 pub mod output_paths;
 pub mod training;
 

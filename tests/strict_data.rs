@@ -336,3 +336,30 @@ fn a_bad_digits_file_is_refused_before_the_cluster_starts() {
     assert!(!err.contains("attempt"), "refused before any task: {err}");
     assert!(start.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn a_model_of_another_application_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ds2 = ds2_model(dir.path());
+    let voc = root().join("apps/detection/tests/fixtures/voc-tiny");
+    let ssd = ssd_model(dir.path(), &voc);
+    let corpus = root().join("apps/speech/tests/fixtures/librispeech/mini");
+    for (args, want) in [
+        (
+            vec!["eval", "--model", s(&ds2)],
+            "this is a Deep Speech 2 model, which `kiln speech eval` and `kiln speech transcribe` read; this command reads a digits classifier",
+        ),
+        (
+            vec!["detect", "eval", "--voc", s(&voc), "--split", "trainval", "--model", s(&ds2)],
+            "this is a Deep Speech 2 model",
+        ),
+        (
+            vec!["speech", "eval", "--data", s(&corpus), "--model", s(&ssd)],
+            "this is an SSD detection model, which `kiln detect eval` and `kiln detect predict` read",
+        ),
+    ] {
+        let (ok, out, err) = kiln_output(&args, LIMIT);
+        assert!(!ok, "{args:?}: {out}\n{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -217,6 +217,7 @@ pub fn evaluate(a: &EvalArgs) -> anyhow::Result<eval::Report> {
 }
 
 fn load_model(path: &Path) -> anyhow::Result<Ssd<f32>> {
+    crate::model_files::expect_kind(path, crate::model_files::ModelKind::Ssd)?;
     Ssd::<f32>::load(path).with_context(|| format!("loading model {}", path.display()))
 }
 

@@ -186,6 +186,7 @@ fn decoder<'a>(d: &DecodeArgs, lm: &'a Option<NgramLm>) -> Decoder<'a> {
 }
 
 fn load_model(path: &Path) -> anyhow::Result<Ds2<f32>> {
+    crate::model_files::expect_kind(path, crate::model_files::ModelKind::Ds2)?;
     Ds2::<f32>::load(path).with_context(|| format!("loading {}", path.display()))
 }
 

@@ -126,6 +126,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
 /// Runs `kiln eval`: loads a model and prints its held-out accuracy.
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    crate::model_files::expect_kind(&args.model, crate::model_files::ModelKind::Digits)?;
     let bytes =
         std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let meta = kiln_nn::serialize::metadata_of(&bytes, &args.model)?;
