@@ -51,9 +51,9 @@ fn check_name(name: &str) -> Result<(), CheckpointError> {
     if ok {
         Ok(())
     } else {
-        Err(CheckpointError::Invalid(format!(
-            "blob name {name:?}: use ASCII letters, digits, '.', '_' or '-'"
-        )))
+        Err(CheckpointError::BadBlobName {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -300,8 +300,10 @@ fn checksum_mismatch(id: u64, r: &BlobRef, actual: u32) -> CheckpointError {
 /// Reads blob `r` of checkpoint `id` and verifies header, length and checksum.
 pub fn read_blob(dir: &Path, id: u64, r: &BlobRef) -> Result<Vec<u8>, CheckpointError> {
     let mut f = open_blob(dir, id, r)?;
-    let len = usize::try_from(r.len)
-        .map_err(|_| CheckpointError::Invalid(format!("blob {:?} is too large", r.name)))?;
+    let len = usize::try_from(r.len).map_err(|_| CheckpointError::BlobTooLarge {
+        name: r.name.clone(),
+        len: r.len,
+    })?;
     let mut payload = vec![0u8; len];
     f.read_exact(&mut payload)
         .map_err(|e| CheckpointError::io(blob_dir(dir, id).join(&r.name), e))?;

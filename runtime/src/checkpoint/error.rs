@@ -133,9 +133,43 @@ pub enum CheckpointError {
         /// What is intact and what to do about it.
         intact: String,
     },
-    /// An invalid argument (bad blob name, duplicate id, ...).
-    #[error("checkpoint: {0}")]
-    Invalid(String),
+    /// A blob name that is not a safe file name.
+    #[error("checkpoint blob name {name:?}: use ASCII letters, digits, '.', '_' or '-'")]
+    BadBlobName {
+        /// The name given.
+        name: String,
+    },
+    /// A blob whose recorded length does not fit this machine's memory.
+    #[error("checkpoint blob {name:?} is too large ({len} bytes) to read here")]
+    BlobTooLarge {
+        /// The blob.
+        name: String,
+        /// Its recorded length.
+        len: u64,
+    },
+    /// A write to a store opened only for reading.
+    #[error("cannot {action} in {}: it is open read-only", dir.display())]
+    ReadOnly {
+        /// The store.
+        dir: PathBuf,
+        /// What was asked.
+        action: String,
+    },
+    /// A commit of a checkpoint id the store already holds.
+    #[error("checkpoint {id} is already committed")]
+    AlreadyCommitted {
+        /// The id.
+        id: u64,
+    },
+    /// A commit record could not be encoded.
+    #[error("encoding the record of checkpoint {id}: {source}")]
+    EncodeRecord {
+        /// The checkpoint.
+        id: u64,
+        /// The encoder's error.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
 }
 
 impl CheckpointError {

@@ -59,8 +59,11 @@ impl CheckpointRecord {
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
-        let mut bytes = rmp_serde::to_vec_named(self)
-            .map_err(|e| CheckpointError::Invalid(format!("encode record {}: {e}", self.id)))?;
+        let mut bytes =
+            rmp_serde::to_vec_named(self).map_err(|source| CheckpointError::EncodeRecord {
+                id: self.id,
+                source,
+            })?;
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         Ok(bytes)

@@ -223,10 +223,10 @@ impl CheckpointStore {
 
     fn refuse_if_snapshot(&self, what: &str) -> Result<(), CheckpointError> {
         if self.is_snapshot() {
-            return Err(CheckpointError::Invalid(format!(
-                "cannot {what} in {}: it is open read-only",
-                self.dir.display()
-            )));
+            return Err(CheckpointError::ReadOnly {
+                dir: self.dir.clone(),
+                action: what.to_string(),
+            });
         }
         Ok(())
     }
@@ -271,10 +271,7 @@ impl CheckpointStore {
             .contains_key(record.id.to_be_bytes())
             .map_err(|e| self.manifest_err(e))?
         {
-            return Err(CheckpointError::Invalid(format!(
-                "checkpoint {} already committed",
-                record.id
-            )));
+            return Err(CheckpointError::AlreadyCommitted { id: record.id });
         }
         for b in &record.blobs {
             verify_blob(&self.dir, record.id, b)?;
@@ -742,9 +739,10 @@ mod tests {
         // Later commits are not in the snapshot; it changes nothing.
         checkpoint(&writer, 20, &[("params.shard.0", vec![2u8; 64])]);
         assert_eq!(reader.ids().unwrap(), vec![1]);
-        assert!(
-            matches!(reader.delete(1), Err(CheckpointError::Invalid(m)) if m.contains("read-only"))
-        );
+        assert!(matches!(
+            reader.delete(1),
+            Err(CheckpointError::ReadOnly { .. })
+        ));
         assert!(reader.commit(&r).is_err());
         assert_eq!(writer.ids().unwrap(), vec![1, 2]);
         drop(reader);
