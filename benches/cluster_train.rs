@@ -282,6 +282,7 @@ fn digits(
                 ..CheckpointSettings::default()
             },
             stage: false,
+            tensorboard: None,
         },
     };
     Ok(serde_json::to_string(&settings)?)

@@ -20,6 +20,7 @@ pub mod digits;
 pub mod jobs;
 pub mod model_files;
 pub mod output_paths;
+pub mod tensorboard;
 pub mod training;
 
 /// Prints the build's version, matrix-multiply backend and thread count.

@@ -140,6 +140,11 @@ pub struct RunArgs {
     /// only files they lack.
     #[arg(long)]
     pub stage: bool,
+    /// Write TensorBoard event files (loss, learning rate, throughput,
+    /// evaluation metrics) into a run directory per job under DIR, on the
+    /// driver's host.
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -159,6 +164,7 @@ impl RunArgs {
                 resume: self.resume,
             },
             stage: self.stage,
+            tensorboard: self.tensorboard.clone(),
         }
     }
 }

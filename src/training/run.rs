@@ -25,6 +25,7 @@ use kiln_runtime::{DistributedTrainer, JobContext, TrainSpec};
 use super::optimizer::{optimizer_factory, placement};
 use super::resume::{META_KIND, META_SETTINGS};
 use super::settings::{fixed_settings, TrainingSettings};
+use super::summaries::Summaries;
 use super::{Metric, TrainingJob};
 use crate::jobs::{encode_settings, JobError, Result};
 
@@ -181,6 +182,7 @@ pub async fn run_training<K: TrainingJob>(
         trainer.batches_per_epoch()
     ));
     let model_path = ctx.dir().join("model.safetensors");
+    let mut summaries = Summaries::open(settings.run.tensorboard.as_deref(), name, ctx);
     let started = Instant::now();
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     let mut report = TrainingReport::default();
@@ -206,6 +208,12 @@ pub async fn run_training<K: TrainingJob>(
             ));
         }
         trained += it.stats.samples;
+        summaries.iteration(
+            ctx,
+            it.position.iteration,
+            it.stats.mean_loss(),
+            it.learning_rate,
+        );
         report.checkpoint_seconds += it.checkpoint_seconds;
         epoch_stats.add(&it.stats);
         if let Some(id) = it.checkpoint {
@@ -235,12 +243,20 @@ pub async fn run_training<K: TrainingJob>(
                 .evaluate(&settings.job, &mut eval, &epoch_stats, &mut trainer)
                 .await?;
             report.evaluation_seconds += evaluating.elapsed().as_secs_f64();
+            let samples_per_second = epoch_stats.samples as f64 / secs.max(1e-9);
+            summaries.epoch(
+                ctx,
+                it.position.iteration,
+                epoch_stats.mean_loss(),
+                samples_per_second,
+                &metrics,
+            );
             let mut line = format!(
                 "EPOCH {} loss={:.4} lr={:.3e} samples_per_s={:.1}",
                 it.position.epoch,
                 epoch_stats.mean_loss(),
                 it.learning_rate,
-                epoch_stats.samples as f64 / secs.max(1e-9)
+                samples_per_second
             );
             for (m, v) in &metrics {
                 line.push_str(&format!(" {m}={v:.4}"));

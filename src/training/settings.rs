@@ -50,6 +50,9 @@ pub struct RunSettings {
     /// locally. Without it they read a path they have and fetch only what
     /// they lack.
     pub stage: bool,
+    /// TensorBoard event files: a run directory per job under this
+    /// directory, on the driver's host; none: no summaries.
+    pub tensorboard: Option<PathBuf>,
 }
 
 impl Default for RunSettings {
@@ -60,6 +63,7 @@ impl Default for RunSettings {
             shard_replicas: SHARD_REPLICAS,
             checkpoint: CheckpointSettings::default(),
             stage: false,
+            tensorboard: None,
         }
     }
 }
@@ -135,6 +139,14 @@ impl RunSettings {
         )?;
         if let Some(n) = self.checkpoint.every_iterations {
             positive(kind, "run.checkpoint.every_iterations", n)?;
+        }
+        if let Some(dir) = &self.tensorboard {
+            let dir = env.resolve(dir);
+            check_output_dir("run.tensorboard", &dir).map_err(|source| JobError::Unwritable {
+                kind: kind.to_string(),
+                source: Box::new(source),
+            })?;
+            self.tensorboard = Some(dir);
         }
         match &self.checkpoint.dir {
             Some(dir) => {
