@@ -180,8 +180,13 @@ pub fn train(a: &TrainArgs, kinds: &JobKinds) -> anyhow::Result<()> {
         return run_local(&cluster, None, Some(a.job.submission()?), kinds);
     }
     let run = &a.job.run;
-    if run.checkpoint_dir.is_some() || run.resume || run.partitions.is_some() || run.stage {
-        bail!("--checkpoint-dir, --resume, --partitions and --stage need --executors N: only cluster training writes checkpoints");
+    if run.checkpoint_dir.is_some()
+        || run.resume
+        || run.partitions.is_some()
+        || run.stage
+        || run.tensorboard.is_some()
+    {
+        bail!("--checkpoint-dir, --resume, --partitions, --stage and --tensorboard need --executors N: only cluster training writes checkpoints and summaries");
     }
     let cfg = a.job.train_config()?;
     crate::output_paths::check_output_file("--out", &a.job.out)?;
