@@ -15,15 +15,11 @@ mod helpers;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use helpers::{kiln, kiln_output, kiln_output_with};
+use helpers::{kiln, kiln_output, kiln_output_with, s};
 use kiln::nn::ModuleExt;
 use kiln::runtime::checkpoint::{CRASH_AT_ENV, CRASH_POINTS};
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
 
 fn flat_params(path: &Path) -> Vec<f32> {
     kiln::nn::serialize::load::<f32>(path)
