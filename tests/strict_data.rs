@@ -363,3 +363,41 @@ fn a_model_of_another_application_is_named_as_such() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn detection_training_checks_every_image_before_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let voc = voc_with_a_truncated_image(dir.path());
+    let model = dir.path().join("ssd.safetensors");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "detect",
+            "train",
+            "--voc",
+            s(&voc),
+            "--split",
+            "trainval",
+            "--epochs",
+            "1",
+            "--executors",
+            "1",
+            "--no-progress",
+            "--out",
+            s(&model),
+        ];
+        args.extend_from_slice(extra);
+        kiln_output(&args, LIMIT)
+    };
+    let (ok, out, err) = train(&[]);
+    assert!(!ok, "{out}\n{err}");
+    assert!(err.contains("1 of 3 files are unusable"), "{err}");
+    assert!(err.contains("job.train.max_bad_share = 0"), "{err}");
+    assert!(!out.contains("EPOCH "), "{out}");
+    let (ok, out, err) = train(&["--max-bad-share", "0.5"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("SKIPPING 1 of 3 files of image set trainval"),
+        "{out}"
+    );
+    assert!(out.contains("EPOCH 1"), "{out}");
+}
