@@ -392,6 +392,7 @@ mod tests {
             assert_eq!(out.unwrap(), (0..48).map(|x| x * 2).collect::<Vec<i64>>());
             let st = d.status().await.unwrap();
             assert_eq!(st.lost, 1, "{st:?}");
+            assert_eq!(st.dropped_links, 0, "a crash is no protocol breach: {st:?}");
             assert_eq!(st.executors.len(), 2, "{st:?}");
             assert!(st.executors.iter().all(|e| e.id != 1), "{st:?}");
             // The driver keeps serving.
@@ -449,6 +450,7 @@ mod tests {
             );
             let st = d.status().await.unwrap();
             assert_eq!(st.lost, 1, "{st:?}");
+            assert_eq!(st.dropped_links, 1, "{st:?}");
             assert_eq!(st.executors.len(), 2, "{st:?}");
             cluster.shutdown().await;
         })
