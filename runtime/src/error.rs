@@ -55,6 +55,21 @@ pub enum Error {
         /// Configured limit.
         max: u64,
     },
+    /// A stream ended inside a frame: its length header or its body was
+    /// cut short.
+    #[error(
+        "stream from {peer} ended inside a frame: {got} of its {expected} {part} bytes arrived"
+    )]
+    FrameTruncated {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Which part was cut short (`header`, `body`).
+        part: &'static str,
+        /// Bytes of that part that arrived.
+        got: u64,
+        /// Bytes that part has.
+        expected: u64,
+    },
     /// A frame could not be decoded (never dropped silently).
     #[error("undecodable frame from {peer}: {reason}")]
     Decode {
@@ -568,6 +583,22 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// a [`crate::ShardOptimizer`], a [`crate::JobRunner`]): any error, its
 /// source chain kept. A `String` converts into it (`e.into()`, or `?`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// Whether the peer broke the protocol: an oversized, truncated or
+    /// undecodable frame, or a message it may not send at that point. A
+    /// link is dropped and counted for these; a timeout, a lost
+    /// connection or a local failure is not the peer's protocol fault.
+    pub fn breaks_protocol(&self) -> bool {
+        matches!(
+            self,
+            Error::FrameTooLarge { .. }
+                | Error::FrameTruncated { .. }
+                | Error::Decode { .. }
+                | Error::ProtocolViolation { .. }
+        )
+    }
+}
 
 /// `e` and its sources, joined with `": "`: the text an error becomes
 /// where it crosses the wire (the wire carries strings). A source whose

@@ -20,7 +20,7 @@ mod supervisor;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -506,6 +506,13 @@ async fn serve(
         }
     };
 
+    // Links the peer endpoint dropped for breaking the protocol, reported
+    // with every heartbeat.
+    let dropped_peer_links = Arc::new(AtomicU64::new(0));
+    let dropped = dropped_peer_links.clone();
+    let beat = move || ToDriver::Heartbeat {
+        dropped_peer_links: dropped.load(Ordering::Relaxed),
+    };
     // Refused probes of other executors, reported with the heartbeats.
     let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, SocketAddr)>();
     // Heartbeats on the control stream.
@@ -540,7 +547,7 @@ async fn serve(
                 {
                     tokio::time::sleep(hb.min(Duration::from_millis(50))).await;
                     with_timeout(peer, "heartbeat write", write_timeout, async {
-                        write_frame(&mut send, peer, &ToDriver::Heartbeat, ctl_max).await
+                        write_frame(&mut send, peer, &beat(), ctl_max).await
                     })
                     .await?;
                 }
@@ -552,7 +559,7 @@ async fn serve(
                 return Ok::<(), Error>(());
             }
             with_timeout(peer, "heartbeat write", write_timeout, async {
-                write_frame(&mut send, peer, &ToDriver::Heartbeat, ctl_max).await
+                write_frame(&mut send, peer, &beat(), ctl_max).await
             })
             .await?;
         }
@@ -633,7 +640,13 @@ async fn serve(
         }
         r = control => r,
         r = tasks => r,
-        r = serve_peers(peer_ep.clone(), store.clone(), secret, config.max_bulk_frame) => r,
+        r = serve_peers(
+            peer_ep.clone(),
+            store.clone(),
+            secret,
+            config.max_bulk_frame,
+            dropped_peer_links,
+        ) => r,
         r = runner_failed => r,
     };
     // Unlink first so stopping the runner is not reported as a failure.

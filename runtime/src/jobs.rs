@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use client::{ClusterClient, FetchedOutput};
-pub(crate) use serve::{answer, serve_request};
+pub(crate) use serve::{answer, read_request};
 pub(crate) use service::JobService;
 
 use crate::driver::Driver;

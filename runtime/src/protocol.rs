@@ -188,7 +188,12 @@ pub(crate) enum ToDriver {
         pid: u32,
         peer: PeerAddr,
     },
-    Heartbeat,
+    /// Every heartbeat interval. `dropped_peer_links`: how many links
+    /// this executor's peer endpoint has dropped so far for breaking the
+    /// protocol (a running total, version 8).
+    Heartbeat {
+        dropped_peer_links: u64,
+    },
     Leave,
     /// A probe of executor `executor` at `addr` (asked with
     /// [`ToExecutor::Probe`]) was refused by its host: its process is gone.
@@ -356,6 +361,12 @@ pub struct ExecutorStatus {
     /// Hex SHA-256 of its peer certificate.
     #[serde(default)]
     pub peer_fingerprint: String,
+    /// Links its peer endpoint dropped so far because the peer (having
+    /// passed the handshake) broke the protocol: garbage, oversized or
+    /// truncated frames, a request of the wrong kind. As of its last
+    /// heartbeat.
+    #[serde(default)]
+    pub dropped_peer_links: u64,
 }
 
 /// The cluster as the driver sees it (`kiln status`).
@@ -374,10 +385,18 @@ pub struct ClusterStatus {
     pub jobs_finished: u64,
     /// Connections refused at the handshake.
     pub refused_connections: u64,
-    /// Connections that passed the handshake, then broke the protocol
-    /// (garbage, oversized or unexpected frames) and were closed.
+    /// Connections to the driver that passed the handshake, then broke
+    /// the protocol (garbage, oversized, truncated or unexpected frames,
+    /// on the control stream, a bulk stream or a client session's request
+    /// stream) and were closed. A registered executor dropped so is also
+    /// counted in `lost`.
     #[serde(default)]
     pub dropped_links: u64,
+    /// Links the executors' peer endpoints dropped for the same reasons:
+    /// the sum of every executor's `dropped_peer_links`, including those
+    /// of executors since lost or gone.
+    #[serde(default)]
+    pub dropped_peer_links: u64,
     /// Shuffles whose map-output locations the driver tracks (freed when
     /// no dataset reads them any more).
     #[serde(default)]

@@ -1539,8 +1539,17 @@ async fn a_driver_restarted_on_a_work_directory_numbers_its_jobs_after_the_old_o
 #[allow(dead_code)]
 enum ExecutorFrame {
     Register,
-    Heartbeat,
+    Heartbeat { dropped_peer_links: u64 },
     Leave,
+}
+
+/// A client's first frames, as the runtime encodes them (the same variant
+/// order as `ClientRequest`).
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+enum ClientFrame {
+    Status,
+    Session,
 }
 
 /// `body` behind its u32 length prefix.
@@ -1564,7 +1573,10 @@ async fn authenticated_peers_breaking_the_protocol_are_dropped_counted_and_nothi
     let driver = cluster.driver().unwrap().clone();
     let (_probe, _dir) = install(&driver);
     let (addr, token) = (driver.addr(), driver.token().clone());
-    let heartbeat = rmp_serde::to_vec(&ExecutorFrame::Heartbeat).unwrap();
+    let heartbeat = rmp_serde::to_vec(&ExecutorFrame::Heartbeat {
+        dropped_peer_links: 0,
+    })
+    .unwrap();
     let leave = rmp_serde::to_vec(&ExecutorFrame::Leave).unwrap();
     let attacks: Vec<(&str, Role, Vec<u8>)> = vec![
         (
@@ -1626,5 +1638,114 @@ async fn authenticated_peers_breaking_the_protocol_are_dropped_counted_and_nothi
         follow_to_end(&again, j2.id).await.texts(),
         ["COUNT 10 SUM 45"]
     );
+    cluster.shutdown().await;
+}
+
+/// A client that opened a session with a valid token, then breaks the
+/// protocol on one of its request streams (or on its control stream): its
+/// connection is dropped and counted, and nothing else is disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_a_client_session_drops_that_connection_counted_and_nothing_else() {
+    let mut registry = Registry::new();
+    registry.register_reduce("sum_i64", |a: i64, b: i64| a + b);
+    let cluster = bounded(
+        "cluster start",
+        LocalCluster::start(LocalConfig::in_process(2), Arc::new(registry)),
+    )
+    .await
+    .unwrap();
+    let driver = cluster.driver().unwrap().clone();
+    let (_probe, _dir) = install(&driver);
+    let (addr, token) = (driver.addr(), driver.token().clone());
+    let session = framed(&rmp_serde::to_vec(&ClientFrame::Session).unwrap());
+    let heartbeat = rmp_serde::to_vec(&ExecutorFrame::Heartbeat {
+        dropped_peer_links: 0,
+    })
+    .unwrap();
+    // (what, bytes, finish the stream after them, on the control stream)
+    let attacks: Vec<(&str, Vec<u8>, bool, bool)> = vec![
+        ("garbage", framed(&[0xc1; 40]), true, false),
+        (
+            "oversized",
+            (64u32 << 20).to_be_bytes().to_vec(),
+            false,
+            false,
+        ),
+        ("truncated header", vec![0, 0], true, false),
+        ("truncated body", vec![0, 0, 0, 64, 1, 2, 3], true, false),
+        ("Session on a request stream", session.clone(), true, false),
+        ("an executor's frame", framed(&heartbeat), true, false),
+        ("stalled request", vec![0], false, false),
+        (
+            "a frame on the control stream",
+            framed(&rmp_serde::to_vec(&ClientFrame::Status).unwrap()),
+            false,
+            true,
+        ),
+    ];
+    // An honest client follows a job while the attacks go on.
+    let c = connect(&driver).await;
+    let j = c
+        .submit("count", r#"{"n": 1000, "partitions": 8}"#)
+        .await
+        .unwrap();
+    let mut runs = tokio::task::JoinSet::new();
+    for (what, bytes, finish, on_control) in attacks.clone() {
+        let (token, session) = (token.clone(), session.clone());
+        runs.spawn(async move {
+            let (conn, mut control, _recv) =
+                transport::connect_and_handshake(addr, &token, Role::Client, T)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: the handshake failed: {e}"));
+            control.write_all(&session).await.unwrap();
+            // Kept open until the driver closes the connection (a dropped
+            // stream is finished: it would not stall).
+            let mut stream = None;
+            if on_control {
+                control.write_all(&bytes).await.unwrap();
+            } else {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                send.write_all(&bytes).await.unwrap();
+                if finish {
+                    send.finish().unwrap();
+                }
+                stream = Some((send, recv));
+            }
+            let closed = conn.closed().await;
+            drop(stream);
+            (what, closed)
+        });
+    }
+    let followed = async { follow_to_end(&c, j.id).await };
+    let attacked = async {
+        while let Some(done) = runs.join_next().await {
+            let (what, reason) = done.unwrap();
+            assert!(
+                matches!(reason, transport::quinn::ConnectionError::ApplicationClosed(ref e)
+                    if e.error_code == transport::CLOSE_PROTOCOL.into()),
+                "{what}: {reason:?}"
+            );
+        }
+    };
+    let (f, ()) = bounded("job and attacks", async {
+        tokio::join!(followed, attacked)
+    })
+    .await;
+    assert_eq!(f.info.state, JobState::Succeeded, "{f:?}");
+    assert_eq!(f.texts(), ["COUNT 1000 SUM 499500"]);
+    // Each dropped connection counted once; the honest session still works.
+    let st = c.status().await.unwrap();
+    assert_eq!(st.dropped_links, attacks.len() as u64, "{st:?}");
+    assert_eq!(st.refused_connections, 0, "{st:?}");
+    assert_eq!(st.executors.len(), 2, "{st:?}");
+    assert_eq!(st.lost, 0, "{st:?}");
+    let j2 = c
+        .submit("count", r#"{"n": 10, "partitions": 2}"#)
+        .await
+        .unwrap();
+    assert_eq!(follow_to_end(&c, j2.id).await.texts(), ["COUNT 10 SUM 45"]);
+    // And a new client is served.
+    let again = connect(&driver).await;
+    assert_eq!(again.jobs().await.unwrap().len(), 2);
     cluster.shutdown().await;
 }

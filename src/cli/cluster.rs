@@ -435,18 +435,30 @@ pub struct StatusArgs {
 
 fn print_status(status: &ClusterStatus) {
     println!(
-        "{:>4}  {:<20} {:<22} {:>5} {:>7} {:>9} {:>6} {:>8}",
-        "id", "name", "addr", "cores", "running", "completed", "failed", "excluded"
+        "{:>4}  {:<20} {:<22} {:>5} {:>7} {:>9} {:>6} {:>8} {:>10}",
+        "id", "name", "addr", "cores", "running", "completed", "failed", "excluded", "peer drops"
     );
     for e in &status.executors {
         println!(
-            "{:>4}  {:<20} {:<22} {:>5} {:>7} {:>9} {:>6} {:>8}",
-            e.id, e.name, e.addr, e.cores, e.running, e.completed, e.failed, e.excluded
+            "{:>4}  {:<20} {:<22} {:>5} {:>7} {:>9} {:>6} {:>8} {:>10}",
+            e.id,
+            e.name,
+            e.addr,
+            e.cores,
+            e.running,
+            e.completed,
+            e.failed,
+            e.excluded,
+            e.dropped_peer_links
         );
     }
     println!(
         "lost executors: {}  left: {}  pending tasks: {}  jobs finished: {}  refused connections: {}",
         status.lost, status.left, status.pending_tasks, status.jobs_finished, status.refused_connections
+    );
+    println!(
+        "dropped links: {} at the driver, {} at executors' peer endpoints",
+        status.dropped_links, status.dropped_peer_links
     );
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::config::DriverConfig;
@@ -190,23 +191,7 @@ async fn serve_client(
                     what: "asked for a client session, which needs a QUIC connection".into(),
                 });
             };
-            // Each request on a bidirectional stream of its own, until the
-            // client closes the connection.
-            while let Ok((s, r)) = quic.accept_bi().await {
-                let (actor, config, jobs) = (actor.clone(), config.clone(), jobs.clone());
-                tokio::spawn(async move {
-                    let mut send: SendHalf = Box::pin(s);
-                    let mut recv: RecvHalf = Box::pin(r);
-                    if let Err(e) = crate::jobs::serve_request(
-                        &mut send, &mut recv, peer, &actor, &config, &jobs,
-                    )
-                    .await
-                    {
-                        debug!(%peer, error = %e, "client request ended with an error");
-                    }
-                    let _ = send.shutdown().await;
-                });
-            }
+            serve_session(quic.clone(), recv, actor, config, jobs).await;
         }
         Some(request) => {
             crate::jobs::answer(request, &mut send, &mut recv, peer, &actor, &config, &jobs)
@@ -217,6 +202,92 @@ async fn serve_client(
         None => {}
     }
     Ok(())
+}
+
+/// A client session: each request on a bidirectional stream of its own,
+/// until the client closes the connection; nothing more may come on the
+/// control stream (`control`).
+///
+/// A client that breaks the protocol there (a garbage, oversized or
+/// truncated request frame, no request within the handshake timeout on a
+/// stream it opened, `Session` on a request stream, any frame on the
+/// control stream) loses the whole connection: it is closed with
+/// [`CLOSE_PROTOCOL`](transport::CLOSE_PROTOCOL), logged at warn with the
+/// client's address and counted once as a dropped link
+/// ([`DriverMsg::LinkDropped`]). Its other requests end with it; other
+/// clients and the jobs are not disturbed. A request that fails for
+/// another reason (the client went away mid-answer) ends only its stream.
+async fn serve_session(
+    quic: quinn::Connection,
+    mut control: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    jobs: Arc<JobService>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let peer = quic.remote_address();
+    let max = config.max_control_frame;
+    // One future for the control stream's one frame, polled across the
+    // loop (a frame read is not cancel-safe).
+    let control_read = read_frame::<serde::de::IgnoredAny>(&mut control, peer, max);
+    tokio::pin!(control_read);
+    let mut control_open = true;
+    let mut requests = JoinSet::new();
+    let breach = loop {
+        tokio::select! {
+            s = quic.accept_bi() => {
+                let Ok((s, r)) = s else { break None };
+                let (actor, config, jobs) = (actor.clone(), config.clone(), jobs.clone());
+                requests.spawn(async move {
+                    let mut send: SendHalf = Box::pin(s);
+                    let mut recv: RecvHalf = Box::pin(r);
+                    match crate::jobs::read_request(&mut recv, peer, &config).await {
+                        Ok(Some(request)) => {
+                            let answered = crate::jobs::answer(
+                                request, &mut send, &mut recv, peer, &actor, &config, &jobs,
+                            )
+                            .await;
+                            if let Err(e) = answered {
+                                debug!(%peer, error = %e, "client request ended with an error");
+                            }
+                        }
+                        Ok(None) => {}
+                        // No request in time holds a stream as garbage does.
+                        Err(e) if e.breaks_protocol() || matches!(e, Error::Timeout { .. }) => {
+                            return Some(e)
+                        }
+                        Err(e) => debug!(%peer, error = %e, "client request stream failed"),
+                    }
+                    let _ = send.shutdown().await;
+                    None
+                });
+            }
+            Some(done) = requests.join_next(), if !requests.is_empty() => match done {
+                Ok(Some(e)) => break Some(e),
+                Ok(None) => {}
+                Err(e) => warn!(%peer, error = %e, "a client request's task failed"),
+            },
+            r = &mut control_read, if control_open => {
+                control_open = false;
+                match r {
+                    Ok(Some(_)) => break Some(Error::ProtocolViolation {
+                        peer,
+                        what: "sent a frame on its control stream after opening a session".into(),
+                    }),
+                    Err(e) if e.breaks_protocol() => break Some(e),
+                    // The client finished its control stream, or the
+                    // connection is going: requests are served until it
+                    // is gone.
+                    Ok(None) | Err(_) => {}
+                }
+            }
+        }
+    };
+    if let Some(e) = breach {
+        warn!(%peer, error = %e, "client broke the protocol in its session; dropping its connection");
+        quic.close(transport::CLOSE_PROTOCOL.into(), b"bad request");
+        let _ = actor.cast(DriverMsg::LinkDropped);
+    }
 }
 
 /// An executor's `Register`: the connection goes to the driver actor.

@@ -122,13 +122,17 @@ impl Actor for DriverActor {
                         conn,
                         link,
                         liveness: Liveness::new(Instant::now()),
+                        dropped_peer_links: 0,
                     },
                 );
                 st.schedule();
             }
-            DriverMsg::Heartbeat(id) => {
+            DriverMsg::Heartbeat {
+                id,
+                dropped_peer_links,
+            } => {
                 st.members
-                    .heartbeat(id, Instant::now(), st.config.heartbeat);
+                    .heartbeat(id, Instant::now(), st.config.heartbeat, dropped_peer_links);
             }
             DriverMsg::Watch => st.watch(),
             DriverMsg::GoneReported(id, reason) => {
@@ -369,6 +373,7 @@ impl DriverState {
                             .iter()
                             .map(|b| format!("{b:02x}"))
                             .collect(),
+                        dropped_peer_links: m.dropped_peer_links,
                     }
                 })
                 .collect(),
@@ -378,6 +383,7 @@ impl DriverState {
             jobs_finished: self.scheduler.jobs_finished(),
             refused_connections: self.members.refused,
             dropped_links: self.members.dropped,
+            dropped_peer_links: self.members.dropped_peer_links,
             live_shuffles: self.scheduler.live_shuffles() as u64,
         }
     }

@@ -8,10 +8,16 @@
 //! lost or left, when
 //! * the executor leaves (`Leave`) or its control stream ends: the link
 //!   stops with that reason;
-//! * a frame is undecodable or oversized, a write fails, or a reader
-//!   panics: the link logs it with the peer, closes the connection with
-//!   [`CLOSE_PROTOCOL`](transport::CLOSE_PROTOCOL) where the peer is at
-//!   fault, and fails;
+//! * the executor breaks the protocol: a frame on its control stream or a
+//!   task report is undecodable, oversized or truncated, or it sends
+//!   `Register` again. The link logs it with the peer, counts it as a
+//!   dropped link ([`DriverMsg::LinkDropped`], `dropped_links` in the
+//!   cluster status), closes the connection with
+//!   [`CLOSE_PROTOCOL`](transport::CLOSE_PROTOCOL) and fails;
+//! * a write fails, the control stream errs otherwise (silence past the
+//!   timeout, a lost connection), or a reader panics: the link logs it
+//!   with the peer, closes the connection and fails (not counted as
+//!   dropped);
 //! * the link itself panics (ractor reports it as a failure).
 //!
 //! The driver keeps serving in every case; only that executor's running
@@ -27,7 +33,7 @@ use tracing::{debug, warn};
 use super::membership::LEFT_GRACEFULLY;
 use super::messages::DriverMsg;
 use crate::connection::{Connection, RecvHalf, SendHalf};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::protocol::{Task, TaskReport, ToDriver, ToExecutor};
 use crate::supervise::{panic_message, spawn_watched, TaskSet};
 use crate::transport::{self, read_frame, with_timeout, write_frame};
@@ -230,8 +236,11 @@ async fn read_control(
         })
         .await;
         match r {
-            Ok(Some(ToDriver::Heartbeat)) => {
-                let _ = driver.cast(DriverMsg::Heartbeat(id));
+            Ok(Some(ToDriver::Heartbeat { dropped_peer_links })) => {
+                let _ = driver.cast(DriverMsg::Heartbeat {
+                    id,
+                    dropped_peer_links,
+                });
             }
             Ok(Some(ToDriver::Leave)) => break LinkMsg::Ended(LEFT_GRACEFULLY.to_string()),
             Ok(Some(ToDriver::ProbeRefused { executor, addr })) => {
@@ -241,12 +250,20 @@ async fn read_control(
                 let _ = driver.cast(DriverMsg::GoneReported(executor, reason));
             }
             Ok(Some(ToDriver::Register { .. })) => {
-                warn!(executor = id, %peer, "duplicate Register ignored");
+                // Out of order: dropped as for garbage.
+                let e = Error::ProtocolViolation {
+                    peer,
+                    what: format!("executor {id} sent Register again"),
+                };
+                break drop_link(id, &conn, &driver, "control stream", &e);
             }
             Ok(None) => break LinkMsg::Ended("control stream closed".to_string()),
             Err(e) if conn.closed_normally() => {
                 debug!(executor = id, %peer, "connection closed");
                 break LinkMsg::Ended(format!("connection closed: {e}"));
+            }
+            Err(e) if e.breaks_protocol() => {
+                break drop_link(id, &conn, &driver, "control stream", &e)
             }
             Err(e) => {
                 warn!(executor = id, %peer, error = %e, "control stream error; closing the connection");
@@ -256,6 +273,24 @@ async fn read_control(
         }
     };
     let _ = link.cast(end);
+}
+
+/// Executor `id` broke the protocol on `stream` (`e`): its link is
+/// dropped and counted ([`DriverMsg::LinkDropped`]), its connection closed
+/// with [`CLOSE_PROTOCOL`](transport::CLOSE_PROTOCOL), and the link fails,
+/// so the driver declares it lost and re-queues its tasks.
+fn drop_link(
+    id: u64,
+    conn: &Connection,
+    driver: &ActorRef<DriverMsg>,
+    stream: &str,
+    e: &Error,
+) -> LinkMsg {
+    let peer = conn.peer();
+    warn!(executor = id, %peer, error = %e, stream, "executor broke the protocol; dropping its link");
+    let _ = driver.cast(DriverMsg::LinkDropped);
+    conn.close(transport::CLOSE_PROTOCOL, b"protocol error");
+    LinkMsg::Failed(format!("{stream}: {e}"))
 }
 
 /// Task reports, one per unidirectional stream, forwarded to the driver.
@@ -269,7 +304,7 @@ async fn read_reports(
     max: u64,
 ) {
     let peer = conn.peer();
-    let mut readers: JoinSet<std::result::Result<(), String>> = JoinSet::new();
+    let mut readers: JoinSet<Result<()>> = JoinSet::new();
     loop {
         tokio::select! {
             s = conn.accept_bulk() => {
@@ -277,24 +312,24 @@ async fn read_reports(
                 let Some(mut s) = s else { return };
                 let driver = driver.clone();
                 readers.spawn(async move {
-                    let r: Result<Option<TaskReport>> =
+                    let r: Option<TaskReport> =
                         with_timeout(peer, "task report", REPORT_READ_TIMEOUT, async {
                             read_frame(&mut s, peer, max).await
                         })
-                        .await;
-                    match r {
-                        Ok(Some(report)) => {
-                            let _ = driver.cast(DriverMsg::Report(id, report));
-                            Ok(())
-                        }
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e.to_string()),
+                        .await?;
+                    if let Some(report) = r {
+                        let _ = driver.cast(DriverMsg::Report(id, report));
                     }
+                    Ok(())
                 });
             }
             Some(done) = readers.join_next(), if !readers.is_empty() => {
                 let failure = match done {
                     Ok(Ok(())) => continue,
+                    Ok(Err(e)) if e.breaks_protocol() => {
+                        let _ = link.cast(drop_link(id, &conn, &driver, "task report", &e));
+                        return;
+                    }
                     Ok(Err(e)) => format!("bad task report: {e}"),
                     Err(e) => format!("task report reader {}", panic_message(e)),
                 };
@@ -357,6 +392,7 @@ mod tests {
             assert_eq!(out.unwrap(), (0..48).map(|x| x * 2).collect::<Vec<i64>>());
             let st = d.status().await.unwrap();
             assert_eq!(st.lost, 1, "{st:?}");
+            assert_eq!(st.dropped_links, 0, "a crash is no protocol breach: {st:?}");
             assert_eq!(st.executors.len(), 2, "{st:?}");
             assert!(st.executors.iter().all(|e| e.id != 1), "{st:?}");
             // The driver keeps serving.
@@ -414,6 +450,7 @@ mod tests {
             );
             let st = d.status().await.unwrap();
             assert_eq!(st.lost, 1, "{st:?}");
+            assert_eq!(st.dropped_links, 1, "{st:?}");
             assert_eq!(st.executors.len(), 2, "{st:?}");
             cluster.shutdown().await;
         })

@@ -86,6 +86,9 @@ pub(crate) struct Member {
     pub(crate) link: ActorRef<LinkMsg>,
     /// Heartbeats and probes.
     pub(crate) liveness: Liveness,
+    /// Links its peer endpoint dropped for breaking the protocol, as of
+    /// its last heartbeat.
+    pub(crate) dropped_peer_links: u64,
 }
 
 /// The registered executors and the membership counters.
@@ -102,6 +105,9 @@ pub(crate) struct Membership {
     pub(crate) refused: u64,
     /// Authenticated connections closed for breaking the protocol.
     pub(crate) dropped: u64,
+    /// Links the executors' peer endpoints dropped for breaking the
+    /// protocol: the sum of their reports, lost executors' included.
+    pub(crate) dropped_peer_links: u64,
 }
 
 impl Default for Membership {
@@ -114,6 +120,7 @@ impl Default for Membership {
             left: 0,
             refused: 0,
             dropped: 0,
+            dropped_peer_links: 0,
         }
     }
 }
@@ -160,10 +167,21 @@ impl Membership {
         Some(m)
     }
 
-    /// A heartbeat from executor `id` at `now`.
-    pub(crate) fn heartbeat(&mut self, id: u64, now: Instant, interval: Duration) {
+    /// A heartbeat from executor `id` at `now`, with the count of links
+    /// its peer endpoint dropped so far (a running total: only its growth
+    /// is added to the cluster's).
+    pub(crate) fn heartbeat(
+        &mut self,
+        id: u64,
+        now: Instant,
+        interval: Duration,
+        dropped_peer_links: u64,
+    ) {
         if let Some(m) = self.members.get_mut(&id) {
             m.liveness.heartbeat(now, interval);
+            let grown = dropped_peer_links.saturating_sub(m.dropped_peer_links);
+            m.dropped_peer_links = m.dropped_peer_links.max(dropped_peer_links);
+            self.dropped_peer_links += grown;
         }
     }
 

@@ -51,8 +51,9 @@ pub(crate) enum DriverMsg {
         send: SendHalf,
         recv: RecvHalf,
     },
-    /// Executor `id` heartbeated.
-    Heartbeat(u64),
+    /// Executor `id` heartbeated; its peer endpoint has dropped
+    /// `dropped_peer_links` links so far.
+    Heartbeat { id: u64, dropped_peer_links: u64 },
     /// Executor `id` reported a task's result.
     Report(u64, TaskReport),
     /// Run a stage: one task per partition.
@@ -82,9 +83,10 @@ pub(crate) enum DriverMsg {
     Status(oneshot::Sender<ClusterStatus>),
     /// A connection failed the handshake (counted).
     Refused,
-    /// A peer that passed the handshake broke the protocol before it
-    /// was served (a malformed, oversized or unexpected first frame): its
-    /// connection was closed.
+    /// A peer that passed the handshake broke the protocol (a malformed,
+    /// oversized, truncated or unexpected frame: before it was served, on
+    /// a client session's request stream, or on a registered executor's
+    /// control or report streams): its connection was closed.
     LinkDropped,
     /// Every heartbeat interval: heartbeats out, losses, exclusions
     /// expired, starved stages failed.

@@ -25,24 +25,28 @@ const FETCH_CHUNK: usize = 1 << 20;
 /// safety net; changes are announced).
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
-/// Reads one request from a fresh stream and answers it.
-pub(crate) async fn serve_request(
-    send: &mut SendHalf,
+/// Reads the one request of a fresh stream of a client session (`None`:
+/// the stream ended without one). `Session` is refused there
+/// ([`Error::ProtocolViolation`]): it opens a session on the control stream
+/// only.
+pub(crate) async fn read_request(
     recv: &mut RecvHalf,
     peer: SocketAddr,
-    actor: &ActorRef<DriverMsg>,
     config: &DriverConfig,
-    jobs: &Arc<JobService>,
-) -> Result<()> {
+) -> Result<Option<ClientRequest>> {
     let req: Option<ClientRequest> =
         with_timeout(peer, "client request", config.handshake_timeout, async {
             read_frame(recv, peer, config.max_control_frame).await
         })
         .await?;
-    match req {
-        Some(r) => answer(r, send, recv, peer, actor, config, jobs).await,
-        None => Ok(()),
+    if let Some(ClientRequest::Session) = req {
+        return Err(Error::ProtocolViolation {
+            peer,
+            what: "asked for a session on a request stream (sessions open on the control stream)"
+                .into(),
+        });
     }
+    Ok(req)
 }
 
 fn wire<T>(r: Result<T>) -> std::result::Result<T, WireError> {

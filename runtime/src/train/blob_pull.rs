@@ -466,7 +466,13 @@ mod tests {
         let payloads = vec![weights.clone(), state.clone()];
         let blobs = [(params_blob(3), weights), (optim_blob(3), state)];
         let staged = stage_blobs(&store, 77, 3, blobs, block_bytes).unwrap();
-        let server = tokio::spawn(serve_peers(ep, store.clone(), secret, 1 << 30));
+        let server = tokio::spawn(serve_peers(
+            ep,
+            store.clone(),
+            secret,
+            1 << 30,
+            Default::default(),
+        ));
         let shard = StagedShard {
             shard: 3,
             executor: 9,

@@ -51,7 +51,8 @@ pub async fn write_raw_frame(
     send.write_all(body).await.map_err(|e| conn_err(peer, e))
 }
 
-/// Read one frame. `Ok(None)` on a clean end of stream before a header.
+/// Read one frame. `Ok(None)` on a clean end of stream before a header;
+/// [`Error::FrameTruncated`] if the stream ends inside a frame.
 /// `recv` is any byte stream, like `send` of [`write_frame`].
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut (impl AsyncRead + Unpin + ?Sized),
@@ -59,37 +60,59 @@ pub async fn read_frame<T: DeserializeOwned>(
     max: u64,
 ) -> Result<Option<T>> {
     let mut header = [0u8; 4];
-    let mut got = 0;
-    while got < header.len() {
-        let n = recv
-            .read(&mut header[got..])
-            .await
-            .map_err(|e| conn_err(peer, e))?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(conn_err(
-                peer,
-                format!("stream finished early ({got} bytes of a frame header read)"),
-            ));
-        }
-        got += n;
+    let got = read_full(recv, peer, &mut header).await?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < header.len() {
+        return Err(Error::FrameTruncated {
+            peer,
+            part: "header",
+            got: got as u64,
+            expected: header.len() as u64,
+        });
     }
     let len = u32::from_be_bytes(header) as u64;
     if len > max {
         return Err(Error::FrameTooLarge { peer, len, max });
     }
     let mut body = vec![0u8; len as usize];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| conn_err(peer, e))?;
+    let got = read_full(recv, peer, &mut body).await?;
+    if got < body.len() {
+        return Err(Error::FrameTruncated {
+            peer,
+            part: "body",
+            got: got as u64,
+            expected: len,
+        });
+    }
     rmp_serde::from_slice(&body)
         .map(Some)
         .map_err(|e| Error::Decode {
             peer,
             reason: e.to_string(),
         })
+}
+
+/// Fills `buf` unless the stream ends first; returns how many bytes
+/// arrived (less than `buf.len()` only at the end of the stream).
+async fn read_full(
+    recv: &mut (impl AsyncRead + Unpin + ?Sized),
+    peer: SocketAddr,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = recv
+            .read(&mut buf[got..])
+            .await
+            .map_err(|e| conn_err(peer, e))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
 }
 
 /// Send one value on a fresh unidirectional stream (bulk path: task

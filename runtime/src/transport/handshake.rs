@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 /// iteration's step (`TrainRequest::step_first`). Version 7: holders of
 /// executor-hosted shards stage their checkpoint blobs as blocks for the
 /// driver to fetch (`ShardOp::Stage`) instead of writing files
-/// (`ShardOp::Snapshot`).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// (`ShardOp::Snapshot`). Version 8: an executor's heartbeat carries how
+/// many links its peer endpoint dropped for breaking the protocol.
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Magic bytes opening every control stream.
 pub const MAGIC: &[u8; 4] = b"KILN";
 /// Length of the handshake preamble in bytes.
