@@ -1720,9 +1720,13 @@ async fn garbage_in_a_client_session_drops_that_connection_counted_and_nothing_e
     let attacked = async {
         while let Some(done) = runs.join_next().await {
             let (what, reason) = done.unwrap();
+            // Closed for breaking the protocol; the close can be lost on a
+            // busy loopback, and the attacker then learns of it by a
+            // stateless reset (the counter below says why it was closed).
             assert!(
                 matches!(reason, transport::quinn::ConnectionError::ApplicationClosed(ref e)
-                    if e.error_code == transport::CLOSE_PROTOCOL.into()),
+                    if e.error_code == transport::CLOSE_PROTOCOL.into())
+                    || matches!(reason, transport::quinn::ConnectionError::Reset),
                 "{what}: {reason:?}"
             );
         }
