@@ -179,12 +179,20 @@ impl TrainingJob for Detection {
         let images = VocDataset::open(&s.voc, &cfg.split, s.classes.clone())?;
         let model_cfg = cfg.model_config(images.classes.clone())?;
         let model = Ssd::<f32>::new(model_cfg.clone(), &mut StdRng::seed_from_u64(cfg.seed))?;
+        let checking = std::time::Instant::now();
         let split = {
             let share = cfg.max_bad_share;
             tokio::task::spawn_blocking(move || images.verify(share, "job.train.max_bad_share"))
                 .await
                 .map_err(|e| JobError::step("reading the annotations and images", e))??
         };
+        ctx.line(format!(
+            "CHECKED {} training images of {} ({}) in {:.1} s (decoded in full)",
+            split.annotations.len(),
+            s.voc.display(),
+            cfg.split,
+            checking.elapsed().as_secs_f64()
+        ));
         if let Some(line) = split.skipped {
             ctx.line(line);
         }

@@ -416,6 +416,7 @@ impl TrainingJob for Speech {
     ) -> Result<TrainingPlan<Example, SpeechEval>> {
         let initial = s.model.init::<f32>(&mut StdRng::seed_from_u64(s.seed))?;
         let train = s.train_dir();
+        let checking = std::time::Instant::now();
         let checked = {
             let (dir, share) = (train.clone(), s.max_bad_share);
             tokio::task::spawn_blocking(move || {
@@ -424,6 +425,12 @@ impl TrainingJob for Speech {
             .await
             .map_err(|e| JobError::step(format!("reading {}", train.display()), e))??
         };
+        ctx.line(format!(
+            "CHECKED {} training utterances of {} in {:.1} s (decoded in full)",
+            checked.items.len(),
+            train.display(),
+            checking.elapsed().as_secs_f64()
+        ));
         if let Some(line) = checked.skipped {
             ctx.line(line);
         }
