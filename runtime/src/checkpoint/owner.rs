@@ -240,6 +240,21 @@ pub(crate) fn write_owner(dir: &Path, owner: &StoreOwner) -> Result<(), Checkpoi
 /// temporary file beside it, synced, renamed into place, and the directory
 /// synced.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    write_via_rename(path, bytes, true)
+}
+
+/// Writes `path` as [`write_atomically`] does but without waiting for the
+/// disk: a process killed at any moment leaves the old file or the new
+/// one, never a mix (the page cache outlives the process), while after a
+/// power loss the file may be missing or torn. For copies whose loss is
+/// detected (a checksum) and costs nothing the manifest does not hold, such
+/// as a checkpoint's own record: its fsyncs were most of a small
+/// checkpoint's commit time.
+pub(crate) fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    write_via_rename(path, bytes, false)
+}
+
+fn write_via_rename(path: &Path, bytes: &[u8], durable: bool) -> Result<(), CheckpointError> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let name = path
         .file_name()
@@ -248,11 +263,13 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Checkpoi
     let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
     f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+        .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
         .map_err(|e| CheckpointError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, e))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
+    if durable {
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }
