@@ -10,6 +10,7 @@ pub mod job_args;
 pub mod speech;
 pub mod submit;
 pub mod train;
+pub mod ui;
 
 use std::io::Write;
 

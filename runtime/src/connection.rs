@@ -59,6 +59,18 @@ impl Connection {
         }
     }
 
+    /// Bytes sent and received on the wire so far (UDP payload; 0 for an
+    /// in-memory connection).
+    pub(crate) fn wire_bytes(&self) -> (u64, u64) {
+        match self {
+            Connection::Quic(c) => {
+                let s = c.stats();
+                (s.udp_tx.bytes, s.udp_rx.bytes)
+            }
+            Connection::Memory(_) => (0, 0),
+        }
+    }
+
     /// Send one value as one frame on a fresh bulk stream.
     pub(crate) async fn send_bulk<T: Serialize + ?Sized>(
         &self,

@@ -370,6 +370,11 @@ impl<T: Data> Dataset<T> {
         (self.driver.endpoint.clone(), self.driver.secret)
     }
 
+    /// Where training reports iterations and checkpoints for the dashboard.
+    pub(crate) fn monitor(&self) -> &crate::monitor::MonitorSink {
+        &self.driver.sink
+    }
+
     /// A fresh id (job, shuffle or block ids share one counter).
     pub(crate) fn fresh_id(&self) -> u64 {
         self.driver.fresh_id()

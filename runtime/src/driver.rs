@@ -38,6 +38,7 @@ use tracing::info;
 use crate::connection::{memory_pair, Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::jobs::{JobInfo, JobRunner, JobService};
+use crate::monitor::{Monitor, MonitorSink};
 use crate::protocol::{ClusterStatus, PeerAddr, TaskOutput};
 use crate::registry::Registry;
 use crate::transport::{self, ClusterIdentity, JoinToken};
@@ -72,6 +73,10 @@ pub(crate) struct DriverShared {
     pub(crate) endpoint: quinn::Endpoint,
     /// The cluster's join secret: peer links open with it.
     pub(crate) secret: [u8; 32],
+    /// What the dashboard and `/metrics` read.
+    pub(crate) monitor: Monitor,
+    /// Where the driver's parts report to the monitor.
+    pub(crate) sink: MonitorSink,
 }
 
 impl DriverShared {
@@ -166,10 +171,12 @@ impl Driver {
             reason: e.to_string(),
         })?;
         let token = identity.token().clone();
-        let (actor, handle) = Actor::spawn(None, DriverActor, config.clone())
+        let (sink, events) = Monitor::channel();
+        let jobs = Arc::new(JobService::reporting_to(sink.clone()));
+        let monitor = Monitor::start(jobs.clone(), events);
+        let (actor, handle) = Actor::spawn(None, DriverActor, (config.clone(), sink.clone()))
             .await
             .map_err(|e| Error::DriverGone(e.to_string()))?;
-        let jobs = Arc::new(JobService::default());
         let shared = Arc::new(DriverShared {
             actor: actor.clone(),
             registry,
@@ -177,6 +184,8 @@ impl Driver {
             jobs: jobs.clone(),
             endpoint: endpoint.clone(),
             secret: token.secret,
+            monitor,
+            sink,
         });
         let secret = token.secret;
         spawn_quic_accept(
@@ -264,6 +273,11 @@ impl Driver {
     /// The registry this driver resolves names in.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.shared.registry
+    }
+
+    /// The monitor: the driver's state as the dashboard shows it.
+    pub fn monitor(&self) -> &Monitor {
+        &self.shared.monitor
     }
 
     /// Membership and scheduler counters.

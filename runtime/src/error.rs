@@ -188,6 +188,41 @@ pub enum Error {
         /// Which lock (`job table`, `shuffle store`, `executor cache`).
         lock: &'static str,
     },
+    /// The Prometheus metrics could not be built or rendered.
+    #[error("the driver's metrics: {reason}")]
+    Metrics {
+        /// What the metrics registry said.
+        reason: String,
+    },
+    /// The dashboard could not listen where asked.
+    #[error("the dashboard cannot listen on {addr}: {source}")]
+    DashboardBind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A dashboard bound to an address other than loopback would be open
+    /// to the network without a token.
+    #[error("the dashboard on {addr} is reachable from other hosts: it needs a UI token (bind to 127.0.0.1 or ::1 to serve without one)")]
+    DashboardNeedsToken {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+    },
+    /// The operating system's random generator failed.
+    #[error("the system random generator failed while making {what}")]
+    NoRandomness {
+        /// What was being made.
+        what: &'static str,
+    },
+    /// A UI token too short to guess-proof.
+    #[error("the UI token has {len} characters; it needs at least {min}")]
+    DashboardTokenTooShort {
+        /// Its length.
+        len: usize,
+        /// The least accepted.
+        min: usize,
+    },
     /// Work handed to a blocking thread or a spawned task panicked or was
     /// cancelled before it answered.
     #[error("{task}: its background task failed: {source}")]

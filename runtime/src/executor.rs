@@ -171,6 +171,7 @@ impl Actor for ExecutorActor {
                     async move {
                         let key = task.key;
                         let mut task = *task;
+                        let fetching = std::time::Instant::now();
                         let report = match fetcher.fetch_all(&task.fetches).await {
                             Err((lost, reason)) => {
                                 warn!(task = %key, blocks = lost.len(), %reason, "shuffle fetch failed");
@@ -182,6 +183,7 @@ impl Actor for ExecutorActor {
                             }
                             Ok(blocks) => {
                                 task.inputs.extend(blocks);
+                                let fetched_in = fetching.elapsed();
                                 let compute = move || {
                                     stager.scope(|| {
                                         run_task(
@@ -190,6 +192,7 @@ impl Actor for ExecutorActor {
                                             &store,
                                             &host,
                                             executor_id,
+                                            fetched_in,
                                             task,
                                         )
                                     })
@@ -259,6 +262,7 @@ pub(crate) fn run_task(
     store: &ShuffleStore,
     host: &ParamHost,
     executor: u64,
+    fetched_in: std::time::Duration,
     task: Task,
 ) -> TaskReport {
     let Task {
@@ -281,6 +285,7 @@ pub(crate) fn run_task(
         host,
         partition,
         executor,
+        fetched_in,
     };
     let result = match &action {
         // Shard operations compute no partition.

@@ -219,6 +219,17 @@ impl JobContext {
         self.service.set_progress(self.id, progress);
     }
 
+    /// Records an epoch of a training job for the dashboard and
+    /// `/metrics`: its mean training loss, throughput and evaluation
+    /// metrics by name (`accuracy`, `wer`, `map`, ...). The iterations
+    /// themselves are recorded by [`crate::DistributedTrainer`].
+    pub fn record_epoch(&self, point: crate::monitor::view::EpochPoint) {
+        self.service.monitor.send(crate::monitor::Event::Epoch {
+            job: self.id,
+            point,
+        });
+    }
+
     /// Offers `path` (a file the job wrote on the driver's host) to clients
     /// as output `name`; a later call with the same name replaces it.
     pub fn add_output(&self, name: &str, path: PathBuf) {

@@ -176,6 +176,10 @@ pub(crate) enum TaskOutput {
         /// holds this share's gradient slices (`grads` is then empty).
         #[serde(default)]
         stored_on: Option<u64>,
+        /// Where the task's time went (for the dashboard's split of an
+        /// iteration).
+        #[serde(default)]
+        timing: crate::train::TaskTiming,
     },
 }
 
@@ -335,7 +339,7 @@ impl From<WireError> for crate::Error {
 }
 
 /// One executor as the driver sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecutorStatus {
     /// Driver-assigned id.
     pub id: u64,
@@ -370,7 +374,7 @@ pub struct ExecutorStatus {
 }
 
 /// The cluster as the driver sees it (`kiln status`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// Live executors.
     pub executors: Vec<ExecutorStatus>,

@@ -11,6 +11,7 @@ mod checkpointing;
 mod distributed;
 mod executor_shards;
 mod hosted;
+mod iteration_timing;
 mod shard;
 mod worker;
 
@@ -22,5 +23,5 @@ pub use distributed::{
 pub(crate) use hosted::{slice_by_shard, ParamHost, ShardOp};
 pub use hosted::{OptimizerMaker, OptimizerSpec};
 pub use shard::{shard_ranges, OptimizerFactory, ParameterShards, ShardOptimizer};
-pub use worker::{bytes_to_f32, BatchStats, GradientWorker};
+pub use worker::{bytes_to_f32, BatchStats, GradientWorker, TaskTiming};
 pub(crate) use worker::{run_request, TaskSide, TrainRequest, TrainerEntry};

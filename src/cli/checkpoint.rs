@@ -314,6 +314,9 @@ pub struct ResumeArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// The new local cluster's dashboard (without --cluster).
+    #[command(flatten)]
+    pub ui: super::ui::UiArgs,
 }
 
 /// Runs `kiln checkpoint resume`: the job and its settings come from the
@@ -326,12 +329,16 @@ pub fn resume(args: &ResumeArgs, kinds: &JobKinds) -> anyhow::Result<()> {
     })
     .submission()?;
     match &args.cluster {
+        Some(_) if args.ui.ui.is_some() => {
+            anyhow::bail!("--ui serves a new local cluster's dashboard; with --cluster, start the dashboard on that cluster's driver (kiln driver --ui)")
+        }
         Some(cluster) => tokio_runtime()?.block_on(async {
             let client = connect(cluster).await?;
             submit_and_follow(&client, &job, false).await
         }),
         None => {
-            let cluster = LocalClusterArgs::with_executors(args.executors);
+            let mut cluster = LocalClusterArgs::with_executors(args.executors);
+            cluster.ui = args.ui.clone();
             run_local(&cluster, Some(core_share(args.executors)), Some(job), kinds)
         }
     }

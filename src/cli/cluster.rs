@@ -22,6 +22,7 @@ use kiln_runtime::{
 use super::job_args::{JobCommand, Submission};
 use super::submit::{connect, submit_and_follow};
 use super::tokio_runtime;
+use super::ui::{self, UiArgs};
 use crate::jobs::{JobEnv, JobKinds};
 
 /// Executors of a local cluster unless told otherwise.
@@ -137,6 +138,9 @@ pub struct LocalClusterArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub timing: DriverTimingArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ui: UiArgs,
 }
 
 impl LocalClusterArgs {
@@ -150,6 +154,7 @@ impl LocalClusterArgs {
             executor_threads: None,
             tls: TlsArgs::default(),
             timing: DriverTimingArgs::default(),
+            ui: UiArgs::default(),
         }
     }
 
@@ -255,6 +260,7 @@ pub fn run_local(
     kinds: &JobKinds,
 ) -> anyhow::Result<()> {
     let config = cluster.config(default_threads)?;
+    let ui_config = cluster.ui.config()?;
     // Every setting is checked, as the driver will, before the cluster
     // starts: a bad value costs no executor start-up.
     if let Some(sub) = &job {
@@ -277,7 +283,8 @@ pub fn run_local(
             let driver = cluster.driver()?;
             driver.accept_jobs(kinds.runner(JobEnv::here()), work.path())?;
             print_join(driver)?;
-            match &job {
+            let dashboard = ui::start(driver, ui_config).await?;
+            let result = match &job {
                 None => {
                     println!("serving; Ctrl-C to stop");
                     until_signal().await;
@@ -287,7 +294,11 @@ pub fn run_local(
                     let client = connect(&driver.join_string()).await?;
                     submit_and_follow(&client, sub, false).await
                 }
+            };
+            if let Some(d) = dashboard {
+                d.stop().await;
             }
+            result
         }
         .await;
         cluster.shutdown().await;
@@ -328,20 +339,28 @@ pub struct DriverArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub timing: DriverTimingArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ui: UiArgs,
 }
 
 /// Runs `kiln driver`: serves executors and job submissions until Ctrl-C
 /// or SIGTERM.
 pub fn driver(args: DriverArgs, kinds: &JobKinds) -> anyhow::Result<()> {
     let config = args.timing.driver_config(args.listen, &args.tls)?;
+    let ui_config = args.ui.config()?;
     tokio_runtime()?.block_on(async {
         let driver = Driver::start(config, kinds.registry()).await?;
         driver
             .accept_jobs(kinds.runner(JobEnv::here()), &args.work_dir)
             .with_context(|| format!("work directory {}", args.work_dir.display()))?;
         print_join(&driver)?;
+        let dashboard = ui::start(&driver, ui_config).await?;
         println!("serving executors and jobs; Ctrl-C to stop");
         until_signal().await;
+        if let Some(d) = dashboard {
+            d.stop().await;
+        }
         driver.shutdown().await;
         Ok(())
     })

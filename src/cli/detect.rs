@@ -30,7 +30,7 @@ pub fn images_per_pass(s: &str) -> std::result::Result<usize, String> {
 pub enum DetectCommand {
     /// Train an SSD model on a VOC-layout split (in this process, or on a
     /// local cluster with --executors N, with checkpoints and resume).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Per-class AP and mAP of a model on a VOC split.
     Eval(EvalArgs),
     /// Detect objects in images: writes the images with labelled boxes and
@@ -57,6 +57,9 @@ pub struct TrainArgs {
     /// cores; 0: all cores; at most 1024).
     #[arg(long, requires = "executors", value_parser = threads)]
     pub executor_threads: Option<usize>,
+    /// The dashboard (needs --executors: it is the cluster driver's).
+    #[command(flatten)]
+    pub ui: super::ui::UiArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub job: DetectTrainArgs,
@@ -176,6 +179,7 @@ pub fn train(a: &TrainArgs, kinds: &JobKinds) -> anyhow::Result<()> {
         let mut cluster = LocalClusterArgs::with_executors(n);
         cluster.in_process = a.in_process;
         cluster.executor_threads = a.executor_threads;
+        cluster.ui = a.ui.clone();
         // Each executor gets all cores by default: SSD trains ~19 % faster.
         return run_local(&cluster, None, Some(a.job.submission()?), kinds);
     }
@@ -185,8 +189,9 @@ pub fn train(a: &TrainArgs, kinds: &JobKinds) -> anyhow::Result<()> {
         || run.partitions.is_some()
         || run.stage
         || run.tensorboard.is_some()
+        || a.ui.ui.is_some()
     {
-        bail!("--checkpoint-dir, --resume, --partitions, --stage and --tensorboard need --executors N: only cluster training writes checkpoints and summaries");
+        bail!("--checkpoint-dir, --resume, --partitions, --stage, --tensorboard and --ui need --executors N: only cluster training writes checkpoints and summaries and has a dashboard");
     }
     let cfg = a.job.train_config()?;
     crate::output_paths::check_output_file("--out", &a.job.out)?;

@@ -80,6 +80,7 @@ impl TrainArgs {
             executors: self.executors,
             out: self.out.clone(),
             no_progress: self.no_progress,
+            ui: Default::default(),
         })
     }
 }

@@ -251,6 +251,14 @@ pub async fn run_training<K: TrainingJob>(
                 samples_per_second,
                 &metrics,
             );
+            ctx.record_epoch(kiln_runtime::monitor::view::EpochPoint {
+                epoch: it.position.epoch,
+                iteration: it.position.iteration,
+                loss: epoch_stats.mean_loss(),
+                samples_per_second,
+                metrics: metrics.iter().cloned().collect(),
+                at_ms: 0,
+            });
             let mut line = format!(
                 "EPOCH {} loss={:.4} lr={:.3e} samples_per_s={:.1}",
                 it.position.epoch,

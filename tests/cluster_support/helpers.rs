@@ -90,8 +90,14 @@ impl Drop for Guard {
 
 /// Spawn the kiln binary with stdout captured line by line.
 pub(crate) fn kiln(args: &[&str]) -> Guard {
+    kiln_env(args, &[])
+}
+
+/// [`kiln`] with extra environment variables.
+pub(crate) fn kiln_env(args: &[&str], env: &[(&str, &Path)]) -> Guard {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -16,6 +16,7 @@ use super::messages::DriverMsg;
 use crate::connection::{Connection, RecvHalf, SendHalf};
 use crate::error::{Error, Result};
 use crate::jobs::JobService;
+use crate::monitor::{WireKind, WireMeter};
 use crate::protocol::{ClientRequest, ToDriver};
 use crate::transport::{
     self, check_preamble, read_frame, with_timeout, Role, PREAMBLE_LEN, STATUS_OK,
@@ -167,14 +168,29 @@ async fn serve_connection(
 }
 
 /// A client's request (status, jobs), or a session of them on streams of
-/// their own.
+/// their own; the bytes it moved go to the monitor as it is served.
 async fn serve_client(
     conn: Connection,
+    send: SendHalf,
+    recv: RecvHalf,
+    actor: ActorRef<DriverMsg>,
+    config: DriverConfig,
+    jobs: Arc<JobService>,
+) -> Result<()> {
+    let mut meter = WireMeter::new(WireKind::Client);
+    let served = serve_client_requests(&conn, send, recv, actor, config, &jobs, &mut meter).await;
+    meter.report(&jobs.monitor, conn.wire_bytes());
+    served
+}
+
+async fn serve_client_requests(
+    conn: &Connection,
     mut send: SendHalf,
     mut recv: RecvHalf,
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
-    jobs: Arc<JobService>,
+    jobs: &Arc<JobService>,
+    meter: &mut WireMeter,
 ) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let peer = conn.peer();
@@ -191,11 +207,10 @@ async fn serve_client(
                     what: "asked for a client session, which needs a QUIC connection".into(),
                 });
             };
-            serve_session(quic.clone(), recv, actor, config, jobs).await;
+            serve_session(quic.clone(), recv, actor, config, jobs.clone(), meter).await;
         }
         Some(request) => {
-            crate::jobs::answer(request, &mut send, &mut recv, peer, &actor, &config, &jobs)
-                .await?;
+            crate::jobs::answer(request, &mut send, &mut recv, peer, &actor, &config, jobs).await?;
             let _ = send.shutdown().await;
             let _ = tokio::time::timeout(t, conn.closed()).await;
         }
@@ -223,9 +238,14 @@ async fn serve_session(
     actor: ActorRef<DriverMsg>,
     config: DriverConfig,
     jobs: Arc<JobService>,
+    meter: &mut WireMeter,
 ) {
     use tokio::io::AsyncWriteExt;
     let peer = quic.remote_address();
+    let totals = |q: &quinn::Connection| {
+        let s = q.stats();
+        (s.udp_tx.bytes, s.udp_rx.bytes)
+    };
     let max = config.max_control_frame;
     // One future for the control stream's one frame, polled across the
     // loop (a frame read is not cancel-safe).
@@ -264,7 +284,7 @@ async fn serve_session(
             }
             Some(done) = requests.join_next(), if !requests.is_empty() => match done {
                 Ok(Some(e)) => break Some(e),
-                Ok(None) => {}
+                Ok(None) => meter.report(&jobs.monitor, totals(&quic)),
                 Err(e) => warn!(%peer, error = %e, "a client request's task failed"),
             },
             r = &mut control_read, if control_open => {

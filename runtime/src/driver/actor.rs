@@ -16,6 +16,7 @@ use super::membership::{Liveness, Member, Membership, LEFT_GRACEFULLY, MIN_LATE,
 use super::messages::DriverMsg;
 use super::scheduler::Scheduler;
 use crate::liveness::probe;
+use crate::monitor::{Event, MonitorSink};
 use crate::protocol::{ClusterStatus, ExecutorStatus, ToExecutor};
 use crate::transport;
 
@@ -26,7 +27,14 @@ pub(crate) struct DriverState {
     scheduler: Scheduler,
     /// The actor itself (for probes to report back).
     myself: Option<ActorRef<DriverMsg>>,
+    /// Where snapshots and membership changes go for the dashboard.
+    monitor: MonitorSink,
+    /// When the last snapshot went to the monitor.
+    published: Instant,
 }
+
+/// How often the driver hands the monitor a snapshot of its state.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// The driver actor (see the module documentation).
 pub(crate) struct DriverActor;
@@ -34,12 +42,12 @@ pub(crate) struct DriverActor;
 impl Actor for DriverActor {
     type Msg = DriverMsg;
     type State = DriverState;
-    type Arguments = DriverConfig;
+    type Arguments = (DriverConfig, MonitorSink);
 
     async fn pre_start(
         &self,
         myself: ActorRef<DriverMsg>,
-        config: DriverConfig,
+        (config, monitor): (DriverConfig, MonitorSink),
     ) -> std::result::Result<DriverState, ActorProcessingErr> {
         let period = config.heartbeat;
         let ticker = myself.clone();
@@ -60,11 +68,15 @@ impl Actor for DriverActor {
                 }
             }
         });
+        let mut scheduler = Scheduler::new(config.clone());
+        scheduler.report_to(monitor.clone());
         Ok(DriverState {
-            scheduler: Scheduler::new(config.clone()),
+            scheduler,
             config,
             members: Membership::default(),
             myself: Some(myself_for_state),
+            monitor,
+            published: Instant::now() - PUBLISH_EVERY,
         })
     }
 
@@ -134,7 +146,16 @@ impl Actor for DriverActor {
                 st.members
                     .heartbeat(id, Instant::now(), st.config.heartbeat, dropped_peer_links);
             }
-            DriverMsg::Watch => st.watch(),
+            DriverMsg::Watch => {
+                st.watch();
+                // Every 25 ms: the snapshot goes out every half second
+                // whatever the heartbeat period.
+                let now = Instant::now();
+                if now.duration_since(st.published) >= PUBLISH_EVERY {
+                    st.published = now;
+                    st.publish();
+                }
+            }
             DriverMsg::GoneReported(id, reason) => {
                 if let Some(sent) = st.members.probed_at(id) {
                     let _ = myself.cast(DriverMsg::Gone(id, sent, reason));
@@ -335,6 +356,13 @@ impl DriverState {
         } else {
             warn!(executor = id, name = %m.name, reason, requeued, "executor lost");
         }
+        self.monitor.send(Event::ExecutorGone {
+            id,
+            name: m.name.clone(),
+            reason: reason.to_string(),
+            left: reason == LEFT_GRACEFULLY,
+            bytes: m.conn.wire_bytes(),
+        });
         m.conn
             .close(transport::CLOSE_NORMAL, b"declared lost by driver");
         // Fetches from it on the others fail now, not when their links
@@ -345,6 +373,21 @@ impl DriverState {
                 .cast(LinkMsg::Control(ToExecutor::PeerLost { peer: m.peer.addr }));
         }
         self.scheduler.remove_executor(id, reason);
+    }
+
+    /// Hands the monitor a snapshot: the status and every link's bytes.
+    fn publish(&self) {
+        let status = self.status();
+        let link_bytes = status
+            .executors
+            .iter()
+            .map(|e| {
+                self.members
+                    .get(e.id)
+                    .map_or((0, 0), |m| m.conn.wire_bytes())
+            })
+            .collect();
+        self.monitor.send(Event::Cluster { status, link_bytes });
     }
 
     fn status(&self) -> ClusterStatus {

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::config::DriverConfig;
 use super::messages::{StageReply, StageTask};
 use crate::error::Error;
+use crate::monitor::{Attempt, Event, MonitorSink, TaskOutcome};
 use crate::protocol::{
     Action, MapLoc, PeerAddr, ShuffleFetch, Task, TaskFailure, TaskKey, TaskOutput, TaskReport,
 };
@@ -82,6 +83,19 @@ pub(crate) struct Scheduler {
     jobs_finished: u64,
     /// Since when work has been waiting with no usable executor.
     starved_since: Option<Instant>,
+    /// Where stages, task attempts and exclusions are reported.
+    monitor: MonitorSink,
+}
+
+/// The monitor's name for attempt `key` (0-based) on `executor`.
+fn attempt_of(key: &TaskKey, executor: u64) -> Attempt {
+    Attempt {
+        action: key.job,
+        stage: key.stage,
+        partition: key.partition,
+        attempt: key.attempt.saturating_sub(1),
+        executor,
+    }
 }
 
 impl Scheduler {
@@ -98,7 +112,13 @@ impl Scheduler {
             next_recovery: 0,
             jobs_finished: 0,
             starved_since: None,
+            monitor: MonitorSink::default(),
         }
+    }
+
+    /// Reports stages, task attempts and exclusions to `monitor` from now on.
+    pub(crate) fn report_to(&mut self, monitor: MonitorSink) {
+        self.monitor = monitor;
     }
 
     /// A registered executor starts taking tasks.
@@ -173,6 +193,11 @@ impl Scheduler {
         for p in 0..n as u32 {
             self.pending.push_back((job, stage, p));
         }
+        self.monitor.send(Event::StageQueued {
+            action: job,
+            stage,
+            partitions: n as u32,
+        });
         self.stages.insert(
             (job, stage),
             StageState {
@@ -240,6 +265,11 @@ impl Scheduler {
     fn fail_stage(&mut self, job: u64, stage: u32, err: Error) {
         let mut blamed = HashSet::new();
         if let Some(mut st) = self.stages.remove(&(job, stage)) {
+            self.monitor.send(Event::StageEnded {
+                action: job,
+                stage,
+                error: Some(crate::error::error_chain(&err)),
+            });
             for t in &st.tasks {
                 blamed.extend(t.failed_on.iter().copied());
             }
@@ -307,6 +337,10 @@ impl Scheduler {
                     if t.running == Some((id, key.attempt)) && t.output.is_none() {
                         // Loss of an executor is not the task's fault: no failure counted.
                         t.running = None;
+                        self.monitor.send(Event::TaskEnded(
+                            attempt_of(&key, id),
+                            TaskOutcome::Requeued,
+                        ));
                         self.pending.push_front((key.job, key.stage, key.partition));
                     }
                 }
@@ -369,6 +403,11 @@ impl Scheduler {
                             warn!(executor = exec_id, name = %e.name, failures = e.consecutive_failures, "executor excluded after repeated task failures");
                             e.excluded = true;
                             e.excluded_at = Some(now);
+                            self.monitor.send(Event::ExecutorExcluded {
+                                id: exec_id,
+                                name: e.name.clone(),
+                                failures: e.consecutive_failures,
+                            });
                         } else {
                             warn!(executor = exec_id, name = %e.name, failures = e.consecutive_failures, "executor keeps failing tasks but is the last usable one: not excluded");
                         }
@@ -392,6 +431,16 @@ impl Scheduler {
             return;
         }
         t.running = None;
+        self.monitor.send(Event::TaskEnded(
+            attempt_of(&key, exec_id),
+            match &report.result {
+                Ok(_) => TaskOutcome::Succeeded,
+                Err(TaskFailure::Failed(cause)) => TaskOutcome::Failed(cause.clone()),
+                Err(TaskFailure::FetchFailed { reason, .. }) => {
+                    TaskOutcome::FetchFailed(reason.clone())
+                }
+            },
+        ));
         match report.result {
             Ok(out) => {
                 if let (
@@ -408,6 +457,11 @@ impl Scheduler {
                 stage.remaining -= 1;
                 if stage.remaining == 0 {
                     if let Some(stage) = self.stages.remove(&(key.job, key.stage)) {
+                        self.monitor.send(Event::StageEnded {
+                            action: key.job,
+                            stage: key.stage,
+                            error: None,
+                        });
                         if stage.ends_job {
                             self.jobs_finished += 1;
                         }
@@ -689,6 +743,8 @@ impl Scheduler {
                 attempt: t.dispatches,
             };
             t.running = Some((exec_id, key.attempt));
+            self.monitor
+                .send(Event::TaskStarted(attempt_of(&key, exec_id)));
             let task = Task {
                 key,
                 plan: t.task.plan.clone(),

@@ -54,6 +54,8 @@ pub(crate) struct JobService {
     version: watch::Sender<u64>,
     queued: Notify,
     installed: OnceLock<Installed>,
+    /// Where job starts and ends, and jobs' epochs, are reported.
+    pub(crate) monitor: crate::monitor::MonitorSink,
 }
 
 fn now_ms() -> u64 {
@@ -78,6 +80,7 @@ impl Default for JobService {
             version: watch::channel(0).0,
             queued: Notify::new(),
             installed: OnceLock::new(),
+            monitor: crate::monitor::MonitorSink::default(),
         }
     }
 }
@@ -88,6 +91,14 @@ pub(crate) struct OutputFile {
 }
 
 impl JobService {
+    /// A job service whose jobs' starts, ends and epochs go to `monitor`.
+    pub(crate) fn reporting_to(monitor: crate::monitor::MonitorSink) -> Self {
+        JobService {
+            monitor,
+            ..JobService::default()
+        }
+    }
+
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
@@ -364,9 +375,11 @@ impl JobService {
                 continue;
             };
             self.bump();
+            self.monitor.send(crate::monitor::Event::JobStarted(id));
             let state = self.run_one(&driver, id, kind, settings, dir, cancel).await;
             info!(job = id, state = %state, "job ended");
             self.finish(id, state);
+            self.monitor.send(crate::monitor::Event::JobEnded(id));
         }
     }
 

@@ -129,6 +129,8 @@ pub(crate) struct BlobPuller {
     dir: PathBuf,
     id: u64,
     conns: Mutex<HashMap<(SocketAddr, [u8; 32]), Slot>>,
+    /// Where the bytes of the closed connections are reported.
+    monitor: crate::monitor::MonitorSink,
 }
 
 impl BlobPuller {
@@ -140,7 +142,14 @@ impl BlobPuller {
             dir: dir.to_path_buf(),
             id,
             conns: Mutex::new(HashMap::new()),
+            monitor: crate::monitor::MonitorSink::default(),
         }
+    }
+
+    /// Reports the bytes of its connections to `monitor` when it closes them.
+    pub(crate) fn reporting_to(mut self, monitor: crate::monitor::MonitorSink) -> Self {
+        self.monitor = monitor;
+        self
     }
 
     /// Pulls every shard's blobs (at most [`MAX_CONCURRENT_PULLS`] shards
@@ -202,6 +211,8 @@ impl BlobPuller {
             for slot in conns.values() {
                 if let Ok(guard) = slot.try_lock() {
                     if let Some(c) = guard.as_ref() {
+                        self.monitor
+                            .connection_closed(crate::monitor::WireKind::CheckpointPull, c);
                         c.close(transport::CLOSE_NORMAL.into(), b"checkpoint pulled");
                     }
                 }

@@ -21,6 +21,7 @@ use crate::checkpoint::{
 };
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::monitor::{CheckpointCommitted, Event};
 use crate::protocol::{Action, TaskOutput};
 use crate::registry::{check_type, Data};
 use crate::train::batches::{epoch_order, Layout};
@@ -30,6 +31,7 @@ use crate::train::checkpointing::{
 };
 use crate::train::executor_shards::{ExecutorShards, PendingStep};
 use crate::train::hosted::OptimizerSpec;
+use crate::train::iteration_timing::IterationTiming;
 use crate::train::shard::{OptimizerFactory, ParameterShards};
 use crate::train::worker::{bytes_to_f32, f32_to_bytes, BatchStats, TrainRequest};
 use crate::transport::encode;
@@ -193,6 +195,8 @@ pub struct DistributedTrainer<T> {
     /// [`DistributedTrainer::apply_pending`] before anything reads the
     /// shards).
     pending: Option<Pending>,
+    /// Where the current iteration's time goes.
+    timing: IterationTiming,
 }
 
 /// An iteration whose gradients are computed and whose step is not yet
@@ -349,6 +353,7 @@ impl<T: Data> DistributedTrainer<T> {
             in_flight: VecDeque::new(),
             store,
             last_checkpoint: Instant::now(),
+            timing: IterationTiming::default(),
             pending: None,
         })
     }
@@ -544,6 +549,7 @@ impl<T: Data> DistributedTrainer<T> {
             });
         }
         let started = Instant::now();
+        self.timing.reset();
         // Executor-hosted shards run their iterations one at a time, each
         // launched by `step_hosted`: nothing may be launched ahead here (a
         // batch launched with the driver's weights ran beside the first
@@ -575,14 +581,17 @@ impl<T: Data> DistributedTrainer<T> {
         };
         let mut stats = BatchStats::default();
         let mut buffers = BufferMean::default();
+        let syncing = Instant::now();
         for out in outs {
             let grads = match out {
                 TaskOutput::Train {
                     grads,
                     stats: s,
                     buffers: b,
+                    timing,
                     ..
                 } => {
+                    self.timing.task(&timing);
                     stats.add(&s);
                     buffers
                         .add(&b, s.samples)
@@ -611,6 +620,7 @@ impl<T: Data> DistributedTrainer<T> {
         let scale = 1.0 / stats.samples.max(1) as f32;
         tracing::debug!(iteration, staleness, "applying the iteration");
         self.params = self.driver_shards()?.step(scale, lr).await?;
+        self.timing.driver_sync(syncing.elapsed());
         if let Some(index) = self.params.iter().position(|w| !w.is_finite()) {
             self.abandon_in_flight();
             return Err(Error::NonFiniteWeights {
@@ -757,7 +767,10 @@ impl<T: Data> DistributedTrainer<T> {
             // executor) has not applied the pending step: it steps now.
             (Ok((stats, buffers, step)), Some(p), Shards::Executors(s)) => {
                 let ran: Vec<u64> = step.stored_on.iter().map(|&(_, e)| e).collect();
-                match s.step_holders(&self.data, &p.step, &ran).await {
+                let syncing = Instant::now();
+                let stepped = s.step_holders(&self.data, &p.step, &ran).await;
+                self.timing.driver_sync(syncing.elapsed());
+                match stepped {
                     Ok(()) => Ok((stats, buffers, step)),
                     Err(e) => {
                         self.data.free_blocks(vec![step.gradients]);
@@ -805,7 +818,9 @@ impl<T: Data> DistributedTrainer<T> {
                 needs: "executor-hosted shards (this run's are held by the driver)",
             });
         };
+        let syncing = Instant::now();
         let stepped = shards.step(&self.data, &step).await;
+        self.timing.driver_sync(syncing.elapsed());
         self.data.free_blocks(vec![step.gradients]);
         stepped.map(|()| (stats, buffers))
     }
@@ -867,8 +882,10 @@ impl<T: Data> DistributedTrainer<T> {
                         stats: s,
                         buffers: b,
                         stored_on: Some(e),
+                        timing,
                         ..
                     } => {
+                        self.timing.task(&timing);
                         stats.add(&s);
                         mean.add(&b, s.samples)?;
                         stored_on.push((*p, e));
@@ -927,7 +944,9 @@ impl<T: Data> DistributedTrainer<T> {
                 needs: "executor-hosted shards (this run's are held by the driver)",
             });
         };
+        let syncing = Instant::now();
         let mut result = shards.step(&self.data, &p.step).await;
+        self.timing.driver_sync(syncing.elapsed());
         let mut redo = 0;
         while let Err(e) = result {
             if redo >= redo_limit(&e) {
@@ -978,6 +997,7 @@ impl<T: Data> DistributedTrainer<T> {
             seconds = started.elapsed().as_secs_f64(),
             "iteration applied"
         );
+        let iteration_epoch = self.pos.epoch;
         self.pos.iteration += 1;
         self.pos.batch += 1;
         let epoch_ended = self.pos.batch >= self.batches_per_epoch();
@@ -999,11 +1019,20 @@ impl<T: Data> DistributedTrainer<T> {
         } else {
             (None, 0.0)
         };
+        let seconds = started.elapsed().as_secs_f64();
+        let mut point = self
+            .timing
+            .point(seconds, checkpoint_seconds, stats.samples);
+        point.iteration = self.pos.iteration;
+        point.epoch = iteration_epoch;
+        point.loss = stats.mean_loss();
+        point.learning_rate = lr;
+        self.data.monitor().send(Event::Iteration(point));
         Ok(IterationReport {
             position: self.pos,
             stats,
             learning_rate: lr,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             epoch_ended,
             checkpoint,
             checkpoint_seconds,
@@ -1027,6 +1056,7 @@ impl<T: Data> DistributedTrainer<T> {
     pub async fn checkpoint(&mut self) -> Result<u64> {
         // The checkpoint holds the shards with every computed step applied.
         self.apply_pending().await?;
+        let writing = Instant::now();
         let Some(store) = &self.store else {
             return Err(Error::NoCheckpointStore { op: "checkpoint" });
         };
@@ -1048,6 +1078,7 @@ impl<T: Data> DistributedTrainer<T> {
             blobs.push(blob);
         }
         let mut record = CheckpointRecord::new(id, self.pos.iteration, self.pos.epoch);
+        let bytes = blobs.iter().map(|b| b.len).sum();
         record.blobs = blobs;
         record.meta = training_meta(
             self.pos,
@@ -1066,6 +1097,7 @@ impl<T: Data> DistributedTrainer<T> {
         // Verifying the blobs and flushing the manifest block: off the
         // async threads.
         let store = store.clone();
+        let store_dir = store.dir().display().to_string();
         let removed = tokio::task::spawn_blocking(move || store.commit(&record))
             .await
             .map_err(|e| Error::BackgroundTask {
@@ -1074,6 +1106,17 @@ impl<T: Data> DistributedTrainer<T> {
             })??;
         self.last_checkpoint = Instant::now();
         info!(id, iteration = self.pos.iteration, epoch = self.pos.epoch, removed = ?removed, "checkpoint committed");
+        self.data
+            .monitor()
+            .send(Event::Checkpoint(CheckpointCommitted {
+                store: store_dir,
+                id,
+                iteration: self.pos.iteration,
+                epoch: self.pos.epoch,
+                bytes,
+                write_seconds: writing.elapsed().as_secs_f64(),
+                removed,
+            }));
         Ok(id)
     }
 

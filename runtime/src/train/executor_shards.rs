@@ -582,7 +582,9 @@ impl ExecutorShards {
             });
         }
         let (endpoint, secret) = data.peer_dialer();
-        let puller = Arc::new(BlobPuller::new(endpoint, secret, dir, id));
+        let puller = Arc::new(
+            BlobPuller::new(endpoint, secret, dir, id).reporting_to(data.monitor().clone()),
+        );
         puller.pull_all(staged, &|block| staging.free(block)).await
     }
 

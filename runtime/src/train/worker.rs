@@ -57,6 +57,17 @@ impl BatchStats {
     }
 }
 
+/// Where a training task's time went on its executor, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTiming {
+    /// Forward and backward passes (or the evaluation).
+    pub compute_us: u64,
+    /// Parameter synchronisation: fetching the weights from their holders,
+    /// applying a pending shard step first, assembling the weights, and
+    /// leaving the gradient slices in the block store.
+    pub sync_us: u64,
+}
+
 /// What a model must do for distributed training: the bridge between the
 /// runtime (flat `f32` buffers) and a model library. Implemented by the
 /// root crate for kiln-nn models; the runtime knows nothing of layers.
@@ -426,6 +437,7 @@ pub(crate) fn run_request(
 ) -> Result<TaskOutput> {
     let entry = registry.trainer(&req.trainer)?;
     crate::registry::check_type(&req.trainer, entry.elem, part.elem_type())?;
+    let syncing = std::time::Instant::now();
     let params = match (req.weights_from, &req.step_first) {
         (None, None) => Pooled::new(bytes_to_f32(&req.params, "weights")?),
         (Some(id), None) => {
@@ -483,6 +495,8 @@ pub(crate) fn run_request(
     let run = &entry.run;
     let worker_ref = worker.as_mut();
     let values = params.values();
+    let mut sync = syncing.elapsed() + side.fetched_in;
+    let computing = std::time::Instant::now();
     let result = if rayon::current_num_threads() == 1 {
         rayon::scope(|_| run(worker_ref, req, values, part))
     } else {
@@ -494,17 +508,25 @@ pub(crate) fn run_request(
         .lock()
         .map_err(|_| lock_err())?
         .push((key, worker));
+    let compute = computing.elapsed();
     let (grads, stats, buffers) = result?;
     let buffers = f32_to_bytes(&buffers);
+    let storing = std::time::Instant::now();
+    let timing = |sync: std::time::Duration| TaskTiming {
+        compute_us: compute.as_micros() as u64,
+        sync_us: sync.as_micros() as u64,
+    };
     match &req.gradients_to {
         Some(sink) if !req.evaluate => {
             let slices = crate::train::slice_by_shard(grads, &sink.ranges)?;
             side.store.put_shared(sink.id, side.partition, slices)?;
+            sync += storing.elapsed();
             Ok(TaskOutput::Train {
                 grads: Vec::new(),
                 stats,
                 buffers,
                 stored_on: Some(side.executor),
+                timing: timing(sync),
             })
         }
         _ => Ok(TaskOutput::Train {
@@ -512,6 +534,7 @@ pub(crate) fn run_request(
             stats,
             buffers,
             stored_on: None,
+            timing: timing(sync),
         }),
     }
 }
@@ -529,6 +552,8 @@ pub(crate) struct TaskSide<'a> {
     pub(crate) partition: u32,
     /// The executor's id.
     pub(crate) executor: u64,
+    /// How long fetching the task's blocks (the weights) took.
+    pub(crate) fetched_in: std::time::Duration,
 }
 
 /// The full weight vector from the shards' weight blocks (in shard order),
