@@ -10,12 +10,16 @@
 //! * checkpoint write time of 100 MB of state, and a checkpoint's share of
 //!   a digits epoch;
 //! * digits training throughput on 1 and 2 executors, and the LeNet-5
-//!   digits job (28x28, batch 128, SGD) in samples/s.
+//!   digits job (28x28, batch 128, SGD) in samples/s;
+//! * the dashboard's cost to that LeNet-5 job (`ui`, issue 24; not run by
+//!   default): with `--ui` and a page open against without, alternating
+//!   (`--ui-pairs P`, `--ui-epochs E`).
 //!
 //! ```text
 //! cargo build --release && cargo bench --bench cluster_train -- \
 //!     [--kiln target/release/kiln] [--python ~/.cache/kiln-anchors/venv/bin/python] [--only sync,recovery,checkpoint,throughput]
 //!     [--sync-sizes 4,64,256] [--sync-placements driver,executors,executors_replicated]
+//!     [--ui-pairs 6] [--ui-epochs 100]
 //! ```
 //! Prints one JSON line per measurement.
 
@@ -53,7 +57,13 @@ struct Opts {
     /// Sizes (MB) and placements the sync measurement runs.
     sync_sizes: Vec<usize>,
     sync_placements: Vec<String>,
+    /// Pairs of runs and epochs per run of the dashboard's cost.
+    ui_pairs: usize,
+    ui_epochs: u64,
 }
+
+#[path = "cluster_train/ui_cost.rs"]
+mod ui_cost;
 
 fn opts() -> Opts {
     let args: Vec<String> = std::env::args().collect();
@@ -74,6 +84,8 @@ fn opts() -> Opts {
             "executors".into(),
             "executors_replicated".into(),
         ],
+        ui_pairs: 6,
+        ui_epochs: 100,
     };
     let mut i = 1;
     while i < args.len() {
@@ -84,6 +96,8 @@ fn opts() -> Opts {
             "--only" => o.only = v.split(',').map(str::to_string).collect(),
             "--sync-sizes" => o.sync_sizes = v.split(',').filter_map(|s| s.parse().ok()).collect(),
             "--sync-placements" => o.sync_placements = v.split(',').map(str::to_string).collect(),
+            "--ui-pairs" => o.ui_pairs = v.parse().unwrap_or(o.ui_pairs).max(1),
+            "--ui-epochs" => o.ui_epochs = v.parse().unwrap_or(o.ui_epochs).max(1),
             _ => {
                 i += 1;
                 continue;
@@ -475,6 +489,7 @@ fn main() -> anyhow::Result<()> {
                 "recovery" => recovery(&o).await?,
                 "checkpoint" => checkpoint(&o).await?,
                 "throughput" => throughput(&o).await?,
+                "ui" => ui_cost::ui_cost(&o, o.ui_pairs, o.ui_epochs).await?,
                 other => eprintln!("unknown benchmark {other}"),
             }
         }

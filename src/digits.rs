@@ -3,6 +3,8 @@
 //! It is the README's main job and the end-to-end check of kiln-nn.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kiln_nn::criterion::ClassNll;
 use kiln_nn::data::{digits, resize_bilinear, LabeledData};
@@ -13,6 +15,8 @@ use kiln_nn::train::{evaluate, TrainConfig, TrainSummary, Trainer, Trigger};
 use kiln_nn::{Module, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+
+use crate::training::summaries::Summaries;
 
 /// Seed of the fixed held-out split (never changes, so accuracies compare across runs).
 pub const SPLIT_SEED: u64 = 20_240_229;
@@ -189,6 +193,100 @@ pub struct DigitsReport {
 /// (with a progress bar when `progress`) and evaluates it on the held-out
 /// split; returns the trained model and the report.
 pub fn run(job: &DigitsSettings, progress: bool) -> Result<(Box<dyn Module<f32>>, DigitsReport)> {
+    run_summarised(job, progress, None)
+}
+
+/// One epoch's running sums for its TensorBoard scalars.
+struct EpochSums {
+    summaries: Summaries,
+    /// Sample-weighted loss sum and samples of the epoch so far.
+    loss_sum: f64,
+    samples: usize,
+    /// When the epoch's first batch started and its last one ended.
+    started: Instant,
+    last_batch: Instant,
+    /// The latest held-out evaluation.
+    held_out: Option<Evaluation>,
+}
+
+/// Hooks writing `summaries` for a run over `train_len` samples in
+/// batches of `batch`: per iteration the batch loss and learning rate;
+/// per epoch the mean loss, throughput (validation left out) and the
+/// held-out loss and accuracy (`eval/held_out_loss`, `eval/held_out_acc`).
+fn summary_hooks(
+    mut trainer: Trainer<f32>,
+    summaries: Summaries,
+    train_len: usize,
+    batch: usize,
+) -> Trainer<f32> {
+    let sums = Arc::new(Mutex::new(EpochSums {
+        summaries,
+        loss_sum: 0.0,
+        samples: 0,
+        started: Instant::now(),
+        last_batch: Instant::now(),
+        held_out: None,
+    }));
+    let per_epoch = train_len.div_ceil(batch) as u64;
+    let on_batch = sums.clone();
+    trainer = trainer.with_hook(
+        Trigger::EveryIterations(1),
+        Box::new(move |state, _| {
+            if let Ok(mut s) = on_batch.lock() {
+                let k = ((state.iteration - 1) % per_epoch) as usize;
+                let n = batch.min(train_len - k * batch);
+                s.loss_sum += state.loss * n as f64;
+                s.samples += n;
+                s.last_batch = Instant::now();
+                s.summaries
+                    .iteration(state.iteration, state.loss, state.learning_rate);
+            }
+            Ok(())
+        }),
+    );
+    let on_validation = sums.clone();
+    trainer = trainer.with_validation_hook(Box::new(move |_, e| {
+        if let Ok(mut s) = on_validation.lock() {
+            s.held_out = Some(*e);
+        }
+        Ok(())
+    }));
+    trainer.with_hook(
+        Trigger::EveryEpochs(1),
+        Box::new(move |state, _| {
+            if let Ok(mut s) = sums.lock() {
+                let secs = s.last_batch.duration_since(s.started).as_secs_f64();
+                let metrics: Vec<(String, f64)> = s
+                    .held_out
+                    .take()
+                    .map(|e| {
+                        vec![
+                            ("held_out_loss".to_string(), e.loss),
+                            ("held_out_acc".to_string(), e.top1),
+                        ]
+                    })
+                    .unwrap_or_default();
+                let (loss, sps) = (
+                    s.loss_sum / s.samples.max(1) as f64,
+                    s.samples as f64 / secs.max(1e-9),
+                );
+                s.summaries.epoch(state.iteration, loss, sps, &metrics);
+                s.loss_sum = 0.0;
+                s.samples = 0;
+                s.started = Instant::now();
+            }
+            Ok(())
+        }),
+    )
+}
+
+/// [`run`], writing TensorBoard scalars into `summaries` when given (see
+/// `summary_hooks`).
+pub fn run_summarised(
+    job: &DigitsSettings,
+    progress: bool,
+    summaries: Option<Summaries>,
+) -> Result<(Box<dyn Module<f32>>, DigitsReport)> {
     let (train, test) = load_split(&job.data, job.model)?;
     let config = job.network();
     let mut model = config.build::<f32>(&mut StdRng::seed_from_u64(job.seed))?;
@@ -208,6 +306,9 @@ pub fn run(job: &DigitsSettings, progress: bool) -> Result<(Box<dyn Module<f32>>
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(Box::new(ClassNll::default()), optimizer, train_config)?;
+    if let Some(s) = summaries {
+        trainer = summary_hooks(trainer, s, train.len(), job.batch_size);
+    }
     let summary = trainer.fit(model.as_mut(), &train, Some(&test))?;
     let held_out = evaluate(model.as_mut(), &mut ClassNll::default(), &test, 512)?;
     Ok((

@@ -11,7 +11,7 @@ mod optimizer;
 pub mod resume;
 mod run;
 mod settings;
-mod summaries;
+pub mod summaries;
 mod sync_bench;
 
 use std::future::Future;

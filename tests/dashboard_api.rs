@@ -99,6 +99,10 @@ fn a_training_job_shows_its_curves_checkpoints_stages_and_metrics() {
         assert_eq!(p.checkpoint_seconds > 0.0, (k + 1) % 45 == 0, "{p:?}");
     }
     assert!(t.iterations[134].loss < t.iterations[0].loss, "it learns");
+    // A page that has seen 130 iterations asks for the rest only.
+    let rest: TrainingView = get_json(addr, "/api/jobs/1/training?since=130");
+    assert_eq!(rest.iterations, t.iterations[130..].to_vec());
+    assert_eq!((rest.iterations_recorded, rest.epochs.len()), (135, 3));
     assert_eq!(t.epochs.len(), 3);
     for (k, e) in t.epochs.iter().enumerate() {
         assert_eq!((e.epoch, e.iteration), (k as u64 + 1, 45 * (k as u64 + 1)));

@@ -179,3 +179,79 @@ fn a_training_job_writes_its_scalars_into_a_run_directory_of_its_own() {
         "{line} vs {last_epoch_loss}"
     );
 }
+
+#[test]
+fn single_process_kiln_train_writes_the_same_scalars() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logdir = dir.path().join("tb");
+    let (ok, out, err) = kiln_output(
+        &[
+            "train",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--tensorboard",
+            s(&logdir),
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(ok, "{out}\n{err}");
+    let runs: Vec<PathBuf> = std::fs::read_dir(&logdir)
+        .expect("the log directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let name = runs[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("digits-"), "{name}");
+    let file = std::fs::read_dir(&runs[0])
+        .expect("the run directory")
+        .map(|e| e.expect("entry").path())
+        .next()
+        .expect("an event file");
+    assert!(
+        out.contains(&format!("TENSORBOARD {}", file.display())),
+        "{out}"
+    );
+    let (_, scalars) = read_scalars(&file).expect("a valid event file");
+    let series = |tag: &str| -> Vec<&Scalar> { scalars.iter().filter(|s| s.tag == tag).collect() };
+    // 1438 training samples in batches of 32: 45 iterations an epoch.
+    let losses = series("train/loss");
+    assert_eq!(
+        losses.iter().map(|s| s.step).collect::<Vec<_>>(),
+        (1..=90).collect::<Vec<_>>()
+    );
+    assert!(series("train/learning_rate")
+        .iter()
+        .all(|s| s.value == 0.05));
+    for tag in [
+        "epoch/loss",
+        "epoch/samples_per_second",
+        "eval/held_out_loss",
+        "eval/held_out_acc",
+    ] {
+        let per_epoch = series(tag);
+        assert_eq!(
+            per_epoch.iter().map(|s| s.step).collect::<Vec<_>>(),
+            vec![45, 90],
+            "{tag}: {scalars:?}"
+        );
+        assert!(per_epoch
+            .iter()
+            .all(|s| s.value.is_finite() && s.value > 0.0));
+    }
+    // The held-out accuracy printed at the end is the last epoch's.
+    let acc = series("eval/held_out_acc")[1].value;
+    assert!(
+        out.contains(&format!("held-out accuracy: {:.2}%", acc * 100.0)),
+        "{out} vs {acc}"
+    );
+    // An unwritable directory is refused before training.
+    let file_not_dir = dir.path().join("plain-file");
+    std::fs::write(&file_not_dir, "x").unwrap();
+    let (ok, out, err) = kiln_output(
+        &["train", "--epochs", "1", "--tensorboard", s(&file_not_dir)],
+        Duration::from_secs(60),
+    );
+    assert!(!ok && err.contains("--tensorboard"), "{out}\n{err}");
+    assert!(!out.contains("trained"), "{out}");
+}

@@ -113,6 +113,10 @@ pub struct TrainSummary {
 /// A user hook (e.g. save a checkpoint) run when its trigger fires.
 pub type Hook<F> = Box<dyn FnMut(&TrainState, &dyn Module<F>) -> Result<()> + Send>;
 
+/// A user hook run after each validation with its result (e.g. write it
+/// to TensorBoard).
+pub type ValidationHook = Box<dyn FnMut(&TrainState, &Evaluation) -> Result<()> + Send>;
+
 /// Trains one model in this process.
 pub struct Trainer<F: Float> {
     criterion: Box<dyn Criterion<F>>,
@@ -120,6 +124,7 @@ pub struct Trainer<F: Float> {
     config: TrainConfig,
     scheduler: Option<LrScheduler>,
     hooks: Vec<(Trigger, Hook<F>)>,
+    validation_hooks: Vec<ValidationHook>,
 }
 
 impl<F: Float> Trainer<F> {
@@ -142,12 +147,20 @@ impl<F: Float> Trainer<F> {
             config,
             scheduler,
             hooks: Vec::new(),
+            validation_hooks: Vec::new(),
         })
     }
 
     /// Adds a hook run whenever `trigger` fires.
     pub fn with_hook(mut self, trigger: Trigger, hook: Hook<F>) -> Self {
         self.hooks.push((trigger, hook));
+        self
+    }
+
+    /// Adds a hook run after every validation, with its result (before
+    /// the hooks of [`Trainer::with_hook`] at the same point).
+    pub fn with_validation_hook(mut self, hook: ValidationHook) -> Self {
+        self.validation_hooks.push(hook);
         self
     }
 
@@ -300,6 +313,9 @@ impl<F: Float> Trainer<F> {
                     "validation: {e}"
                 );
                 validations.push((*state, e));
+                for hook in &mut self.validation_hooks {
+                    hook(state, &e)?;
+                }
                 if let Some(sched) = &mut self.scheduler {
                     sched.observe(e.loss);
                 }

@@ -175,9 +175,10 @@ impl Monitor {
         }))
     }
 
-    /// A job's training curves, or `None` if no job has that id.
-    pub fn training(&self, id: u64) -> Result<Option<TrainingView>> {
-        let view = self.lock()?.state.jobs.get(&id).map(|r| r.training());
+    /// A job's training curves (the iterations after iteration `since`
+    /// only; 0: all kept), or `None` if no job has that id.
+    pub fn training(&self, id: u64, since: u64) -> Result<Option<TrainingView>> {
+        let view = self.lock()?.state.jobs.get(&id).map(|r| r.training(since));
         Ok(self
             .info(id, view.is_some())?
             .map(|_| view.unwrap_or_default()))

@@ -167,6 +167,16 @@ async fn failures_retries_exclusions_and_losses_show_in_the_api() {
             ("/api/executors/99", 404, "executor 99 does not exist"),
             ("/api/jobs/seven", 400, "job id \"seven\" is not a number"),
             (
+                "/api/jobs/0/training?since=x",
+                400,
+                "since=\"x\" is not an iteration number",
+            ),
+            (
+                "/api/jobs/0/training?limit=3",
+                400,
+                "unknown query parameter \"limit=3\"",
+            ),
+            (
                 "/api/nothing",
                 404,
                 "/api/nothing is not a page or API route",

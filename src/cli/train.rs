@@ -15,6 +15,7 @@ use super::cluster::{DEFAULT_EXECUTORS, MAX_EXECUTORS};
 use super::job_args::{batch_size, finite_in};
 use crate::digits::{self as digits_job, DigitsModel, DigitsSettings};
 use crate::jobs::{MAX_EPOCHS, MAX_LEARNING_RATE};
+use crate::training::summaries::Summaries;
 
 /// Arguments of `kiln train`.
 #[derive(Debug, Args)]
@@ -58,6 +59,11 @@ pub struct TrainArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Write TensorBoard event files (batch loss and learning rate per
+    /// iteration; epoch loss, samples/s and held-out loss and accuracy per
+    /// epoch) into a run directory `digits-<unix seconds>` under DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// Arguments of `kiln eval`.
@@ -103,8 +109,19 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         crate::output_paths::check_output_file("--out", out)?;
     }
-    let (model, report) =
-        digits_job::run(&job, !args.no_progress).context("digits training failed")?;
+    let summaries = match &args.tensorboard {
+        Some(dir) => {
+            crate::output_paths::check_output_dir("--tensorboard", dir)?;
+            Some(Summaries::open(
+                Some(dir),
+                "digits",
+                Box::new(|line| super::out_line(&line)),
+            ))
+        }
+        None => None,
+    };
+    let (model, report) = digits_job::run_summarised(&job, !args.no_progress, summaries)
+        .context("digits training failed")?;
     println!(
         "trained {:?} for {} epochs ({} iterations) in {:.1} s, {:.0} samples/s",
         job.model,

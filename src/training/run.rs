@@ -182,7 +182,12 @@ pub async fn run_training<K: TrainingJob>(
         trainer.batches_per_epoch()
     ));
     let model_path = ctx.dir().join("model.safetensors");
-    let mut summaries = Summaries::open(settings.run.tensorboard.as_deref(), name, ctx);
+    let say_ctx = ctx.clone();
+    let mut summaries = Summaries::open(
+        settings.run.tensorboard.as_deref(),
+        &format!("{name}-job{}", ctx.id()),
+        Box::new(move |line| say_ctx.line(line)),
+    );
     let started = Instant::now();
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     let mut report = TrainingReport::default();
@@ -209,7 +214,6 @@ pub async fn run_training<K: TrainingJob>(
         }
         trained += it.stats.samples;
         summaries.iteration(
-            ctx,
             it.position.iteration,
             it.stats.mean_loss(),
             it.learning_rate,
@@ -245,7 +249,6 @@ pub async fn run_training<K: TrainingJob>(
             report.evaluation_seconds += evaluating.elapsed().as_secs_f64();
             let samples_per_second = epoch_stats.samples as f64 / secs.max(1e-9);
             summaries.epoch(
-                ctx,
                 it.position.iteration,
                 epoch_stats.mean_loss(),
                 samples_per_second,

@@ -1,56 +1,66 @@
-//! A training run's TensorBoard scalars (`run.tensorboard`, the
-//! `--tensorboard DIR` flag): one run directory per job under the
-//! directory given, `<kind>-job<id>-<unix seconds>`, with per iteration
-//! `train/loss` and `train/learning_rate` and per epoch `epoch/loss`,
-//! `epoch/samples_per_second` and every evaluation metric as
-//! `eval/<name>`, all at the global iteration as their step.
+//! A training run's TensorBoard scalars (`--tensorboard DIR`): one run
+//! directory per run under the directory given (a cluster job's is
+//! `<kind>-job<id>-<unix seconds>`, `kiln train`'s `digits-<unix
+//! seconds>`), with per iteration `train/loss` and `train/learning_rate`
+//! and per epoch `epoch/loss`, `epoch/samples_per_second` and every
+//! evaluation metric as `eval/<name>`, all at the global iteration as
+//! their step.
 //!
 //! A write that fails is said once on a `WARNING` line and the summaries
 //! stop; training goes on (the directory was checked writable before the
-//! job started).
+//! run started).
 
 use std::path::Path;
 
-use kiln_runtime::JobContext;
-
 use crate::tensorboard::EventWriter;
 
+/// How the summaries say something (a job's output line, stderr).
+pub type Say = Box<dyn Fn(String) + Send + Sync>;
+
 /// The summaries of one run, or none.
-#[derive(Debug, Default)]
-pub(super) struct Summaries {
+pub struct Summaries {
     writer: Option<EventWriter>,
+    say: Say,
+}
+
+impl std::fmt::Debug for Summaries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Summaries")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Summaries {
-    /// Opens the run directory of job `ctx` of kind `kind` under `dir`, or
-    /// nothing without a directory.
-    pub(super) fn open(dir: Option<&Path>, kind: &str, ctx: &JobContext) -> Self {
+    /// Opens run directory `<run>-<unix seconds>` under `dir` and says
+    /// `TENSORBOARD <path>`; nothing without a directory.
+    pub fn open(dir: Option<&Path>, run: &str, say: Say) -> Self {
         let Some(dir) = dir else {
-            return Summaries::default();
+            return Summaries { writer: None, say };
         };
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let run = dir.join(format!("{kind}-job{}-{secs}", ctx.id()));
-        match EventWriter::create(&run) {
+        let path = dir.join(format!("{run}-{secs}"));
+        match EventWriter::create(&path) {
             Ok(writer) => {
-                ctx.line(format!("TENSORBOARD {}", writer.path().display()));
+                say(format!("TENSORBOARD {}", writer.path().display()));
                 Summaries {
                     writer: Some(writer),
+                    say,
                 }
             }
             Err(e) => {
-                ctx.line(format!("WARNING tensorboard summaries are off: {e}"));
-                Summaries::default()
+                say(format!("WARNING tensorboard summaries are off: {e}"));
+                Summaries { writer: None, say }
             }
         }
     }
 
     /// One iteration's mean loss and learning rate.
-    pub(super) fn iteration(&mut self, ctx: &JobContext, step: u64, loss: f64, learning_rate: f64) {
+    pub fn iteration(&mut self, step: u64, loss: f64, learning_rate: f64) {
         self.write(
-            ctx,
             step,
             &[("train/loss", loss), ("train/learning_rate", learning_rate)],
             false,
@@ -58,9 +68,8 @@ impl Summaries {
     }
 
     /// One epoch's mean loss, throughput and evaluation metrics; flushes.
-    pub(super) fn epoch(
+    pub fn epoch(
         &mut self,
-        ctx: &JobContext,
         step: u64,
         loss: f64,
         samples_per_second: f64,
@@ -76,10 +85,10 @@ impl Summaries {
                 .map(String::as_str)
                 .zip(metrics.iter().map(|(_, v)| *v)),
         );
-        self.write(ctx, step, &values, true);
+        self.write(step, &values, true);
     }
 
-    fn write(&mut self, ctx: &JobContext, step: u64, values: &[(&str, f64)], flush: bool) {
+    fn write(&mut self, step: u64, values: &[(&str, f64)], flush: bool) {
         let Some(w) = self.writer.as_mut() else {
             return;
         };
@@ -87,7 +96,7 @@ impl Summaries {
             .scalars(step, values)
             .and_then(|()| if flush { w.flush() } else { Ok(()) });
         if let Err(e) = written {
-            ctx.line(format!("WARNING tensorboard summaries stop: {e}"));
+            (self.say)(format!("WARNING tensorboard summaries stop: {e}"));
             self.writer = None;
         }
     }

@@ -19,6 +19,15 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
+    /// Guards `child`, whose output is not read.
+    pub(crate) fn of(child: Child) -> Guard {
+        Guard {
+            child,
+            lines: None,
+            _dir: None,
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

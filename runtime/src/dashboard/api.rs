@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -93,7 +93,7 @@ async fn api_index() -> Response {
             "/api/executors/{id}": "one live executor",
             "/api/jobs": "every submitted job with its counters",
             "/api/jobs/{id}": "a job with its stages, tasks, failures and exclusions",
-            "/api/jobs/{id}/training": "a training job's iterations and epochs",
+            "/api/jobs/{id}/training?since=N": "a training job's iterations (after iteration N) and epochs",
             "/api/jobs/{id}/checkpoints": "a training job's checkpoints",
             "/metrics": "Prometheus metrics (text exposition format)"
         },
@@ -129,11 +129,43 @@ async fn job(State(m): State<Monitor>, Path(raw): Path<String>) -> Response {
     }
 }
 
-async fn training(State(m): State<Monitor>, Path(raw): Path<String>) -> Response {
-    match id_of("job", &raw) {
-        Ok(id) => found_or_404(m.training(id), format!("job {id}")),
-        Err(r) => r,
+/// The `since` of `?since=N` (iterations after N only; 0 without it), or
+/// the 400 answer for any other query.
+fn since_of(query: Option<&str>) -> Result<u64, Response> {
+    let mut since = 0;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since", v)) => {
+                since = v.parse().map_err(|_| {
+                    error_response(
+                        StatusCode::BAD_REQUEST,
+                        format!("since={v:?} is not an iteration number"),
+                    )
+                })?;
+            }
+            // The UI token may ride along on any request.
+            Some(("token", _)) => {}
+            _ => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?} (the training API takes since=N)"),
+                ))
+            }
+        }
     }
+    Ok(since)
+}
+
+async fn training(
+    State(m): State<Monitor>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (id, since) = match (id_of("job", &raw), since_of(query.as_deref())) {
+        (Ok(id), Ok(since)) => (id, since),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    found_or_404(m.training(id, since), format!("job {id}"))
 }
 
 async fn checkpoints(State(m): State<Monitor>, Path(raw): Path<String>) -> Response {

@@ -59,9 +59,17 @@ impl<T: Clone> Thinned<T> {
     }
 
     /// The kept points, oldest first, and the newest one.
+    #[cfg(test)]
     pub(crate) fn points(&self) -> Vec<T> {
-        let mut out: Vec<T> = self.kept.iter().cloned().collect();
-        out.extend(self.latest.clone());
+        self.points_after(|_| true)
+    }
+
+    /// [`Thinned::points`] from the first for which `newer` holds (the
+    /// points are in order, so the rest are newer too).
+    pub(crate) fn points_after(&self, newer: impl Fn(&T) -> bool) -> Vec<T> {
+        let from = self.kept.partition_point(|p| !newer(p));
+        let mut out: Vec<T> = self.kept.range(from..).cloned().collect();
+        out.extend(self.latest.clone().filter(|p| newer(p)));
         out
     }
 }
@@ -91,5 +99,12 @@ mod tests {
             gaps[..gaps.len() - 1].windows(2).all(|g| g[0] == g[1]),
             "{p:?}"
         );
+        // A reader that has the points up to 80 gets the rest.
+        let rest = s.points_after(|&x| x > 80);
+        assert_eq!(
+            rest,
+            p.iter().copied().filter(|&x| x > 80).collect::<Vec<_>>()
+        );
+        assert_eq!(s.points_after(|&x| x > 99), Vec::<i32>::new());
     }
 }

@@ -50,11 +50,11 @@ impl Default for JobRecord {
 }
 
 impl JobRecord {
-    /// The training curves.
-    pub(crate) fn training(&self) -> TrainingView {
+    /// The training curves, with the iterations after `since` only.
+    pub(crate) fn training(&self, since: u64) -> TrainingView {
         TrainingView {
             iterations_recorded: self.iterations.seen(),
-            iterations: self.iterations.points(),
+            iterations: self.iterations.points_after(|p| p.iteration > since),
             epochs: self.epochs.iter().cloned().collect(),
         }
     }

@@ -37,6 +37,22 @@ function state(s) { const w = stateWord(s); return `<span class="state state-${e
 function stateWord(s) { return typeof s === "string" ? s.toLowerCase() : Object.keys(s)[0].toLowerCase(); }
 function stateError(s) { return typeof s === "object" && s.Failed ? s.Failed : ""; }
 
+// Training curves by job, fetched incrementally (?since=): each poll
+// brings only the iterations the page has not seen.
+const curves = {};
+async function trainingOf(job) {
+  const c = curves[job] || (curves[job] = { last: 0, iterations: [] });
+  const t = await api(`/api/jobs/${job}/training?since=${c.last}`);
+  c.iterations.push(...t.iterations);
+  if (c.iterations.length) c.last = c.iterations[c.iterations.length - 1].iteration;
+  // Thinned as the driver thins its own copy: at most 4096 points.
+  while (c.iterations.length > 4096) {
+    const n = c.iterations.length;
+    c.iterations = c.iterations.filter((_, i) => i % 2 === 0 || i === n - 1);
+  }
+  return { ...t, iterations: c.iterations };
+}
+
 async function api(path) {
   const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
   const body = await r.json().catch(() => ({ error: r.statusText }));
@@ -110,7 +126,7 @@ async function clusterPage() {
   const running = jobs.find(j => stateWord(j.info.state) === "running" && j.info.id !== 0);
   html += `<h2>Running job</h2>`;
   if (running) {
-    const t = await api(`/api/jobs/${running.info.id}/training`);
+    const t = await trainingOf(running.info.id);
     const p = running.info.progress;
     html += `<div id="running-job" data-id="${running.info.id}"><a href="#/jobs/${running.info.id}">job ${running.info.id}</a> ${esc(running.info.kind)}: ${esc(running.info.description)} ${state(running.info.state)}
       ${p ? `<span class="muted">${p.done}${p.total ? " / " + p.total : ""} ${esc(p.message)}</span>` : ""}</div>
@@ -176,10 +192,10 @@ async function pickJob(id, what) {
 async function trainingPage(id) {
   const [job, select] = await pickJob(id, "training");
   if (job === undefined) return `<h2>Training</h2><div class="empty">no training job yet</div>`;
-  const t = await api(`/api/jobs/${job}/training`);
+  const t = await trainingOf(job);
   const it = t.iterations;
   const xs = f => it.map(p => [p.iteration, f(p)]);
-  let html = `<h2>Training ${select}</h2><div class="muted">${t.iterations_recorded} iterations recorded (${it.length} kept), ${t.epochs.length} epochs</div>`;
+  let html = `<h2>Training ${select}</h2><div class="muted">${t.iterations_recorded} iterations recorded (${it.length} shown), ${t.epochs.length} epochs</div>`;
   html += `<h2>Where an iteration's time goes</h2>` + (splitBar(it) || `<div class="empty">no iteration yet</div>`);
   html += `<div class="charts">`;
   html += lineChart("chart-loss", "training loss", [{ name: "loss", color: COLORS[0], points: xs(p => p.loss) }], "iteration");
