@@ -106,6 +106,31 @@ fn the_fixture_is_what_kiln_writes_and_what_tensorboard_read() {
     assert_eq!(shown["eval/accuracy"].as_array().expect("series").len(), 2);
 }
 
+/// The one run directory under `logdir` and its one event file, which
+/// the command's output (`out`) named on its `TENSORBOARD` line.
+fn the_one_run(logdir: &Path, out: &str) -> (String, PathBuf) {
+    let runs: Vec<PathBuf> = std::fs::read_dir(logdir)
+        .expect("the log directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let name = runs[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let files: Vec<PathBuf> = std::fs::read_dir(&runs[0])
+        .expect("the run directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        out.contains(&format!("TENSORBOARD {}", files[0].display())),
+        "{out}"
+    );
+    (name, files[0].clone())
+}
+
 #[test]
 fn a_training_job_writes_its_scalars_into_a_run_directory_of_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,27 +150,9 @@ fn a_training_job_writes_its_scalars_into_a_run_directory_of_its_own() {
         Duration::from_secs(240),
     );
     assert!(ok, "{out}\n{err}");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&logdir)
-        .expect("the log directory")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let run_name = runs[0]
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .to_string();
+    let (run_name, file) = the_one_run(&logdir, &out);
     assert!(run_name.starts_with("digits-job"), "{run_name}");
-    let files: Vec<PathBuf> = std::fs::read_dir(&runs[0])
-        .expect("the run directory")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(files.len(), 1);
-    assert!(
-        out.contains(&format!("TENSORBOARD {}", files[0].display())),
-        "{out}"
-    );
-    let (version, scalars) = read_scalars(&files[0]).expect("a valid event file");
+    let (version, scalars) = read_scalars(&file).expect("a valid event file");
     assert_eq!(version.as_deref(), Some("brain.Event:2"));
     let series = |tag: &str| -> Vec<&Scalar> { scalars.iter().filter(|s| s.tag == tag).collect() };
     let losses = series("train/loss");
@@ -196,22 +203,8 @@ fn single_process_kiln_train_writes_the_same_scalars() {
         Duration::from_secs(240),
     );
     assert!(ok, "{out}\n{err}");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&logdir)
-        .expect("the log directory")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let name = runs[0].file_name().unwrap().to_string_lossy().to_string();
+    let (name, file) = the_one_run(&logdir, &out);
     assert!(name.starts_with("digits-"), "{name}");
-    let file = std::fs::read_dir(&runs[0])
-        .expect("the run directory")
-        .map(|e| e.expect("entry").path())
-        .next()
-        .expect("an event file");
-    assert!(
-        out.contains(&format!("TENSORBOARD {}", file.display())),
-        "{out}"
-    );
     let (_, scalars) = read_scalars(&file).expect("a valid event file");
     let series = |tag: &str| -> Vec<&Scalar> { scalars.iter().filter(|s| s.tag == tag).collect() };
     // 1438 training samples in batches of 32: 45 iterations an epoch.

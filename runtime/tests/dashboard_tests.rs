@@ -194,6 +194,23 @@ async fn failures_retries_exclusions_and_losses_show_in_the_api() {
             assert_eq!(e.status, status);
             assert!(e.error.contains(says), "{path}: {}", e.error);
         }
+        // Without a token, only requests to a loopback name are served: a
+        // page that rebinds its own name to 127.0.0.1 is refused.
+        let (got, _, body) = get_async(
+            addr,
+            "/api/cluster",
+            vec![("Host", "evil.example:80".into())],
+        )
+        .await;
+        assert_eq!(got, 403, "{body}");
+        assert!(body.contains("loopback name"), "{body}");
+        let (got, _, _) = get_async(
+            addr,
+            "/api/cluster",
+            vec![("Host", format!("localhost:{}", addr.port()))],
+        )
+        .await;
+        assert_eq!(got, 200);
         let live = c.executors[0].id;
         let (got, _, body) = get_async(
             addr,

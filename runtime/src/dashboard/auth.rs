@@ -62,10 +62,41 @@ fn presented(req: &Request) -> (Option<String>, bool) {
     (None, false)
 }
 
-/// The middleware: passes requests with the token (or all, without one).
+/// Whether the request's `Host` names this machine by a loopback name
+/// (`localhost`, `127.x.x.x`, `[::1]`, with or without a port). A
+/// dashboard without a token serves only such requests: a web page
+/// elsewhere that rebinds its own name to 127.0.0.1 (DNS rebinding)
+/// sends its own name and is refused.
+fn loopback_host(req: &Request) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The middleware: passes requests with the token; without a token (a
+/// loopback bind), requests that name the host by a loopback name.
 pub(super) async fn require_token(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let Some(token) = g.token.as_deref() else {
-        return next.run(req).await;
+        if loopback_host(&req) {
+            return next.run(req).await;
+        }
+        g.monitor.unauthorized();
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "this dashboard has no token and answers only requests to a loopback name (localhost, 127.0.0.1, [::1]); bind it elsewhere with a UI token to reach it by another name".into(),
+        );
     };
     let (given, from_query) = presented(&req);
     match given {
@@ -99,6 +130,36 @@ pub(super) async fn require_token(State(g): State<Guard>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_host(host: &str) -> Request {
+        Request::builder()
+            .uri("/api/cluster")
+            .header(header::HOST, host)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_loopback_names_pass_without_a_token() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+            "127.3.4.5",
+        ] {
+            assert!(loopback_host(&with_host(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "10.0.0.1:80",
+            "[::2]:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!loopback_host(&with_host(bad)), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_compare_whole() {

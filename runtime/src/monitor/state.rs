@@ -28,6 +28,9 @@ const TASKS_SHOWN: usize = 1000;
 const ITERATIONS_KEPT: usize = 2048;
 /// Epoch points kept per job.
 const EPOCHS_KEPT: usize = 10_000;
+/// Jobs whose activity and curves are kept (the oldest go first; the
+/// driver's job list keeps them, with empty activity).
+const JOBS_KEPT: usize = 200;
 
 /// One job's activity and curves.
 #[derive(Debug)]
@@ -192,6 +195,13 @@ impl MonitorState {
             Event::JobStarted(id) => {
                 self.cluster.running_job = Some(id);
                 self.job_mut(id);
+                while self.jobs.len() > JOBS_KEPT {
+                    let Some(oldest) = self.jobs.keys().copied().find(|&j| j != id) else {
+                        break;
+                    };
+                    self.jobs.remove(&oldest);
+                    self.stage_owner.retain(|_, j| *j != oldest);
+                }
             }
             Event::JobEnded(id) => {
                 if self.cluster.running_job == Some(id) {
@@ -436,6 +446,17 @@ mod tests {
             partitions: 1,
         });
         assert_eq!(m.jobs[&0].activity.stages, 1);
+    }
+
+    #[test]
+    fn only_the_newest_jobs_keep_their_records() {
+        let mut m = MonitorState::default();
+        for id in 1..=(JOBS_KEPT as u64 + 5) {
+            m.apply(Event::JobStarted(id));
+            m.apply(Event::JobEnded(id));
+        }
+        assert_eq!(m.jobs.len(), JOBS_KEPT);
+        assert_eq!(m.jobs.keys().next(), Some(&6));
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct ClusterView {
     pub wire: BTreeMap<String, WireBytes>,
     /// The submitted job running now, if any.
     pub running_job: Option<u64>,
-    /// Requests the dashboard refused for want of the UI token.
+    /// Requests the dashboard refused: without the UI token, or (without
+    /// a token) not to a loopback name.
     pub unauthorized_requests: u64,
 }
 
