@@ -19,7 +19,7 @@ use std::time::Duration;
 use helpers::{kiln, kiln_env, submit, Guard};
 use http::{get, get_json};
 use kiln_runtime::monitor::view::{
-    CheckpointsView, ClusterView, JobDetail, JobSummary, TrainingView,
+    CheckpointView, CheckpointsView, ClusterView, JobDetail, JobSummary, TrainingView,
 };
 use kiln_runtime::JobState;
 
@@ -125,6 +125,39 @@ fn a_training_job_shows_its_curves_checkpoints_stages_and_metrics() {
         .iter()
         .all(|k| k.verified && k.bytes > 600_000 && k.write_seconds > 0.0));
     assert_eq!((c.kept[1].iteration, c.kept[1].epoch), (135, 3));
+    // Verified again on demand: the blob files are read back.
+    let verified: CheckpointView = post_json(addr, "/api/jobs/1/checkpoints/3/verify");
+    assert!(
+        verified.verified && verified.verify_error.is_none(),
+        "{verified:?}"
+    );
+    assert!(verified.verified_ms >= c.kept[1].verified_ms);
+    // A flipped byte in checkpoint 3's blob: it fails, and a resume would
+    // start from checkpoint 2.
+    let blob_dir = store.join("blobs").join(format!("{:020}", 3));
+    let blob = std::fs::read_dir(&blob_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&blob, bytes).unwrap();
+    let failed: CheckpointView = post_json(addr, "/api/jobs/1/checkpoints/3/verify");
+    assert!(!failed.verified, "{failed:?}");
+    let why = failed.verify_error.unwrap();
+    assert!(why.contains("checksum") || why.contains("crc"), "{why}");
+    let c: CheckpointsView = get_json(addr, "/api/jobs/1/checkpoints");
+    assert_eq!(c.resume_from, Some(2));
+    for (path, says) in [
+        ("/api/jobs/1/checkpoints/1/verify", "checkpoint 1 of job 1"),
+        ("/api/jobs/9/checkpoints/2/verify", "job 9 does not exist"),
+    ] {
+        let a = http::post(addr, path);
+        assert_eq!(a.status, 404, "{path}: {}", a.body);
+        assert!(a.body.contains(says), "{}", a.body);
+    }
 
     let d: JobDetail = get_json(addr, "/api/jobs/1");
     let a = &d.activity;
@@ -190,6 +223,13 @@ fn a_training_job_shows_its_curves_checkpoints_stages_and_metrics() {
     assert!(metric(&text, "kiln_staged_bytes_total") > 0.0);
     promtool_check(&text);
     local.kill9();
+}
+
+/// `POST path`, expecting 200 and JSON of type `T`.
+fn post_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> T {
+    let a = http::post(addr, path);
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", a.body))
 }
 
 /// The value of the unlabelled sample `name`.

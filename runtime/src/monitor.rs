@@ -197,6 +197,55 @@ impl Monitor {
             .map(|_| view.unwrap_or_default()))
     }
 
+    /// Checks checkpoint `checkpoint` of job `job` again: reads each of its
+    /// blob files and verifies its header, length and checksum against
+    /// what the commit recorded (off the async threads), records the
+    /// outcome and returns the checkpoint's view; `None` if the job or a
+    /// kept checkpoint of that id does not exist.
+    pub async fn verify_checkpoint(
+        &self,
+        job: u64,
+        checkpoint: u64,
+    ) -> Result<Option<view::CheckpointView>> {
+        let found = {
+            let g = self.lock()?;
+            g.state.jobs.get(&job).and_then(|r| {
+                Some((
+                    r.checkpoints.store.clone()?,
+                    r.blobs.get(&checkpoint)?.clone(),
+                ))
+            })
+        };
+        let Some((store, blobs)) = found else {
+            return Ok(None);
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            let dir = std::path::Path::new(&store);
+            blobs
+                .iter()
+                .try_for_each(|b| crate::checkpoint::verify_blob(dir, checkpoint, b))
+        })
+        .await
+        .map_err(|e| Error::BackgroundTask {
+            task: format!("verifying checkpoint {checkpoint}"),
+            source: e,
+        })?;
+        let mut g = self.lock()?;
+        let Some(record) = g.state.jobs.get_mut(&job) else {
+            return Ok(None);
+        };
+        let view = &mut record.checkpoints;
+        let Some(k) = view.kept.iter_mut().find(|k| k.id == checkpoint) else {
+            return Ok(None);
+        };
+        k.verified = checked.is_ok();
+        k.verified_ms = event::now_ms();
+        k.verify_error = checked.err().map(|e| e.to_string());
+        let out = k.clone();
+        view.resume_from = state::resume_from(view);
+        Ok(Some(out))
+    }
+
     /// Every metric in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> Result<String> {
         match &self.lock()?.metrics {

@@ -15,10 +15,25 @@ pub(crate) struct Answer {
 
 /// `GET path` on `addr` with extra `headers`; panics on a transport error.
 pub(crate) fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    request(addr, "GET", path, headers)
+}
+
+/// `POST path` (no body) on `addr`.
+pub(crate) fn post(addr: SocketAddr, path: &str) -> Answer {
+    request(addr, "POST", path, &[("Content-Length", "0")])
+}
+
+/// One request of method `method`; panics on a transport error.
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
     }

@@ -72,6 +72,10 @@ pub(super) fn router(monitor: Monitor, token: Option<String>) -> Router {
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/training", get(training))
         .route("/api/jobs/{id}/checkpoints", get(checkpoints))
+        .route(
+            "/api/jobs/{id}/checkpoints/{checkpoint}/verify",
+            axum::routing::post(verify_checkpoint),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(guard, require_token))
@@ -95,6 +99,7 @@ async fn api_index() -> Response {
             "/api/jobs/{id}": "a job with its stages, tasks, failures and exclusions",
             "/api/jobs/{id}/training?since=N": "a training job's iterations (after iteration N) and epochs",
             "/api/jobs/{id}/checkpoints": "a training job's checkpoints",
+            "POST /api/jobs/{id}/checkpoints/{checkpoint}/verify": "read a kept checkpoint's blobs again and verify them",
             "/metrics": "Prometheus metrics (text exposition format)"
         },
         "docs": "docs/dashboard.md"
@@ -173,6 +178,27 @@ async fn checkpoints(State(m): State<Monitor>, Path(raw): Path<String>) -> Respo
         Ok(id) => found_or_404(m.checkpoints(id), format!("job {id}")),
         Err(r) => r,
     }
+}
+
+async fn verify_checkpoint(
+    State(m): State<Monitor>,
+    Path((raw_job, raw_checkpoint)): Path<(String, String)>,
+) -> Response {
+    let (job, checkpoint) = match (id_of("job", &raw_job), id_of("checkpoint", &raw_checkpoint)) {
+        (Ok(j), Ok(c)) => (j, c),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    match m.job(job) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error_response(StatusCode::NOT_FOUND, format!("job {job} does not exist"))
+        }
+        Err(e) => return internal(e),
+    }
+    found_or_404(
+        m.verify_checkpoint(job, checkpoint).await,
+        format!("checkpoint {checkpoint} of job {job} (kept by its store)"),
+    )
 }
 
 async fn metrics(State(m): State<Monitor>) -> Response {

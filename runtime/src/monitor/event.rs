@@ -48,6 +48,9 @@ pub(crate) struct CheckpointCommitted {
     pub(crate) write_seconds: f64,
     /// Older checkpoints retention removed with this commit.
     pub(crate) removed: Vec<u64>,
+    /// Its blobs (names, lengths, checksums): what a later verification
+    /// checks the files against.
+    pub(crate) blobs: Vec<crate::checkpoint::BlobRef>,
 }
 
 /// Bytes a finished connection moved, by peer kind.

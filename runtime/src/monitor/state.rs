@@ -39,6 +39,8 @@ pub(crate) struct JobRecord {
     pub(crate) iterations: Thinned<IterationPoint>,
     pub(crate) epochs: VecDeque<EpochPoint>,
     pub(crate) checkpoints: CheckpointsView,
+    /// The blobs of each kept checkpoint, by id.
+    pub(crate) blobs: HashMap<u64, Vec<crate::checkpoint::BlobRef>>,
 }
 
 impl Default for JobRecord {
@@ -48,6 +50,7 @@ impl Default for JobRecord {
             iterations: Thinned::new(ITERATIONS_KEPT),
             epochs: VecDeque::new(),
             checkpoints: CheckpointsView::default(),
+            blobs: HashMap::new(),
         }
     }
 }
@@ -223,7 +226,12 @@ impl MonitorState {
             }
             Event::Checkpoint(c) => {
                 let job = self.current_job();
-                committed(&mut self.job_mut(job).checkpoints, c, at);
+                let record = self.job_mut(job);
+                for id in &c.removed {
+                    record.blobs.remove(id);
+                }
+                record.blobs.insert(c.id, c.blobs.clone());
+                committed(&mut record.checkpoints, c, at);
             }
             Event::Wire {
                 kind,
@@ -376,9 +384,16 @@ fn committed(view: &mut CheckpointsView, c: CheckpointCommitted, at: u64) {
         bytes: c.bytes,
         write_seconds: c.write_seconds,
         verified: true,
+        verified_ms: at,
+        verify_error: None,
         at_ms: at,
     });
-    view.resume_from = view.kept.iter().rev().find(|k| k.verified).map(|k| k.id);
+    view.resume_from = resume_from(view);
+}
+
+/// The newest kept checkpoint whose last check verified.
+pub(crate) fn resume_from(view: &CheckpointsView) -> Option<u64> {
+    view.kept.iter().rev().find(|k| k.verified).map(|k| k.id)
 }
 
 #[cfg(test)]
@@ -472,11 +487,20 @@ mod tests {
                 bytes: 100,
                 write_seconds: 0.1,
                 removed: if id == 3 { vec![1] } else { vec![] },
+                blobs: Vec::new(),
             }));
         }
         let c = &m.jobs[&1].checkpoints;
         assert_eq!(c.kept.iter().map(|k| k.id).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!((c.resume_from, c.written, c.removed), (Some(3), 3, 1));
+        assert_eq!(
+            m.jobs[&1]
+                .blobs
+                .keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            [2, 3].into()
+        );
     }
 
     #[test]

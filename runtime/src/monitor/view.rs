@@ -292,7 +292,7 @@ pub struct CheckpointsView {
     /// Kept checkpoints, oldest first (retention removes old ones).
     pub kept: Vec<CheckpointView>,
     /// The checkpoint a resume of this store would start from: the
-    /// newest kept one that verified.
+    /// newest kept one whose last check verified.
     pub resume_from: Option<u64>,
     /// Checkpoints written in all.
     pub written: u64,
@@ -313,9 +313,15 @@ pub struct CheckpointView {
     pub bytes: u64,
     /// Seconds it took to write.
     pub write_seconds: f64,
-    /// Whether every blob's length and checksum verified at commit (a
-    /// checkpoint that does not is never committed).
+    /// Whether its blobs' lengths and checksums verified the last time
+    /// they were checked: at commit (a checkpoint that fails there is
+    /// never committed) or by `POST …/checkpoints/{id}/verify`, which
+    /// reads the files again.
     pub verified: bool,
+    /// When they were last checked, milliseconds since the Unix epoch.
+    pub verified_ms: u64,
+    /// Why the last check failed.
+    pub verify_error: Option<String>,
     /// When it was committed, milliseconds since the Unix epoch.
     pub at_ms: u64,
 }

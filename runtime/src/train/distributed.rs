@@ -1079,6 +1079,7 @@ impl<T: Data> DistributedTrainer<T> {
         }
         let mut record = CheckpointRecord::new(id, self.pos.iteration, self.pos.epoch);
         let bytes = blobs.iter().map(|b| b.len).sum();
+        let blob_refs = blobs.clone();
         record.blobs = blobs;
         record.meta = training_meta(
             self.pos,
@@ -1116,6 +1117,7 @@ impl<T: Data> DistributedTrainer<T> {
                 bytes,
                 write_seconds: writing.elapsed().as_secs_f64(),
                 removed,
+                blobs: blob_refs,
             }));
         Ok(id)
     }

@@ -220,10 +220,26 @@ async function checkpointsPage(id) {
   let html = `<h2>Checkpoints ${select}</h2>`;
   html += cards([["written", c.written], ["kept", c.kept.length], ["removed by retention", c.removed], ["a resume would use", c.resume_from ?? "–"]]);
   html += `<div class="muted">store: ${esc(c.store || "none (this job writes no checkpoints)")}</div>`;
-  html += table("checkpoints", [["id", "num"], ["iteration", "num"], ["epoch", "num"], ["size", "num"], ["write time", "num"], ["verified"], ["committed"], [""]],
-    c.kept.slice().reverse().map(k => `<tr class="checkpoint"><td class="num">${k.id}</td><td class="num">${k.iteration}</td><td class="num">${k.epoch}</td><td class="num">${bytes(k.bytes)}</td><td class="num">${(k.write_seconds * 1000).toFixed(1)} ms</td><td>${k.verified ? "yes" : "no"}</td><td>${when(k.at_ms)}</td><td>${k.id === c.resume_from ? "<b>resume uses this one</b>" : ""}</td></tr>`), "no checkpoint yet");
+  html += table("checkpoints", [["id", "num"], ["iteration", "num"], ["epoch", "num"], ["size", "num"], ["write time", "num"], ["committed"], ["verified"], [""], [""]],
+    c.kept.slice().reverse().map(k => `<tr class="checkpoint" data-id="${k.id}"><td class="num">${k.id}</td><td class="num">${k.iteration}</td><td class="num">${k.epoch}</td><td class="num">${bytes(k.bytes)}</td><td class="num">${(k.write_seconds * 1000).toFixed(1)} ms</td><td>${when(k.at_ms)}</td>
+      <td>${k.verified ? `yes <span class="muted">(${when(k.verified_ms)})</span>` : `<span class="state state-failed">no</span> <span class="err">${esc(k.verify_error)}</span>`}</td>
+      <td><button data-verify="/api/jobs/${job}/checkpoints/${k.id}/verify">verify now</button></td><td>${k.id === c.resume_from ? "<b>resume uses this one</b>" : ""}</td></tr>`), "no checkpoint yet");
   return html;
 }
+
+// "verify now": the driver reads the checkpoint's blobs again.
+page.addEventListener("click", async ev => {
+  const url = ev.target?.dataset?.verify;
+  if (!url) return;
+  ev.target.disabled = true;
+  ev.target.textContent = "verifying…";
+  try {
+    const r = await fetch(url, { method: "POST", credentials: "same-origin" });
+    if (!r.ok) statusEl.textContent = "verify: " + ((await r.json().catch(() => ({}))).error || r.statusText);
+  } finally {
+    render();
+  }
+});
 
 async function render() {
   const parts = (location.hash || "#/cluster").slice(2).split("/");
