@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use kiln_nn::bad_files::BadFiles;
-use kiln_speech::decoder::{MAX_BEAM, MAX_WEIGHT};
+use kiln_speech::decoder::{
+    LmWeights, DEFAULT_UNK_LETTER_SCORE, DEFAULT_UNK_OFFSET, MAX_BEAM, MAX_WEIGHT,
+};
 use kiln_speech::ds2::Ds2;
 use kiln_speech::lm::{NgramLm, MAX_ORDER};
 use kiln_speech::pipeline::{self, Decoder, Example};
@@ -64,6 +66,15 @@ pub struct DecodeArgs {
     /// Beam width, in [1, 10000].
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=MAX_BEAM as u64).map(|n| n as usize))]
     pub beam: usize,
+    /// Added to the score of a word the LM does not know (natural log), in
+    /// [-1000, 1000]; negative values favour the LM's words.
+    #[arg(long, default_value_t = DEFAULT_UNK_OFFSET, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
+    pub unk_offset: f64,
+    /// Score of each letter of a word the LM does not know (natural log),
+    /// in [-1000, 0]: long unknown words cost more, so words are never
+    /// glued into one.
+    #[arg(long, default_value_t = DEFAULT_UNK_LETTER_SCORE, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=0.0))]
+    pub unk_letter_score: f64,
 }
 
 /// Arguments of `kiln speech eval`.
@@ -180,7 +191,16 @@ fn load_lm(d: &DecodeArgs) -> anyhow::Result<Option<NgramLm>> {
 
 fn decoder<'a>(d: &DecodeArgs, lm: &'a Option<NgramLm>) -> Decoder<'a> {
     match lm {
-        Some(lm) => pipeline::lm_decoder(lm, d.beam, d.alpha, d.beta),
+        Some(lm) => pipeline::lm_decoder(
+            lm,
+            d.beam,
+            LmWeights {
+                alpha: d.alpha,
+                beta: d.beta,
+                unk_offset: d.unk_offset,
+                unk_letter_score: d.unk_letter_score,
+            },
+        ),
         None => Decoder::Greedy,
     }
 }

@@ -103,6 +103,36 @@ pub const MAX_BEAM: usize = 10_000;
 /// Largest magnitude of the LM weight and the word bonus.
 pub const MAX_WEIGHT: f64 = 1000.0;
 
+/// Default of [`BeamSearchDecoder::unk_offset`].
+pub const DEFAULT_UNK_OFFSET: f64 = 0.0;
+/// Default of [`BeamSearchDecoder::unk_letter_score`].
+pub const DEFAULT_UNK_LETTER_SCORE: f64 = -1.5;
+
+/// How an LM's scores enter [`BeamSearchDecoder`]: the LM weight, the word
+/// bonus and the scoring of unknown words.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LmWeights {
+    /// LM weight.
+    pub alpha: f64,
+    /// Word insertion bonus (natural-log units).
+    pub beta: f64,
+    /// See [`BeamSearchDecoder::unk_offset`].
+    pub unk_offset: f64,
+    /// See [`BeamSearchDecoder::unk_letter_score`].
+    pub unk_letter_score: f64,
+}
+
+impl Default for LmWeights {
+    fn default() -> Self {
+        LmWeights {
+            alpha: 0.8,
+            beta: 1.0,
+            unk_offset: DEFAULT_UNK_OFFSET,
+            unk_letter_score: DEFAULT_UNK_LETTER_SCORE,
+        }
+    }
+}
+
 /// Prefix beam search (Hannun et al. 2014) with an optional word n-gram LM.
 ///
 /// A prefix's score is `ln P_ctc(prefix) + alpha * ln P_lm(words) + beta *
@@ -110,6 +140,20 @@ pub const MAX_WEIGHT: f64 = 1000.0;
 /// follows it, or at the end, where `</s>` is scored too). Leading and
 /// repeated spaces are not emitted. Labels whose log-probability at a frame
 /// is below `prune_log_prob` are not tried at that frame.
+///
+/// Words outside the LM's vocabulary are scored so that they neither
+/// vanish (an unknown word is not all but forbidden, as with the LM's
+/// bare `<unk>` probability the old decoder used) nor swallow the words
+/// around them: a word the LM never saw is scored as `<unk>` followed by
+/// its spelling, `alpha * ln P(<unk> | history) + unk_offset +
+/// unk_letter_score * letters` (without `<unk>` in the model, its rarest
+/// word's probability stands in). Its cost grows with its length, so
+/// dropping the spaces between words to make one long unknown "word" never
+/// pays: each word the run absorbs would have cost at most `ln P(word)`
+/// plus the bonus, while its letters cost `unk_letter_score` each. While a
+/// word is being spelt, a partial word that begins no vocabulary word
+/// already carries that cost (pyctcdecode scores partial words the same
+/// way), so the beam ranks hypotheses as they will end.
 #[derive(Debug, Clone, Copy)]
 pub struct BeamSearchDecoder<'a> {
     /// Prefixes kept after each frame.
@@ -122,6 +166,13 @@ pub struct BeamSearchDecoder<'a> {
     pub lm: Option<&'a NgramLm>,
     /// Labels with a lower frame log-probability are skipped.
     pub prune_log_prob: f32,
+    /// Added (natural-log units) to the score of a word outside the LM's
+    /// vocabulary and of a partial word that begins none of its words;
+    /// unused without an LM. Negative values favour vocabulary words.
+    pub unk_offset: f64,
+    /// Score (natural-log units, at most 0) of each letter of such a word:
+    /// what makes a long unknown word cost more than a short one.
+    pub unk_letter_score: f64,
 }
 
 impl Default for BeamSearchDecoder<'_> {
@@ -132,6 +183,8 @@ impl Default for BeamSearchDecoder<'_> {
             beta: 0.0,
             lm: None,
             prune_log_prob: -30.0,
+            unk_offset: DEFAULT_UNK_OFFSET,
+            unk_letter_score: DEFAULT_UNK_LETTER_SCORE,
         }
     }
 }
@@ -170,8 +223,15 @@ impl BeamSearchDecoder<'_> {
             let mut hist: Vec<&str> = vec![BOS];
             hist.extend(words.iter().map(String::as_str));
             if let Some((w, h)) = hist.split_last() {
-                if !words.is_empty() {
-                    s += self.alpha * lm.ln_prob(h, w);
+                if !words.is_empty() && !end {
+                    s += if lm.contains(w) {
+                        self.alpha * lm.ln_prob(h, w)
+                    } else if lm.has_unk() {
+                        self.alpha * lm.ln_prob(h, w) + self.spelling_score(w)
+                    } else {
+                        self.alpha * lm.min_unigram_log10() * std::f64::consts::LN_10
+                            + self.spelling_score(w)
+                    };
                 }
             }
             if end {
@@ -184,8 +244,34 @@ impl BeamSearchDecoder<'_> {
         s
     }
 
+    /// The score of spelling out an unknown word (or partial word).
+    fn spelling_score(&self, word: &str) -> f64 {
+        self.unk_offset + self.unk_letter_score * word.chars().count() as f64
+    }
+
+    /// The penalty of the partial word at the end of `prefix` (the
+    /// letters after its last space) when it begins no vocabulary word.
+    fn partial_score(&self, prefix: &[usize]) -> Result<f64> {
+        let Some(lm) = self.lm else {
+            return Ok(0.0);
+        };
+        let start = prefix
+            .iter()
+            .rposition(|&l| l == SPACE)
+            .map_or(0, |i| i + 1);
+        if start == prefix.len() {
+            return Ok(0.0);
+        }
+        let partial = labels_to_text(&prefix[start..])?;
+        if lm.is_word_prefix(&partial) {
+            return Ok(0.0);
+        }
+        Ok(self.spelling_score(&partial))
+    }
+
     /// Checks the settings: `beam_width` in `[1, 10000]` ([`MAX_BEAM`]),
     /// `alpha` in `[0, 1000]`, `beta` in `[-1000, 1000]`, `prune_log_prob`
+    /// in `[-1000, 0]`, `unk_offset` in `[-1000, 1000]`, `unk_letter_score`
     /// in `[-1000, 0]`, all finite.
     pub fn validate(&self) -> Result<()> {
         let r = |e| Error::range("BeamSearchDecoder", e);
@@ -193,6 +279,8 @@ impl BeamSearchDecoder<'_> {
         check_number("alpha", self.alpha, 0.0..=MAX_WEIGHT).map_err(r)?;
         check_number("beta", self.beta, -MAX_WEIGHT..=MAX_WEIGHT).map_err(r)?;
         check_number_f32("prune_log_prob", self.prune_log_prob, -1000.0..=0.0).map_err(r)?;
+        check_number("unk_offset", self.unk_offset, -MAX_WEIGHT..=MAX_WEIGHT).map_err(r)?;
+        check_number("unk_letter_score", self.unk_letter_score, -MAX_WEIGHT..=0.0).map_err(r)?;
         Ok(())
     }
 
@@ -251,14 +339,16 @@ impl BeamSearchDecoder<'_> {
                     }
                 }
             }
-            let mut ranked: Vec<(Vec<usize>, Beam)> = next.into_iter().collect();
-            ranked.sort_by(|a, b| {
-                let sa = lse(a.1.pb, a.1.pnb) + a.1.lm;
-                let sb = lse(b.1.pb, b.1.pnb) + b.1.lm;
-                sb.total_cmp(&sa).then_with(|| a.0.cmp(&b.0))
-            });
+            let mut ranked: Vec<(f64, Vec<usize>, Beam)> = next
+                .into_iter()
+                .map(|(prefix, b)| {
+                    let partial = self.partial_score(&prefix)?;
+                    Ok((lse(b.pb, b.pnb) + b.lm + partial, prefix, b))
+                })
+                .collect::<Result<_>>()?;
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
             ranked.truncate(self.beam_width);
-            beams = ranked.into_iter().collect();
+            beams = ranked.into_iter().map(|(_, p, b)| (p, b)).collect();
         }
         let mut finals = Vec::with_capacity(beams.len());
         for (prefix, b) in beams {

@@ -67,12 +67,21 @@ struct Entry {
 }
 
 /// A backoff n-gram model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NgramLm {
     words: Vec<String>,
     ids: HashMap<String, u32>,
     /// `grams[k]` holds the (k+1)-grams.
     grams: Vec<HashMap<Vec<u32>, Entry>>,
+    /// Every prefix of every vocabulary word (built on first use, for
+    /// decoders scoring partial words).
+    prefixes: std::sync::OnceLock<std::collections::HashSet<String>>,
+}
+
+impl PartialEq for NgramLm {
+    fn eq(&self, other: &Self) -> bool {
+        self.words == other.words && self.ids == other.ids && self.grams == other.grams
+    }
 }
 
 impl NgramLm {
@@ -81,7 +90,49 @@ impl NgramLm {
             words: Vec::new(),
             ids: HashMap::new(),
             grams: vec![HashMap::new(); order],
+            prefixes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether `partial` begins some vocabulary word (or is one); the empty
+    /// string begins every word.
+    pub fn is_word_prefix(&self, partial: &str) -> bool {
+        self.prefixes
+            .get_or_init(|| {
+                let mut set = std::collections::HashSet::new();
+                for w in self.vocabulary() {
+                    for (i, _) in w.char_indices().skip(1) {
+                        set.insert(w[..i].to_string());
+                    }
+                    set.insert(w);
+                }
+                set
+            })
+            .contains(partial)
+            || partial.is_empty()
+    }
+
+    /// Whether the model lists `<unk>` (then words outside the vocabulary
+    /// are scored with its probability).
+    pub fn has_unk(&self) -> bool {
+        self.ids
+            .get(UNK)
+            .is_some_and(|id| self.grams[0].contains_key(&vec![*id]))
+    }
+
+    /// The smallest unigram log10 probability of a vocabulary word (what
+    /// decoders score an unknown word with when the model has no `<unk>`);
+    /// [`OOV_LOG10`] for a model without words.
+    pub fn min_unigram_log10(&self) -> f64 {
+        self.grams[0]
+            .iter()
+            .filter(|(k, _)| {
+                let w = self.words[k[0] as usize].as_str();
+                w != BOS && w != EOS && w != UNK
+            })
+            .map(|(_, e)| e.log10_prob)
+            .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.min(p))))
+            .unwrap_or(OOV_LOG10)
     }
 
     fn intern(&mut self, w: &str) -> u32 {

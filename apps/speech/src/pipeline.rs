@@ -12,7 +12,7 @@ use ndarray::{Array2, Axis, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use crate::audio::{read_audio_at, Audio};
-use crate::decoder::{best_path, BeamSearchDecoder};
+use crate::decoder::{best_path, BeamSearchDecoder, LmWeights};
 use crate::ds2::{Ds2, Ds2Config};
 use crate::error::{Error, Result};
 use crate::features::{LogCompress, Normalize, Spectrogram, SpectrumKind, Transformer, Windower};
@@ -173,12 +173,14 @@ impl Decoder<'_> {
     }
 }
 
-/// A beam-search decoder over `lm` with weights `alpha` and `beta`.
-pub fn lm_decoder(lm: &NgramLm, beam_width: usize, alpha: f64, beta: f64) -> Decoder<'_> {
+/// A beam-search decoder over `lm` with `weights`.
+pub fn lm_decoder(lm: &NgramLm, beam_width: usize, weights: LmWeights) -> Decoder<'_> {
     Decoder::Beam(BeamSearchDecoder {
         beam_width,
-        alpha,
-        beta,
+        alpha: weights.alpha,
+        beta: weights.beta,
+        unk_offset: weights.unk_offset,
+        unk_letter_score: weights.unk_letter_score,
         lm: Some(lm),
         ..BeamSearchDecoder::default()
     })
