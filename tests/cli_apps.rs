@@ -391,6 +391,65 @@ fn speech_train_eval_and_transcribe_on_a_local_cluster() {
         "{out}\n{err}"
     );
 
+    // Tune the LM decoder on the split; eval then uses the tuned weights
+    // (and gets the WER tuning reported).
+    let (split_s, model_s) = (p(&split), p(&model));
+    let with_lm = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![
+            "speech", cmd, "--data", &split_s, "--model", &model_s, "--lm", &lm_s,
+        ];
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    let o = with_lm(
+        "tune",
+        &[
+            "--beam",
+            "8",
+            "--alphas",
+            "0.5,1",
+            "--betas",
+            "0,2",
+            "--unk-offsets",
+            "0",
+            "--unk-letter-scores",
+            "-1.5,-3",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("GREEDY WER "), "{out}");
+    let best = out
+        .lines()
+        .find_map(|l| l.strip_prefix("BEST WER "))
+        .expect("a BEST line");
+    assert!(best.contains("8 grid points"), "{best}");
+    let tuned = dir.path().join("ds2.safetensors.decoder.json");
+    assert!(out.contains(&format!("TUNED {}", tuned.display())), "{out}");
+    let best_wer: f64 = best
+        .split('%')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a WER");
+    let o = with_lm("eval", &["--json"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("using the tuned decoder weights"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    let eval_wer = 100.0 * v["wer"].as_f64().expect("wer");
+    assert!(
+        (eval_wer - best_wer).abs() < 0.006,
+        "eval {eval_wer} vs tune {best_wer}"
+    );
+    // A tuned file that does not decode is an error naming it.
+    std::fs::write(&tuned, "{\"weights\": 3}").expect("write");
+    let o = with_lm("eval", &[]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("decoder.json"), "{err}");
+    std::fs::remove_file(&tuned).expect("remove");
+    let o = with_lm("tune", &["--unk-letter-scores", "0.5"]);
+    assert!(!o.status.success(), "a positive letter score is refused");
+
     // Transcribe one file and a directory: one `<id> TEXT` line each.
     let flac = split.join("4490/90921/4490-90921-0010.flac");
     let o = kiln(&[

@@ -9,12 +9,11 @@ use anyhow::{bail, Context};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use kiln_nn::bad_files::BadFiles;
-use kiln_speech::decoder::{
-    LmWeights, DEFAULT_UNK_LETTER_SCORE, DEFAULT_UNK_OFFSET, MAX_BEAM, MAX_WEIGHT,
-};
+use kiln_speech::decoder::{LmWeights, MAX_BEAM, MAX_WEIGHT};
 use kiln_speech::ds2::Ds2;
 use kiln_speech::lm::{NgramLm, MAX_ORDER};
 use kiln_speech::pipeline::{self, Decoder, Example};
+use kiln_speech::tune::{TuneGrid, TunedDecoder};
 
 use super::cluster::{run_local, LocalClusterArgs};
 use super::job_args::{finite_in, SpeechTrainArgs};
@@ -38,6 +37,47 @@ pub enum SpeechCommand {
     /// Build an ARPA n-gram language model (interpolated Witten-Bell) from
     /// trans.txt files, for the prefix beam-search decoder.
     Lm(LmArgs),
+    /// Choose the LM decoder's weights (alpha, beta, unknown-word offset
+    /// and letter score) on a development split by a grid search; writes
+    /// them beside the model (`<model>.decoder.json`), where `eval` and
+    /// `transcribe` find them.
+    Tune(TuneArgs),
+}
+
+/// Arguments of `kiln speech tune`.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// A split directory, or a corpus root (its first `dev*` split). Use
+    /// voices and words the model was not trained on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model saved by `kiln speech train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The ARPA language model to tune for.
+    #[arg(long)]
+    pub lm: PathBuf,
+    /// Beam width of every decode, in [1, 10000].
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=MAX_BEAM as u64).map(|n| n as usize))]
+    pub beam: usize,
+    /// LM weights to try (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = TuneGrid::default().alphas, value_parser = finite_in(0.0..=MAX_WEIGHT))]
+    pub alphas: Vec<f64>,
+    /// Word bonuses to try.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_values_t = TuneGrid::default().betas, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
+    pub betas: Vec<f64>,
+    /// Unknown-word offsets to try.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_values_t = TuneGrid::default().unk_offsets, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
+    pub unk_offsets: Vec<f64>,
+    /// Unknown-word letter scores to try.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_values_t = TuneGrid::default().unk_letter_scores, value_parser = finite_in(-MAX_WEIGHT..=0.0))]
+    pub unk_letter_scores: Vec<f64>,
+    /// Where to write the result (default: `<model>.decoder.json`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Share of the split's files that may be unusable, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_parser = finite_in(0.0..=1.0))]
+    pub max_bad_share: f64,
 }
 
 /// Arguments of `kiln speech train`: a local cluster and the job.
@@ -57,24 +97,61 @@ pub struct DecodeArgs {
     /// ARPA language model: prefix beam search with it (greedy without).
     #[arg(long)]
     pub lm: Option<PathBuf>,
-    /// LM weight, in [0, 1000].
-    #[arg(long, default_value_t = 0.8, value_parser = finite_in(0.0..=MAX_WEIGHT))]
-    pub alpha: f64,
+    /// LM weight, in [0, 1000]. Each weight not given comes from the
+    /// model's tuned decoder (`<model>.decoder.json`, `kiln speech tune`)
+    /// if there is one, else from the defaults (alpha 0.8, beta 1,
+    /// unk offset 0, unk letter score -1.5, beam 32).
+    #[arg(long, value_parser = finite_in(0.0..=MAX_WEIGHT))]
+    pub alpha: Option<f64>,
     /// Word insertion bonus, in [-1000, 1000].
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
-    pub beta: f64,
+    #[arg(long, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
+    pub beta: Option<f64>,
     /// Beam width, in [1, 10000].
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=MAX_BEAM as u64).map(|n| n as usize))]
-    pub beam: usize,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_BEAM as u64).map(|n| n as usize))]
+    pub beam: Option<usize>,
     /// Added to the score of a word the LM does not know (natural log), in
     /// [-1000, 1000]; negative values favour the LM's words.
-    #[arg(long, default_value_t = DEFAULT_UNK_OFFSET, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
-    pub unk_offset: f64,
+    #[arg(long, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=MAX_WEIGHT))]
+    pub unk_offset: Option<f64>,
     /// Score of each letter of a word the LM does not know (natural log),
     /// in [-1000, 0]: long unknown words cost more, so words are never
     /// glued into one.
-    #[arg(long, default_value_t = DEFAULT_UNK_LETTER_SCORE, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=0.0))]
-    pub unk_letter_score: f64,
+    #[arg(long, allow_negative_numbers = true, value_parser = finite_in(-MAX_WEIGHT..=0.0))]
+    pub unk_letter_score: Option<f64>,
+}
+
+/// The beam width and weights of an LM decode: the flags given, else the
+/// model's tuned decoder, else the defaults; says on stderr where a tuned
+/// decoder came from.
+fn lm_settings(d: &DecodeArgs, model: &Path) -> anyhow::Result<(usize, LmWeights)> {
+    let path = TunedDecoder::path_for(model);
+    let tuned = if path.exists() {
+        let t = TunedDecoder::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        eprintln!(
+            "using the tuned decoder weights of {} (chosen on {}; flags override them)",
+            path.display(),
+            t.split
+        );
+        Some(t)
+    } else {
+        None
+    };
+    let base = tuned
+        .as_ref()
+        .map_or_else(LmWeights::default, |t| t.weights);
+    let beam = d
+        .beam
+        .or(tuned.as_ref().map(|t| t.beam_width))
+        .unwrap_or(32);
+    Ok((
+        beam,
+        LmWeights {
+            alpha: d.alpha.unwrap_or(base.alpha),
+            beta: d.beta.unwrap_or(base.beta),
+            unk_offset: d.unk_offset.unwrap_or(base.unk_offset),
+            unk_letter_score: d.unk_letter_score.unwrap_or(base.unk_letter_score),
+        },
+    ))
 }
 
 /// Arguments of `kiln speech eval`.
@@ -156,6 +233,7 @@ pub fn run(cmd: &SpeechCommand, kinds: &JobKinds) -> anyhow::Result<()> {
         }
         SpeechCommand::Eval(a) => eval(a),
         SpeechCommand::Transcribe(a) => transcribe(a),
+        SpeechCommand::Tune(a) => tune(a),
         SpeechCommand::Score(a) => {
             let report = kiln_speech::score::score_files(&a.reference, &a.hypothesis)
                 .with_context(|| {
@@ -189,20 +267,86 @@ fn load_lm(d: &DecodeArgs) -> anyhow::Result<Option<NgramLm>> {
         .transpose()
 }
 
-fn decoder<'a>(d: &DecodeArgs, lm: &'a Option<NgramLm>) -> Decoder<'a> {
-    match lm {
-        Some(lm) => pipeline::lm_decoder(
-            lm,
-            d.beam,
-            LmWeights {
-                alpha: d.alpha,
-                beta: d.beta,
-                unk_offset: d.unk_offset,
-                unk_letter_score: d.unk_letter_score,
-            },
-        ),
+fn decoder<'a>(
+    d: &DecodeArgs,
+    lm: &'a Option<NgramLm>,
+    model: &Path,
+) -> anyhow::Result<Decoder<'a>> {
+    Ok(match lm {
+        Some(lm) => {
+            let (beam, weights) = lm_settings(d, model)?;
+            pipeline::lm_decoder(lm, beam, weights)
+        }
         None => Decoder::Greedy,
+    })
+}
+
+/// The split `data` names: itself, or a corpus root's first `dev*` split.
+fn dev_split(data: &Path) -> anyhow::Result<PathBuf> {
+    if data.is_dir() && list_is_split(data) {
+        return Ok(data.to_path_buf());
     }
+    find_split(data, "dev")
+        .with_context(|| format!("reading {}", data.display()))?
+        .map(|name| data.join(name))
+        .with_context(|| format!("{} has no dev* split", data.display()))
+}
+
+fn tune(a: &TuneArgs) -> anyhow::Result<()> {
+    let split = dev_split(&a.data)?;
+    let grid = TuneGrid {
+        alphas: a.alphas.clone(),
+        betas: a.betas.clone(),
+        unk_offsets: a.unk_offsets.clone(),
+        unk_letter_scores: a.unk_letter_scores.clone(),
+        beam_width: a.beam,
+    };
+    grid.points().context("the tuning grid")?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| TunedDecoder::path_for(&a.model));
+    crate::output_paths::check_output_file("--out", &out)?;
+    let lm = NgramLm::read_arpa(&a.lm).with_context(|| format!("reading {}", a.lm.display()))?;
+    let mut model = load_model(&a.model)?;
+    let (examples, skipped) = read_split(&split, a.max_bad_share, "--max-bad-share")?;
+    if let Some(line) = skipped {
+        eprintln!("{line}");
+    }
+    let refs: Vec<&Example> = examples.iter().collect();
+    let log_probs = pipeline::log_probs(&mut model, &refs)?;
+    let references: Vec<String> = examples.iter().map(|e| e.transcript.clone()).collect();
+    let report = kiln_speech::tune::tune(&log_probs, &references, &lm, &grid)?;
+    let b = &report.best;
+    println!(
+        "GREEDY WER {:.2}% on {} utterances of {}",
+        100.0 * report.greedy.rate(),
+        examples.len(),
+        split.display()
+    );
+    println!(
+        "BEST WER {:.2}% alpha={} beta={} unk_offset={} unk_letter_score={} beam={} ({} words for {} reference words; {} grid points)",
+        100.0 * b.wer.rate(),
+        b.weights.alpha,
+        b.weights.beta,
+        b.weights.unk_offset,
+        b.weights.unk_letter_score,
+        report.beam_width,
+        b.hypothesis_words,
+        report.reference_words,
+        report.points.len()
+    );
+    TunedDecoder {
+        weights: b.weights,
+        beam_width: report.beam_width,
+        lm: a.lm.display().to_string(),
+        split: split.display().to_string(),
+        greedy_wer: report.greedy.rate(),
+        wer: b.wer.rate(),
+    }
+    .write(&out)?;
+    println!("TUNED {}", out.display());
+    Ok(())
 }
 
 fn load_model(path: &Path) -> anyhow::Result<Ds2<f32>> {
@@ -211,14 +355,7 @@ fn load_model(path: &Path) -> anyhow::Result<Ds2<f32>> {
 }
 
 fn eval(a: &EvalArgs) -> anyhow::Result<()> {
-    let split = if a.data.is_dir() && list_is_split(&a.data) {
-        a.data.clone()
-    } else {
-        find_split(&a.data, "dev")
-            .with_context(|| format!("reading {}", a.data.display()))?
-            .map(|name| a.data.join(name))
-            .with_context(|| format!("{} has no dev* split", a.data.display()))?
-    };
+    let split = dev_split(&a.data)?;
     // The small inputs first: a bad LM file is reported before the
     // model and the audio are read.
     let lm = load_lm(&a.decode)?;
@@ -227,7 +364,7 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     if let Some(line) = skipped {
         eprintln!("{line}");
     }
-    let (w, c) = score(&mut model, &examples, &decoder(&a.decode, &lm))?;
+    let (w, c) = score(&mut model, &examples, &decoder(&a.decode, &lm, &a.model)?)?;
     if a.json {
         println!(
             "{}",
@@ -272,7 +409,7 @@ fn list_is_split(dir: &Path) -> bool {
 fn transcribe(a: &TranscribeArgs) -> anyhow::Result<()> {
     let lm = load_lm(&a.decode)?;
     let mut model = load_model(&a.model)?;
-    let dec = decoder(&a.decode, &lm);
+    let dec = decoder(&a.decode, &lm, &a.model)?;
     // Named files are checked together first, so a bad share among them
     // fails before any work; outputs keep the order of the paths.
     let files: Vec<&PathBuf> = a.paths.iter().filter(|p| !p.is_dir()).collect();

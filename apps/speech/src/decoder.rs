@@ -110,7 +110,8 @@ pub const DEFAULT_UNK_LETTER_SCORE: f64 = -1.5;
 
 /// How an LM's scores enter [`BeamSearchDecoder`]: the LM weight, the word
 /// bonus and the scoring of unknown words.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LmWeights {
     /// LM weight.
     pub alpha: f64,

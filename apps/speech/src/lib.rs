@@ -34,5 +34,6 @@ pub mod resample;
 pub mod score;
 pub mod segment;
 pub mod text;
+pub mod tune;
 
 pub use error::{Error, Result};

@@ -28,7 +28,7 @@ pub fn edit_distance<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 }
 
 /// Accumulated edit counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ErrorRate {
     /// Edits summed over utterances.
     pub errors: usize,

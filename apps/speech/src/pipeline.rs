@@ -186,14 +186,14 @@ pub fn lm_decoder(lm: &NgramLm, beam_width: usize, weights: LmWeights) -> Decode
     })
 }
 
-/// Transcribes `examples` in evaluation mode, in order.
-pub fn transcribe(
+/// Runs `model` in evaluation mode over `examples` and hands each
+/// utterance's `(frames, classes)` log-probabilities to `each`, in order.
+fn for_each_log_probs(
     model: &mut Ds2<f32>,
     examples: &[&Example],
-    decoder: &Decoder<'_>,
-) -> Result<Vec<String>> {
+    mut each: impl FnMut(ndarray::ArrayView2<'_, f32>) -> Result<()>,
+) -> Result<()> {
     model.eval_mode();
-    let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(EVAL_CHUNK) {
         let (x, lengths) = batch(chunk, model.ds2_config())?;
         let (log_probs, out_lengths) = model.forward_with_lengths(&x, &lengths)?;
@@ -203,9 +203,34 @@ pub fn transcribe(
                 .slice_axis(Axis(0), ndarray::Slice::from(0..len))
                 .into_dimensionality::<ndarray::Ix2>()
                 .map_err(|e| Error::config("DS2 output", e.to_string()))?;
-            out.push(decoder.decode(lp)?);
+            each(lp)?;
         }
     }
+    Ok(())
+}
+
+/// Transcribes `examples` in evaluation mode, in order.
+pub fn transcribe(
+    model: &mut Ds2<f32>,
+    examples: &[&Example],
+    decoder: &Decoder<'_>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for_each_log_probs(model, examples, |lp| {
+        out.push(decoder.decode(lp)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Each utterance's `(frames, classes)` log-probabilities, in order (for
+/// decoding them many ways: [`crate::tune`]).
+pub fn log_probs(model: &mut Ds2<f32>, examples: &[&Example]) -> Result<Vec<ndarray::Array2<f32>>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for_each_log_probs(model, examples, |lp| {
+        out.push(lp.to_owned());
+        Ok(())
+    })?;
     Ok(out)
 }
 
