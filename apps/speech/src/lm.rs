@@ -408,8 +408,13 @@ impl NgramLm {
     /// Builds an interpolated Witten-Bell model of `order` from sentences
     /// (whitespace-separated words).
     ///
-    /// Unigrams are add-one smoothed over the vocabulary plus `</s>` and
-    /// `<unk>` (`<s>` gets log10 -99 and a backoff weight). For order
+    /// Unigrams are Witten-Bell too: over `N` tokens (`</s>` included) of
+    /// `T` distinct words, a seen word has `c(w) / (N + T)` and `<unk>`,
+    /// every word never seen, the rest, `T / (N + T)`: the chance that the
+    /// next word is new, as often as new words kept appearing in the text
+    /// (add-one smoothing gave `<unk>` one count in `N + V`, which made
+    /// every unknown word hundreds of times too unlikely for a decoder).
+    /// `<s>` gets log10 -99 and a backoff weight. For order
     /// k >= 2 and a context `h` seen `c(h)` times followed by `t(h)` distinct
     /// words: `P(w|h) = (c(h w) + t(h) P(w|h[1..])) / (c(h) + t(h))` for seen
     /// `h w`, and `bow(h) = t(h) / (c(h) + t(h))`, which is exactly the
@@ -444,14 +449,21 @@ impl NgramLm {
         // unigrams
         let vocab: Vec<u32> = (0..lm.words.len() as u32).filter(|&id| id != bos).collect();
         let total: u64 = counts[0].values().sum();
-        let denom = (total + vocab.len() as u64) as f64;
+        let types = counts[0].len() as u64;
         for &w in &vocab {
             let c = counts[0].get(&vec![w]).copied().unwrap_or(0);
-            let _ = unk;
+            let p = if total == 0 {
+                // No text: every word equally likely.
+                1.0 / vocab.len() as f64
+            } else if w == unk {
+                types as f64 / (total + types) as f64
+            } else {
+                c as f64 / (total + types) as f64
+            };
             lm.grams[0].insert(
                 vec![w],
                 Entry {
-                    log10_prob: ((c + 1) as f64 / denom).log10(),
+                    log10_prob: if p > 0.0 { p.log10() } else { OOV_LOG10 },
                     log10_backoff: 0.0,
                 },
             );
@@ -546,6 +558,20 @@ mod tests {
                 assert!((s - 1.0).abs() < 1e-9, "order {order} {hist:?}: {s}");
             }
         }
+    }
+
+    #[test]
+    fn unknown_words_get_the_witten_bell_share_of_new_types() {
+        // 4 sentences: "A B A </s>", "B C </s>", "A </s>", "C C </s>":
+        // N = 12 tokens of T = 4 types (A, B, C, </s>).
+        let lm = NgramLm::build_witten_bell(["A B A", "B C", "A", "C C"], 1).unwrap();
+        let p = |w: &str| 10f64.powf(lm.log10_prob(&[BOS], w));
+        assert!((p(UNK) - 4.0 / 16.0).abs() < 1e-12);
+        assert!((p("ZEBRA") - 4.0 / 16.0).abs() < 1e-12, "unknown = <unk>");
+        assert!((p("A") - 3.0 / 16.0).abs() < 1e-12);
+        assert!((p(EOS) - 4.0 / 16.0).abs() < 1e-12);
+        let empty = NgramLm::build_witten_bell([], 2).unwrap();
+        assert!(empty.log10_prob(&[BOS], "X").is_finite());
     }
 
     #[test]
