@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench speech -- [--threads T] [--only ds2,ctc,layers] [--tries K]
+//! cargo bench --bench speech -- --threads 1 --only decode --model M --data SPLIT --lm LM
 //! ```
 //! `--threads` sizes the rayon pool (and matrixmultiply's) before any work.
 //! Shapes and method follow ../shared/anchors/ds2_step.py and ctc.py: a
@@ -14,6 +15,7 @@
 #[path = "../common/args.rs"]
 mod args;
 mod ctc;
+mod decode;
 mod ds2;
 mod layers;
 #[path = "../common/load.rs"]
@@ -30,6 +32,7 @@ fn main() {
             "ds2" => ds2::run(a.threads, a.tries),
             "ctc" => ctc::run(a.threads, a.tries),
             "layers" => layers::run(a.threads, a.tries),
+            "decode" => decode::run(a.threads),
             other => eprintln!("unknown benchmark {other:?}"),
         }
     }
