@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 25's speech corpus: a training split spoken by many voices, a dev
+# split by the same voices (in-voice), and a dev split by voices the
+# training set never uses, with words outside its vocabulary (unseen-voice).
+#
+#   apps/speech/scripts/generalisation_splits.sh OUT [TRAIN_UTTERANCES] [DEV_UTTERANCES]
+#
+# Needs python3, espeak-ng, sox and flac (`apt-get install espeak-ng sox
+# flac`) and ../shared/data/synth_speech.py (SYNTH=path to override).
+# Defaults: 8000 training utterances, 300 per dev split. Writes
+# OUT/{train-clean,dev-clean,dev-unseen} and OUT/lm-train.txt (the training
+# transcripts, for `kiln speech lm`).
+set -euo pipefail
+out=${1:?usage: generalisation_splits.sh OUT [TRAIN_UTTERANCES] [DEV_UTTERANCES]}
+train_n=${2:-8000}
+dev_n=${3:-300}
+here="$(cd "$(dirname "$0")" && pwd)"
+synth=${SYNTH:-$here/../../../../shared/data/synth_speech.py}
+[ -f "$synth" ] || { echo "synth_speech.py not found at $synth (set SYNTH)" >&2; exit 2; }
+for tool in python3 espeak-ng sox flac; do
+    command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install espeak-ng sox flac" >&2; exit 2; }
+done
+jobs=$(nproc)
+# Training voices: six accents, each plain and with eight variants.
+train_voices=""
+for accent in en-us en-gb en-gb-x-rp en-gb-x-gbclan en-gb-x-gbcwmd en; do
+    train_voices+="$accent,"
+    for variant in m1 m2 m3 m4 f1 f2 f3 klatt; do
+        train_voices+="$accent+$variant,"
+    done
+done
+train_voices=${train_voices%,}
+# Unseen voices: accents and variants the training set never uses.
+unseen_voices="en-gb-scotland,en-029,en-us-nyc,en-gb-scotland+Andy,en-029+Annie,en-us-nyc+Steph,en-us+m7,en-gb+f5,en+Alicia,en-us+Quincy,en-gb-x-rp+Denis,en+klatt4"
+python3 "$synth" --out "$out" --split train-clean --utterances "$train_n" --seed 25 \
+    --speakers "$train_voices" --speed 110,210 --pitch 20,80 --jobs "$jobs"
+python3 "$synth" --out "$out" --split dev-clean --utterances "$dev_n" --seed 26 \
+    --speakers "$train_voices" --speed 110,210 --pitch 20,80 --jobs "$jobs"
+python3 "$synth" --out "$out" --split dev-unseen --utterances "$dev_n" --seed 27 \
+    --speakers "$unseen_voices" --speed 110,210 --pitch 20,80 \
+    --extra-words "$here/unseen_words.txt" --jobs "$jobs"
+cat "$out"/train-clean/*/*/*.trans.txt | cut -d' ' -f2- > "$out/lm-train.txt"
+echo "wrote $out/{train-clean,dev-clean,dev-unseen} and $out/lm-train.txt"
