@@ -8,7 +8,7 @@
 # Needs python3, espeak-ng, sox and flac (`apt-get install espeak-ng sox
 # flac`) and ../shared/data/synth_speech.py (SYNTH=path to override).
 # Defaults: 8000 training utterances, 300 per dev split. Writes
-# OUT/{train-clean,dev-clean,dev-unseen} and OUT/lm-train.txt (the training
+# OUT/{train-clean,dev-clean,dev-unseen} and OUT/lm-train.trans.txt (the training
 # transcripts, for `kiln speech lm`).
 set -euo pipefail
 out=${1:?usage: generalisation_splits.sh OUT [TRAIN_UTTERANCES] [DEV_UTTERANCES]}
@@ -39,5 +39,5 @@ python3 "$synth" --out "$out" --split dev-clean --utterances "$dev_n" --seed 26 
 python3 "$synth" --out "$out" --split dev-unseen --utterances "$dev_n" --seed 27 \
     --speakers "$unseen_voices" --speed 110,210 --pitch 20,80 \
     --extra-words "$here/unseen_words.txt" --jobs "$jobs"
-cat "$out"/train-clean/*/*/*.trans.txt | cut -d' ' -f2- > "$out/lm-train.txt"
-echo "wrote $out/{train-clean,dev-clean,dev-unseen} and $out/lm-train.txt"
+cat "$out"/train-clean/*/*/*.trans.txt > "$out/lm-train.trans.txt"
+echo "wrote $out/{train-clean,dev-clean,dev-unseen} and $out/lm-train.trans.txt"
