@@ -131,28 +131,49 @@ fn the_one_run(logdir: &Path, out: &str) -> (String, PathBuf) {
     (name, files[0].clone())
 }
 
-#[test]
-fn a_training_job_writes_its_scalars_into_a_run_directory_of_its_own() {
+/// A run of `kiln ARGS --tensorboard DIR` that must succeed: its output,
+/// its run directory's name, and the event file's version and scalars.
+struct SummarisedRun {
+    out: String,
+    run_name: String,
+    version: Option<String>,
+    scalars: Vec<Scalar>,
+}
+
+fn run_with_tensorboard(args: &[&str]) -> SummarisedRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let logdir = dir.path().join("tb");
-    let (ok, out, err) = kiln_output(
-        &[
-            "local",
-            "--executors",
-            "1",
-            "digits",
-            "--epochs",
-            "2",
-            "--no-progress",
-            "--tensorboard",
-            s(&logdir),
-        ],
-        Duration::from_secs(240),
-    );
+    let mut all = args.to_vec();
+    all.extend(["--tensorboard", s(&logdir)]);
+    let (ok, out, err) = kiln_output(&all, Duration::from_secs(240));
     assert!(ok, "{out}\n{err}");
     let (run_name, file) = the_one_run(&logdir, &out);
-    assert!(run_name.starts_with("digits-job"), "{run_name}");
     let (version, scalars) = read_scalars(&file).expect("a valid event file");
+    SummarisedRun {
+        out,
+        run_name,
+        version,
+        scalars,
+    }
+}
+
+#[test]
+fn a_training_job_writes_its_scalars_into_a_run_directory_of_its_own() {
+    let SummarisedRun {
+        out,
+        run_name,
+        version,
+        scalars,
+    } = run_with_tensorboard(&[
+        "local",
+        "--executors",
+        "1",
+        "digits",
+        "--epochs",
+        "2",
+        "--no-progress",
+    ]);
+    assert!(run_name.starts_with("digits-job"), "{run_name}");
     assert_eq!(version.as_deref(), Some("brain.Event:2"));
     let series = |tag: &str| -> Vec<&Scalar> { scalars.iter().filter(|s| s.tag == tag).collect() };
     let losses = series("train/loss");
@@ -189,23 +210,13 @@ fn a_training_job_writes_its_scalars_into_a_run_directory_of_its_own() {
 
 #[test]
 fn single_process_kiln_train_writes_the_same_scalars() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let logdir = dir.path().join("tb");
-    let (ok, out, err) = kiln_output(
-        &[
-            "train",
-            "--epochs",
-            "2",
-            "--no-progress",
-            "--tensorboard",
-            s(&logdir),
-        ],
-        Duration::from_secs(240),
-    );
-    assert!(ok, "{out}\n{err}");
-    let (name, file) = the_one_run(&logdir, &out);
-    assert!(name.starts_with("digits-"), "{name}");
-    let (_, scalars) = read_scalars(&file).expect("a valid event file");
+    let SummarisedRun {
+        out,
+        run_name,
+        scalars,
+        ..
+    } = run_with_tensorboard(&["train", "--epochs", "2", "--no-progress"]);
+    assert!(run_name.starts_with("digits-"), "{run_name}");
     let series = |tag: &str| -> Vec<&Scalar> { scalars.iter().filter(|s| s.tag == tag).collect() };
     // 1438 training samples in batches of 32: 45 iterations an epoch.
     let losses = series("train/loss");
@@ -239,6 +250,7 @@ fn single_process_kiln_train_writes_the_same_scalars() {
         "{out} vs {acc}"
     );
     // An unwritable directory is refused before training.
+    let dir = tempfile::tempdir().expect("tempdir");
     let file_not_dir = dir.path().join("plain-file");
     std::fs::write(&file_not_dir, "x").unwrap();
     let (ok, out, err) = kiln_output(

@@ -243,6 +243,23 @@ async fn a_dashboard_with_a_token_refuses_and_counts_requests_without_it() {
         .unwrap();
         let addr = dashboard.addr();
         assert_eq!(dashboard.url(), format!("http://{addr}/?token={token}"));
+        // A second dashboard on the same address: an error naming it.
+        let taken = Dashboard::serve(
+            driver.monitor().clone(),
+            DashboardConfig {
+                listen: addr,
+                token: None,
+            },
+        )
+        .await
+        .err()
+        .expect("the address is taken");
+        assert!(
+            taken
+                .to_string()
+                .contains(&format!("cannot listen on {addr}")),
+            "{taken}"
+        );
         let wrong = "0".repeat(64);
         let refused = [
             ("/", vec![]),
