@@ -19,7 +19,7 @@ use std::path::Path;
 
 use kiln_nn::optim::schedule::{Counter, LrSchedule};
 use kiln_nn::optim::OptimizerConfig;
-use kiln_runtime::train::BatchStats;
+use kiln_runtime::train::{BatchStats, SortedEpochs};
 use kiln_runtime::{Data, Dataset, DistributedTrainer, JobContext, Registry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -87,6 +87,8 @@ pub struct TrainingPlan<S, E> {
     pub batch_size: usize,
     /// Seed of the data order and of per-share randomness.
     pub seed: u64,
+    /// Sorted first epochs (SortaGrad), with one key per training sample.
+    pub sorted_epochs: Option<SortedEpochs>,
     /// What the kind keeps on the driver for its evaluations.
     pub eval: E,
 }

@@ -193,6 +193,84 @@ fn copy_lower_cased(from: &Path, to: &Path, references: &mut String) {
     }
 }
 
+/// Speed perturbation, noise, SpecAugment and SortaGrad together on a
+/// local cluster: the run trains (the executors keep the audio, perturb
+/// it and recompute the features every time), resumes, and refuses to
+/// resume with other augmentation, naming the setting.
+#[test]
+fn speech_train_with_waveform_augmentation_and_sorta_grad() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = root().join("apps/speech/configs/ds2_tiny.toml");
+    let corpus = root().join("apps/speech/tests/fixtures/librispeech");
+    let model = dir.path().join("ds2.safetensors");
+    let ckpt = dir.path().join("ckpt");
+    let p = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let train = |epochs: &str, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "speech",
+            "train",
+            "--data",
+            &p(&corpus),
+            "--train-split",
+            "mini",
+            "--dev-split",
+            "mini",
+            "--executors",
+            "2",
+            "--config",
+            &p(&config),
+            "--epochs",
+            epochs,
+            "--batch-size",
+            "2",
+            "--checkpoint-dir",
+            &p(&ckpt),
+            "--no-progress",
+            "--out",
+            &p(&model),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        kiln_bounded(&refs, Duration::from_secs(120))
+    };
+    let all = [
+        "--speed-perturb",
+        "--noise",
+        "--spec-augment",
+        "--sorta-grad",
+    ];
+    let o = train("2", &all);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("EPOCH ")).count(),
+        2,
+        "{out}"
+    );
+    assert!(model.exists());
+    let mut resumed = all.to_vec();
+    resumed.push("--resume");
+    let o = train("3", &resumed);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("RESUMED ") && out.contains("epoch=2"), "{out}");
+    let o = train(
+        "4",
+        &[
+            "--speed-perturb",
+            "--spec-augment",
+            "--sorta-grad",
+            "--resume",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(err.contains("speech.wave_augment"), "{err}");
+}
+
 #[test]
 fn speech_train_eval_and_transcribe_on_a_local_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");

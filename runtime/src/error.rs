@@ -336,6 +336,15 @@ pub enum Error {
         /// What it needs that is not there.
         needs: &'static str,
     },
+    /// A sorted-epochs order (SortaGrad) has another number of keys than
+    /// the training set has samples.
+    #[error("sorted epochs: {found} sort keys for a training set of {expected} samples (the data changed since the keys were computed?)")]
+    SortKeys {
+        /// Samples in the training set.
+        expected: u64,
+        /// Keys given.
+        found: usize,
+    },
     /// A dataset holds no elements where some are needed.
     #[error("the dataset for {purpose} holds no elements")]
     EmptyDataset {

@@ -15,6 +15,7 @@ mod iteration_timing;
 mod shard;
 mod worker;
 
+pub use batches::SortedEpochs;
 pub use checkpointing::{CheckpointPolicy, Position};
 pub use distributed::{
     DistributedTrainer, IterationReport, LearningRate, ResumeInfo, ShardPlacement, TrainSpec,

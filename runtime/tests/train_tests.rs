@@ -10,7 +10,7 @@ use std::time::Duration;
 use kiln_runtime::checkpoint::{dir_state, CheckpointStore, DirState, StoreClaim};
 use kiln_runtime::train::{
     BatchStats, CheckpointPolicy, GradientWorker, OptimizerFactory, OptimizerSpec, ShardOptimizer,
-    ShardPlacement,
+    ShardPlacement, SortedEpochs,
 };
 use kiln_runtime::{
     BoxError, DistributedTrainer, DriverConfig, LocalCluster, LocalConfig, Registry, TrainSpec,
@@ -148,6 +148,32 @@ impl GradientWorker<(f32, f32, f32)> for Counted {
     }
 }
 
+/// Reports the sum of the samples' `x0` as its loss and leaves the
+/// weights alone: the test sees which samples each batch held.
+struct SumX0;
+
+impl GradientWorker<(f32, f32, f32)> for SumX0 {
+    fn num_params(&self) -> usize {
+        3
+    }
+    fn gradients(
+        &mut self,
+        _p: &[f32],
+        samples: &[&(f32, f32, f32)],
+        _seed: u64,
+        _g: &mut [f32],
+    ) -> Result<BatchStats, BoxError> {
+        Ok(BatchStats {
+            loss_sum: samples.iter().map(|s| s.0 as f64).sum(),
+            samples: samples.len() as u64,
+            correct: 0,
+        })
+    }
+    fn evaluate(&mut self, p: &[f32], s: &[&(f32, f32, f32)]) -> Result<BatchStats, BoxError> {
+        self.gradients(p, s, 0, &mut [])
+    }
+}
+
 /// A new run where `dir` holds no store yet, else the run continued.
 fn claim_for(dir: &std::path::Path) -> StoreClaim {
     let kind = "test".to_string();
@@ -162,6 +188,7 @@ fn registry() -> Arc<Registry> {
     r.register_trainer("linear", |_: &()| Ok(Linear))
         .register_trainer("counted", |_: &()| Ok(Counted))
         .register_trainer("centred", |_: &()| Ok(Centred { m: 0.0 }))
+        .register_trainer("sum_x0", |_: &()| Ok(SumX0))
         .register_optimizer("momentum", |_: &(), _| {
             Ok(Box::new(Momentum { buf: Vec::new() }) as Box<dyn ShardOptimizer>)
         })
@@ -741,6 +768,60 @@ async fn a_non_finite_loss_stops_training_naming_the_iteration_and_nothing_bad_i
                 }
             }
         }
+    })
+    .await
+}
+
+/// `x0` of each of the "points" source's `n` samples in `parts`
+/// partitions, by global index (partition by partition).
+fn x0_by_global_index(n: u64, parts: u64) -> Vec<f32> {
+    (0..parts)
+        .flat_map(|p| (0..n).filter(move |i| i % parts == p))
+        .map(|i| (i % 17) as f32 / 17.0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sorted_epochs_go_from_the_smallest_key_up_then_shuffle() {
+    bounded(async {
+        let cluster = LocalCluster::start(config(2), registry()).await.unwrap();
+        let d = cluster.driver().unwrap();
+        let data = d.source::<u64, (f32, f32, f32)>("points", &200, 4).unwrap();
+        let x0 = x0_by_global_index(200, 4);
+        let mut s = TrainSpec::new("sum_x0", &(), 16, 2, 9, 0.1).unwrap();
+        s.shards = 2;
+        s.sorted_epochs = Some(SortedEpochs {
+            keys: x0.iter().map(|x| (x * 1000.0) as u64).collect(),
+            epochs: 1,
+        });
+        let mut t = DistributedTrainer::start(&data, s.clone(), vec![0.0; 3], optimizer())
+            .await
+            .unwrap();
+        let mut means = Vec::new();
+        while !t.is_done() {
+            means.push(t.step().await.unwrap().stats.mean_loss());
+        }
+        t.finish().await.unwrap();
+        // 13 batches per epoch: the first epoch's means rise, the
+        // second's do not.
+        let (first, second) = means.split_at(13);
+        assert!(first.windows(2).all(|w| w[0] <= w[1]), "{first:?}");
+        assert!(first[0] < 0.1 && first[12] > 0.8, "{first:?}");
+        assert!(!second.windows(2).all(|w| w[0] <= w[1]), "{second:?}");
+        // Keys that do not number the samples are refused before training.
+        s.sorted_epochs = Some(SortedEpochs {
+            keys: vec![0; 199],
+            epochs: 1,
+        });
+        let err = match DistributedTrainer::start(&data, s, vec![0.0; 3], optimizer()).await {
+            Ok(_) => panic!("199 keys for 200 samples were accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("199 sort keys for a training set of 200"),
+            "{err}"
+        );
+        cluster.shutdown().await;
     })
     .await
 }

@@ -15,6 +15,7 @@ use kiln_detection::train::TrainConfig;
 use kiln_nn::bounds::open_closed;
 use kiln_speech::augment::SpecAugment;
 use kiln_speech::ds2::Ds2Config;
+use kiln_speech::wave_augment::WaveAugment;
 
 use crate::digits::DigitsModel;
 use crate::jobs::detection::DetectionSettings;
@@ -247,6 +248,18 @@ pub struct SpeechTrainArgs {
     /// utterance).
     #[arg(long)]
     pub spec_augment: bool,
+    /// Speed-perturb every training utterance by 0.9, 1 or 1.1 (resampled,
+    /// so tempo and pitch change together), drawn afresh every epoch.
+    #[arg(long)]
+    pub speed_perturb: bool,
+    /// Add white, pink or brown noise at 5 to 25 dB SNR to half of the
+    /// training utterances, drawn afresh every epoch.
+    #[arg(long)]
+    pub noise: bool,
+    /// SortaGrad: the first epoch goes from the shortest utterance to the
+    /// longest, later ones in random order.
+    #[arg(long)]
+    pub sorta_grad: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub run: RunArgs,
@@ -454,6 +467,13 @@ impl SpeechTrainArgs {
             seed: self.seed,
             max_seconds: self.max_seconds,
             spec_augment: self.spec_augment.then(SpecAugment::default),
+            wave_augment: match (self.speed_perturb, self.noise) {
+                (false, false) => None,
+                (true, false) => Some(WaveAugment::speed_only()),
+                (false, true) => Some(WaveAugment::noise_only()),
+                (true, true) => Some(WaveAugment::default()),
+            },
+            sorta_grad: self.sorta_grad,
             max_bad_share: self.max_bad_share,
         })
     }

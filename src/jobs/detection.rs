@@ -240,6 +240,7 @@ impl TrainingJob for Detection {
             epochs: cfg.epochs as u64,
             batch_size: cfg.batch_size,
             seed: cfg.seed,
+            sorted_epochs: None,
             eval: (),
         })
     }

@@ -186,6 +186,7 @@ impl TrainingJob for Digits {
             epochs: s.epochs,
             batch_size: s.batch_size,
             seed: s.seed,
+            sorted_epochs: None,
             eval: DigitsEval { held_out },
         })
     }

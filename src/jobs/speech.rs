@@ -10,7 +10,7 @@ use kiln_nn::optim::schedule::LrSchedule;
 use kiln_nn::optim::{AdamConfig, OptimizerConfig};
 use kiln_nn::ModuleExt;
 use kiln_runtime::staging::FileRef;
-use kiln_runtime::train::BatchStats;
+use kiln_runtime::train::{BatchStats, SortedEpochs};
 use kiln_runtime::transport::encode;
 use kiln_runtime::{DistributedTrainer, JobContext, Registry};
 use kiln_speech::alignment;
@@ -23,6 +23,7 @@ use kiln_speech::metrics::error_rates;
 use kiln_speech::objective::{Ds2Objective, Ds2ObjectiveConfig};
 use kiln_speech::pipeline::{self, Decoder, Example, SAMPLE_RATE};
 use kiln_speech::text::TranscriptVectorizer;
+use kiln_speech::wave_augment::WaveAugment;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,15 @@ pub struct SpeechSettings {
     /// Feature masking of training utterances.
     #[serde(default)]
     pub spec_augment: Option<SpecAugment>,
+    /// Waveform perturbation of training utterances (speed and noise),
+    /// drawn afresh every epoch; executors then keep each utterance's
+    /// audio beside its features.
+    #[serde(default)]
+    pub wave_augment: Option<WaveAugment>,
+    /// SortaGrad (DS2, section 3.1): the first epoch takes the utterances
+    /// from shortest to longest, later epochs in a seeded random order.
+    #[serde(default)]
+    pub sorta_grad: bool,
     /// Share of each split's files (audio that does not decode, entries
     /// without a transcript or audio, characters outside the alphabet)
     /// that may be skipped, each named, in [0, 1]; more fails the run
@@ -106,6 +116,8 @@ impl SpeechSettings {
             seed: 1,
             max_seconds: 20.0,
             spec_augment: None,
+            wave_augment: None,
+            sorta_grad: false,
             max_bad_share: 0.0,
         })
     }
@@ -118,6 +130,9 @@ impl SpeechSettings {
     pub fn check(&self) -> Result<()> {
         self.model.validate()?;
         if let Some(a) = &self.spec_augment {
+            a.validate()?;
+        }
+        if let Some(a) = &self.wave_augment {
             a.validate()?;
         }
         bounded(KIND, "job.epochs", self.epochs, 1..=MAX_EPOCHS)?;
@@ -173,7 +188,8 @@ pub struct UtteranceRef {
 
 /// Arguments of the speech source: the split's utterances (a staged
 /// manifest of [`UtteranceRef`]s, sorted by id), the longest utterance
-/// kept, and whether to stage even where the paths exist.
+/// kept, whether to stage even where the paths exist, and whether to keep
+/// each utterance's audio (for waveform augmentation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpeechSource {
     /// The manifest.
@@ -182,6 +198,9 @@ pub struct SpeechSource {
     pub max_seconds: f64,
     /// Stage the audio even where the paths exist.
     pub stage: bool,
+    /// Keep each example's 16 kHz samples ([`Example::keeping_audio`]).
+    #[serde(default)]
+    pub keep_audio: bool,
 }
 
 /// What a run says before it starts about training utterances that teach
@@ -250,13 +269,19 @@ fn example_of(
     transcript: &str,
     path: &Path,
     max_seconds: f64,
+    keep_audio: bool,
 ) -> std::result::Result<Option<Example>, String> {
     let audio = read_audio_at(path, SAMPLE_RATE).map_err(|e| e.to_string())?;
     if audio.duration_s() > max_seconds {
         warn!(file = %path.display(), max_seconds, "skipped: too long");
         return Ok(None);
     }
-    Example::new(id, transcript, &audio)
+    let example = if keep_audio {
+        Example::keeping_audio(id, transcript, &audio)
+    } else {
+        Example::new(id, transcript, &audio)
+    };
+    example
         .map(Some)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -275,7 +300,13 @@ pub fn read_speech_partition(
     let mut out = Vec::with_capacity(range.len());
     for u in &utts[range] {
         let path = local(&u.audio, a.stage)?;
-        out.extend(example_of(&u.id, &u.transcript, &path, a.max_seconds)?);
+        out.extend(example_of(
+            &u.id,
+            &u.transcript,
+            &path,
+            a.max_seconds,
+            a.keep_audio,
+        )?);
     }
     Ok(out)
 }
@@ -434,10 +465,20 @@ impl TrainingJob for Speech {
         if let Some(line) = checked.skipped {
             ctx.line(line);
         }
-        let listed = checked.items;
+        let mut listed = checked.items;
         for line in check_alignments(&listed, &s.model, s.max_seconds) {
             ctx.line(line);
         }
+        // Too long to train on: left out of the manifest (executors would
+        // skip them), so that its indices are the training set's.
+        listed.retain(|(_, length)| length.seconds() <= s.max_seconds);
+        let sorted_epochs = s.sorta_grad.then(|| SortedEpochs {
+            keys: listed
+                .iter()
+                .map(|(_, length)| length.samples_at(SAMPLE_RATE))
+                .collect(),
+            epochs: 1,
+        });
         let audio = publish_all(
             ctx,
             listed.iter().map(|(u, _)| u.audio_path.clone()).collect(),
@@ -456,6 +497,7 @@ impl TrainingJob for Speech {
             utterances: publish_manifest(ctx, "train-utterances.rmp", &utterances).await?,
             max_seconds: s.max_seconds,
             stage: run.stage,
+            keep_audio: s.wave_augment.as_ref().is_some_and(WaveAugment::is_active),
         };
         let data = ctx.driver().source(SPEECH_SOURCE, &source, partitions)?;
         let dev = match s.dev_dir() {
@@ -476,6 +518,7 @@ impl TrainingJob for Speech {
         let worker = Ds2ObjectiveConfig {
             model: s.model.clone(),
             spec_augment: s.spec_augment.clone(),
+            wave_augment: s.wave_augment.clone(),
         };
         Ok(TrainingPlan {
             data,
@@ -495,6 +538,7 @@ impl TrainingJob for Speech {
             epochs: s.epochs,
             batch_size: s.batch_size,
             seed: s.seed,
+            sorted_epochs,
             eval: SpeechEval { dev, last: None },
         })
     }
@@ -543,5 +587,44 @@ impl TrainingJob for Speech {
     ) -> Result<()> {
         load_model(&s.model, params, buffers)?.save(path)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augmentation_settings_are_checked_before_a_run() {
+        let mut s = SpeechSettings::new(PathBuf::from("corpus")).unwrap();
+        s.wave_augment = Some(WaveAugment::default());
+        s.sorta_grad = true;
+        assert!(s.check().is_ok());
+        s.wave_augment = Some(WaveAugment {
+            snr_db: [30.0, f32::NAN],
+            ..WaveAugment::default()
+        });
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("snr_db[1]"), "{err}");
+        s.wave_augment = Some(WaveAugment {
+            speeds: vec![0.9, 3.0],
+            ..WaveAugment::default()
+        });
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("speeds[1]"), "{err}");
+        // Unknown keys are refused, in the settings and in the augmentation.
+        let mut json =
+            serde_json::to_value(SpeechSettings::new(PathBuf::from("c")).unwrap()).unwrap();
+        json["wave_augment"] = serde_json::json!({"speeds": [1.1], "snr": [1, 2]});
+        let err = serde_json::from_value::<SpeechSettings>(json.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snr"), "{err}");
+        json["wave_augment"] = serde_json::json!({"speeds": [1.1]});
+        json["sorta_grads"] = serde_json::json!(true);
+        let err = serde_json::from_value::<SpeechSettings>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sorta_grads"), "{err}");
     }
 }

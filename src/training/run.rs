@@ -128,6 +128,7 @@ pub async fn run_training<K: TrainingJob>(
         staleness: None,
         init_buffers: plan.buffers,
         placement: placement(&plan.optimizer, settings.run.shard_replicas)?,
+        sorted_epochs: plan.sorted_epochs,
     };
     // Keep the placement's optimizer and the driver's actors' the same.
     let optimizer = optimizer_factory(plan.optimizer.clone());

@@ -35,5 +35,6 @@ pub mod score;
 pub mod segment;
 pub mod text;
 pub mod tune;
+pub mod wave_augment;
 
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
 //! Deep Speech 2 with the CTC loss as an [`Objective`]: what data-parallel
 //! training runs on each share of a batch of [`Example`]s, optionally
-//! masking every training utterance with [`SpecAugment`].
+//! perturbing every training utterance's waveform with [`WaveAugment`]
+//! (its features are then computed afresh) and masking its features with
+//! [`SpecAugment`].
 
 use kiln_nn::objective::{BatchLoss, Objective};
 use kiln_nn::Module;
@@ -12,6 +14,7 @@ use crate::augment::SpecAugment;
 use crate::ds2::{Ds2, Ds2Config};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, Example};
+use crate::wave_augment::WaveAugment;
 
 /// What builds a [`Ds2Objective`]: the network and the feature masking of
 /// training utterances, if any.
@@ -23,16 +26,23 @@ pub struct Ds2ObjectiveConfig {
     /// Feature masking of training utterances.
     #[serde(default)]
     pub spec_augment: Option<SpecAugment>,
+    /// Waveform perturbation of training utterances (they must carry
+    /// their audio, [`Example::keeping_audio`]).
+    #[serde(default)]
+    pub wave_augment: Option<WaveAugment>,
 }
 
 /// Spreads the per-utterance mask seeds of one share (an odd constant,
 /// the golden ratio's 64-bit fraction).
 const MASK_SEED_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Separates the waveform draws' seeds from the masks' seeds.
+const WAVE_SEED_SALT: u64 = 0xD1B5_4A32_D192_ED03;
 
 /// DS2 trained with CTC on [`Example`]s.
 pub struct Ds2Objective {
     model: Ds2<f32>,
     spec_augment: Option<SpecAugment>,
+    wave_augment: Option<WaveAugment>,
 }
 
 impl Ds2Objective {
@@ -41,16 +51,46 @@ impl Ds2Objective {
         if let Some(a) = &config.spec_augment {
             a.validate()?;
         }
+        if let Some(a) = &config.wave_augment {
+            a.validate()?;
+        }
         let model = config.model.init::<f32>(&mut StdRng::seed_from_u64(0))?;
         Ok(Ds2Objective {
             model,
             spec_augment: config.spec_augment.clone(),
+            wave_augment: config.wave_augment.clone(),
         })
     }
 
     /// The model.
     pub fn model(&self) -> &Ds2<f32> {
         &self.model
+    }
+
+    /// `example` as this objective trains on it with per-utterance seed
+    /// `seed`: its waveform perturbed and its features recomputed, then
+    /// masked. An example without audio cannot be perturbed: an error
+    /// naming it.
+    pub fn augmented(&self, example: &Example, seed: u64) -> Result<Example> {
+        let perturbed = match &self.wave_augment {
+            Some(wave) if wave.is_active() => {
+                if example.audio.is_empty() {
+                    return Err(Error::config(
+                        format!("utterance {}", example.id),
+                        "waveform augmentation needs the audio, and this example was read without it",
+                    ));
+                }
+                let mut rng = StdRng::seed_from_u64(seed ^ WAVE_SEED_SALT);
+                let samples = wave.apply(&example.audio, &mut rng)?;
+                Some(example.with_audio(samples)?)
+            }
+            _ => None,
+        };
+        let base = perturbed.as_ref().unwrap_or(example);
+        match &self.spec_augment {
+            Some(spec) => spec.augmented(base, seed),
+            None => Ok(perturbed.unwrap_or_else(|| example.clone())),
+        }
     }
 }
 
@@ -65,22 +105,19 @@ impl Objective<Example> for Ds2Objective {
         &mut self.model
     }
 
-    /// CTC summed over the share's utterances; with SpecAugment each
-    /// utterance is masked from its own stream of `seed` (so a redone
-    /// share masks alike).
+    /// CTC summed over the share's utterances; each utterance is perturbed
+    /// (waveform, then features) from its own streams of `seed`, so a
+    /// redone share draws alike.
     fn loss_and_gradients(&mut self, samples: &[&Example], seed: u64) -> Result<BatchLoss> {
-        let loss = match &self.spec_augment {
-            None => pipeline::ctc_pass(&mut self.model, samples)?,
-            Some(aug) => {
-                let masked = samples
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        aug.augmented(e, seed ^ (i as u64).wrapping_mul(MASK_SEED_STRIDE))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                pipeline::ctc_pass(&mut self.model, &masked.iter().collect::<Vec<_>>())?
-            }
+        let loss = if self.spec_augment.is_none() && self.wave_augment.is_none() {
+            pipeline::ctc_pass(&mut self.model, samples)?
+        } else {
+            let augmented = samples
+                .iter()
+                .enumerate()
+                .map(|(i, e)| self.augmented(e, seed ^ (i as u64).wrapping_mul(MASK_SEED_STRIDE)))
+                .collect::<Result<Vec<_>>>()?;
+            pipeline::ctc_pass(&mut self.model, &augmented.iter().collect::<Vec<_>>())?
         };
         Ok(BatchLoss {
             loss_sum: loss,

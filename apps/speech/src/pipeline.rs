@@ -53,6 +53,10 @@ pub struct Example {
     pub bins: usize,
     /// Transcript labels (no blanks).
     pub labels: Vec<u32>,
+    /// The 16 kHz samples the features were computed from, kept only for
+    /// waveform augmentation ([`Example::keeping_audio`]); empty otherwise.
+    #[serde(default)]
+    pub audio: Vec<f32>,
 }
 
 impl Example {
@@ -68,6 +72,40 @@ impl Example {
             frames,
             bins,
             labels: labels.into_iter().map(|l| l as u32).collect(),
+            audio: Vec::new(),
+        })
+    }
+
+    /// [`Example::new`] that also keeps the (16 kHz) samples, so that
+    /// training can perturb the waveform and recompute the features
+    /// ([`Example::with_audio`]).
+    pub fn keeping_audio(id: &str, transcript: &str, audio: &Audio) -> Result<Example> {
+        let mut e = Example::new(id, transcript, audio)?;
+        e.audio = if audio.sample_rate == SAMPLE_RATE {
+            audio.samples.clone()
+        } else {
+            audio.resampled(SAMPLE_RATE)?.samples
+        };
+        Ok(e)
+    }
+
+    /// This utterance with its features computed from `samples` (16 kHz)
+    /// instead, e.g. a perturbed copy of its own audio; the returned
+    /// example keeps no audio.
+    pub fn with_audio(&self, samples: Vec<f32>) -> Result<Example> {
+        let feats = front_end(&Audio {
+            samples,
+            sample_rate: SAMPLE_RATE,
+        })?;
+        let (frames, bins) = feats.dim();
+        Ok(Example {
+            id: self.id.clone(),
+            transcript: self.transcript.clone(),
+            features: feats.into_raw_vec_and_offset().0,
+            frames,
+            bins,
+            labels: self.labels.clone(),
+            audio: Vec::new(),
         })
     }
 

@@ -7,11 +7,39 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-/// The seeded order of epoch `epoch` over `n` samples.
-pub(crate) fn epoch_order(n: u64, seed: u64, epoch: u64) -> Vec<u64> {
+use serde::{Deserialize, Serialize};
+
+/// A curriculum of sorted epochs, as DS2's SortaGrad (Amodei et al. 2016,
+/// section 3.1): the first `epochs` epochs take the samples in ascending
+/// order of their `keys` (e.g. utterance lengths; ties in index order),
+/// later epochs in the usual seeded random order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SortedEpochs {
+    /// One key per sample, by global index (partition by partition, in
+    /// each partition's element order).
+    pub keys: Vec<u64>,
+    /// How many epochs, from the first, are sorted.
+    pub epochs: u64,
+}
+
+/// The seeded order of epoch `epoch` (counted from 1) over `n` samples,
+/// sorted instead where `sorted` says so.
+pub(crate) fn epoch_order(
+    n: u64,
+    seed: u64,
+    epoch: u64,
+    sorted: Option<&SortedEpochs>,
+) -> Vec<u64> {
     let mut order: Vec<u64> = (0..n).collect();
-    let mix = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    order.shuffle(&mut StdRng::seed_from_u64(mix));
+    match sorted {
+        Some(s) if epoch <= s.epochs && s.keys.len() as u64 == n => {
+            order.sort_by_key(|&g| (s.keys[g as usize], g));
+        }
+        _ => {
+            let mix = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            order.shuffle(&mut StdRng::seed_from_u64(mix));
+        }
+    }
     order
 }
 
@@ -62,13 +90,27 @@ mod tests {
 
     #[test]
     fn order_is_a_seeded_permutation() {
-        let a = epoch_order(100, 7, 0);
+        let a = epoch_order(100, 7, 0, None);
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_eq!(a, epoch_order(100, 7, 0));
-        assert_ne!(a, epoch_order(100, 7, 1));
-        assert_ne!(a, epoch_order(100, 8, 0));
+        assert_eq!(a, epoch_order(100, 7, 0, None));
+        assert_ne!(a, epoch_order(100, 7, 1, None));
+        assert_ne!(a, epoch_order(100, 8, 0, None));
+    }
+
+    #[test]
+    fn sorted_epochs_go_shortest_first_then_shuffle() {
+        let s = SortedEpochs {
+            keys: vec![5, 1, 9, 1, 3],
+            epochs: 1,
+        };
+        assert_eq!(epoch_order(5, 7, 1, Some(&s)), vec![1, 3, 4, 0, 2]);
+        let later = epoch_order(5, 7, 2, Some(&s));
+        assert_eq!(later, epoch_order(5, 7, 2, None));
+        // Keys for another number of samples are not used (the trainer
+        // refuses them before it starts).
+        assert_eq!(epoch_order(4, 7, 1, Some(&s)), epoch_order(4, 7, 1, None));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::monitor::{CheckpointCommitted, Event};
 use crate::protocol::{Action, TaskOutput};
 use crate::registry::{check_type, Data};
-use crate::train::batches::{epoch_order, Layout};
+use crate::train::batches::{epoch_order, Layout, SortedEpochs};
 use crate::train::checkpointing::{
     meta_u64, training_meta, CheckpointPolicy, Position, META_BATCH, META_BATCH_SIZE, META_PARAMS,
     META_SEED, META_SHARDS,
@@ -81,6 +81,9 @@ pub struct TrainSpec {
     pub init_buffers: Vec<f32>,
     /// Where the parameter shards live.
     pub placement: ShardPlacement,
+    /// Sorted first epochs (SortaGrad), if any: its keys must number the
+    /// training set's samples.
+    pub sorted_epochs: Option<SortedEpochs>,
 }
 
 /// Where the parameter shards (weights and optimizer state) live.
@@ -129,6 +132,7 @@ impl TrainSpec {
             staleness: None,
             init_buffers: Vec::new(),
             placement: ShardPlacement::Driver,
+            sorted_epochs: None,
         })
     }
 }
@@ -301,6 +305,14 @@ impl<T: Data> DistributedTrainer<T> {
             return Err(Error::EmptyDataset {
                 purpose: "training",
             });
+        }
+        if let Some(sorted) = &spec.sorted_epochs {
+            if sorted.keys.len() as u64 != layout.total() {
+                return Err(Error::SortKeys {
+                    expected: layout.total(),
+                    found: sorted.keys.len(),
+                });
+            }
         }
         let shards = match &spec.placement {
             ShardPlacement::Driver => {
@@ -969,7 +981,12 @@ impl<T: Data> DistributedTrainer<T> {
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             // Epochs are numbered from 1 in the order's seed, as kiln-nn's
             // single-process trainer does: same seed, same batches.
-            let order = epoch_order(self.layout.total(), self.spec.seed, epoch + 1);
+            let order = epoch_order(
+                self.layout.total(),
+                self.spec.seed,
+                epoch + 1,
+                self.spec.sorted_epochs.as_ref(),
+            );
             self.order = Some((epoch, order));
         }
         let bs = self.spec.batch_size as u64;
