@@ -135,3 +135,49 @@ impl Objective<Example> for Ds2Objective {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::Audio;
+
+    fn objective(wave: WaveAugment) -> Ds2Objective {
+        Ds2Objective::new(&Ds2ObjectiveConfig {
+            model: Ds2Config::from_toml_str(include_str!("../configs/ds2_tiny.toml")).unwrap(),
+            spec_augment: None,
+            wave_augment: Some(wave),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn waveform_augmentation_recomputes_features_and_needs_the_audio() {
+        let audio = Audio {
+            samples: (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect(),
+            sample_rate: pipeline::SAMPLE_RATE,
+        };
+        let faster = objective(WaveAugment {
+            speeds: vec![1.1],
+            noise_probability: 0.0,
+            ..WaveAugment::default()
+        });
+        let kept = Example::keeping_audio("u1", "A B", &audio).unwrap();
+        let out = faster.augmented(&kept, 3).unwrap();
+        assert!(
+            out.frames < kept.frames,
+            "{} vs {}",
+            out.frames,
+            kept.frames
+        );
+        assert_eq!(
+            (out.labels.clone(), out.audio.len()),
+            (kept.labels.clone(), 0)
+        );
+        let bare = Example::new("u2", "A B", &audio).unwrap();
+        let err = faster.augmented(&bare, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("u2") && err.contains("needs the audio"),
+            "{err}"
+        );
+    }
+}
