@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod detect;
 pub mod job_args;
+pub mod model;
 pub mod speech;
 pub mod submit;
 pub mod train;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kiln::cli::{checkpoint, cluster, detect, speech, submit, train};
+use kiln::cli::{checkpoint, cluster, detect, model, speech, submit, train};
 use kiln::jobs::JobKinds;
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +37,12 @@ enum Command {
     Detect {
         #[command(subcommand)]
         command: detect::DetectCommand,
+    },
+    /// Models in and out: import ONNX, run any model on .npy arrays, show
+    /// one's layers and shapes.
+    Model {
+        #[command(subcommand)]
+        command: model::ModelCommand,
     },
     /// Checkpoint stores: list, show, export weights, resume a run.
     Checkpoint {
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => train::eval(&args),
         Command::Speech { command } => speech::run(&command, &kinds),
         Command::Detect { command } => detect::run(&command, &kinds),
+        Command::Model { command } => model::run(&command),
         Command::Info => {
             kiln::print_info();
             Ok(())

@@ -26,10 +26,12 @@ pub mod layers;
 pub mod matmul;
 pub mod metrics;
 pub mod module;
+pub mod npy;
 pub mod objective;
 pub mod optim;
 pub mod serialize;
 mod simd;
+pub mod summary;
 pub mod tensor;
 pub mod train;
 

@@ -182,3 +182,38 @@ fn lstm_concat_variant_passes_gradcheck() {
         .within(1e-5)
         .unwrap();
 }
+
+/// The inference graph (what ONNX export and `kiln model run` use) loads a
+/// trained model's weights by name and gives its outputs on whole utterances.
+#[test]
+fn the_inference_graph_gives_the_model_outputs() {
+    for merge in ["sum", "concat"] {
+        let config =
+            Ds2Config::from_toml_str(&TINY.replace("\"sum\"", &format!("\"{merge}\""))).unwrap();
+        let mut model = config.init::<f64>(&mut StdRng::seed_from_u64(5)).unwrap();
+        // Non-trivial running statistics.
+        let stats: Vec<f64> = (0..model.num_buffers())
+            .map(|i| 0.6 + (i % 5) as f64 * 0.1)
+            .collect();
+        model.set_flat_buffers(&stats).unwrap();
+        model.set_training(false);
+        let bytes = kiln_nn::serialize::to_bytes(&model, &Default::default()).unwrap();
+        let mut graph = config
+            .inference_graph()
+            .init::<f64>(&mut StdRng::seed_from_u64(0))
+            .unwrap();
+        kiln_nn::serialize::load_weights_from_bytes(&mut graph, &bytes, std::path::Path::new("m"))
+            .unwrap();
+        graph.set_training(false);
+        let x = spectrogram(2, 9, 3);
+        let want = model.forward(&x).unwrap();
+        let got = graph.forward(&x).unwrap();
+        assert_eq!(got.shape(), want.shape());
+        let d = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-12, "{merge}: {d}");
+    }
+}

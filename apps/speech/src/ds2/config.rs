@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use kiln_nn::layers::{CellKind, MergeMode};
+use kiln_nn::layers::{
+    BatchNormConfig, BiRecurrentConfig, CellKind, Conv2dConfig, GraphConfig, GraphNode,
+    LayerConfig, LinearConfig, MergeMode, RecurrentConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use kiln_nn::bounds::{check, check_number, open_closed, OutOfRange};
@@ -186,6 +189,86 @@ impl Ds2Config {
         match self.rnn.merge {
             MergeMode::Sum => self.rnn.hidden,
             MergeMode::Concat => 2 * self.rnn.hidden,
+        }
+    }
+
+    /// The network as a kiln-nn graph for whole utterances (every input
+    /// step valid): what `kiln model run` and ONNX export use. Its node
+    /// names give the same parameter names as [`crate::ds2::Ds2`], so a
+    /// DS2 model file's weights load into it. Input `(N, 1, F, T)`, output
+    /// log-probabilities `(T', N, classes)`.
+    pub fn inference_graph(&self) -> GraphConfig {
+        let mut nodes = Vec::new();
+        let mut last = "input".to_string();
+        let push =
+            |nodes: &mut Vec<GraphNode>, name: String, layer: LayerConfig, last: &mut String| {
+                nodes.push(GraphNode::layer(&name, layer, last));
+                *last = name;
+            };
+        let mut in_ch = 1;
+        for (i, spec) in self.conv.iter().enumerate() {
+            let conv = Conv2dConfig::new(in_ch, spec.channels, spec.kernel)
+                .with_stride(spec.stride)
+                .with_padding(spec.padding)
+                .with_bias(false);
+            push(
+                &mut nodes,
+                format!("conv.{i}.conv"),
+                LayerConfig::Conv2d(conv),
+                &mut last,
+            );
+            let bn = LayerConfig::BatchNorm(BatchNormConfig::new(spec.channels));
+            push(&mut nodes, format!("conv.{i}.bn"), bn, &mut last);
+            let act = LayerConfig::HardTanh {
+                min_val: 0.0,
+                max_val: self.clip,
+            };
+            push(&mut nodes, format!("conv.{i}.act"), act, &mut last);
+            in_ch = spec.channels;
+        }
+        // (N, C, F, T) -> (T, N, C, F) -> (T, N, C*F), as Ds2's forward pass.
+        let to_time_major = LayerConfig::Sequential {
+            layers: vec![
+                LayerConfig::Transpose { dim0: 0, dim1: 3 },
+                LayerConfig::Transpose { dim0: 1, dim1: 3 },
+                LayerConfig::Transpose { dim0: 2, dim1: 3 },
+                LayerConfig::Reshape {
+                    shape: vec![-1, self.rnn_input_size() as isize],
+                },
+            ],
+        };
+        push(&mut nodes, "to_time_major".into(), to_time_major, &mut last);
+        let out = self.rnn_output_size();
+        for i in 0..self.rnn.layers {
+            if i > 0 {
+                let norm = LayerConfig::SequenceBatchNorm(BatchNormConfig::new(out));
+                push(&mut nodes, format!("rnn.{i}.norm"), norm, &mut last);
+            }
+            let input = if i == 0 { self.rnn_input_size() } else { out };
+            let layer = RecurrentConfig::new(self.rnn.cell, input, self.rnn.hidden);
+            let rnn = LayerConfig::BiRecurrent(BiRecurrentConfig::new(layer, self.rnn.merge));
+            push(&mut nodes, format!("rnn.{i}"), rnn, &mut last);
+        }
+        let norm = LayerConfig::SequenceBatchNorm(BatchNormConfig::new(out));
+        push(&mut nodes, "fc.norm".into(), norm, &mut last);
+        let fc = LayerConfig::TimeDistributed {
+            inner: Box::new(LayerConfig::Linear(LinearConfig {
+                in_features: out,
+                out_features: self.num_classes,
+                bias: false,
+            })),
+        };
+        push(&mut nodes, "fc".into(), fc, &mut last);
+        push(
+            &mut nodes,
+            "log_probs".into(),
+            LayerConfig::LogSoftMax { dim: -1 },
+            &mut last,
+        );
+        GraphConfig {
+            inputs: vec!["input".into()],
+            nodes,
+            outputs: vec![last],
         }
     }
 

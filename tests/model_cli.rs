@@ -1,0 +1,156 @@
+//! `kiln model import|show|run|export`, run as a user would: a PyTorch
+//! export imported, described, run on a .npy input (PyTorch's output
+//! within 1e-4), exported again and run from the .onnx file; bad input
+//! fails with the file named.
+
+#[path = "cluster_support/helpers.rs"]
+mod helpers;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+fn kiln(args: &[&str]) -> Output {
+    helpers::kiln_process(args, &[], Duration::from_secs(120))
+}
+
+fn ok(o: &Output) -> String {
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    out
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("onnx/tests/fixtures")
+        .join(name)
+}
+
+fn max_difference(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (
+        kiln_nn::npy::read(a).unwrap(),
+        kiln_nn::npy::read(b).unwrap(),
+    );
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn import_show_run_and_export_a_pytorch_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let s = |q: &Path| q.to_str().unwrap().to_string();
+    let onnx = s(&fixture("ds2_like.onnx"));
+    let input = s(&fixture("ds2_like.input.npy"));
+    let model = s(&p("ds2.safetensors"));
+    let out = ok(&kiln(&["model", "import", &onnx, "--out", &model]));
+    assert!(out.contains("6837 parameters"), "{out}");
+    let out = ok(&kiln(&["model", "show", &model]));
+    assert!(
+        out.contains("imported from ds2_like.onnx (pytorch"),
+        "{out}"
+    );
+    assert!(out.contains("gru1: bi_recurrent"), "{out}");
+    assert!(
+        out.contains("input input: [2, 1, 16, 20]") && out.contains("output 0: [20, 2, 29]"),
+        "{out}"
+    );
+    ok(&kiln(&[
+        "model",
+        "run",
+        "--model",
+        &model,
+        "--input",
+        &input,
+        "--output",
+        &s(&p("y.npy")),
+    ]));
+    assert!(max_difference(&p("y.npy"), &fixture("ds2_like.output.npy")) < 1e-4);
+    // Out again as ONNX, and run from that file.
+    let back = s(&p("back.onnx"));
+    let out = ok(&kiln(&["model", "export", &model, "--onnx", &back]));
+    assert!(out.contains("opset 17"), "{out}");
+    ok(&kiln(&[
+        "model",
+        "run",
+        "--model",
+        &back,
+        "--input",
+        &input,
+        "--output",
+        &s(&p("z.npy")),
+    ]));
+    assert!(max_difference(&p("z.npy"), &fixture("ds2_like.output.npy")) < 1e-4);
+}
+
+#[test]
+fn bad_files_and_arguments_are_errors_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |q: &Path| q.to_str().unwrap().to_string();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\x08\x96").unwrap();
+    let o = kiln(&[
+        "model",
+        "import",
+        &s(&junk),
+        "--out",
+        &s(&dir.path().join("m.safetensors")),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("junk.onnx: not a valid ONNX model"), "{err}");
+    // The wrong input shape.
+    let o = kiln(&[
+        "model",
+        "run",
+        "--model",
+        &s(&fixture("lenet5.onnx")),
+        "--input",
+        &s(&fixture("ds2_like.input.npy")),
+        "--output",
+        &s(&dir.path().join("y.npy")),
+    ]);
+    assert!(!o.status.success());
+    // Two outputs asked of a one-output model.
+    let o = kiln(&[
+        "model",
+        "run",
+        "--model",
+        &s(&fixture("lenet5.onnx")),
+        "--input",
+        &s(&fixture("lenet5.input.npy")),
+        "--output",
+        &s(&dir.path().join("a.npy")),
+        "--output",
+        &s(&dir.path().join("b.npy")),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1 output(s) but 2 --output"), "{err}");
+    // A native model without a recorded input shape needs --input-shape.
+    let model = dir.path().join("lenet.safetensors");
+    ok(&kiln(&[
+        "model",
+        "import",
+        &s(&fixture("lenet5.onnx")),
+        "--out",
+        &s(&model),
+    ]));
+    let o = kiln(&[
+        "model",
+        "export",
+        &s(&model),
+        "--onnx",
+        &s(&dir.path().join("l.onnx")),
+    ]);
+    assert!(
+        o.status.success(),
+        "imported models record their input shape"
+    );
+}
