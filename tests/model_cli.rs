@@ -154,3 +154,112 @@ fn bad_files_and_arguments_are_errors_naming_them() {
         "imported models record their input shape"
     );
 }
+
+/// DS2 and SSD model files (as `kiln speech train` and `kiln detect train`
+/// write them) run and export: DS2 through its inference graph, SSD with
+/// its two outputs; the .onnx gives the same outputs as the model file.
+#[test]
+fn ds2_and_ssd_model_files_run_and_export() {
+    use kiln_nn::Module;
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let s = |q: &Path| q.to_str().unwrap().to_string();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // DS2 from the tiny configuration.
+    let config =
+        kiln_speech::ds2::Ds2Config::from_file(&root.join("apps/speech/configs/ds2_tiny.toml"))
+            .unwrap();
+    let mut ds2 = config
+        .init::<f32>(&mut rand::rngs::StdRng::seed_from_u64(1))
+        .unwrap();
+    ds2.save(&p("ds2.safetensors")).unwrap();
+    let x = kiln_nn::init::uniform::<f32>(
+        &mut rand::rngs::StdRng::seed_from_u64(2),
+        &[2, 1, 161, 24],
+        1.0,
+    );
+    kiln_nn::npy::write(&p("x.npy"), &x).unwrap();
+    ds2.set_training(false);
+    kiln_nn::npy::write(&p("want.npy"), &ds2.forward(&x).unwrap()).unwrap();
+    let out = ok(&kiln(&["model", "show", &s(&p("ds2.safetensors"))]));
+    assert!(
+        out.contains("a Deep Speech 2 model") && out.contains("input input: [?, 1, 161, ?]"),
+        "{out}"
+    );
+    ok(&kiln(&[
+        "model",
+        "run",
+        "--model",
+        &s(&p("ds2.safetensors")),
+        "--input",
+        &s(&p("x.npy")),
+        "--output",
+        &s(&p("a.npy")),
+    ]));
+    assert!(max_difference(&p("a.npy"), &p("want.npy")) < 1e-5);
+    ok(&kiln(&[
+        "model",
+        "export",
+        &s(&p("ds2.safetensors")),
+        "--onnx",
+        &s(&p("ds2.onnx")),
+    ]));
+    ok(&kiln(&[
+        "model",
+        "run",
+        "--model",
+        &s(&p("ds2.onnx")),
+        "--input",
+        &s(&p("x.npy")),
+        "--output",
+        &s(&p("b.npy")),
+    ]));
+    assert!(max_difference(&p("b.npy"), &p("want.npy")) < 1e-5);
+    // SSD, tiny preset at 64 pixels: box offsets and class scores.
+    let ssd_config = kiln_detection::model::SsdConfig::tiny(vec!["a".into(), "b".into()])
+        .with_image_size(64)
+        .unwrap();
+    let ssd = kiln_detection::model::Ssd::<f32>::new(
+        ssd_config,
+        &mut rand::rngs::StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    ssd.save(&p("ssd.safetensors")).unwrap();
+    let img = kiln_nn::init::uniform::<f32>(
+        &mut rand::rngs::StdRng::seed_from_u64(4),
+        &[1, 3, 64, 64],
+        1.0,
+    );
+    kiln_nn::npy::write(&p("img.npy"), &img).unwrap();
+    let out = ok(&kiln(&["model", "show", &s(&p("ssd.safetensors"))]));
+    assert!(
+        out.contains("an SSD detection model") && out.contains("output 1: [1, 340, 3]"),
+        "{out}"
+    );
+    let run = |model: &str, tag: &str| {
+        ok(&kiln(&[
+            "model",
+            "run",
+            "--model",
+            model,
+            "--input",
+            &s(&p("img.npy")),
+            "--output",
+            &s(&p(&format!("loc{tag}.npy"))),
+            "--output",
+            &s(&p(&format!("conf{tag}.npy"))),
+        ]));
+    };
+    run(&s(&p("ssd.safetensors")), "a");
+    ok(&kiln(&[
+        "model",
+        "export",
+        &s(&p("ssd.safetensors")),
+        "--onnx",
+        &s(&p("ssd.onnx")),
+    ]));
+    run(&s(&p("ssd.onnx")), "b");
+    assert!(max_difference(&p("loca.npy"), &p("locb.npy")) < 1e-5);
+    assert!(max_difference(&p("confa.npy"), &p("confb.npy")) < 1e-5);
+}

@@ -319,9 +319,16 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
             for i in inputs {
                 println!("input {}: {}", i.name, shape_text(&i.shape));
             }
+            // A symbolic batch runs as 1; other unknown sizes need --input-shape.
             inputs
                 .iter()
-                .map(|i| i.shape.iter().copied().collect::<Option<Vec<usize>>>())
+                .map(|i| {
+                    i.shape
+                        .iter()
+                        .enumerate()
+                        .map(|(k, d)| if k == 0 { Some(d.unwrap_or(1)) } else { *d })
+                        .collect::<Option<Vec<usize>>>()
+                })
                 .collect()
         }
         (None, None) => {
@@ -331,6 +338,9 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
             None
         }
     };
+    if shapes.is_none() && file.inputs.is_some() {
+        println!("output shapes: give --input-shape to fix the input's run-time sizes");
+    }
     if let Some(shapes) = shapes {
         let zeros = shapes
             .iter()
