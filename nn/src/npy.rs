@@ -223,6 +223,14 @@ mod tests {
         );
     }
 
+    /// `bytes` with the first `from` replaced by `to` (same length).
+    fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+        let mut out = bytes.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    }
+
     #[test]
     fn bad_files_are_errors_naming_the_file() {
         let p = Path::new("x.npy");
@@ -231,12 +239,7 @@ mod tests {
             (b"hello world".to_vec(), "bad magic"),
             (good[..good.len() - 3].to_vec(), "holds 13 bytes"),
             (good[..20].to_vec(), "runs past the end"),
-            (
-                String::from_utf8_lossy(&good)
-                    .replace("<f4", "<i8")
-                    .into_bytes(),
-                "\"<i8\"",
-            ),
+            (replaced(&good, b"<f4", b"<i8"), "\"<i8\""),
         ] {
             let e = from_bytes(&bytes, p).unwrap_err().to_string();
             assert!(e.starts_with("x.npy") && e.contains(want), "{want}: {e}");
