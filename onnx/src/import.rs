@@ -589,24 +589,3 @@ impl<'m> Importer<'m> {
         self.nodes.push(node);
     }
 }
-
-/// Checks a built model's output against its inputs' declared shapes by
-/// running zeros through it (used by `kiln model show`).
-pub fn output_shapes(
-    model: &ImportedModel,
-    graph: &mut Graph<f32>,
-    batch: usize,
-) -> Result<Vec<Vec<usize>>> {
-    let mut inputs = Vec::new();
-    for i in &model.inputs {
-        let shape: Vec<usize> = i
-            .shape
-            .iter()
-            .enumerate()
-            .map(|(k, d)| d.unwrap_or(if k == 0 { batch } else { 1 }))
-            .collect();
-        inputs.push(kiln_nn::tensor::zeros::<f32>(&shape));
-    }
-    let out = graph.forward_many(&inputs)?;
-    Ok(out.iter().map(|t| t.shape().to_vec()).collect())
-}
