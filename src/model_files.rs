@@ -27,6 +27,11 @@ impl ModelKind {
     pub fn of_file(path: &Path) -> Option<ModelKind> {
         let bytes = std::fs::read(path).ok()?;
         let meta = kiln_nn::serialize::metadata_of(&bytes, path).ok()?;
+        Self::of_metadata(&meta)
+    }
+
+    /// The kind a model file's metadata records, if any.
+    pub fn of_metadata(meta: &std::collections::HashMap<String, String>) -> Option<ModelKind> {
         if meta.contains_key(DS2_CONFIG_KEY) {
             Some(ModelKind::Ds2)
         } else if meta.contains_key(SSD_CONFIG_KEY) {

@@ -14,6 +14,15 @@ fn kiln(args: &[&str]) -> Output {
     helpers::kiln_process(args, &[], Duration::from_secs(120))
 }
 
+/// `kiln model run` of `model` on one input, writing `outputs`.
+fn run_model(model: &str, input: &str, outputs: &[&str]) -> Output {
+    let mut args = vec!["model", "run", "--model", model, "--input", input];
+    for o in outputs {
+        args.extend(["--output", o]);
+    }
+    kiln(&args)
+}
+
 fn ok(o: &Output) -> String {
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -61,31 +70,13 @@ fn import_show_run_and_export_a_pytorch_model() {
         out.contains("input input: [2, 1, 16, 20]") && out.contains("output 0: [20, 2, 29]"),
         "{out}"
     );
-    ok(&kiln(&[
-        "model",
-        "run",
-        "--model",
-        &model,
-        "--input",
-        &input,
-        "--output",
-        &s(&p("y.npy")),
-    ]));
+    ok(&run_model(&model, &input, &[&s(&p("y.npy"))]));
     assert!(max_difference(&p("y.npy"), &fixture("ds2_like.output.npy")) < 1e-4);
     // Out again as ONNX, and run from that file.
     let back = s(&p("back.onnx"));
     let out = ok(&kiln(&["model", "export", &model, "--onnx", &back]));
     assert!(out.contains("opset 17"), "{out}");
-    ok(&kiln(&[
-        "model",
-        "run",
-        "--model",
-        &back,
-        "--input",
-        &input,
-        "--output",
-        &s(&p("z.npy")),
-    ]));
+    ok(&run_model(&back, &input, &[&s(&p("z.npy"))]));
     assert!(max_difference(&p("z.npy"), &fixture("ds2_like.output.npy")) < 1e-4);
 }
 
@@ -106,30 +97,24 @@ fn bad_files_and_arguments_are_errors_naming_them() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("junk.onnx: not a valid ONNX model"), "{err}");
     // The wrong input shape.
-    let o = kiln(&[
-        "model",
-        "run",
-        "--model",
+    let o = run_model(
         &s(&fixture("lenet5.onnx")),
-        "--input",
         &s(&fixture("ds2_like.input.npy")),
-        "--output",
-        &s(&dir.path().join("y.npy")),
-    ]);
+        &[&s(&dir.path().join("y.npy"))],
+    );
     assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\"fc1\"") && err.contains("shape mismatch"),
+        "{err}"
+    );
+    assert!(!dir.path().join("y.npy").exists());
     // Two outputs asked of a one-output model.
-    let o = kiln(&[
-        "model",
-        "run",
-        "--model",
+    let o = run_model(
         &s(&fixture("lenet5.onnx")),
-        "--input",
         &s(&fixture("lenet5.input.npy")),
-        "--output",
-        &s(&dir.path().join("a.npy")),
-        "--output",
-        &s(&dir.path().join("b.npy")),
-    ]);
+        &[&s(&dir.path().join("a.npy")), &s(&dir.path().join("b.npy"))],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("1 output(s) but 2 --output"), "{err}");
@@ -187,16 +172,11 @@ fn ds2_and_ssd_model_files_run_and_export() {
         out.contains("a Deep Speech 2 model") && out.contains("input input: [?, 1, 161, ?]"),
         "{out}"
     );
-    ok(&kiln(&[
-        "model",
-        "run",
-        "--model",
+    ok(&run_model(
         &s(&p("ds2.safetensors")),
-        "--input",
         &s(&p("x.npy")),
-        "--output",
-        &s(&p("a.npy")),
-    ]));
+        &[&s(&p("a.npy"))],
+    ));
     assert!(max_difference(&p("a.npy"), &p("want.npy")) < 1e-5);
     ok(&kiln(&[
         "model",
@@ -205,16 +185,11 @@ fn ds2_and_ssd_model_files_run_and_export() {
         "--onnx",
         &s(&p("ds2.onnx")),
     ]));
-    ok(&kiln(&[
-        "model",
-        "run",
-        "--model",
+    ok(&run_model(
         &s(&p("ds2.onnx")),
-        "--input",
         &s(&p("x.npy")),
-        "--output",
-        &s(&p("b.npy")),
-    ]));
+        &[&s(&p("b.npy"))],
+    ));
     assert!(max_difference(&p("b.npy"), &p("want.npy")) < 1e-5);
     // SSD, tiny preset at 64 pixels: box offsets and class scores.
     let ssd_config = kiln_detection::model::SsdConfig::tiny(vec!["a".into(), "b".into()])
@@ -238,18 +213,14 @@ fn ds2_and_ssd_model_files_run_and_export() {
         "{out}"
     );
     let run = |model: &str, tag: &str| {
-        ok(&kiln(&[
-            "model",
-            "run",
-            "--model",
+        ok(&run_model(
             model,
-            "--input",
             &s(&p("img.npy")),
-            "--output",
-            &s(&p(&format!("loc{tag}.npy"))),
-            "--output",
-            &s(&p(&format!("conf{tag}.npy"))),
-        ]));
+            &[
+                &s(&p(&format!("loc{tag}.npy"))),
+                &s(&p(&format!("conf{tag}.npy"))),
+            ],
+        ));
     };
     run(&s(&p("ssd.safetensors")), "a");
     ok(&kiln(&[

@@ -572,20 +572,27 @@ impl<'m> Importer<'m> {
         shape: Vec<Dim>,
     ) -> String {
         let name = self.push_layer(name, layer, x, tensors);
+        self.set_plain(n, &name, shape);
+        name
+    }
+
+    /// Makes the Kiln value `name` output 0 of `n`, in ONNX's layout.
+    fn set_plain(&mut self, n: &NodeCtx, name: &str, shape: Vec<Dim>) {
         self.set_output(
             n,
             0,
             Value::Tensor(Dynamic {
-                name: name.clone(),
+                name: name.to_string(),
                 shape,
                 layout: Layout::Plain,
             }),
         );
-        name
     }
 
-    /// Adds a non-layer node (join, add).
-    pub(crate) fn push_node(&mut self, node: GraphNode) {
+    /// Adds a non-layer node (join, add) as output 0 of `n`, whose ONNX
+    /// shape is `shape`.
+    pub(crate) fn push_node(&mut self, n: &NodeCtx, node: GraphNode, shape: Vec<Dim>) {
+        self.set_plain(n, &node.name, shape);
         self.nodes.push(node);
     }
 }

@@ -182,7 +182,7 @@ pub fn load_model(path: &Path) -> anyhow::Result<ModelFile> {
         })?),
         None => None,
     };
-    let kind = crate::model_files::ModelKind::of_file(path);
+    let kind = crate::model_files::ModelKind::of_metadata(&meta);
     let origin = match (meta.get(kiln_onnx::IMPORTED_FROM_KEY), kind) {
         (Some(from), _) => format!("imported from {from}"),
         (None, Some(kind)) => kind.to_string(),
@@ -192,8 +192,7 @@ pub fn load_model(path: &Path) -> anyhow::Result<ModelFile> {
         // DS2's layer list is for inspection: its reshape between the
         // convolutions and the recurrent layers is its own.
         _ if kind == Some(crate::model_files::ModelKind::Ds2) => {
-            let ds2 = kiln_speech::ds2::Ds2::<f32>::load(path)?;
-            let c = ds2.ds2_config();
+            let c = kiln_speech::ds2::Ds2Config::of_model_bytes(&bytes, path)?;
             inputs = Some(vec![ModelInput {
                 name: "input".into(),
                 shape: vec![None, Some(1), Some(c.freq_bins), None],
@@ -208,9 +207,8 @@ pub fn load_model(path: &Path) -> anyhow::Result<ModelFile> {
         }
         LayerConfig::Graph(g) => {
             if kind == Some(crate::model_files::ModelKind::Ssd) {
-                let size = kiln_detection::model::Ssd::<f32>::load(path)?
-                    .config()
-                    .image_size();
+                let size =
+                    kiln_detection::model::SsdConfig::of_model_bytes(&bytes, path)?.image_size();
                 inputs = Some(vec![ModelInput {
                     name: g.inputs.first().cloned().unwrap_or_default(),
                     shape: vec![None, Some(3), Some(size), Some(size)],

@@ -110,6 +110,20 @@ impl SsdConfig {
         Self::with(backbone, classes, PriorBoxConfig::tiny())
     }
 
+    /// The configuration recorded in an SSD model file's bytes (`path`
+    /// names them in errors), without building the model.
+    pub fn of_model_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let meta = serialize::metadata_of(bytes, path)?;
+        let json = meta.get(SSD_CONFIG_KEY).ok_or_else(|| Error::Json {
+            what: format!("{}", path.display()),
+            reason: format!("no {SSD_CONFIG_KEY:?} metadata: not an SSD model file"),
+        })?;
+        serde_json::from_str(json).map_err(|e| Error::Json {
+            what: format!("{}: SsdConfig", path.display()),
+            reason: e.to_string(),
+        })
+    }
+
     /// A preset by name: `ssd300`, `ssd512`, `small` or `tiny`.
     pub fn preset(name: &str, classes: Vec<String>) -> Result<Self> {
         match name {
@@ -336,15 +350,7 @@ impl<F: Float> Ssd<F> {
     /// Loads a model written by [`Ssd::save`].
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let meta = serialize::metadata_of(&bytes, path)?;
-        let json = meta.get(SSD_CONFIG_KEY).ok_or_else(|| Error::Json {
-            what: format!("{}", path.display()),
-            reason: format!("no {SSD_CONFIG_KEY:?} metadata: not an SSD model file"),
-        })?;
-        let config: SsdConfig = serde_json::from_str(json).map_err(|e| Error::Json {
-            what: format!("{}: SsdConfig", path.display()),
-            reason: e.to_string(),
-        })?;
+        let config = SsdConfig::of_model_bytes(&bytes, path)?;
         let mut model = Ssd::new(config, &mut StdRng::seed_from_u64(0))?;
         serialize::load_weights_from_bytes(&mut model.graph, &bytes, path)?;
         Ok(model)

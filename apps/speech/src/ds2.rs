@@ -311,15 +311,7 @@ impl<F: Float> Ds2<F> {
     /// Rebuilds a model saved by [`Ds2::save`].
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let meta = serialize::metadata_of(&bytes, path)?;
-        let json = meta.get(DS2_CONFIG_KEY).ok_or_else(|| {
-            Error::config(
-                path.display().to_string(),
-                format!("no {DS2_CONFIG_KEY:?} metadata: not a DS2 model file"),
-            )
-        })?;
-        let config: Ds2Config = serde_json::from_str(json)
-            .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+        let config = Ds2Config::of_model_bytes(&bytes, path)?;
         let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(0);
         let mut model = config.init::<F>(&mut rng)?;
         serialize::load_weights_from_bytes(&mut model, &bytes, path)?;

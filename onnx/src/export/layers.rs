@@ -144,20 +144,8 @@ pub(super) fn layer(ex: &mut Exporter, config: &LayerConfig, prefix: &str, x: Ou
             conv(ex, prefix, x, c.bias, attrs)
         }
         LayerConfig::MaxPool2d(c) => {
-            let stride = c.stride.unwrap_or(c.kernel_size);
-            one(
-                ex,
-                "MaxPool",
-                vec![
-                    attr_ints(
-                        "kernel_shape",
-                        &[c.kernel_size[0] as i64, c.kernel_size[1] as i64],
-                    ),
-                    attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
-                    attr_ints("pads", &pads2(c.padding)),
-                    attr_int("ceil_mode", c.ceil_mode as i64),
-                ],
-            )
+            let attrs = pool_attrs(c.kernel_size, c.stride, c.padding, c.ceil_mode);
+            one(ex, "MaxPool", attrs)
         }
         LayerConfig::AvgPool2d(c) => {
             if c.divisor_override.is_some() {
@@ -166,21 +154,9 @@ pub(super) fn layer(ex: &mut Exporter, config: &LayerConfig, prefix: &str, x: Ou
                     "average pooling with divisor_override has no ONNX form",
                 ));
             }
-            let stride = c.stride.unwrap_or(c.kernel_size);
-            one(
-                ex,
-                "AveragePool",
-                vec![
-                    attr_ints(
-                        "kernel_shape",
-                        &[c.kernel_size[0] as i64, c.kernel_size[1] as i64],
-                    ),
-                    attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
-                    attr_ints("pads", &pads2(c.padding)),
-                    attr_int("ceil_mode", c.ceil_mode as i64),
-                    attr_int("count_include_pad", c.count_include_pad as i64),
-                ],
-            )
+            let mut attrs = pool_attrs(c.kernel_size, c.stride, c.padding, c.ceil_mode);
+            attrs.push(attr_int("count_include_pad", c.count_include_pad as i64));
+            one(ex, "AveragePool", attrs)
         }
         LayerConfig::BatchNorm(c) => {
             let n = c.num_features;
@@ -313,6 +289,22 @@ fn affine(
 
 fn pads2(p: [usize; 2]) -> Vec<i64> {
     vec![p[0] as i64, p[1] as i64, p[0] as i64, p[1] as i64]
+}
+
+/// The attributes 2-D max and average pooling share.
+fn pool_attrs(
+    kernel: [usize; 2],
+    stride: Option<[usize; 2]>,
+    padding: [usize; 2],
+    ceil_mode: bool,
+) -> Vec<onnx_protobuf::AttributeProto> {
+    let stride = stride.unwrap_or(kernel);
+    vec![
+        attr_ints("kernel_shape", &[kernel[0] as i64, kernel[1] as i64]),
+        attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
+        attr_ints("pads", &pads2(padding)),
+        attr_int("ceil_mode", ceil_mode as i64),
+    ]
 }
 
 fn conv(

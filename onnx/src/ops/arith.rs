@@ -8,7 +8,7 @@ use ndarray::IxDyn;
 
 use crate::constant::{broadcast, broadcast_source, ConstData, Constant};
 use crate::error::Result;
-use crate::import::{Dynamic, Importer, Layout, NodeCtx, Value};
+use crate::import::{Dynamic, Importer, NodeCtx, Value};
 
 pub(super) fn binary(imp: &mut Importer, n: &mut NodeCtx) -> Result<()> {
     let op = n.proto.op_type.clone();
@@ -52,22 +52,13 @@ pub(super) fn binary(imp: &mut Importer, n: &mut NodeCtx) -> Result<()> {
                 ));
             }
             let name = imp.node_name(n, None);
-            imp.push_node(GraphNode::add(&name, &[&x.name, &y.name]));
             let shape = x
                 .shape
                 .iter()
                 .zip(&y.shape)
                 .map(|(p, q)| p.or(*q))
                 .collect();
-            imp.set_output(
-                n,
-                0,
-                Value::Tensor(Dynamic {
-                    name,
-                    shape,
-                    layout: Layout::Plain,
-                }),
-            );
+            imp.push_node(n, GraphNode::add(&name, &[&x.name, &y.name]), shape);
             Ok(())
         }
     }

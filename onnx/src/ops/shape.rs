@@ -563,16 +563,7 @@ pub(super) fn concat(imp: &mut Importer, n: &mut NodeCtx) -> Result<()> {
     shape[dim] = total;
     let name = imp.node_name(n, None);
     let names: Vec<&str> = inputs.iter().map(|x| x.name.as_str()).collect();
-    imp.push_node(GraphNode::join(&name, dim, &names));
-    imp.set_output(
-        n,
-        0,
-        Value::Tensor(Dynamic {
-            name,
-            shape,
-            layout: Layout::Plain,
-        }),
-    );
+    imp.push_node(n, GraphNode::join(&name, dim, &names), shape);
     Ok(())
 }
 

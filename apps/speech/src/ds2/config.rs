@@ -192,6 +192,23 @@ impl Ds2Config {
         }
     }
 
+    /// The configuration recorded in a DS2 model file's bytes (`path`
+    /// names them in errors), without building the model.
+    pub fn of_model_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let meta = kiln_nn::serialize::metadata_of(bytes, path)?;
+        let key = crate::ds2::DS2_CONFIG_KEY;
+        let json = meta.get(key).ok_or_else(|| {
+            Error::config(
+                path.display().to_string(),
+                format!("no {key:?} metadata: not a DS2 model file"),
+            )
+        })?;
+        let config: Ds2Config = serde_json::from_str(json)
+            .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The network as a kiln-nn graph for whole utterances (every input
     /// step valid): what `kiln model run` and ONNX export use. Its node
     /// names give the same parameter names as [`crate::ds2::Ds2`], so a
